@@ -1,0 +1,1 @@
+"""CALRec pipelines package."""

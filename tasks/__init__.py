@@ -1,0 +1,1 @@
+"""CALRec tasks package."""
