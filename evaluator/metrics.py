@@ -1,0 +1,75 @@
+"""Ranking metrics, optimistic and pessimistic (paper section 4, footnote 9).
+
+One relevant item per user (the target). Its rank among all corpus items is
+optimistic when it comes first among the items tied with its score and
+pessimistic when it comes last. NDCG@10, Recall@1, Recall@10 and MRR (no
+cut-off) follow from a rank; each is reported for both ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable, Mapping
+
+import numpy as np
+
+# Display names in the paper's order (Tables 2 to 7).
+METRICS = ("NDCG@10", "Recall@1", "Recall@10", "MRR")
+VARIANTS = ("opt", "pes")
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetRanks:
+  """1-based ranks of the target: first (optimistic) and last among ties."""
+
+  optimistic: int
+  pessimistic: int
+
+
+def target_ranks(scores: np.ndarray, target_index: int) -> TargetRanks:
+  """Ranks of `scores[target_index]` among all of `scores` (higher first)."""
+  if not np.all(np.isfinite(scores)):
+    raise ValueError("Candidate scores must be finite.")
+  target_score = scores[target_index]
+  higher = int(np.count_nonzero(scores > target_score))
+  tied = int(np.count_nonzero(scores == target_score))  # The target included.
+  return TargetRanks(optimistic=higher + 1, pessimistic=higher + tied)
+
+
+def metrics_at_rank(rank: int) -> dict[str, float]:
+  """The four metrics of one user whose single target sits at `rank`."""
+  if rank < 1:
+    raise ValueError(f"Ranks are 1-based, got {rank}.")
+  return {
+      "NDCG@10": 1.0 / math.log2(rank + 1) if rank <= 10 else 0.0,
+      "Recall@1": 1.0 if rank <= 1 else 0.0,
+      "Recall@10": 1.0 if rank <= 10 else 0.0,
+      "MRR": 1.0 / rank,
+  }
+
+
+def user_metrics(ranks: TargetRanks) -> dict[str, float]:
+  """Flat metrics of one user, keyed `"{metric}/{variant}"`."""
+  values = {}
+  for variant, rank in (("opt", ranks.optimistic), ("pes", ranks.pessimistic)):
+    for name, value in metrics_at_rank(rank).items():
+      values[f"{name}/{variant}"] = value
+  return values
+
+
+def metric_keys() -> list[str]:
+  return [f"{name}/{variant}" for name in METRICS for variant in VARIANTS]
+
+
+def mean_metrics(per_user: Iterable[Mapping[str, float]]) -> dict[str, float]:
+  """Means over users of every `"{metric}/{variant}"` key."""
+  totals = dict.fromkeys(metric_keys(), 0.0)
+  count = 0
+  for values in per_user:
+    count += 1
+    for key in totals:
+      totals[key] += values[key]
+  if count == 0:
+    raise ValueError("No users to average metrics over.")
+  return {key: total / count for key, total in totals.items()}

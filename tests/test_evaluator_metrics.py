@@ -1,0 +1,61 @@
+"""Optimistic/pessimistic ranks and metrics on hand-computed cases."""
+
+import math
+
+import numpy as np
+import pytest
+
+from evaluator import metrics
+
+
+def test_ranks_with_ties_count_target_first_and_last():
+  scores = np.array([0.5, 0.9, 0.5, 0.1, 0.5])
+  ranks = metrics.target_ranks(scores, target_index=2)
+  # One item above; three share the target's score (itself included).
+  assert ranks == metrics.TargetRanks(optimistic=2, pessimistic=4)
+
+
+def test_untied_target_has_equal_ranks():
+  ranks = metrics.target_ranks(np.array([0.3, 0.2, 0.7, 0.1]), target_index=0)
+  assert ranks == metrics.TargetRanks(2, 2)
+
+
+@pytest.mark.parametrize("rank, expected", [
+    (1, {"NDCG@10": 1.0, "Recall@1": 1.0, "Recall@10": 1.0, "MRR": 1.0}),
+    (3, {"NDCG@10": 0.5, "Recall@1": 0.0, "Recall@10": 1.0, "MRR": 1 / 3}),
+    (10, {"NDCG@10": 1 / math.log2(11), "Recall@1": 0.0, "Recall@10": 1.0,
+          "MRR": 0.1}),
+    (11, {"NDCG@10": 0.0, "Recall@1": 0.0, "Recall@10": 0.0, "MRR": 1 / 11}),
+])
+def test_metrics_at_rank(rank, expected):
+  assert metrics.metrics_at_rank(rank) == pytest.approx(expected)
+
+
+def test_footnote_9_all_zero_scores():
+  # Empty model output: every candidate scores 0 (paper footnote 9).
+  ranks = metrics.target_ranks(np.zeros(100), target_index=37)
+  values = metrics.user_metrics(ranks)
+  assert values["Recall@1/opt"] == values["Recall@10/opt"] == 1.0
+  assert values["Recall@1/pes"] == values["Recall@10/pes"] == 0.0
+  assert values["NDCG@10/opt"] == 1.0 and values["NDCG@10/pes"] == 0.0
+  assert values["MRR/pes"] == pytest.approx(0.01)
+
+
+def test_mean_metrics_averages_each_key():
+  per_user = [metrics.user_metrics(metrics.TargetRanks(1, 3)),
+              metrics.user_metrics(metrics.TargetRanks(2, 2))]
+  means = metrics.mean_metrics(per_user)
+  assert means["Recall@1/opt"] == 0.5
+  assert means["Recall@1/pes"] == 0.0
+  assert means["MRR/opt"] == pytest.approx((1 + 1 / 2) / 2)
+  assert means["NDCG@10/pes"] == pytest.approx((0.5 + 1 / math.log2(3)) / 2)
+  assert list(means) == metrics.metric_keys()
+
+
+def test_bad_inputs_raise_clear_errors():
+  with pytest.raises(ValueError, match="finite"):
+    metrics.target_ranks(np.array([0.1, np.nan]), 0)
+  with pytest.raises(ValueError, match="1-based"):
+    metrics.metrics_at_rank(0)
+  with pytest.raises(ValueError, match="No users"):
+    metrics.mean_metrics([])
