@@ -1,0 +1,105 @@
+"""Model features of CALRec's decoder-only two-tower training (paper 3.4).
+
+`CALRecFeatureConverter` turns task examples {"inputs": prompt, "targets":
+next item + EOS} into prefix-LM features for the joint pass (next-item
+generation, v^U, v^{T|U}) plus the target item alone for the item tower (v^T).
+Packing is off: every example is one row. Lengths: L = inputs length + targets
+length for the joint pass, Li = targets length for the item tower.
+
+Token-level example, inputs length 4, targets length 3, prompt [9, 4, 6],
+target item [3, 8] + EOS 1 (L = 7, Li = 3):
+
+  position                  0  1  2  3  4  5  6
+  decoder_target_tokens     9  4  6  3  8  1  0
+  decoder_input_tokens      0  9  4  6  3  8  1
+  decoder_loss_weights      0  0  0  1  1  1  0   targets: NIG loss
+  decoder_causal_attention  1  1  1  1  0  0  0   prompt inputs, plus one
+  history_pool_weights      0  1  1  1  0  0  0   input is a prompt token: v^U
+  target_pool_weights       0  0  0  0  1  1  1   input is a target token: v^{T|U}
+
+  item_input_tokens         3  8  1
+  item_pool_weights         1  1  1                                        v^T
+
+The pooled vectors are means of the final hidden states over the weighted
+positions. A hidden state at position p has read decoder_input_tokens[:p+1],
+so history_pool_weights covers the states that have read prompt tokens only
+and target_pool_weights those that read the target item's tokens (EOS
+included, as in the item tower, when it fits in L).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import seqio
+import tensorflow as tf
+
+_INT = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+
+
+class CALRecFeatureConverter(seqio.FeatureConverter):
+  """Prefix-LM features plus the item-alone features, without packing."""
+
+  TASK_FEATURES = {"inputs": _INT, "targets": _INT}
+  MODEL_FEATURES = {
+      "decoder_target_tokens": _INT,
+      "decoder_input_tokens": _INT,
+      "decoder_loss_weights": _INT,
+      "decoder_causal_attention": _INT,
+      "history_pool_weights": _INT,
+      "target_pool_weights": _INT,
+      "item_input_tokens": _INT,
+      "item_pool_weights": _INT,
+  }
+  PACKING_FEATURE_DTYPES = None
+
+  def __init__(self, pack: bool = False, **kwargs):
+    if pack:
+      raise ValueError("CALRecFeatureConverter does not pack: each row must "
+                       "hold one user for the in-batch contrastive losses.")
+    super().__init__(pack=False, **kwargs)
+
+  def get_model_feature_lengths(
+      self, task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
+    joint = task_feature_lengths["inputs"] + task_feature_lengths["targets"]
+    item = task_feature_lengths["targets"]
+    return {name: item if name.startswith("item_") else joint
+            for name in self.MODEL_FEATURES}
+
+  def _convert_features(
+      self, ds: tf.data.Dataset,
+      task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
+    joint_length = (task_feature_lengths["inputs"]
+                    + task_feature_lengths["targets"])
+    item_length = task_feature_lengths["targets"]
+
+    def convert(example):
+      inputs, targets = example["inputs"], example["targets"]
+      num_inputs, num_targets = tf.size(inputs), tf.size(targets)
+      tokens = tf.concat([inputs, targets], 0)
+      position = tf.range(joint_length)
+      item_position = tf.range(item_length)
+
+      def pad(values, length):
+        return tf.pad(values, [[0, length - tf.size(values)]])
+
+      def weights(mask):
+        return tf.cast(mask, tf.int32)
+
+      target_end = num_inputs + num_targets
+      return {
+          "decoder_target_tokens": pad(tokens, joint_length),
+          "decoder_input_tokens": pad(
+              tf.concat([[0], tokens[:joint_length - 1]], 0), joint_length),
+          "decoder_loss_weights": weights(
+              (position >= num_inputs) & (position < target_end)),
+          "decoder_causal_attention": weights(position <= num_inputs),
+          "history_pool_weights": weights(
+              (position >= 1) & (position <= num_inputs)),
+          "target_pool_weights": weights(
+              (position > num_inputs) & (position <= target_end)),
+          "item_input_tokens": pad(targets, item_length),
+          "item_pool_weights": weights(item_position < num_targets),
+      }
+
+    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,0 +1,95 @@
+"""Small preprocessing outputs (docs/contracts.md) for tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from typing import Sequence
+
+import tensorflow as tf
+
+from tasks import templates
+from tasks import vocab
+
+_WORDS = ("Pro", "Flex", "Sealant", "Clear", "Paper", "Red", "Wire", "Nail",
+          "Brad", "Assortment", "Rosin", "Flooring", "Acrylic", "Paintable",
+          "Small", "Large", "Kit", "Pack", "Oz", "Inch", "Blue", "Steel")
+_BRANDS = ("Hillman", "Geocel", "Trimaco", None)
+_PRICES = ("$11.22", "$3.99", "$120.00", None)
+
+
+def random_item_texts(rng: random.Random, count: int,
+                      category: str) -> list[str]:
+  """`count` templated item texts with random titles, brands and prices."""
+  return [templates.item_text(
+      " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 12))),
+      category, rng.choice(_BRANDS), rng.choice(_PRICES))
+          for _ in range(count)]
+
+
+def user_record(user_id: str, category: str,
+                item_texts: Sequence[str]) -> tf.train.Example:
+  """One `tf.train.Example` of the preprocessing output's schema."""
+  def bytes_feature(values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(
+        value=[v.encode("utf-8") for v in values]))
+  return tf.train.Example(features=tf.train.Features(feature={
+      "user_id": bytes_feature([user_id]),
+      "category": bytes_feature([category]),
+      "item_ids": bytes_feature([f"B{i:09d}" for i in range(len(item_texts))]),
+      "item_texts": bytes_feature(item_texts),
+      "timestamps": tf.train.Feature(int64_list=tf.train.Int64List(
+          value=list(range(1_500_000_000, 1_500_000_000 + len(item_texts))))),
+  }))
+
+
+def write_split(data_dir: str | os.PathLike[str], category: str, split: str,
+                records: Sequence[tuple[str, Sequence[str]]],
+                num_shards: int = 1) -> None:
+  """Writes (user_id, item_texts) records as `{category}/{split}-*.tfrecord`."""
+  category_dir = os.path.join(os.fspath(data_dir), category)
+  os.makedirs(category_dir, exist_ok=True)
+  for shard in range(num_shards):
+    path = os.path.join(category_dir,
+                        f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+      for user_id, texts in records[shard::num_shards]:
+        writer.write(user_record(user_id, category, texts).SerializeToString())
+
+
+def write_stats(data_dir: str | os.PathLike[str], category: str,
+                num_users: int) -> None:
+  """Writes `{category}/stats.json` with its `num_users`."""
+  category_dir = os.path.join(os.fspath(data_dir), category)
+  os.makedirs(category_dir, exist_ok=True)
+  with open(os.path.join(category_dir, "stats.json"), "w",
+            encoding="utf-8") as f:
+    json.dump({"num_users": num_users}, f)
+
+
+def write_category(data_dir: str | os.PathLike[str], category: str,
+                   num_users: int, seed: int, splits: Sequence[str] = ("train",),
+                   min_items: int = 3, max_items: int = 12,
+                   num_shards: int = 1) -> dict[str, list]:
+  """A random category: every split gets one record per user, and stats.json.
+
+  Returns split -> the written (user_id, item_texts) records.
+  """
+  rng = random.Random(seed)
+  written = {}
+  for split in splits:
+    records = [(f"{category}-user{u}", random_item_texts(
+        rng, rng.randint(min_items, max_items), category))
+               for u in range(num_users)]
+    write_split(data_dir, category, split, records, num_shards)
+    written[split] = records
+  write_stats(data_dir, category, num_users)
+  return written
+
+
+def train_test_vocabulary(output: str | os.PathLike[str],
+                          vocab_size: int = 400, seed: int = 0) -> str:
+  """A tiny SentencePiece model trained on random item texts; its path."""
+  texts = random_item_texts(random.Random(seed), 300, "Tools & Home")
+  return vocab.train_sentencepiece(texts, output, vocab_size, seed)

@@ -1,0 +1,62 @@
+"""Token-level checks of CALRecFeatureConverter and its pooling spans."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tasks import feature_converters
+
+
+def _convert(examples, lengths):
+  ds = tf.data.Dataset.from_generator(
+      lambda: iter(examples),
+      output_signature={"inputs": tf.TensorSpec([None], tf.int32),
+                        "targets": tf.TensorSpec([None], tf.int32)})
+  converter = feature_converters.CALRecFeatureConverter()
+  return list(converter(ds, lengths).as_numpy_iterator())
+
+
+def test_docstring_example():
+  (features,) = _convert([{"inputs": [9, 4, 6], "targets": [3, 8, 1]}],
+                         {"inputs": 4, "targets": 3})
+  expected = {
+      "decoder_target_tokens": [9, 4, 6, 3, 8, 1, 0],
+      "decoder_input_tokens": [0, 9, 4, 6, 3, 8, 1],
+      "decoder_loss_weights": [0, 0, 0, 1, 1, 1, 0],
+      "decoder_causal_attention": [1, 1, 1, 1, 0, 0, 0],
+      "history_pool_weights": [0, 1, 1, 1, 0, 0, 0],
+      "target_pool_weights": [0, 0, 0, 0, 1, 1, 1],
+      "item_input_tokens": [3, 8, 1],
+      "item_pool_weights": [1, 1, 1],
+  }
+  assert {k: v.tolist() for k, v in features.items()} == expected
+
+
+@pytest.mark.parametrize("num_inputs,num_targets", [(1, 1), (5, 2), (6, 4),
+                                                    (2, 4)])
+def test_spans_select_prompt_and_target_tokens(num_inputs, num_targets):
+  lengths = {"inputs": 6, "targets": 4}
+  inputs = list(range(10, 10 + num_inputs))
+  targets = list(range(50, 50 + num_targets - 1)) + [1]
+  (f,) = _convert([{"inputs": inputs, "targets": targets}], lengths)
+  # Decoder input tokens read by the pooled positions, in order.
+  assert f["decoder_input_tokens"][f["history_pool_weights"] == 1].tolist() \
+      == inputs
+  # The target's EOS is pooled when it fits in the joint length (10).
+  fits = targets if num_inputs + num_targets < 10 else targets[:-1]
+  assert f["decoder_input_tokens"][f["target_pool_weights"] == 1].tolist() \
+      == fits
+  assert f["decoder_target_tokens"][f["decoder_loss_weights"] == 1].tolist() \
+      == targets
+  assert f["item_input_tokens"][f["item_pool_weights"] == 1].tolist() \
+      == targets
+  assert f["decoder_causal_attention"].sum() == num_inputs + 1
+  assert np.all(f["decoder_input_tokens"][1:]
+                == f["decoder_target_tokens"][:-1])
+  assert f["decoder_target_tokens"].shape == (10,)
+  assert f["item_input_tokens"].shape == (4,)
+
+
+def test_packing_is_refused():
+  with pytest.raises(ValueError, match="does not pack"):
+    feature_converters.CALRecFeatureConverter(pack=True)

@@ -1,0 +1,145 @@
+"""Augmentation and input-budget truncation (paper section 4)."""
+
+import collections
+import random
+
+import pytest
+import seqio
+import tensorflow as tf
+
+from tasks import preprocessors
+from tasks import templates
+from tasks import test_utils
+from tasks import vocab
+
+
+@pytest.fixture(scope="module")
+def vocabulary(tmp_path_factory):
+  path = test_utils.train_test_vocabulary(
+      tmp_path_factory.mktemp("vocab") / "test.model")
+  return vocab.get_vocabulary(path)
+
+
+def _features(vocabulary):
+  return {"inputs": seqio.Feature(vocabulary, add_eos=False),
+          "targets": seqio.Feature(vocabulary, add_eos=True)}
+
+
+def _records_dataset(records, max_cut_items):
+  """(user_id, item_texts) records as the source would yield them."""
+  def generator():
+    for user_id, texts in records:
+      yield {"user_id": user_id, "category": "Tools", "item_texts": texts,
+             "max_cut_items": max_cut_items}
+  return tf.data.Dataset.from_generator(generator, output_signature={
+      "user_id": tf.TensorSpec([], tf.string),
+      "category": tf.TensorSpec([], tf.string),
+      "item_texts": tf.TensorSpec([None], tf.string),
+      "max_cut_items": tf.TensorSpec([], tf.int32)})
+
+
+def _budgeted_by_brute_force(history, vocabulary, max_tokens):
+  """Tokens of the prompt of the longest history suffix that fits."""
+  for start in range(len(history)):
+    tokens = vocabulary.encode(templates.user_prompt(history[start:]))
+    if len(tokens) <= max_tokens:
+      return start, tokens
+  return None
+
+
+def test_budgeted_prompt_drops_oldest_items_whole(vocabulary):
+  history = test_utils.random_item_texts(random.Random(1), 8, "Tools")
+  keep_three = len(vocabulary.encode(templates.user_prompt(history[-3:])))
+  prompt = preprocessors.budgeted_prompt(history, vocabulary, keep_three)
+  assert prompt.num_dropped == 5
+  assert prompt.text == templates.user_prompt(history[5:])
+  assert list(prompt.token_ids) == vocabulary.encode(prompt.text)
+  assert len(prompt.token_ids) == keep_three
+  tighter = preprocessors.budgeted_prompt(history, vocabulary, keep_three - 1)
+  assert tighter.num_dropped == 6
+  assert tighter.text.startswith(
+      f"{templates.USER_PREFIX} {templates.FIRST_ITEM_PREFIX} {history[6]}")
+  assert tighter.text.endswith(f"{history[7]}{templates.NEXT_ITEM_PREFIX}")
+  untouched = preprocessors.budgeted_prompt(history, vocabulary, 10_000)
+  assert untouched.num_dropped == 0
+
+
+def test_budget_below_one_item_is_a_clear_error(vocabulary):
+  history = test_utils.random_item_texts(random.Random(2), 3, "Tools")
+  one_item = len(vocabulary.encode(templates.user_prompt(history[-1:])))
+  with pytest.raises(ValueError, match="inputs feature length"):
+    preprocessors.budgeted_prompt(history, vocabulary, one_item - 1)
+  features = _features(vocabulary)
+  record = ("u", history + ["Title: Target. Category: A. Brand: B. Price: C."])
+  ds = preprocessors.tokenize_items(_records_dataset([record], 0), features)
+  ds = preprocessors.to_inputs_and_targets(ds, {"inputs": one_item - 1},
+                                           features)
+  with pytest.raises(tf.errors.InvalidArgumentError,
+                     match="inputs feature length"):
+    list(ds)
+
+
+def test_pipeline_prompt_equals_whole_prompt_tokenization(vocabulary):
+  rng = random.Random(3)
+  records = [(f"u{i}", test_utils.random_item_texts(rng, rng.randint(2, 12),
+                                                    "Tools"))
+             for i in range(40)]
+  features = _features(vocabulary)
+  for max_tokens in (300, 600, 5000):
+    ds = preprocessors.tokenize_items(_records_dataset(records, 0), features)
+    ds = preprocessors.to_inputs_and_targets(ds, {"inputs": max_tokens},
+                                             features)
+    for (_, texts), example in zip(records, ds.as_numpy_iterator()):
+      expected = _budgeted_by_brute_force(texts[:-1], vocabulary, max_tokens)
+      assert expected is not None
+      _, tokens = expected
+      assert example["inputs"].tolist() == tokens
+      assert len(tokens) <= max_tokens
+      assert example["targets"].tolist() == vocabulary.encode(texts[-1])
+      python_prompt = preprocessors.budgeted_prompt(texts[:-1], vocabulary,
+                                                    max_tokens)
+      assert list(python_prompt.token_ids) == tokens
+
+
+def _cut_lengths(records, max_cut_items, seed, vocabulary, epochs=1):
+  ds = preprocessors.tokenize_items(_records_dataset(records, max_cut_items),
+                                    _features(vocabulary))
+  ds = preprocessors.cut_last_items(ds.repeat(epochs), seed)
+  return [len(r["item_lengths"]) for r in ds.as_numpy_iterator()]
+
+
+def test_cut_is_uniform_over_zero_to_four(vocabulary):
+  rng = random.Random(4)
+  texts = test_utils.random_item_texts(rng, 10, "Tools")
+  records = [(f"user{i}", texts) for i in range(2000)]
+  counts = collections.Counter(
+      10 - n for n in _cut_lengths(records, 4, 0, vocabulary))
+  assert sorted(counts) == [0, 1, 2, 3, 4]
+  # Binomial(2000, 0.2): standard deviation 17.9, tolerance 4.5 of them.
+  for k in range(5):
+    assert abs(counts[k] - 400) <= 80, counts
+
+
+def test_cut_keeps_one_history_item(vocabulary):
+  rng = random.Random(5)
+  records = [(f"user{i}", test_utils.random_item_texts(rng, 3, "Tools"))
+             for i in range(600)]
+  counts = collections.Counter(_cut_lengths(records, 4, 0, vocabulary))
+  # n = 3 allows k in {0, 1} only, each with probability 1/2.
+  assert sorted(counts) == [2, 3]
+  assert abs(counts[2] - 300) <= 60, counts
+
+
+def test_cut_is_seeded_and_changes_across_epochs(vocabulary):
+  texts = test_utils.random_item_texts(random.Random(6), 9, "Tools")
+  records = [(f"user{i}", texts) for i in range(200)]
+  first = _cut_lengths(records, 4, 7, vocabulary, epochs=2)
+  assert first == _cut_lengths(records, 4, 7, vocabulary, epochs=2)
+  assert first != _cut_lengths(records, 4, 8, vocabulary, epochs=2)
+  assert first[:200] != first[200:]
+
+
+def test_evaluation_records_are_not_cut(vocabulary):
+  texts = test_utils.random_item_texts(random.Random(7), 9, "Tools")
+  records = [(f"user{i}", texts) for i in range(100)]
+  assert set(_cut_lengths(records, 0, 0, vocabulary)) == {9}
