@@ -1,0 +1,89 @@
+"""Small corpora and split files for the evaluator's tests."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pathlib
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks import templates
+
+CORPUS_COLUMNS = ("item_id", "text", "title", "category", "brand", "price")
+
+
+def gift_cards_items(meta_path: pathlib.Path) -> list[dict[str, str]]:
+  """Items of the real Gift_Cards meta file, first row per asin, templated."""
+  items: dict[str, dict[str, str]] = {}
+  with gzip.open(meta_path, "rt", encoding="utf-8") as lines:
+    for line in lines:
+      meta = json.loads(line)
+      if meta.get("asin") in items:
+        continue
+      category = (meta.get("category") or [None])[0]
+      attributes = templates.item_attributes(
+          meta.get("title"), category, meta.get("brand"), meta.get("price"))
+      items[meta["asin"]] = {
+          "item_id": meta["asin"], "text": templates.format_item(attributes),
+          **dict(zip(("title", "category", "brand", "price"),
+                     attributes.as_tuple()))}
+  return list(items.values())
+
+
+_WORDS = ("red blue green gold silver classic deluxe mini card gift box set "
+          "pack holiday birthday coffee movie music game book travel spa "
+          "dinner pizza store online digital premium basic").split()
+
+
+def generated_items(num_items: int, seed: int = 0) -> list[dict[str, str]]:
+  """A seeded synthetic corpus in the item template, duplicates included."""
+  rng = np.random.default_rng(seed)
+  items = []
+  for i in range(num_items):
+    title = " ".join(rng.choice(_WORDS, size=rng.integers(1, 30)))
+    brand = str(rng.choice(["Acme", "Zenith", "Orbit", None]))
+    price = None if rng.random() < 0.3 else f"${rng.integers(5, 200)}.00"
+    attributes = templates.item_attributes(title, "Gift Cards", brand, price)
+    items.append({"item_id": f"I{i:05d}",
+                  "text": templates.format_item(attributes),
+                  **dict(zip(("title", "category", "brand", "price"),
+                             attributes.as_tuple()))})
+  items += [dict(items[0], item_id="DUP00000")]  # Same text, distinct id.
+  return items
+
+
+def write_corpus(directory: pathlib.Path, items: Sequence[dict[str, str]]
+                 ) -> pathlib.Path:
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / "corpus.parquet"
+  pq.write_table(pa.table({column: [item[column] for item in items]
+                           for column in CORPUS_COLUMNS}), path)
+  return path
+
+
+def write_split(directory: pathlib.Path, split: str, category: str,
+                users: Sequence[tuple[str, Sequence[dict[str, str]]]]) -> None:
+  """Writes `{split}-00000-of-00001.tfrecord`; each user: (id, items)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / f"{split}-00000-of-00001.tfrecord"
+
+  def bytes_feature(values):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(
+        value=[v.encode("utf-8") for v in values]))
+
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for user_id, items in users:
+      example = tf.train.Example(features=tf.train.Features(feature={
+          "user_id": bytes_feature([user_id]),
+          "category": bytes_feature([category]),
+          "item_ids": bytes_feature([item["item_id"] for item in items]),
+          "item_texts": bytes_feature([item["text"] for item in items]),
+          "timestamps": tf.train.Feature(int64_list=tf.train.Int64List(
+              value=list(range(len(items))))),
+      }))
+      writer.write(example.SerializeToString())

@@ -1,0 +1,143 @@
+"""The fast BM25 scorer: Lucene's norm encoding, formula, and parity with Lucene."""
+
+import math
+
+import conftest
+import evaluator_testdata
+import numpy as np
+import pytest
+
+from evaluator import bm25
+from evaluator import lucene
+from evaluator import retrieval
+
+
+def _quantized_length(length: int) -> int:
+  """Lengths below 40 are exact; above, length - 24 keeps 4 leading bits."""
+  if length < 24:
+    return length
+  excess = length - 24
+  shift = max(excess.bit_length() - 4, 0)
+  return 24 + (excess >> shift << shift)
+
+
+def test_small_float_round_trip_matches_four_bit_rule():
+  for length in range(0, 20000):
+    assert bm25.byte4_to_int(bm25.int_to_byte4(length)) == (
+        _quantized_length(length)), length
+  assert [bm25.byte4_to_int(bm25.int_to_byte4(n)) for n in (39, 41, 61, 100)
+         ] == [39, 40, 60, 96]
+  assert bm25.int_to_byte4(2**31 - 1) == 255
+  with pytest.raises(ValueError, match="non-negative"):
+    bm25.int_to_byte4(-1)
+
+
+def _textbook_lucene_bm25(docs, query, k1=1.5, b=0.75, quantize=True):
+  """Straightforward per-document BM25 in Lucene's variant, float64."""
+  lengths = [len(doc) for doc in docs]
+  doc_count = sum(1 for n in lengths if n)
+  avgdl = sum(lengths) / doc_count
+  scores = []
+  for doc in docs:
+    total = 0.0
+    for term in query:  # Repeated query terms count again.
+      df = sum(1 for other in docs if term in other)
+      freq = doc.count(term)
+      if not df or not freq:
+        continue
+      idf = math.log(1 + (doc_count - df + 0.5) / (df + 0.5))
+      length = _quantized_length(len(doc)) if quantize else len(doc)
+      norm = k1 * (1 - b + b * length / avgdl)
+      total += idf * freq / (freq + norm)
+    scores.append(total)
+  return np.array(scores)
+
+
+def test_fast_bm25_equals_textbook_formula_with_quantized_lengths():
+  docs = [["gift", "card", "red"],
+          ["gift", "card", "blue", "blue", "box"],
+          ["gift"] + ["word%d" % i for i in range(40)] + ["red"],  # Length 42.
+          [],
+          ["coffee", "card"]]
+  scorer = bm25.FastBM25(docs, dense_min_df_fraction=0.5)
+  queries = [["red", "gift"], ["blue", "blue", "card"], ["missing"], [],
+             ["red", "word3", "coffee", "gift", "card"]]
+  scores = scorer.score(queries)
+  assert scores.shape == (5, 5) and scores.dtype == np.float32
+  for query, row in zip(queries, scores):
+    np.testing.assert_allclose(row, _textbook_lucene_bm25(docs, query),
+                               rtol=1e-6, atol=0)
+  assert not scores[2].any() and not scores[3].any()
+  # The 42-token document counts as 40 tokens: its exact length scores apart.
+  exact = _textbook_lucene_bm25(docs, ["red"], quantize=False)
+  assert abs(exact[2] - scores[0, 2]) > 1e-3 * scores[0, 2]
+
+
+def test_frequent_term_cache_does_not_change_scores():
+  items = evaluator_testdata.generated_items(300, seed=1)
+  docs = [item["text"].lower().replace(".", "").split() for item in items]
+  queries = docs[:25] + [docs[3] + docs[4], ["unknown", "unknown", "card"]]
+  cached = bm25.FastBM25(docs, dense_min_df_fraction=0.05).score(queries * 2)
+  sparse_only = bm25.FastBM25(docs, dense_min_df_fraction=2.0).score(queries)
+  np.testing.assert_allclose(cached[:len(queries)], sparse_only, rtol=1e-6)
+  np.testing.assert_array_equal(cached[:len(queries)], cached[len(queries):])
+
+
+def _corpus_texts():
+  meta = conftest.SHARED_DATA / "meta_Gift_Cards.json.gz"
+  if meta.exists():
+    return [item["text"] for item in evaluator_testdata.gift_cards_items(meta)]
+  return [item["text"] for item in evaluator_testdata.generated_items(1500)]
+
+
+@pytest.fixture(scope="module")
+def lucene_and_fast(tmp_path_factory):
+  """One JVM, one index and one fast scorer for every parity test."""
+  texts = _corpus_texts()
+  analyzer = lucene.LuceneAnalyzer()
+  searcher = lucene.LuceneBM25(texts, tmp_path_factory.mktemp("index"))
+  fast = bm25.FastBM25Scorer(texts, analyzer.tokenize)
+  return texts, analyzer, searcher, fast
+
+
+def _queries(texts):
+  rng = np.random.default_rng(7)
+  picked = [texts[i] for i in rng.choice(len(texts), size=40, replace=False)]
+  shortened = [" ".join(t.split()[: len(t.split()) // 2]) for t in picked[:10]]
+  return picked + shortened + [
+      "Title: Amazon.com Gift Card. Category: Gift Cards. Brand: Amazon. "
+      "Price: $25.00.", "gift gift gift card", "", "zzqv wwxy", "the of and"]
+
+
+def test_batched_tokenization_equals_one_call_per_text(lucene_and_fast):
+  texts, analyzer, _, _ = lucene_and_fast
+  sample = texts[:200] + ["", "Mixed CASE Running shoes's", "a qx7separatorqx7"]
+  assert analyzer.tokenize(sample) == [analyzer.tokenize([t])[0]
+                                       for t in sample]
+
+
+def test_fast_scores_equal_lucene_on_every_returned_document(lucene_and_fast):
+  texts, _, searcher, fast = lucene_and_fast
+  queries = _queries(texts)
+  lucene_scores = searcher.score(queries)
+  fast_scores = fast.score(queries)
+  returned = lucene_scores != 0
+  np.testing.assert_array_equal(fast_scores != 0, returned)
+  relative = (np.abs(fast_scores[returned] - lucene_scores[returned]) /
+              lucene_scores[returned])
+  assert relative.max() < 1e-4
+  for query, row in zip(queries, fast_scores):
+    hits = searcher.hits(query, len(texts))
+    lucene_top = [doc for doc, _ in sorted(hits, key=lambda h: (-h[1], h[0]))]
+    assert list(retrieval.top_k(row, 10)[:len(hits)]) == lucene_top[:10], query
+
+
+def test_ties_survive_exactly(lucene_and_fast):
+  texts, _, searcher, fast = lucene_and_fast
+  query = texts[0]
+  lucene_row = searcher.score([query])[0]
+  fast_row = fast.score([query])[0]
+  # Same tie groups: items equal in Lucene are bit-equal in the fast scorer.
+  _, lucene_groups = np.unique(lucene_row, return_inverse=True)
+  _, fast_groups = np.unique(fast_row, return_inverse=True)
+  np.testing.assert_array_equal(lucene_groups, fast_groups)
