@@ -1,0 +1,149 @@
+"""One seqio Task per category of a preprocessing output (paper section 3.3).
+
+Task names: `calrec_{category}`, the category folder name lowercased with every
+run of other characters than letters and digits replaced by "_" (`task_name`),
+e.g. `Industrial_and_Scientific` -> `calrec_industrial_and_scientific`.
+Splits: those of train / validation / test present on disk (stage1_only
+categories have only train). Stage II trains on `calrec_{category}` itself.
+
+Output features: `inputs` (the budgeted user prompt, no EOS) and `targets` (the
+next item's text, ending in EOS); `CALRecFeatureConverter` turns them into
+model features. Training records are augmented (`preprocessors.cut_last_items`),
+validation and test records are not.
+
+Register for a folder and a SentencePiece model:
+
+  tasks.tasks.register_tasks(data_dir, vocabulary_path)
+
+`tasks.mixtures.register_mixtures` does this and adds the Stage-I mixture.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import re
+
+import seqio
+import tensorflow as tf
+
+from tasks import preprocessors
+from tasks import templates
+from tasks import vocab
+
+SPLITS = ("train", "validation", "test")
+TRAIN_SPLIT = "train"
+
+# The TFRecord features the tasks read (docs/contracts.md).
+FEATURE_DESCRIPTION = {
+    "user_id": tf.io.FixedLenFeature([], tf.string),
+    "category": tf.io.FixedLenFeature([], tf.string),
+    "item_texts": tf.io.RaggedFeature(tf.string),
+}
+
+# Probe history for `vocab.check_prompt_additivity`.
+_PROBE_HISTORY = (
+    templates.item_text("Pro Flex Sealant, 10 Oz.", "Tools & Home Improvement",
+                        "Geocel", "$11.22"),
+    templates.item_text("Wire Nail (260-Pack)", None, "Hillman", None),
+)
+
+
+def task_name(category: str) -> str:
+  """`calrec_{category}`, lowercased, non-alphanumeric runs -> "_"."""
+  slug = re.sub(r"[^0-9a-z]+", "_", category.lower()).strip("_")
+  if not slug:
+    raise ValueError(f"Category {category!r} has no letters or digits.")
+  return f"calrec_{slug}"
+
+
+class UserRecordSource(seqio.TFExampleDataSource):
+  """The TFRecords of one category; marks how many items training may cut.
+
+  Adds the feature `max_cut_items`: `preprocessors.MAX_CUT_ITEMS` on the train
+  split, 0 on the others, read by `preprocessors.cut_last_items`.
+  """
+
+  def __init__(self, category_dir: str, splits: tuple[str, ...]):
+    super().__init__(
+        split_to_filepattern={
+            split: os.path.join(category_dir, f"{split}-*-of-*.tfrecord")
+            for split in splits},
+        feature_description=FEATURE_DESCRIPTION)
+
+  def get_dataset(self, split: str = TRAIN_SPLIT, shuffle: bool = True,
+                  seed: int | None = None,
+                  shard_info: seqio.ShardInfo | None = None,
+                  **kwargs) -> tf.data.Dataset:
+    dataset = super().get_dataset(split, shuffle, seed, shard_info, **kwargs)
+    max_cut = preprocessors.MAX_CUT_ITEMS if split == TRAIN_SPLIT else 0
+    return dataset.map(lambda record: {
+        **record, "max_cut_items": tf.constant(max_cut, tf.int32)})
+
+
+def find_categories(data_dir: str | os.PathLike[str]) -> dict[str, tuple[str,
+                                                                          ...]]:
+  """Category folder name -> splits with TFRecords, for a preprocessing output."""
+  categories = {}
+  for category_dir in sorted(pathlib.Path(data_dir).iterdir()):
+    splits = tuple(split for split in SPLITS
+                   if any(category_dir.glob(f"{split}-*-of-*.tfrecord")))
+    if splits:
+      categories[category_dir.name] = splits
+  if not categories:
+    raise FileNotFoundError(
+        f"No {{category}}/{{split}}-SSSSS-of-NNNNN.tfrecord under "
+        f"{os.fspath(data_dir)!r}; pass the output folder of "
+        "`python -m pipelines.preprocess`.")
+  return categories
+
+
+def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+  """`inputs`: the prompt, no EOS (sentence completion); `targets`: EOS."""
+  return {
+      "inputs": seqio.Feature(vocabulary, add_eos=False),
+      "targets": seqio.Feature(vocabulary, add_eos=True),
+  }
+
+
+def register_tasks(data_dir: str | os.PathLike[str],
+                   vocabulary_path: str | os.PathLike[str],
+                   augmentation_seed: int = 0) -> dict[str, str]:
+  """Registers `calrec_{category}` for every category folder of data_dir.
+
+  Re-registering replaces tasks of the same name.
+
+  Args:
+    data_dir: output folder of `python -m pipelines.preprocess`.
+    vocabulary_path: SentencePiece model (`tasks.vocab`).
+    augmentation_seed: global seed of the training augmentation.
+
+  Returns:
+    Category folder name -> task name.
+  """
+  vocabulary = vocab.get_vocabulary(vocabulary_path)
+  vocab.check_prompt_additivity(vocabulary, _PROBE_HISTORY)
+  features = output_features(vocabulary)
+  names = {}
+  for category, splits in find_categories(data_dir).items():
+    name = task_name(category)
+    if name in names.values():
+      raise ValueError(f"Two category folders of {os.fspath(data_dir)!r} map "
+                       f"to the task name {name!r}; rename one.")
+    seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(
+        name,
+        source=UserRecordSource(os.path.join(os.fspath(data_dir), category),
+                                splits),
+        preprocessors=[
+            preprocessors.tokenize_items,
+            seqio.CacheDatasetPlaceholder(),
+            functools.partial(preprocessors.cut_last_items,
+                              seed=augmentation_seed),
+            preprocessors.to_inputs_and_targets,
+            seqio.preprocessors.append_eos_after_trim,
+        ],
+        output_features=features)
+    names[category] = name
+  return names

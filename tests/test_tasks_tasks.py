@@ -1,0 +1,108 @@
+"""Task and Stage-I mixture registration on a small preprocessing output."""
+
+import collections
+
+import pytest
+import seqio
+
+from tasks import feature_converters
+from tasks import mixtures
+from tasks import tasks
+from tasks import test_utils
+from tasks import vocab
+
+# |U| written to stats.json; the records themselves are few and repeat.
+NUM_USERS = {"Tiny_Cat": 10, "Mid Cat": 1000, "Big-Cat": 100_000}
+LENGTHS = {"inputs": 1024, "targets": 128}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp("data")
+  written = {}
+  for seed, category in enumerate(NUM_USERS):
+    splits = ("train", "validation", "test") if category == "Mid Cat" else (
+        "train",)
+    written[category] = test_utils.write_category(
+        data_dir, category, num_users=6, seed=seed, splits=splits)
+    test_utils.write_stats(data_dir, category, NUM_USERS[category])
+  model = test_utils.train_test_vocabulary(
+      tmp_path_factory.mktemp("vocab") / "test.model")
+  names = mixtures.register_mixtures(data_dir, model)
+  return data_dir, model, names, written
+
+
+def test_names_and_splits(data):
+  _, _, names, _ = data
+  assert names == {"Big-Cat": "calrec_big_cat", "Mid Cat": "calrec_mid_cat",
+                   "Tiny_Cat": "calrec_tiny_cat"}
+  assert seqio.get_mixture_or_task("calrec_mid_cat").splits == (
+      "train", "validation", "test")
+  assert seqio.get_mixture_or_task("calrec_tiny_cat").splits == ("train",)
+  stage1 = seqio.get_mixture_or_task(mixtures.STAGE1_MIXTURE)
+  assert sorted(t.name for t in stage1.tasks) == sorted(names.values())
+
+
+def test_validation_targets_are_the_last_items(data):
+  _, model, _, written = data
+  vocabulary = vocab.get_vocabulary(model)
+  ds = seqio.get_mixture_or_task("calrec_mid_cat").get_dataset(
+      LENGTHS, split="validation", shuffle=False)
+  by_user = {ex["user_id"].decode(): ex for ex in ds.as_numpy_iterator()}
+  for user_id, texts in written["Mid Cat"]["validation"]:
+    example = by_user[user_id]
+    assert vocabulary.decode(example["targets"].tolist()) == texts[-1]
+    assert example["targets"][-1] == vocab.EOS_ID
+
+
+def test_long_targets_keep_their_eos(data):
+  ds = seqio.get_mixture_or_task("calrec_mid_cat").get_dataset(
+      {"inputs": 1024, "targets": 8}, split="test", shuffle=False)
+  for example in ds.as_numpy_iterator():
+    assert len(example["targets"]) == 8
+    assert example["targets"][-1] == vocab.EOS_ID
+
+
+def test_stage1_shares_follow_users_to_the_power_0_3(data):
+  stage1 = seqio.get_mixture_or_task(mixtures.STAGE1_MIXTURE)
+  ds = stage1.get_dataset(LENGTHS, split="train", shuffle=True, seed=0,
+                          num_epochs=None, passthrough_features=["category"])
+  counts = collections.Counter(
+      ex["category"].decode() for ex in ds.take(4000).as_numpy_iterator())
+  total_rate = sum(u ** 0.3 for u in NUM_USERS.values())
+  for category, users in NUM_USERS.items():
+    # Binomial(4000, p): standard deviation at most 0.0079 of a share.
+    assert counts[category] / 4000 == pytest.approx(
+        users ** 0.3 / total_rate, abs=0.03), counts
+
+
+def test_stage1_batches_through_feature_converter(data):
+  ds = seqio.get_dataset(
+      mixtures.STAGE1_MIXTURE, LENGTHS, dataset_split="train", shuffle=True,
+      seed=1, num_epochs=None,
+      feature_converter=feature_converters.CALRecFeatureConverter())
+  batch = next(ds.batch(16).as_numpy_iterator())
+  assert set(batch) == set(feature_converters.CALRecFeatureConverter
+                           .MODEL_FEATURES)
+  for name, values in batch.items():
+    length = 128 if name.startswith("item_") else 1024 + 128
+    assert values.shape == (16, length), name
+  # The item tower sees exactly the joint pass's loss tokens.
+  for row in range(16):
+    loss = batch["decoder_loss_weights"][row] == 1
+    item = batch["item_pool_weights"][row] == 1
+    assert (batch["decoder_target_tokens"][row][loss].tolist()
+            == batch["item_input_tokens"][row][item].tolist())
+    assert batch["history_pool_weights"][row].sum() > 0
+
+
+def test_rejects_folder_without_records(tmp_path, data):
+  _, model, _, _ = data
+  with pytest.raises(FileNotFoundError, match="pipelines.preprocess"):
+    tasks.register_tasks(tmp_path, model)
+
+
+def test_task_name_slugs():
+  assert tasks.task_name("Industrial_and_Scientific") == (
+      "calrec_industrial_and_scientific")
+  assert tasks.task_name("CDs & Vinyl") == "calrec_cds_vinyl"
