@@ -1,0 +1,191 @@
+"""Pure functions that turn raw Amazon review and meta lines into records.
+
+Amazon Review 2018 (Ni et al.) writes strict JSON lines; the 2014 release writes
+meta as Python dict literals. Both are read here (paper section 4, "Dataset").
+Every function raises `RejectError` with a short reason for input it cannot use;
+callers count and write those records, they never drop them silently.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import html
+import json
+import re
+from typing import Any
+
+# One review event: (unixReviewTime, asin, rating, review text digest). The
+# natural tuple order is chronological with a full deterministic tie-break, and
+# tuple equality is the paper's strict duplicate definition (section 4, "User
+# Sequence Deduplication"): same item, review text, rating and timestamp.
+Event = tuple[int, str, float, bytes]
+
+# Rating stored for a review without `overall`, below every real rating (1-5).
+MISSING_RATING = -1.0
+
+# Cleaned meta attributes (title, category, brand, price); None when missing.
+ItemMeta = tuple[str | None, str | None, str | None, str | None]
+
+_TAG = re.compile(r"<[^<>]*>|<[^<>]*$")
+_SPACE = re.compile(r"\s+")
+# A brace block with a `property:` inside, or script keywords: CSS or JS code
+# that real meta holds in place of titles and prices.
+_CODE = re.compile(r"\{[^{}]*:[^{}]*\}|\bfunction\s*\(|\bvar\s+\w+\s*=")
+_PRICE_NUMBER = r"\$?\s*\d[\d,]*(?:\.\d+)?"
+_PRICE = re.compile(rf"^({_PRICE_NUMBER})(?:\s*-\s*({_PRICE_NUMBER}))?$")
+
+
+class RejectError(ValueError):
+  """Raised for a record that cannot be used; `reason` names why."""
+
+  def __init__(self, reason: str):
+    super().__init__(reason)
+    self.reason = reason
+
+
+def load_record(line: bytes | str) -> dict[str, Any]:
+  """Parses one line: strict JSON first, then a Python dict literal (2014)."""
+  try:
+    record = json.loads(line)
+  except ValueError:
+    try:
+      text = line.decode("utf-8") if isinstance(line, bytes) else line
+      record = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+      raise RejectError("malformed_line") from None
+  if not isinstance(record, dict):
+    raise RejectError("not_an_object")
+  return record
+
+
+def _required_string(record: dict[str, Any], field: str) -> str:
+  value = record.get(field)
+  if not isinstance(value, str) or not value.strip():
+    raise RejectError(f"missing_{field}")
+  return value
+
+
+def _timestamp(record: dict[str, Any]) -> int:
+  value = record.get("unixReviewTime")
+  if value is None or value == "":
+    raise RejectError("missing_unixReviewTime")
+  if isinstance(value, bool):
+    raise RejectError("invalid_unixReviewTime")
+  if isinstance(value, int):
+    return value
+  if isinstance(value, float) and value.is_integer():
+    return int(value)
+  if isinstance(value, str) and value.strip().isdigit():
+    return int(value)
+  raise RejectError("invalid_unixReviewTime")
+
+
+def _rating(record: dict[str, Any]) -> float:
+  value = record.get("overall")
+  if value is None or value == "":
+    return MISSING_RATING
+  if isinstance(value, bool):
+    raise RejectError("invalid_overall")
+  try:
+    rating = float(value)
+  except (TypeError, ValueError):
+    raise RejectError("invalid_overall") from None
+  if rating != rating:  # NaN breaks ordering and equality.
+    raise RejectError("invalid_overall")
+  return rating
+
+
+def text_digest(text: str) -> bytes:
+  """A 128-bit digest of a review text, compared instead of the text."""
+  return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def review_event(record: dict[str, Any]) -> tuple[str, Event]:
+  """Reads (reviewerID, event) from one review record."""
+  user_id = _required_string(record, "reviewerID")
+  asin = _required_string(record, "asin")
+  timestamp = _timestamp(record)
+  rating = _rating(record)
+  text = record.get("reviewText")
+  if not isinstance(text, str):
+    text = ""
+  return user_id, (timestamp, asin, rating, text_digest(text))
+
+
+def clean_text(value: Any) -> str | None:
+  """Strips HTML tags and entities and collapses whitespace.
+
+  Returns None for a missing value or one that is markup or code (CSS, script)
+  rather than text; real meta holds both in titles and prices.
+  """
+  if not isinstance(value, str):
+    return None
+  if _CODE.search(value):
+    return None
+  text = html.unescape(_TAG.sub(" ", value))
+  text = _SPACE.sub(" ", text).strip()
+  return text or None
+
+
+def normalize_price(value: Any) -> str | None:
+  """`$11.22` for a single price, `$10.00 - $15.00` kept as text for a range.
+
+  Numbers (2014 meta) become dollar amounts with two decimals; anything that is
+  not a price (CSS, markup, words) is missing.
+  """
+  if isinstance(value, bool):
+    return None
+  if isinstance(value, (int, float)):
+    return f"${value:,.2f}" if value >= 0 else None
+  text = clean_text(value)
+  if text is None:
+    return None
+  match = _PRICE.match(text)
+  if match is None:
+    return None
+  amounts = ["$" + part.lstrip("$").strip() for part in match.groups() if part]
+  return " - ".join(amounts)
+
+
+def top_level_category(record: dict[str, Any]) -> str | None:
+  """The first breadcrumb of `category` (2018) or `categories` (2014).
+
+  Falls back to `main_cat` only when the record has no breadcrumb at all.
+  """
+  breadcrumbs = record.get("category")
+  if breadcrumbs is None:
+    paths = record.get("categories")
+    if isinstance(paths, list) and paths and isinstance(paths[0], list):
+      breadcrumbs = paths[0]
+  if isinstance(breadcrumbs, list):
+    for crumb in breadcrumbs[:1]:
+      cleaned = clean_text(crumb)
+      if cleaned:
+        return cleaned
+  elif isinstance(breadcrumbs, str):
+    return clean_text(breadcrumbs)
+  return clean_text(record.get("main_cat"))
+
+
+def item_meta(record: dict[str, Any]) -> tuple[str, ItemMeta]:
+  """Reads (asin, cleaned title/category/brand/price) from one meta record."""
+  asin = _required_string(record, "asin")
+  return asin, (clean_text(record.get("title")), top_level_category(record),
+                clean_text(record.get("brand")),
+                normalize_price(record.get("price")))
+
+
+def _meta_rank(meta: ItemMeta) -> tuple[int, tuple[str, ...]]:
+  present = sum(value is not None for value in meta)
+  return (-present, tuple(value or "" for value in meta))
+
+
+def prefer_meta(first: ItemMeta, second: ItemMeta) -> ItemMeta:
+  """Picks one of two rows of the same asin, whatever order they come in.
+
+  The row with more attributes present wins, then the lexicographically
+  smaller one; the choice is commutative and associative, so collapsing
+  repeated rows gives the same result on any runner and any bundle split.
+  """
+  return min(first, second, key=_meta_rank)

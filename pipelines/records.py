@@ -1,0 +1,88 @@
+"""Serialized `tf.train.Example`s and TFRecord framing, without TensorFlow.
+
+The schema is the one of docs/contracts.md: `user_id` bytes, `category` bytes,
+`item_ids` bytes list, `item_texts` bytes list, `timestamps` int64 list.
+Encoding the protobuf wire format directly keeps TensorFlow out of the Beam
+workers and makes the bytes deterministic (features are written sorted by name).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Sequence
+
+import crcmod.predefined
+
+_crc32c = crcmod.predefined.mkPredefinedCrcFun("crc-32c")
+
+# Protobuf field numbers of example.proto and feature.proto.
+_EXAMPLE_FEATURES = 1
+_FEATURES_ENTRY = 1
+_ENTRY_KEY = 1
+_ENTRY_VALUE = 2
+_FEATURE_BYTES_LIST = 1
+_FEATURE_INT64_LIST = 3
+_LIST_VALUE = 1
+
+_LENGTH_DELIMITED = 2
+_UINT64_MASK = (1 << 64) - 1
+
+
+def _varint(value: int) -> bytes:
+  value &= _UINT64_MASK  # Negative int64 are written as 10-byte two's complement.
+  out = bytearray()
+  while value > 0x7F:
+    out.append((value & 0x7F) | 0x80)
+    value >>= 7
+  out.append(value)
+  return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+  return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(
+      len(payload)) + payload
+
+
+def _bytes_feature(values: Sequence[bytes]) -> bytes:
+  return _field(_FEATURE_BYTES_LIST,
+                b"".join(_field(_LIST_VALUE, value) for value in values))
+
+
+def _int64_feature(values: Sequence[int]) -> bytes:
+  packed = b"".join(_varint(value) for value in values)
+  return _field(_FEATURE_INT64_LIST,
+                _field(_LIST_VALUE, packed) if packed else b"")
+
+
+def encode_example(features: dict[str, bytes]) -> bytes:
+  """An Example from already encoded Feature messages, sorted by name."""
+  entries = b"".join(
+      _field(_FEATURES_ENTRY,
+             _field(_ENTRY_KEY, name.encode("utf-8")) +
+             _field(_ENTRY_VALUE, features[name]))
+      for name in sorted(features))
+  return _field(_EXAMPLE_FEATURES, entries)
+
+
+def sequence_example(user_id: str, category: str, item_ids: Sequence[str],
+                     item_texts: Sequence[str],
+                     timestamps: Sequence[int]) -> bytes:
+  """The serialized record of one user sequence (docs/contracts.md)."""
+  return encode_example({
+      "category": _bytes_feature([category.encode("utf-8")]),
+      "item_ids": _bytes_feature([item.encode("utf-8") for item in item_ids]),
+      "item_texts": _bytes_feature([text.encode("utf-8") for text in item_texts]),
+      "timestamps": _int64_feature(timestamps),
+      "user_id": _bytes_feature([user_id.encode("utf-8")]),
+  })
+
+
+def _masked_crc(data: bytes) -> bytes:
+  crc = _crc32c(data)
+  return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+def tfrecord_frame(record: bytes) -> bytes:
+  """One TFRecord: length, masked CRC-32C of the length, data, its CRC."""
+  length = struct.pack("<Q", len(record))
+  return length + _masked_crc(length) + record + _masked_crc(record)

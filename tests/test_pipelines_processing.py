@@ -1,0 +1,191 @@
+"""Tests of the job's per-element steps and the statistics, without Beam."""
+
+import json
+
+import pytest
+
+from pipelines import config as config_lib
+from pipelines import parse
+from pipelines import processing
+from pipelines import sequences
+from pipelines import stats
+from tasks import templates
+
+tf = pytest.importorskip("tensorflow")
+
+
+def _category(role="eval", fraction=1.0, shards=1):
+  return config_lib.CategoryConfig(name="Games", reviews=("r",), meta=("m",),
+                                   role=sequences.Role(role),
+                                   user_fraction=fraction, num_shards=shards)
+
+
+def _lines(records):
+  offset, out = 0, []
+  for record in records:
+    line = (record if isinstance(record, str) else json.dumps(record)) + "\n"
+    out.append((offset, line.encode()))
+    offset += len(line.encode())
+  return out
+
+
+def _review(user, asin, t, text="ok", rating=5.0):
+  return {"reviewerID": user, "asin": asin, "unixReviewTime": t,
+          "reviewText": text, "overall": rating}
+
+
+def test_parse_meta_lines_collapses_repeats_and_rejects_bad_rows():
+  lines = _lines([
+      {"asin": "B1", "title": "Short"},
+      {"asin": "B1", "title": "Short", "brand": "Acme"},
+      "{'asin': 'B2', 'title': 'Old &amp; format', 'price': 2}",
+      '{"title": "no asin"}',
+      "{broken",
+      "",
+  ])
+  chunk = processing.parse_meta_lines(lines, "meta.json")
+  assert chunk.items == {"B1": ("Short", None, "Acme", None),
+                         "B2": ("Old & format", None, None, "$2.00")}
+  assert [(r.offset, r.reason) for r in chunk.rejects] == [
+      (lines[3][0], "missing_asin"), (lines[4][0], "malformed_line")]
+  assert chunk.rejects[1].record == "{broken"
+  assert chunk.counts == {"meta_lines": 5, "meta_rows": 3,
+                          "meta_blank_lines": 1,
+                          "meta_rejected_missing_asin": 1,
+                          "meta_rejected_malformed_line": 1}
+
+
+def test_merge_meta_is_independent_of_chunk_order():
+  a = {"B1": ("T", None, None, None), "B2": ("X", "C", None, None)}
+  b = {"B1": ("T", "C", None, None)}
+  assert processing.merge_meta([a, b]) == processing.merge_meta([b, a]) == {
+      "B1": ("T", "C", None, None), "B2": ("X", "C", None, None)}
+
+
+def test_parse_review_lines_groups_by_bucket_and_rejects():
+  lines = _lines([
+      _review("U1", "B1", 10),
+      _review("U1", "B2", 20),
+      _review("U2", "B9", 30),  # No meta row.
+      {"asin": "B1", "unixReviewTime": 5},  # No reviewer.
+      _review("U2", "B1", 40),
+      "not json",
+  ])
+  chunk = processing.parse_review_lines(
+      lines, "reviews.json", _category(), sampling_seed=0,
+      known_asins={"B1", "B2"}, num_buckets=4)
+  users = processing.merge_user_events(chunk.buckets.values())
+  assert sorted(users) == ["U1", "U2"]
+  assert [e[1] for e in users["U1"]] == ["B1", "B2"]
+  assert [e[1] for e in users["U2"]] == ["B1"]
+  for bucket, bucket_users in chunk.buckets.items():
+    for user in bucket_users:
+      assert sequences.user_hash(user) % 4 == bucket
+  assert [(r.source, r.offset, r.reason) for r in chunk.rejects] == [
+      ("reviews.json", lines[2][0], "unknown_asin"),
+      ("reviews.json", lines[3][0], "missing_reviewerID"),
+      ("reviews.json", lines[5][0], "malformed_line")]
+  assert chunk.counts == {"review_lines": 6,
+                          "reviews_rejected_unknown_asin": 1,
+                          "reviews_rejected_missing_reviewerID": 1,
+                          "reviews_rejected_malformed_line": 1}
+
+
+def test_unsampled_users_are_kept_as_ids_without_events():
+  users = [f"U{i}" for i in range(200)]
+  lines = _lines([_review(u, "B1", 1) for u in users])
+  chunk = processing.parse_review_lines(lines, "r", _category(fraction=0.3),
+                                        3, {"B1"}, num_buckets=2)
+  merged = processing.merge_user_events(chunk.buckets.values())
+  assert sorted(merged) == sorted(users)
+  sampled = {u for u in users if sequences.sampled(u, 0.3, 3)}
+  assert {u for u, events in merged.items() if events} == sampled
+  assert chunk.counts["reviews_of_unsampled_users"] == 200 - len(sampled)
+
+
+META = {f"B{i}": (f"Item {i}", "Games", "Acme", f"${i}.00") for i in range(9)}
+
+
+def _user_events(rows):
+  users = {}
+  for user, asin, t, text in rows:
+    users.setdefault(user, []).append(
+        (t, asin, 5.0, parse.text_digest(text)))
+  return users
+
+
+def _decode(serialized):
+  features = tf.train.Example.FromString(serialized).features.feature
+  return ([v.decode() for v in features["item_ids"].bytes_list.value],
+          [v.decode() for v in features["item_texts"].bytes_list.value],
+          list(features["timestamps"].int64_list.value))
+
+
+def test_build_bucket_orders_dedups_splits_and_templates():
+  users = _user_events([
+      ("U1", "B3", 30, "c"), ("U1", "B1", 10, "a"), ("U1", "B2", 20, "b"),
+      ("U1", "B2", 20, "b"), ("U1", "B4", 40, "d"),
+      ("U0", "B5", 5, "x"), ("U0", "B5", 5, "x"), ("U0", "B6", 6, "y"),
+      ("U0", "B7", 7, "z"),
+  ])
+  users["U9"] = []  # Unsampled.
+  result = processing.build_bucket(users, _category("eval"), META)
+  assert set(result.shards) == {("train", 0), ("validation", 0), ("test", 0)}
+  test_records = result.shards[("test", 0)]
+  assert [user for user, _ in test_records] == ["U1"]
+  ids, texts, times = _decode(test_records[0][1])
+  assert ids == ["B1", "B2", "B3", "B4"]
+  assert times == [10, 20, 30, 40]
+  assert texts[0] == templates.item_text("Item 1", "Games", "Acme", "$1.00")
+  assert _decode(result.shards[("validation", 0)][0][1])[0] == ids[:3]
+  assert _decode(result.shards[("train", 0)][0][1])[0] == ids[:2]
+  # U0 has 3 events after dedup: below the 4 an eval user needs.
+  assert [json.loads(r.record)["reviewerID"] for r in result.rejects] == ["U0"]
+  assert result.rejects[0].reason == "too_few_events"
+  assert result.item_ids == {"B1", "B2", "B3", "B4"}
+  assert result.counts == {
+      "users_unsampled": 1, "users_before_dedup": 2,
+      "purchases_before_dedup": 9, "duplicate_purchases": 2,
+      "users_rejected_too_few_events": 1, "purchases_of_rejected_users": 3,
+      "users": 1, "purchases": 4}
+
+
+def test_build_bucket_shards_are_sorted_by_user():
+  rows = [(f"U{i:03d}", f"B{j}", j, "t") for i in range(60) for j in range(3)]
+  result = processing.build_bucket(_user_events(rows),
+                                   _category("stage1_only", shards=3), META)
+  assert {key for key in result.shards} == {("train", s) for s in range(3)}
+  for (_, shard), shard_records in result.shards.items():
+    ids = [user for user, _ in shard_records]
+    assert ids == sorted(ids)
+    assert all(sequences.shard_of(u, 3) == shard for u in ids)
+  merged = processing.merge_shard_records(
+      [result.shards[("train", s)] for s in (2, 0, 1)])
+  assert [u for u, _ in merged] == sorted(f"U{i:03d}" for i in range(60))
+
+
+def test_category_stats_match_hand_computation():
+  counts = {"users": 4, "purchases": 10, "users_before_dedup": 5,
+            "purchases_before_dedup": 16, "duplicate_purchases": 2,
+            "reviews_rejected_malformed_line": 3, "meta_rejected_missing_asin": 0}
+  result = stats.category_stats(counts, num_items=5, total_words=60,
+                                vocabulary_size=20, user_fraction=0.5)
+  assert result["num_users"] == 4
+  assert result["pct_duplicate_purchases"] == pytest.approx(12.5)
+  assert result["items_per_user"] == pytest.approx(2.5)
+  assert result["purchases_per_item"] == pytest.approx(2.0)
+  assert result["density"] == pytest.approx(0.5)
+  assert result["words_per_item"] == pytest.approx(12.0)
+  assert result["avg_word_freq"] == pytest.approx(3.0)
+  assert result["dropped"]["reviews_rejected_malformed_line"] == 3
+  assert "meta_rejected_missing_asin" not in result["dropped"]
+  assert result["dropped"]["duplicate_purchases"] == 2
+
+
+def test_corpus_words_count_labels_and_natural_types():
+  text = templates.item_text("Blue Widget, blue", "Tools", None, "$3.00")
+  total, vocabulary = stats.corpus_words([text])
+  # Title: Blue Widget, blue. Category: Tools. Brand: Unknown. Price: $3.00.
+  assert total == 10
+  assert vocabulary == {"title", "blue", "widget", "category", "tools",
+                        "brand", "unknown", "price"}
