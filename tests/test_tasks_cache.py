@@ -1,0 +1,53 @@
+"""seqio's Beam cache script runs on the CALRec tasks (local FnApiRunner)."""
+
+import os
+import subprocess
+import sys
+
+import seqio
+
+from tasks import mixtures
+from tasks import test_utils
+from tasks import vocab
+
+CATEGORY = "Cached_Cat"
+TASK = "calrec_cached_cat"
+LENGTHS = {"inputs": 512, "targets": 64}
+
+
+def _by_user(ds):
+  return {ex["user_id"].decode(): (ex["inputs"].tolist(), ex["targets"].tolist())
+          for ex in ds.as_numpy_iterator()}
+
+
+def test_cache_tasks_main_matches_uncached(tmp_path):
+  data_dir, cache_dir = tmp_path / "data", tmp_path / "cache"
+  written = test_utils.write_category(data_dir, CATEGORY, num_users=8, seed=0,
+                                      splits=("train", "validation"))
+  model = test_utils.train_test_vocabulary(tmp_path / "test.model")
+  env = dict(os.environ, **{mixtures.DATA_DIR_ENV: str(data_dir),
+                            mixtures.VOCABULARY_ENV: model})
+  subprocess.run(
+      [sys.executable, "-m", "seqio.scripts.cache_tasks_main",
+       "--module_import=tasks.mixtures", f"--tasks={TASK}",
+       f"--output_cache_dir={cache_dir}",
+       "--pipeline_options=--runner=FnApiRunner"],
+      env=env, check=True, capture_output=True, timeout=300)
+
+  mixtures.register_mixtures(data_dir, model)
+  seqio.add_global_cache_dirs([str(cache_dir)])
+  task = seqio.get_mixture_or_task(TASK)
+  assert task.cache_dir == str(cache_dir / TASK)
+  cached = _by_user(task.get_dataset(LENGTHS, split="validation",
+                                     use_cached=True, shuffle=False))
+  uncached = _by_user(task.get_dataset(LENGTHS, split="validation",
+                                       shuffle=False))
+  assert cached == uncached
+  vocabulary = vocab.get_vocabulary(model)
+  assert {user: vocabulary.decode(targets[:-1])
+          for user, (_, targets) in cached.items()} == {
+              user: texts[-1] for user, texts in written["validation"]}
+  # Training examples are augmented after the cache, from cached records.
+  train = list(task.get_dataset(LENGTHS, split="train", use_cached=True,
+                                shuffle=False).as_numpy_iterator())
+  assert len(train) == 8
