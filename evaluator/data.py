@@ -1,0 +1,104 @@
+"""Reading the preprocessing output: split records and the item corpus.
+
+See docs/contracts.md: each validation/test `tf.train.Example` holds a user's
+chronological `item_ids` and `item_texts`, the LAST one the target and the
+rest the history; `{category}/corpus.parquet` holds every item of a category.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+import numpy as np
+import pyarrow.parquet as pq
+
+CORPUS_COLUMNS = ("item_id", "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class UserExample:
+  """One evaluation user: history items, then the target item."""
+
+  user_id: str
+  history_ids: tuple[str, ...]
+  history_texts: tuple[str, ...]
+  target_id: str
+  target_text: str
+
+
+class BadRecordError(ValueError):
+  """A split record that cannot be evaluated; the message says why."""
+
+
+def parse_example(serialized: bytes) -> UserExample:
+  """A `tf.train.Example` of a validation/test split as a `UserExample`."""
+  from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+  example = example_pb2.Example()
+  try:
+    example.ParseFromString(serialized)
+  except Exception as error:  # protobuf raises its own DecodeError.
+    raise BadRecordError(f"not a tf.train.Example: {error}") from error
+  features = example.features.feature
+
+  def strings(name: str) -> list[str]:
+    if name not in features:
+      raise BadRecordError(f"missing feature {name!r}")
+    return [value.decode("utf-8") for value in features[name].bytes_list.value]
+
+  user_ids, item_ids, item_texts = (strings("user_id"), strings("item_ids"),
+                                    strings("item_texts"))
+  if len(user_ids) != 1:
+    raise BadRecordError(f"expected one user_id, got {len(user_ids)}")
+  if len(item_ids) != len(item_texts):
+    raise BadRecordError(f"{len(item_ids)} item_ids but {len(item_texts)} "
+                         "item_texts")
+  if len(item_ids) < 2:
+    raise BadRecordError(f"user {user_ids[0]} has {len(item_ids)} items; "
+                         "evaluation needs a history item and a target")
+  return UserExample(user_id=user_ids[0], history_ids=tuple(item_ids[:-1]),
+                     history_texts=tuple(item_texts[:-1]),
+                     target_id=item_ids[-1], target_text=item_texts[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  """Every item of a category, in corpus order."""
+
+  item_ids: tuple[str, ...]
+  texts: tuple[str, ...]
+
+  def __post_init__(self):
+    rows = {}
+    for row, item_id in enumerate(self.item_ids):
+      if item_id in rows:
+        raise ValueError(f"Item id {item_id!r} appears twice in the corpus "
+                         f"(rows {rows[item_id]} and {row}).")
+      rows[item_id] = row
+    object.__setattr__(self, "_rows", rows)
+
+  def __len__(self) -> int:
+    return len(self.item_ids)
+
+  def row(self, item_id: str) -> int | None:
+    """The corpus row of `item_id`, or None when the corpus lacks it."""
+    return self._rows.get(item_id)
+
+  def ids_at(self, rows: np.ndarray) -> list[str]:
+    return [self.item_ids[row] for row in rows]
+
+
+def load_corpus(path: str | os.PathLike[str]) -> Corpus:
+  """Reads `corpus.parquet` (item_id, text, ...)."""
+  if not pathlib.Path(path).exists():
+    raise FileNotFoundError(f"No corpus at {path}; run the preprocessing "
+                            "pipeline first (docs/contracts.md).")
+  table = pq.read_table(path, columns=list(CORPUS_COLUMNS))
+  item_ids = table.column("item_id").to_pylist()
+  texts = table.column("text").to_pylist()
+  if any(value is None for value in item_ids + texts):
+    raise ValueError(f"{path} has null item ids or texts.")
+  if not item_ids:
+    raise ValueError(f"{path} holds no items.")
+  return Corpus(tuple(item_ids), tuple(texts))

@@ -1,0 +1,273 @@
+r"""Batch evaluation of a category's split: generation, retrieval, metrics.
+
+  python -m evaluator.evaluate --data_dir=DATA --category=Scientific \
+      --split=test --model_dir=MODEL --output_dir=OUT [--model=calrec|lir] \
+      [--retrieval=bm25|hierarchical] [--bm25_backend=fast|lucene] \
+      [Beam flags, e.g. --runner=FnApiRunner --direct_num_workers=2 \
+       --direct_running_mode=multi_processing]
+
+Reads `{data_dir}/{category}/{split}-*.tfrecord` and `corpus.parquet`
+(docs/contracts.md), generates N_gen samples per user with the model (or uses
+the last history item for `--model=lir`), ranks every corpus item by paper
+Algorithm 1 (or hierarchical exact match, paper section 6) and writes to
+`output_dir`:
+
+  users-SSSSS-of-NNNNN.parquet  per user: user_id, target_id, kept_texts,
+                                kept_logprobs, top_item_ids (10),
+                                rank_optimistic, rank_pessimistic
+  metrics.json                  mean metrics (opt/pes), counts, Table 7 shares
+  results.md                    the metrics in the layout of paper Table 2
+  rejects-*.jsonl               every record or user not evaluated, with why
+  recommendations-*.jsonl       with --recommendations_k=K: top-K per user
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.ml.inference import base as inference
+from apache_beam.options import pipeline_options
+
+from evaluator import baselines
+from evaluator import generation
+from evaluator import report
+from evaluator import transforms
+
+MODELS = ("calrec", "lir")
+SPLITS = ("test", "validation")
+USER_SCHEMA_FIELDS = ("user_id", "target_id", "kept_texts", "kept_logprobs",
+                      "top_item_ids", "rank_optimistic", "rank_pessimistic")
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m evaluator.evaluate", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog="Other flags go to Beam's PipelineOptions.")
+  parser.add_argument("--data_dir", required=True,
+                      help="Output folder of the preprocessing pipeline.")
+  parser.add_argument("--category", required=True,
+                      help="Category folder under --data_dir, e.g. Scientific.")
+  parser.add_argument("--split", choices=SPLITS, default="test",
+                      help="Split to evaluate (default: %(default)s).")
+  parser.add_argument("--output_dir", required=True,
+                      help="Where results go; created if missing.")
+  parser.add_argument("--model", choices=MODELS, default="calrec",
+                      help="calrec: generate with the model in --model_dir; "
+                      "lir: the Last Item Repeater baseline, no model "
+                      "(default: %(default)s).")
+  parser.add_argument("--model_dir", default=None,
+                      help="Training output folder (needed for --model=calrec).")
+  parser.add_argument("--retrieval", choices=transforms.RETRIEVALS,
+                      default="bm25",
+                      help="bm25: paper Algorithm 1; hierarchical: exact "
+                      "attribute match, paper section 6 (default: "
+                      "%(default)s).")
+  parser.add_argument("--bm25_backend", choices=transforms.BM25_BACKENDS,
+                      default="fast",
+                      help="fast: vectorized scorer equal to Lucene; lucene: "
+                      "Lucene's searcher, one query at a time (default: "
+                      "%(default)s).")
+  parser.add_argument("--num_generations", type=int,
+                      default=generation.NUM_GENERATIONS,
+                      help="N_gen samples per user (default: %(default)s).")
+  parser.add_argument("--temperature", type=float,
+                      default=generation.TEMPERATURE,
+                      help="Sampling temperature (default: %(default)s).")
+  parser.add_argument("--max_decode_length", type=int,
+                      default=generation.MAX_DECODE_LENGTH,
+                      help="New tokens per sample at most (default: "
+                      "%(default)s).")
+  parser.add_argument("--num_preds", type=int, default=10,
+                      help="N_preds unique samples kept (default: %(default)s).")
+  parser.add_argument("--epsilon", type=float, default=1 / 5000,
+                      help="Log-prob modulation epsilon (default: %(default)s).")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="Run seed; each user's sampling seed derives from "
+                      "it and the user id (default: %(default)s).")
+  parser.add_argument("--batch_size", type=int, default=32,
+                      help="Users per generation batch (default: %(default)s).")
+  parser.add_argument("--recommendations_k", type=int, default=0,
+                      help="Also write the top K items per user (default: "
+                      "%(default)s, none).")
+  return parser
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+  """Evaluation flags and the remaining (Beam) flags; validates both."""
+  parser = _parser()
+  args, beam_argv = parser.parse_known_args(argv)
+  category_dir = os.path.join(args.data_dir, args.category)
+  if not os.path.isdir(category_dir):
+    parser.error(f"--data_dir/--category: {category_dir} is not a folder.")
+  if not glob.glob(split_pattern(args)):
+    parser.error(f"No {args.split} records match {split_pattern(args)}; is "
+                 f"{args.category} an evaluated category?")
+  if not os.path.exists(corpus_path(args)):
+    parser.error(f"Missing {corpus_path(args)}.")
+  if args.model == "calrec" and not args.model_dir:
+    parser.error("--model=calrec needs --model_dir (or use --model=lir).")
+  for name in ("num_generations", "max_decode_length", "num_preds",
+               "batch_size"):
+    if getattr(args, name) < 1:
+      parser.error(f"--{name} must be positive.")
+  if args.temperature < 0 or args.epsilon < 0:
+    parser.error("--temperature and --epsilon must be >= 0.")
+  if args.recommendations_k < 0:
+    parser.error("--recommendations_k must be >= 0.")
+  return args, beam_argv
+
+
+def split_pattern(args: argparse.Namespace) -> str:
+  return os.path.join(args.data_dir, args.category, f"{args.split}-*.tfrecord")
+
+
+def corpus_path(args: argparse.Namespace) -> str:
+  return os.path.join(args.data_dir, args.category, "corpus.parquet")
+
+
+def retrieval_options(args: argparse.Namespace) -> transforms.RetrievalOptions:
+  return transforms.RetrievalOptions(
+      retrieval=args.retrieval, bm25_backend=args.bm25_backend,
+      num_preds=args.num_preds, epsilon=args.epsilon,
+      recommendations_k=args.recommendations_k)
+
+
+def _user_schema():
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  return pa.schema([
+      ("user_id", pa.string()), ("target_id", pa.string()),
+      ("kept_texts", pa.list_(pa.string())),
+      ("kept_logprobs", pa.list_(pa.float64())),
+      ("top_item_ids", pa.list_(pa.string())),
+      ("rank_optimistic", pa.int64()), ("rank_pessimistic", pa.int64())])
+
+
+def write_summary(summary: dict[str, Any], num_rejected: int,
+                  run: dict[str, Any], output_dir: str) -> None:
+  """Writes metrics.json and results.md (Table 2 layout)."""
+  summary = {**run, **summary, "num_rejected": num_rejected}
+  with beam.io.filesystems.FileSystems.create(
+      os.path.join(output_dir, report.METRICS_FILE)) as f:
+    f.write(json.dumps(summary, indent=2).encode("utf-8"))
+  column = f"{run['model']} ({run['retrieval']})"
+  with beam.io.filesystems.FileSystems.create(
+      os.path.join(output_dir, "results.md")) as f:
+    f.write(report.table_2([(column, summary)]).encode("utf-8"))
+
+
+def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
+                   load_generator: Optional[Callable[
+                       [], generation.TextGenerator]] = None) -> None:
+  """Adds the evaluation to `root`; `load_generator` serves --model=calrec."""
+  parsed = (root
+            | "ReadSplit" >> beam.io.ReadFromTFRecord(split_pattern(args))
+            | "ParseUsers" >> beam.ParDo(transforms.ParseUsers()).with_outputs(
+                transforms.REJECTS, main="users"))
+  users = parsed.users
+  if args.model == "lir":
+    with_samples = users | "LastItem" >> beam.Map(
+        lambda user: (user, baselines.last_item_samples(user)))
+  else:
+    if load_generator is None:
+      raise ValueError("--model=calrec needs a generator loader.")
+    seed = args.seed
+    handler = inference.KeyedModelHandler(generation.GeneratorModelHandler(
+        load_generator, max_batch_size=args.batch_size))
+    with_samples = (
+        users
+        | "Requests" >> beam.Map(lambda user: (user, generation.GenerationRequest(
+            user.history_texts, generation.user_seed(seed, user.user_id))))
+        | "Generate" >> inference.RunInference(handler)
+        | "Samples" >> beam.MapTuple(lambda user, result: (user,
+                                                           result.inference)))
+
+  evaluated = (
+      with_samples
+      | "BatchUsers" >> beam.BatchElements(min_batch_size=1, max_batch_size=64)
+      | "RetrieveAndRank" >> beam.ParDo(transforms.RetrieveAndRank(
+          corpus_path(args), retrieval_options(args))).with_outputs(
+              transforms.REJECTS, main="results"))
+  results = evaluated.results
+  output_dir = args.output_dir
+
+  _ = (results
+       | "UserColumns" >> beam.Map(
+           lambda r: {field: r[field] for field in USER_SCHEMA_FIELDS})
+       | "WriteUsers" >> beam.io.WriteToParquet(
+           os.path.join(output_dir, report.USERS_PREFIX), _user_schema(),
+           file_name_suffix=".parquet"))
+  if args.recommendations_k:
+    _ = (results
+         | "Recommendations" >> beam.Map(lambda r: json.dumps(
+             {"user_id": r["user_id"], "items": r["recommendations"]}))
+         | "WriteRecommendations" >> beam.io.WriteToText(
+             os.path.join(output_dir, "recommendations"),
+             file_name_suffix=".jsonl"))
+
+  rejects = ((parsed[transforms.REJECTS], evaluated[transforms.REJECTS])
+             | "AllRejects" >> beam.Flatten())
+  _ = (rejects
+       | "RejectLines" >> beam.Map(json.dumps)
+       | "WriteRejects" >> beam.io.WriteToText(
+           os.path.join(output_dir, "rejects"), file_name_suffix=".jsonl"))
+  num_rejected = rejects | "CountRejects" >> beam.combiners.Count.Globally()
+
+  run = {"category": args.category, "split": args.split, "model": args.model,
+         "retrieval": args.retrieval, "bm25_backend": args.bm25_backend,
+         "num_preds": args.num_preds, "epsilon": args.epsilon}
+  if args.model == "calrec":
+    run.update(model_dir=args.model_dir, num_generations=args.num_generations,
+               temperature=args.temperature,
+               max_decode_length=args.max_decode_length, seed=args.seed)
+  _ = (results
+       | "MeanMetrics" >> beam.CombineGlobally(transforms.MeanMetrics())
+       | "WriteSummary" >> beam.Map(
+           write_summary, num_rejected=beam.pvalue.AsSingleton(num_rejected),
+           run=run, output_dir=output_dir))
+
+
+def calrec_generator_loader(args: argparse.Namespace
+                            ) -> Callable[[], generation.TextGenerator]:
+  """The JAX model's generator for --model=calrec (loaded on the workers)."""
+  from evaluator import model_handler  # pylint: disable=g-import-not-at-top
+  return model_handler.GeneratorLoader(
+      model_dir=args.model_dir, num_generations=args.num_generations,
+      temperature=args.temperature, max_decode_length=args.max_decode_length,
+      batch_size=args.batch_size)
+
+
+def run(argv: Sequence[str],
+        load_generator: Optional[Callable[[], generation.TextGenerator]] = None
+        ) -> dict[str, Any]:
+  """Runs the evaluation; returns the contents of metrics.json."""
+  args, beam_argv = parse_args(argv)
+  if args.model == "calrec" and load_generator is None:
+    load_generator = calrec_generator_loader(args)
+  os.makedirs(args.output_dir, exist_ok=True)
+  options = pipeline_options.PipelineOptions(flags=beam_argv)
+  logging.info("Evaluating %s/%s (%s, %s retrieval) into %s", args.category,
+               args.split, args.model, args.retrieval, args.output_dir)
+  with beam.Pipeline(options=options) as root:
+    build_pipeline(root, args, load_generator)
+  summary = report.load_summary(args.output_dir)
+  logging.info("Done: %d users, %d rejected.", summary["num_users"],
+               summary["num_rejected"])
+  return summary
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  summary = run(sys.argv[1:] if argv is None else argv)
+  sys.stdout.write(report.table_2([(summary["model"], summary)]))
+
+
+if __name__ == "__main__":
+  main()

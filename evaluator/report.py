@@ -1,0 +1,186 @@
+"""Result tables and the paired t-test between two evaluation runs.
+
+`python -m evaluator.report table --run NAME=DIR ...` lays runs out like the
+paper's Table 2 (a row per category and metric, a column per run, cells
+"(opt)/(pes)"). `python -m evaluator.report ttest --run_a NAME=DIR --run_b
+NAME=DIR` joins two runs' per-user results by user id and runs a paired
+t-test (scipy.stats.ttest_rel) on every metric, laid out like Table 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+import scipy.stats
+
+from evaluator import metrics
+
+METRICS_FILE = "metrics.json"
+USERS_PREFIX = "users"
+
+
+def _pair(opt: float, pes: float, digits: int = 4) -> str:
+  return f"{opt:.{digits}f}/{pes:.{digits}f}"
+
+
+def table_2(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
+  """Markdown in Table 2's layout; `runs` are (column name, metrics.json)."""
+  categories = list(dict.fromkeys(summary["category"] for _, summary in runs))
+  lines = ["| Dataset | Metric (opt)/(pes) | " +
+           " | ".join(name for name, _ in runs) + " |",
+           "|---|---|" + "---|" * len(runs)]
+  for category in categories:
+    for position, metric in enumerate(metrics.METRICS):
+      cells = []
+      for _, summary in runs:
+        values = summary["metrics"]
+        cells.append(_pair(values[f"{metric}/opt"], values[f"{metric}/pes"])
+                     if summary["category"] == category and values else "-")
+      label = category if position == 0 else ""
+      lines.append(f"| {label} | {metric} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def load_summary(run_dir: str) -> dict[str, Any]:
+  path = os.path.join(run_dir, METRICS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No {METRICS_FILE} in {run_dir}: is it the "
+                            "--output_dir of a finished evaluation?")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def load_user_ranks(run_dir: str) -> dict[str, tuple[int, int]]:
+  """user id -> (optimistic rank, pessimistic rank) of one run."""
+  paths = sorted(glob.glob(os.path.join(run_dir, f"{USERS_PREFIX}-*.parquet")))
+  if not paths:
+    raise FileNotFoundError(f"No {USERS_PREFIX}-*.parquet in {run_dir}.")
+  ranks = {}
+  for path in paths:
+    table = pq.read_table(path, columns=["user_id", "rank_optimistic",
+                                         "rank_pessimistic"]).to_pydict()
+    for user_id, opt, pes in zip(table["user_id"], table["rank_optimistic"],
+                                 table["rank_pessimistic"]):
+      ranks[user_id] = (opt, pes)
+  return ranks
+
+
+def paired_t_test(ranks_a: dict[str, tuple[int, int]],
+                  ranks_b: dict[str, tuple[int, int]]) -> dict[str, Any]:
+  """Per metric key: means of A and B, relative gain of A, two-sided p-value.
+
+  Users are joined by id; users present in only one run are counted, not used.
+  """
+  common = sorted(ranks_a.keys() & ranks_b.keys())
+  if len(common) < 2:
+    raise ValueError(f"The runs share {len(common)} users; a paired t-test "
+                     "needs at least 2.")
+
+  def per_user(ranks):
+    values = [metrics.user_metrics(metrics.TargetRanks(*ranks[user]))
+              for user in common]
+    return {key: np.array([v[key] for v in values])
+            for key in metrics.metric_keys()}
+
+  values_a, values_b = per_user(ranks_a), per_user(ranks_b)
+  rows = {}
+  for key in metrics.metric_keys():
+    a, b = values_a[key], values_b[key]
+    if np.array_equal(a, b):
+      p_value = 1.0  # No difference at all; ttest_rel would give NaN.
+    else:
+      p_value = float(scipy.stats.ttest_rel(a, b).pvalue)
+    mean_a, mean_b = float(a.mean()), float(b.mean())
+    rows[key] = {"a": mean_a, "b": mean_b, "p_value": p_value,
+                 "improvement": (mean_a - mean_b) / mean_b if mean_b else None}
+  return {"num_users": len(common),
+          "only_in_a": len(ranks_a.keys() - ranks_b.keys()),
+          "only_in_b": len(ranks_b.keys() - ranks_a.keys()),
+          "metrics": rows}
+
+
+def table_4(name_a: str, name_b: str, test: dict[str, Any]) -> str:
+  """Markdown in Table 4's layout: A, B, A's gain and p-values, opt/pes."""
+
+  def gain(value):
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+  lines = [f"| Metric | {name_a} | {name_b} | Improv. | p-value |",
+           "|---|---|---|---|---|"]
+  rows = test["metrics"]
+  for metric in metrics.METRICS:
+    opt, pes = rows[f"{metric}/opt"], rows[f"{metric}/pes"]
+    lines.append(
+        f"| {metric} | {_pair(opt['a'], pes['a'])} | "
+        f"{_pair(opt['b'], pes['b'])} | "
+        f"{gain(opt['improvement'])}/{gain(pes['improvement'])} | "
+        f"{opt['p_value']:.4g}/{pes['p_value']:.4g} |")
+  return "\n".join(lines) + "\n"
+
+
+def _named_run(value: str) -> tuple[str, str]:
+  name, separator, run_dir = value.partition("=")
+  if not separator or not name or not run_dir:
+    raise argparse.ArgumentTypeError(
+        f"expected NAME=DIR (e.g. CALRec=/runs/scientific), got {value!r}")
+  if not os.path.isdir(run_dir):
+    raise argparse.ArgumentTypeError(f"{run_dir} is not a directory")
+  return name, run_dir
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m evaluator.report", description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest="command", required=True)
+  table = commands.add_parser(
+      "table", help="Table 2 layout over one or more evaluation runs.")
+  table.add_argument("--run", type=_named_run, action="append", required=True,
+                     metavar="NAME=DIR",
+                     help="A column: its name and an evaluation --output_dir. "
+                     "Repeat for more columns and categories.")
+  ttest = commands.add_parser(
+      "ttest", help="Paired t-test of run A against run B (Table 4 layout).")
+  ttest.add_argument("--run_a", type=_named_run, required=True,
+                     metavar="NAME=DIR", help="The run whose gain is reported.")
+  ttest.add_argument("--run_b", type=_named_run, required=True,
+                     metavar="NAME=DIR", help="The reference run.")
+  for command in (table, ttest):
+    command.add_argument("--output", default=None,
+                         help="Write the Markdown here too (and a .json twin "
+                         "for ttest).")
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  args = _parser().parse_args(argv)
+  if args.command == "table":
+    markdown = table_2([(name, load_summary(run_dir))
+                        for name, run_dir in args.run])
+    result = None
+  else:
+    (name_a, dir_a), (name_b, dir_b) = args.run_a, args.run_b
+    result = paired_t_test(load_user_ranks(dir_a), load_user_ranks(dir_b))
+    markdown = table_4(name_a, name_b, result)
+    print(f"Paired over {result['num_users']} users "
+          f"({result['only_in_a']} only in {name_a}, "
+          f"{result['only_in_b']} only in {name_b}).", file=sys.stderr)
+  sys.stdout.write(markdown)
+  if args.output:
+    with open(args.output, "w", encoding="utf-8") as f:
+      f.write(markdown)
+    if result is not None:
+      with open(os.path.splitext(args.output)[0] + ".json", "w",
+                encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,195 @@
+"""The evaluation steps as plain functions and the Beam DoFns that run them.
+
+`evaluate_users` is one batch of users end to end: Algorithm 1 over each
+user's samples, the target's optimistic and pessimistic ranks, top items and
+Table 7's match counts. The DoFns load the corpus and start the JVM in
+`setup`, once per worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+from typing import Any, Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+
+from evaluator import bm25
+from evaluator import data
+from evaluator import generation
+from evaluator import lucene
+from evaluator import metrics
+from evaluator import retrieval as retrieval_lib
+
+REJECTS = "rejects"
+RETRIEVALS = ("bm25", "hierarchical")
+BM25_BACKENDS = ("fast", "lucene")
+# Items listed per user in the per-user output (NDCG@10's cut-off).
+TOP_ITEMS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalOptions:
+  """How generated texts become ranked items (paper 3.5 and section 6)."""
+
+  retrieval: str = "bm25"
+  bm25_backend: str = "fast"
+  num_preds: int = retrieval_lib.NUM_PREDS
+  epsilon: float = retrieval_lib.EPSILON
+  recommendations_k: int = 0
+
+  def __post_init__(self):
+    if self.retrieval not in RETRIEVALS:
+      raise ValueError(f"retrieval must be one of {RETRIEVALS}, "
+                       f"got {self.retrieval!r}.")
+    if self.bm25_backend not in BM25_BACKENDS:
+      raise ValueError(f"bm25_backend must be one of {BM25_BACKENDS}, "
+                       f"got {self.bm25_backend!r}.")
+    if self.num_preds < 1:
+      raise ValueError(f"num_preds must be positive, got {self.num_preds}.")
+    if self.recommendations_k < 0:
+      raise ValueError("recommendations_k must be >= 0 (0: none), got "
+                       f"{self.recommendations_k}.")
+
+
+def make_scorer(options: RetrievalOptions, corpus: data.Corpus,
+                index_dir: str) -> retrieval_lib.Scorer:
+  """The retrieval's scorer: exact match, fast BM25 or Lucene BM25."""
+  if options.retrieval == "hierarchical":
+    return retrieval_lib.HierarchicalMatcher(corpus.texts)
+  if options.bm25_backend == "lucene":
+    return lucene.LuceneBM25(corpus.texts, index_dir)
+  return bm25.FastBM25Scorer(corpus.texts, lucene.LuceneAnalyzer().tokenize)
+
+
+def reject(user_id: str, reason: str) -> dict[str, str]:
+  return {"user_id": user_id, "reason": reason}
+
+
+def evaluate_users(batch: Sequence[tuple[data.UserExample, generation.Samples]],
+                   corpus: data.Corpus, scorer: retrieval_lib.Scorer,
+                   matcher: retrieval_lib.HierarchicalMatcher,
+                   options: RetrievalOptions
+                   ) -> Iterator[tuple[str, dict[str, Any]]]:
+  """Yields ("result", per-user record) or (REJECTS, reason) per user."""
+  kept = []
+  for user, samples in batch:
+    target_row = corpus.row(user.target_id)
+    if target_row is None:
+      yield REJECTS, reject(user.user_id,
+                            f"target item {user.target_id} is not in the corpus")
+      continue
+    try:
+      predictions = retrieval_lib.select_predictions(samples, options.num_preds)
+    except ValueError as error:
+      yield REJECTS, reject(user.user_id, str(error))
+      continue
+    kept.append((user, samples, target_row, predictions))
+
+  groups = [predictions.texts for _, _, _, predictions in kept]
+  for (user, samples, target_row, predictions), match_scores in zip(
+      kept, scorer.score_groups(groups)):
+    fused = retrieval_lib.fuse(match_scores, predictions.logprobs, options.epsilon)
+    ranks = metrics.target_ranks(fused, target_row)
+    top = retrieval_lib.top_k(fused, max(TOP_ITEMS, options.recommendations_k))
+    counts = matcher.count([text for text, _ in samples])
+    yield "result", {
+        "user_id": user.user_id,
+        "target_id": user.target_id,
+        "kept_texts": list(predictions.texts),
+        "kept_logprobs": list(predictions.logprobs),
+        "top_item_ids": corpus.ids_at(top[:TOP_ITEMS]),
+        "rank_optimistic": ranks.optimistic,
+        "rank_pessimistic": ranks.pessimistic,
+        "recommendations": [
+            {"item_id": corpus.item_ids[row], "score": float(fused[row])}
+            for row in top[:options.recommendations_k]],
+        "match_counts": dataclasses.asdict(counts),
+    }
+
+
+class ParseUsers(beam.DoFn):
+  """Serialized split records -> `UserExample`s; bad records to REJECTS."""
+
+  def process(self, serialized: bytes) -> Iterator[Any]:
+    try:
+      yield data.parse_example(serialized)
+    except data.BadRecordError as error:
+      yield beam.pvalue.TaggedOutput(REJECTS, reject("", f"bad record: {error}"))
+
+
+class RetrieveAndRank(beam.DoFn):
+  """Batches of (user, samples) -> per-user results (REJECTS on bad input)."""
+
+  def __init__(self, corpus_path: str, options: RetrievalOptions):
+    self._corpus_path = corpus_path
+    self._options = options
+    self._evaluated = beam.metrics.Metrics.counter("evaluator", "users")
+    self._rejected = beam.metrics.Metrics.counter("evaluator", "rejected")
+
+  def setup(self):
+    self._corpus = data.load_corpus(self._corpus_path)
+    self._index_dir = tempfile.mkdtemp(prefix="calrec_lucene_")
+    self._scorer = make_scorer(self._options, self._corpus, self._index_dir)
+    self._matcher = (self._scorer
+                     if isinstance(self._scorer, retrieval_lib.HierarchicalMatcher)
+                     else retrieval_lib.HierarchicalMatcher(self._corpus.texts))
+    self._done = 0
+    logging.info("Retrieval ready: %d corpus items, %s", len(self._corpus),
+                 self._options)
+
+  def process(self, batch: Sequence[tuple[data.UserExample,
+                                          generation.Samples]]
+              ) -> Iterator[Any]:
+    for tag, record in evaluate_users(batch, self._corpus, self._scorer,
+                                      self._matcher, self._options):
+      if tag == REJECTS:
+        self._rejected.inc()
+        yield beam.pvalue.TaggedOutput(REJECTS, record)
+      else:
+        self._evaluated.inc()
+        yield record
+    previous, self._done = self._done, self._done + len(batch)
+    if self._done // 1000 > previous // 1000:
+      logging.info("Evaluated %d users on this worker.", self._done)
+
+  def teardown(self):
+    shutil.rmtree(getattr(self, "_index_dir", ""), ignore_errors=True)
+
+
+class MeanMetrics(beam.CombineFn):
+  """Means of the per-user metrics and summed Table 7 match counts."""
+
+  def create_accumulator(self) -> tuple[int, np.ndarray, np.ndarray]:
+    return 0, np.zeros(len(metrics.metric_keys())), np.zeros(4, np.int64)
+
+  def add_input(self, accumulator, result: dict[str, Any]):
+    count, sums, matches = accumulator
+    values = metrics.user_metrics(metrics.TargetRanks(
+        result["rank_optimistic"], result["rank_pessimistic"]))
+    counts = result["match_counts"]
+    return (count + 1,
+            sums + np.array([values[key] for key in metrics.metric_keys()]),
+            matches + np.array([counts[f.name] for f in dataclasses.fields(
+                retrieval_lib.MatchCounts)], np.int64))
+
+  def merge_accumulators(self, accumulators):
+    count, sums, matches = self.create_accumulator()
+    for other_count, other_sums, other_matches in accumulators:
+      count, sums, matches = (count + other_count, sums + other_sums,
+                              matches + other_matches)
+    return count, sums, matches
+
+  def extract_output(self, accumulator) -> dict[str, Any]:
+    count, sums, matches = accumulator
+    match_counts = retrieval_lib.MatchCounts(*(int(m) for m in matches))
+    return {
+        "num_users": count,
+        "metrics": ({key: float(total / count) for key, total
+                     in zip(metrics.metric_keys(), sums)} if count else {}),
+        "output_matches": {"counts": dataclasses.asdict(match_counts),
+                           "shares": match_counts.shares()},
+    }
