@@ -1,0 +1,81 @@
+"""Table 2 / Table 4 layouts and the paired t-test."""
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import scipy.stats
+
+from evaluator import metrics
+from evaluator import report
+
+
+def _summary(category, value):
+  return {"category": category,
+          "metrics": {key: value for key in metrics.metric_keys()}}
+
+
+def test_table_2_layout():
+  markdown = report.table_2([("LIR", _summary("Scientific", 0.05)),
+                             ("CALRec", _summary("Scientific", 0.0788)),
+                             ("CALRec", _summary("Office", 0.1))])
+  lines = markdown.splitlines()
+  assert lines[0] == "| Dataset | Metric (opt)/(pes) | LIR | CALRec | CALRec |"
+  assert lines[2] == ("| Scientific | NDCG@10 | 0.0500/0.0500 | "
+                      "0.0788/0.0788 | - |")
+  assert lines[3].startswith("|  | Recall@1 |")
+  assert lines[6] == "| Office | NDCG@10 | - | - | 0.1000/0.1000 |"
+  assert len(lines) == 2 + 2 * 4
+
+
+def _write_run(run_dir, ranks):
+  run_dir.mkdir()
+  pq.write_table(pa.table({
+      "user_id": list(ranks),
+      "rank_optimistic": [r[0] for r in ranks.values()],
+      "rank_pessimistic": [r[1] for r in ranks.values()]}),
+                 run_dir / "users-00000-of-00001.parquet")
+  (run_dir / "metrics.json").write_text(json.dumps(_summary("Toys", 0.5)))
+
+
+def test_paired_t_test_joins_by_user(tmp_path):
+  ranks_a = {"u1": (1, 1), "u2": (2, 4), "u3": (1, 3), "u4": (5, 5),
+             "only_a": (1, 1)}
+  ranks_b = {"u4": (7, 9), "u3": (2, 3), "u2": (2, 8), "u1": (3, 3)}
+  test = report.paired_t_test(ranks_a, ranks_b)
+  assert (test["num_users"], test["only_in_a"], test["only_in_b"]) == (4, 1, 0)
+
+  # MRR/opt by hand: differences 1/1-1/3, 1/2-1/2, 1/1-1/2, 1/5-1/7.
+  diffs = np.array([2 / 3, 0.0, 0.5, 1 / 5 - 1 / 7])
+  t = diffs.mean() / (diffs.std(ddof=1) / math.sqrt(4))
+  row = test["metrics"]["MRR/opt"]
+  assert row["p_value"] == pytest.approx(2 * scipy.stats.t.sf(abs(t), df=3))
+  assert row["a"] == pytest.approx((1 + 0.5 + 1 + 0.2) / 4)
+  assert row["improvement"] == pytest.approx(
+      row["a"] / ((1 / 3 + 0.5 + 0.5 + 1 / 7) / 4) - 1)
+  # Recall@10 is 1 for every user in both runs: no difference, p = 1.
+  assert test["metrics"]["Recall@10/opt"]["p_value"] == 1.0
+
+  _write_run(tmp_path / "a", ranks_a)
+  _write_run(tmp_path / "b", ranks_b)
+  output = tmp_path / "table4.md"
+  report.main(["ttest", f"--run_a=W/ Contr.={tmp_path / 'a'}",
+               f"--run_b=W/O Contr.={tmp_path / 'b'}", f"--output={output}"])
+  lines = output.read_text().splitlines()
+  assert lines[0] == "| Metric | W/ Contr. | W/O Contr. | Improv. | p-value |"
+  assert lines[5].startswith("| MRR | 0.6750/")
+  assert json.loads((tmp_path / "table4.json").read_text())["num_users"] == 4
+
+
+def test_too_few_shared_users_is_an_error():
+  with pytest.raises(ValueError, match="share 1 users"):
+    report.paired_t_test({"u1": (1, 1)}, {"u1": (2, 2), "u2": (1, 1)})
+
+
+def test_cli_rejects_malformed_run_argument(capsys):
+  with pytest.raises(SystemExit):
+    report.main(["table", "--run=no_equals_sign"])
+  assert "expected NAME=DIR" in capsys.readouterr().err
