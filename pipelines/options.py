@@ -1,0 +1,73 @@
+"""Command-line flags of `python -m pipelines.preprocess`.
+
+The job's own flags are parsed here; every other flag is a Beam pipeline
+option and goes to `PipelineOptions` unchanged. Without `--runner` the job
+runs on FnApiRunner: Beam's DirectRunner would first try to download Prism.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import processing
+from pipelines import textio
+
+DEFAULT_RUNNER = "FnApiRunner"
+
+_EPILOG = """\
+Any other flag is a Beam pipeline option, e.g. --runner=FnApiRunner
+--direct_num_workers=2 --direct_running_mode=multi_processing.
+
+Output (docs/contracts.md): {category}/{split}-SSSSS-of-NNNNN.tfrecord,
+{category}/corpus.parquet, {category}/stats.json, rejects/{category}.jsonl and
+manifest.json, written last.
+"""
+
+
+def _positive_int(text: str) -> int:
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+  return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m pipelines.preprocess",
+      description=("Turns raw Amazon review and meta JSON into deduplicated, "
+                   "templated TFRecords per category and split, an item "
+                   "corpus and statistics (CALRec paper, section 4)."),
+      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument(
+      "--config", required=True,
+      help=("JSON file listing the categories (see pipelines/config.py); "
+            "pipelines/configs/amazon2018_paper.json is the paper's setup"))
+  parser.add_argument("--output_dir", required=True,
+                      help="folder to write; must be empty or absent")
+  parser.add_argument(
+      "--data_dir", default=None,
+      help=("folder that relative file patterns of the config refer to "
+            "(default: the config's data_dir, else the config's folder)"))
+  parser.add_argument(
+      "--overwrite", action="store_true",
+      help="replace the output of an earlier run in --output_dir")
+  parser.add_argument(
+      "--num_user_buckets", type=_positive_int,
+      default=processing.DEFAULT_NUM_BUCKETS,
+      help="groups of users processed together (parallelism of the sort)")
+  parser.add_argument(
+      "--read_range_mb", type=_positive_int,
+      default=textio.DEFAULT_RANGE_BYTES >> 20,
+      help="plain input files are read in ranges of this size in MiB")
+  return parser
+
+
+def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
+  """Pipeline options from the remaining flags, FnApiRunner by default."""
+  flags = list(beam_args)
+  if not any(f == "--runner" or f.startswith("--runner=") for f in flags):
+    flags.append(f"--runner={DEFAULT_RUNNER}")
+  return PipelineOptions(flags=flags)

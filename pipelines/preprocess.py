@@ -1,0 +1,134 @@
+r"""Preprocessing job: raw Amazon reviews to per-category TFRecords.
+
+  python -m pipelines.preprocess --config=CONFIG --output_dir=DIR \
+      [--data_dir=DIR] [--overwrite] [Beam flags]
+
+Implements paper section 4: join reviews with meta, order each user's events,
+drop consecutive exact duplicates, sample users, split by category role,
+template item texts, and write Table 1 statistics. See docs/contracts.md for
+the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import config as config_lib
+from pipelines import options
+from pipelines import stats as stats_lib
+from pipelines import textio
+from pipelines import transforms
+
+
+def plan_tasks(config: config_lib.Config, range_bytes: int = (
+    textio.DEFAULT_RANGE_BYTES)) -> tuple[list[transforms.RangeTask],
+                                          list[transforms.RangeTask]]:
+  """(review tasks, meta tasks); raises InputError naming a bad input."""
+  review_tasks, meta_tasks = [], []
+  for category in config.categories:
+    for patterns, what, tasks in (
+        (category.reviews, "reviews", review_tasks),
+        (category.meta, "meta", meta_tasks)):
+      for file_range in textio.plan_ranges(patterns, f"{what} of "
+                                           f"{category.name}", range_bytes):
+        tasks.append((category.name, *file_range))
+  return review_tasks, meta_tasks
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: config_lib.Config,
+                   output_dir: str, review_tasks: Sequence[transforms.RangeTask],
+                   meta_tasks: Sequence[transforms.RangeTask],
+                   num_buckets: int) -> None:
+  """Adds the whole job to `pipeline`."""
+  meta, meta_rejects, meta_counts = (
+      pipeline | "ReadMeta" >> transforms.ReadMeta(meta_tasks))
+  shards, item_ids, review_rejects, review_counts = (
+      pipeline | "BuildSequences" >> transforms.BuildSequences(
+          review_tasks, config, num_buckets, meta))
+  shard_files = shards | "WriteShards" >> transforms.WriteShards(output_dir,
+                                                                 config)
+  corpus = ((item_ids, meta)
+            | "WriteCorpus" >> transforms.WriteCorpus(output_dir, config))
+  counts = ((meta_counts, review_counts)
+            | "FlattenCounts" >> beam.Flatten())
+  stats = ((counts, corpus)
+           | "WriteStats" >> transforms.WriteStats(output_dir, config))
+  reject_counts = ((meta_rejects, review_rejects)
+                   | "FlattenRejects" >> beam.Flatten()
+                   | "WriteRejects" >> transforms.WriteRejects(output_dir,
+                                                               config))
+  _ = ((shard_files, stats, reject_counts)
+       | "WriteManifest" >> transforms.WriteManifest(output_dir, config))
+
+
+class OutputDirError(ValueError):
+  """An --output_dir the job must not write into."""
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+  """Refuses a non-empty folder unless it holds an earlier run to replace."""
+  if not FileSystems.exists(output_dir):
+    return
+  if not FileSystems.match([FileSystems.join(output_dir, "*")])[0].metadata_list:
+    return
+  earlier_run = any(FileSystems.exists(FileSystems.join(output_dir, name))
+                    for name in (transforms.MANIFEST, transforms.REJECTS_DIR))
+  if not overwrite:
+    raise OutputDirError(f"--output_dir {output_dir} is not empty; pass "
+                     "--overwrite to replace an earlier run or choose "
+                     "another folder")
+  if not earlier_run:
+    raise OutputDirError(f"--output_dir {output_dir} is not empty and holds no "
+                     "earlier run (no manifest.json or rejects/); refusing "
+                     "to delete it")
+  FileSystems.delete([output_dir])
+
+
+def read_stats(config: config_lib.Config,
+               output_dir: str) -> dict[str, dict]:
+  stats = {}
+  for category in config.categories:
+    path = FileSystems.join(output_dir, category.name, transforms.STATS)
+    with FileSystems.open(path) as f:
+      stats[category.name] = json.loads(f.read())
+  return stats
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
+  """Runs the job; returns the statistics of every category."""
+  parser = options.build_parser()
+  args, beam_args = parser.parse_known_args(argv)
+  try:
+    config = config_lib.load_config(args.config, args.data_dir)
+    review_tasks, meta_tasks = plan_tasks(config, args.read_range_mb << 20)
+    prepare_output_dir(args.output_dir, args.overwrite)
+  except (config_lib.ConfigError, textio.InputError, OutputDirError) as e:
+    parser.error(str(e))
+  logging.info("%d categories: %d review ranges, %d meta ranges -> %s",
+               len(config.categories), len(review_tasks), len(meta_tasks),
+               args.output_dir)
+  with beam.Pipeline(options=options.beam_options(beam_args)) as pipeline:
+    build_pipeline(pipeline, config, args.output_dir, review_tasks,
+                   meta_tasks, args.num_user_buckets)
+  stats = read_stats(config, args.output_dir)
+  logging.info("done: %s", FileSystems.join(args.output_dir,
+                                             transforms.MANIFEST))
+  return stats
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                      force=True)
+  logging.getLogger("apache_beam").setLevel(logging.WARNING)
+  stats = run(sys.argv[1:] if argv is None else argv)
+  print(stats_lib.format_table(stats))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,200 @@
+"""Wiring of the Beam job on FnApiRunner, on a small hand-made fixture."""
+
+import gzip
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import preprocess
+from tasks import templates
+
+tf = pytest.importorskip("tensorflow")
+
+META_2018 = [
+    {"asin": "B1", "title": "Star Saga I", "brand": "Nova",
+     "category": ["Video Games", "PC"], "price": "$19.99"},
+    {"asin": "B1", "title": "Star Saga I", "category": ["Video Games"]},
+    {"asin": "B2", "title": "Star Saga II &amp; More", "brand": "Nova",
+     "category": ["Video Games"], "price": ".a{color:red}"},
+    {"asin": "B3", "title": "<b>Star</b> Saga III", "brand": "Nova",
+     "category": ["Video Games"], "price": "$29.99"},
+    {"asin": "B5", "title": "Pad", "brand": "Joy", "category": ["Video Games"]},
+    {"asin": "B6", "title": "Cable", "category": ["Video Games"]},
+]
+# 2014 meta: a Python literal with `categories` and a numeric price.
+META_2014 = ("{'asin': 'B4', 'title': 'Star Saga IV', 'brand': 'Nova', "
+             "'categories': [['Video Games', 'PC']], 'price': 39.5}")
+
+
+def _review(user, asin, t, text="fun", rating=5.0):
+  return json.dumps({"reviewerID": user, "asin": asin, "unixReviewTime": t,
+                     "reviewText": text, "overall": rating})
+
+
+REVIEWS = [
+    _review("U1", "B1", 10), _review("U1", "B2", 20), _review("U1", "B2", 20),
+    _review("U1", "B3", 30), _review("U1", "B4", 40),
+    _review("U2", "B5", 5), _review("U2", "B6", 6), _review("U2", "B5", 7),
+    _review("U3", "B4", 100), _review("U3", "B3", 50), _review("U3", "B2", 50),
+    _review("U3", "B1", 200),
+    '{"reviewerID": "U4", "asin": ',  # Malformed.
+    json.dumps({"asin": "B1", "unixReviewTime": 3}),  # No reviewer.
+    _review("U1", "B99", 11),  # No meta.
+]
+
+
+def _write_fixture(folder):
+  folder.mkdir(parents=True, exist_ok=True)
+  meta = [json.dumps(m) for m in META_2018] + [META_2014, "{oops"]
+  (folder / "meta_Games.json.gz").write_bytes(
+      gzip.compress(("\n".join(meta) + "\n").encode()))
+  (folder / "Games_5.json").write_text("\n".join(REVIEWS) + "\n")
+  config = {"sampling_seed": 0, "categories": [
+      {"name": "Games", "reviews": "Games_5.json",
+       "meta": "meta_Games.json.gz", "role": "eval"},
+      {"name": "Stage1", "reviews": "Games_5.json",
+       "meta": "meta_Games.json.gz", "role": "stage1_only", "num_shards": 2},
+  ]}
+  path = folder / "config.json"
+  path.write_text(json.dumps(config))
+  return path
+
+
+def _read_split(folder, split):
+  out = {}
+  for path in sorted(folder.glob(f"{split}-*.tfrecord")):
+    for record in tf.data.TFRecordDataset(str(path)):
+      f = tf.train.Example.FromString(record.numpy()).features.feature
+      out[f["user_id"].bytes_list.value[0].decode()] = (
+          [v.decode() for v in f["item_ids"].bytes_list.value],
+          list(f["timestamps"].int64_list.value),
+          [v.decode() for v in f["item_texts"].bytes_list.value],
+          f["category"].bytes_list.value[0].decode())
+  return out
+
+
+@pytest.fixture(scope="module")
+def run_output(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("fixture")
+  config = _write_fixture(folder / "data")
+  output = folder / "out"
+  stats = preprocess.run([f"--config={config}", f"--output_dir={output}",
+                          "--read_range_mb=1"])
+  return output, stats
+
+
+def test_sequences_are_ordered_deduplicated_and_split(run_output):
+  output, _ = run_output
+  test = _read_split(output / "Games", "test")
+  # U2 is left with 3 events, below the 4 an eval user needs.
+  assert sorted(test) == ["U1", "U3"]
+  assert test["U1"][:2] == (["B1", "B2", "B3", "B4"], [10, 20, 30, 40])
+  # Same timestamp: ordered by asin.
+  assert test["U3"][:2] == (["B2", "B3", "B4", "B1"], [50, 50, 100, 200])
+  assert test["U3"][3] == "Games"
+  validation = _read_split(output / "Games", "validation")
+  train = _read_split(output / "Games", "train")
+  assert validation["U3"][0] == ["B2", "B3", "B4"]
+  assert train["U3"][0] == ["B2", "B3"]
+  stage1 = _read_split(output / "Stage1", "train")
+  assert sorted(stage1) == ["U1", "U2", "U3"]
+  assert stage1["U2"][0] == ["B5", "B6", "B5"]  # Genuine repeat kept.
+  assert stage1["U2"][3] == "Stage1"
+
+
+def test_item_texts_use_cleaned_meta_and_the_shared_template(run_output):
+  output, _ = run_output
+  texts = dict(zip(*_read_split(output / "Games", "test")["U1"][0:3:2]))
+  assert texts == {
+      # The complete one of the two B1 rows wins.
+      "B1": templates.item_text("Star Saga I", "Video Games", "Nova",
+                                "$19.99"),
+      "B2": templates.item_text("Star Saga II & More", "Video Games", "Nova",
+                                None),
+      "B3": templates.item_text("Star Saga III", "Video Games", "Nova",
+                                "$29.99"),
+      "B4": templates.item_text("Star Saga IV", "Video Games", "Nova",
+                                "$39.50"),
+  }
+  corpus = pq.read_table(output / "Games" / "corpus.parquet").to_pylist()
+  assert [row["item_id"] for row in corpus] == ["B1", "B2", "B3", "B4"]
+  assert corpus[1] == {"item_id": "B2", "text": texts["B2"],
+                       "title": "Star Saga II & More",
+                       "category": "Video Games", "brand": "Nova",
+                       "price": "Unknown"}
+
+
+def test_stats_and_rejects_account_for_every_line(run_output):
+  output, stats = run_output
+  games = stats["Games"]
+  assert games == json.loads((output / "Games" / "stats.json").read_text())
+  assert games["num_users"] == 2
+  assert games["users_before_dedup"] == 3
+  assert games["pct_duplicate_purchases"] == pytest.approx(100 * 1 / 12)
+  assert games["total_purchases"] == 8
+  assert games["num_items"] == 4
+  assert games["density"] == pytest.approx(8 / (2 * 4))
+  assert games["dropped"] == {
+      "duplicate_purchases": 1, "meta_duplicate_rows": 1,
+      "meta_rejected_malformed_line": 1, "purchases_of_rejected_users": 3,
+      "reviews_of_unsampled_users": 0,
+      "reviews_rejected_malformed_line": 1,
+      "reviews_rejected_missing_reviewerID": 1,
+      "reviews_rejected_unknown_asin": 1,
+      "users_rejected_too_few_events": 1}
+  rejects = [json.loads(line) for line in
+             (output / "rejects" / "Games.jsonl").read_text().splitlines()]
+  assert sorted(r["reason"] for r in rejects) == sorted([
+      "malformed_line", "malformed_line", "missing_reviewerID",
+      "unknown_asin", "too_few_events"])
+  lines = (output.parent / "data" / "Games_5.json").read_bytes()
+  for reject in rejects:
+    if reject["source"].endswith("Games_5.json"):
+      assert lines[reject["offset"]:].startswith(reject["record"].encode())
+  assert stats["Stage1"]["num_users"] == 3
+
+
+def test_manifest_lists_every_file_and_is_last(run_output):
+  output, _ = run_output
+  manifest = json.loads((output / "manifest.json").read_text())
+  stage1 = manifest["categories"]["Stage1"]["splits"]
+  assert stage1 == {"train": {
+      "files": ["Stage1/train-00000-of-00002.tfrecord",
+                "Stage1/train-00001-of-00002.tfrecord"], "records": 3}}
+  for category in manifest["categories"].values():
+    for split in category["splits"].values():
+      for name in split["files"]:
+        assert (output / name).exists()
+  manifest_time = (output / "manifest.json").stat().st_mtime_ns
+  assert all(p.stat().st_mtime_ns <= manifest_time
+             for p in output.rglob("*") if p.is_file())
+
+
+def test_bad_inputs_fail_early_with_a_message_naming_them(tmp_path, capsys):
+  config = _write_fixture(tmp_path / "data")
+  raw = json.loads(config.read_text())
+  raw["categories"][0]["meta"] = "meta_Missing.json.gz"
+  config.write_text(json.dumps(raw))
+  with pytest.raises(SystemExit):
+    preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/o"])
+  assert "no file matches" in capsys.readouterr().err
+  raw["categories"][0]["role"] = "test"
+  config.write_text(json.dumps(raw))
+  with pytest.raises(SystemExit):
+    preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/o"])
+  assert "'role' must be one of" in capsys.readouterr().err
+
+
+def test_non_empty_output_dir_needs_overwrite(tmp_path, capsys):
+  config = _write_fixture(tmp_path / "data")
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "keep.txt").write_text("x")
+  with pytest.raises(SystemExit):
+    preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/out"])
+  assert "pass --overwrite" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/out",
+                    "--overwrite"])
+  assert "refusing to delete" in capsys.readouterr().err
+  assert (tmp_path / "out" / "keep.txt").exists()
