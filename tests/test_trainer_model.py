@@ -1,0 +1,202 @@
+"""The model object: loss, scoring and KV-cached sampling (paper 3.4, 3.5)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import trainer_batches
+from trainer import models
+from trainer import network
+
+CONFIG = network.TransformerConfig(vocab_size=64, emb_dim=32, num_heads=4,
+                                   num_kv_heads=2, head_dim=8, mlp_dim=64,
+                                   num_layers=2)
+ALPHA, BETA, TAU = 0.125, -0.025, 0.5
+
+
+@pytest.fixture(scope="module")
+def model():
+  return models.CALRecModel(CONFIG, alpha=ALPHA, beta=BETA, temperature=TAU)
+
+
+@pytest.fixture(scope="module")
+def params(model):
+  variables = model.get_initial_variables(
+      jax.random.PRNGKey(0), {"decoder_input_tokens": (2, 8)})
+  return nn.meta.unbox(variables)["params"]
+
+
+@pytest.fixture(scope="module")
+def batch():
+  return trainer_batches.random_batch(seed=1, batch_size=5,
+                                      vocab_size=CONFIG.vocab_size)
+
+
+def _numpy_info_nce(targets, users, tau):
+  """Equations 2/3 written out with loops."""
+  def cos(a, b):
+    return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+  total = 0.0
+  for i in range(len(targets)):
+    scores = [np.exp(cos(users[j], targets[i]) / tau)
+              for j in range(len(users))]
+    total += np.log(scores[i] / np.sum(scores))
+  return -total / len(targets)
+
+
+def _numpy_pool(hidden, weights):
+  return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdims=True)
+
+
+def test_loss_fn_matches_independent_computation(model, params, batch):
+  loss, metrics = model.loss_fn(params, batch, dropout_rng=None)
+  logits, hidden, _ = model.module.apply({"params": params},
+                                         batch["decoder_input_tokens"])
+  _, item_hidden, _ = model.module.apply({"params": params},
+                                         batch["item_input_tokens"])
+  logits, hidden, item_hidden = map(np.asarray, (logits, hidden, item_hidden))
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  target_log_probs = np.take_along_axis(
+      log_probs, batch["decoder_target_tokens"][..., None], -1)[..., 0]
+  weights = batch["decoder_loss_weights"]
+  nig = -(target_log_probs * weights).sum() / weights.sum()
+  item = _numpy_pool(item_hidden, batch["item_pool_weights"])
+  tt = _numpy_info_nce(item, _numpy_pool(hidden, batch["target_pool_weights"]),
+                       TAU)
+  ut = _numpy_info_nce(item, _numpy_pool(hidden,
+                                         batch["history_pool_weights"]), TAU)
+  np.testing.assert_allclose(float(metrics["nig_loss"]), nig, rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["tt_loss"]), tt, rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["ut_loss"]), ut, rtol=1e-5)
+  np.testing.assert_allclose(
+      float(loss), (1 - ALPHA - BETA) * nig + ALPHA * tt + BETA * ut,
+      rtol=1e-5)
+  assert float(metrics["target_tokens"]) == weights.sum()
+
+
+def test_score_batch_agrees_with_training_cross_entropy(model, params, batch):
+  sequence_scores, aux = model.score_batch(params, batch,
+                                           return_intermediates=True)
+  _, metrics = model.loss_fn(params, batch, dropout_rng=None)
+  weights = batch["decoder_loss_weights"]
+  np.testing.assert_allclose(
+      -float(jnp.sum(aux["token_scores"])) / weights.sum(),
+      float(metrics["nig_loss"]), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(sequence_scores),
+                             np.asarray(aux["token_scores"]).sum(-1),
+                             rtol=1e-6)
+  assert np.all(np.asarray(aux["token_scores"])[weights == 0] == 0)
+
+
+def test_model_loss_gradient_matches_finite_difference(model, params, batch):
+  """Directional derivative of the whole loss against central differences."""
+  loss = jax.jit(lambda p: model.loss_fn(p, batch, dropout_rng=None)[0])
+  grads = jax.jit(jax.grad(loss))(params)
+  keys = jax.random.split(jax.random.PRNGKey(3), len(jax.tree.leaves(params)))
+  direction = jax.tree.unflatten(
+      jax.tree.structure(params),
+      [jax.random.normal(k, x.shape) for k, x in
+       zip(keys, jax.tree.leaves(params))])
+  analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(
+      jax.tree.leaves(grads), jax.tree.leaves(direction)))
+  eps = 1e-3
+  shifted = [jax.tree.map(lambda p, d, s=s: p + s * eps * d, params, direction)
+             for s in (1, -1)]
+  numeric = (float(loss(shifted[0])) - float(loss(shifted[1]))) / (2 * eps)
+  np.testing.assert_allclose(analytic, numeric, rtol=2e-2)
+
+
+def _rescoring_batch(prompt, samples, eos_id=1):
+  """Rows [0, prompt, sample] scored on the sample's tokens up to its EOS."""
+  length = 1 + len(prompt) + samples.shape[1]
+  inputs = np.zeros((len(samples), length), np.int32)
+  targets = np.zeros_like(inputs)
+  weights = np.zeros_like(inputs)
+  for row, sample in enumerate(samples.tolist()):
+    if eos_id in sample:
+      sample = sample[:sample.index(eos_id) + 1]
+    sequence = list(prompt) + sample
+    targets[row, :len(sequence)] = sequence
+    inputs[row, 1:len(sequence)] = sequence[:-1]
+    weights[row, len(prompt):len(sequence)] = 1
+  return {"decoder_input_tokens": inputs, "decoder_target_tokens": targets,
+          "decoder_loss_weights": weights}
+
+
+def test_kv_cached_sampling_log_probs_equal_rescoring(model, params):
+  prompts = [[5, 9, 11], [7], [20, 21, 22, 23, 24, 25, 26]]
+  batch = models.prompt_batch(prompts, batch_size=4, prompt_length=10)
+  decodes, aux = model.predict_batch_with_aux(
+      params, batch, jax.random.PRNGKey(7), num_decodes=3, temperature=1.0,
+      max_decode_length=11)
+  decodes, scores = np.asarray(decodes), np.asarray(aux["scores"])
+  assert decodes.shape == (4, 3, 11) and scores.shape == (4, 3)
+  assert np.all(np.diff(scores, axis=1) <= 0)  # Best first.
+  for row in decodes.reshape(-1, 11).tolist():
+    if 1 in row:
+      assert not any(row[row.index(1) + 1:])
+  for index, prompt in enumerate(prompts):
+    rescored = jax.jit(model.score_batch)(
+        params, _rescoring_batch(prompt, decodes[index]))
+    np.testing.assert_allclose(scores[index], np.asarray(rescored),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_sampling_scores_are_untempered(model, params):
+  """At temperature 0.5 the score is still the model's own log-probability."""
+  prompt = [5, 9, 11]
+  batch = models.prompt_batch([prompt], batch_size=1, prompt_length=4)
+  decodes, aux = model.predict_batch_with_aux(
+      params, batch, jax.random.PRNGKey(3), num_decodes=2, temperature=0.5,
+      max_decode_length=4)
+  rescored = model.score_batch(params,
+                               _rescoring_batch(prompt, np.asarray(decodes)[0]))
+  np.testing.assert_allclose(np.asarray(aux["scores"])[0],
+                             np.asarray(rescored), rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_cached_decode_equals_rerunning_the_prefix(model, params):
+  prompts = [[5, 9, 11, 3], [40, 41]]
+  batch = models.prompt_batch(prompts, batch_size=2, prompt_length=6)
+  decodes, _ = model.predict_batch_with_aux(
+      params, batch, jax.random.PRNGKey(0), num_decodes=1, temperature=0.0,
+      max_decode_length=6)
+  full_logits = jax.jit(
+      lambda tokens: model.module.apply({"params": params}, tokens)[0])
+  for prompt, decode in zip(prompts, np.asarray(decodes)[:, 0]):
+    sequence = [0] + prompt
+    expected = []
+    for _ in range(6):
+      # Causal attention: the zero padding after the sequence is never seen.
+      padded = np.zeros((1, 12), np.int32)
+      padded[0, :len(sequence)] = sequence
+      logits = full_logits(padded)
+      token = int(np.argmax(logits[0, len(sequence) - 1]))
+      expected.append(token)
+      if token == 1:
+        break
+      sequence.append(token)
+    np.testing.assert_array_equal(decode[:len(expected)], expected)
+
+
+def test_sampling_is_seeded(model, params):
+  batch = models.prompt_batch([[5, 6, 7]], batch_size=1, prompt_length=4)
+  runs = [np.asarray(model.predict_batch_with_aux(
+      params, batch, jax.random.PRNGKey(seed), num_decodes=4,
+      temperature=0.5, max_decode_length=5)[0]) for seed in (1, 1, 2)]
+  np.testing.assert_array_equal(runs[0], runs[1])
+  assert not np.array_equal(runs[0], runs[2])
+
+
+def test_prompt_batch_layout_and_errors():
+  batch = models.prompt_batch([[4, 5], [6]], batch_size=3, prompt_length=4)
+  np.testing.assert_array_equal(batch["decoder_input_tokens"],
+                                [[0, 4, 5, 0], [0, 6, 0, 0], [0, 0, 0, 0]])
+  np.testing.assert_array_equal(batch["decoder_causal_attention"],
+                                [[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]])
+  with pytest.raises(ValueError, match="oldest history items"):
+    models.prompt_batch([[1, 2, 3, 4]], batch_size=1, prompt_length=4)
+  with pytest.raises(ValueError, match="do not fit"):
+    models.prompt_batch([[1], [2]], batch_size=1, prompt_length=4)

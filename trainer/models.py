@@ -1,0 +1,244 @@
+"""The CALRec model object, with t5x's method names (paper sections 3.3-3.5).
+
+`CALRecModel` wraps the decoder of `trainer.network` with
+- `get_initial_variables(rng, input_shapes)`,
+- `loss_fn(params, batch, dropout_rng) -> (loss, metrics)`: equation 4,
+- `score_batch(params, batch)`: log-probabilities of target tokens,
+- `predict_batch_with_aux(params, batch, rng, num_decodes=..., ...)`:
+  temperature sampling with a key/value cache.
+
+Training batches hold the model features of docs/contracts.md. Inference
+batches use the t5x decoder-only prompt convention, see
+`predict_batch_with_aux` and `prompt_batch`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from trainer import decoding
+from trainer import losses
+from trainer import network
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+PyTree = Any
+
+# Features of a training batch (docs/contracts.md).
+TRAIN_FEATURES = (
+    "decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
+    "decoder_causal_attention", "history_pool_weights", "target_pool_weights",
+    "item_input_tokens", "item_pool_weights")
+
+
+@gin.configurable
+class CALRecModel:
+  """Decoder-only LM trained with the CALRec objective (paper eq. 4)."""
+
+  def __init__(self,
+               config: network.TransformerConfig,
+               alpha: float = 0.125,
+               beta: float = -0.025,
+               temperature: float = 0.5,
+               eos_id: int = 1):
+    """Args:
+
+      config: decoder sizes.
+      alpha: weight of L_TT.
+      beta: weight of L_UT (negative in the paper).
+      temperature: tau_c of equations 2 and 3.
+      eos_id: end-of-sequence id of the vocabulary.
+    """
+    if temperature <= 0:
+      raise ValueError(f"Contrastive temperature must be > 0, got "
+                       f"{temperature}.")
+    self.config = config
+    self.module = network.Decoder(config)
+    self.alpha = alpha
+    self.beta = beta
+    self.temperature = temperature
+    self.eos_id = eos_id
+    self._predict = jax.jit(
+        self._predict_impl,
+        static_argnames=("num_decodes", "max_decode_length"))
+
+  @property
+  def uses_item_tower(self) -> bool:
+    return self.alpha != 0 or self.beta != 0
+
+  def get_initial_variables(self, rng: Array,
+                            input_shapes: Mapping[str, Sequence[int]]
+                           ) -> PyTree:
+    """Variables (boxed with logical axis names) for the given input shapes."""
+    tokens = jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32)
+    return self.module.init(rng, tokens)
+
+  def _forward(self, params: PyTree, tokens: Array, *,
+               dropout_rng: Optional[Array] = None, compute_logits=True):
+    rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
+    return self.module.apply({"params": params}, tokens,
+                             deterministic=dropout_rng is None,
+                             compute_logits=compute_logits, rngs=rngs)
+
+  def loss_fn(self, params: PyTree, batch: Batch,
+              dropout_rng: Optional[Array]) -> tuple[Array, dict[str, Array]]:
+    """The CALRec loss (1-a-b) L_NIG + a L_TT + b L_UT on one global batch.
+
+    L_NIG is normalised per target token of the batch. Padding examples (no
+    item tokens) count in no term. v^{T|U} and v^U are mean-pooled final
+    hidden states of the joint pass over `target_pool_weights` and
+    `history_pool_weights`; v^T of the item-alone pass over
+    `item_pool_weights`.
+
+    Returns:
+      (loss, metrics) where metrics holds 'loss', 'nig_loss', 'tt_loss',
+      'ut_loss' and 'target_tokens'.
+    """
+    item_rng = joint_rng = None
+    if dropout_rng is not None:
+      joint_rng, item_rng = jax.random.split(dropout_rng)
+    logits, hidden, _ = self._forward(params, batch["decoder_input_tokens"],
+                                      dropout_rng=joint_rng)
+    nig, num_tokens = losses.next_item_loss(logits,
+                                            batch["decoder_target_tokens"],
+                                            batch["decoder_loss_weights"])
+    tt = ut = jnp.float32(0.0)
+    if self.uses_item_tower:
+      _, item_hidden, _ = self._forward(params, batch["item_input_tokens"],
+                                        dropout_rng=item_rng,
+                                        compute_logits=False)
+      item_vectors = losses.mean_pool(item_hidden, batch["item_pool_weights"])
+      target_vectors = losses.mean_pool(hidden, batch["target_pool_weights"])
+      history_vectors = losses.mean_pool(hidden, batch["history_pool_weights"])
+      example_mask = jnp.sum(batch["item_pool_weights"], axis=-1) > 0
+      tt = losses.info_nce(item_vectors, target_vectors, self.temperature,
+                           example_mask)
+      ut = losses.info_nce(item_vectors, history_vectors, self.temperature,
+                           example_mask)
+    loss = losses.calrec_loss(nig, tt, ut, self.alpha, self.beta)
+    metrics = {"loss": loss, "nig_loss": nig, "tt_loss": tt, "ut_loss": ut,
+               "target_tokens": num_tokens}
+    return loss, metrics
+
+  def score_batch(self, params: PyTree, batch: Batch,
+                  return_intermediates: bool = False):
+    """Sum of log P(decoder_target_tokens) weighted by decoder_loss_weights.
+
+    Returns:
+      sequence scores [B]; with `return_intermediates`, also
+      {'token_scores': [B, L]} (weighted per-token log-probs).
+    """
+    logits, _, _ = self._forward(params, batch["decoder_input_tokens"])
+    token_scores = losses.token_log_probs(
+        logits, batch["decoder_target_tokens"]) * batch[
+            "decoder_loss_weights"].astype(jnp.float32)
+    sequence_scores = jnp.sum(token_scores, axis=-1)
+    if return_intermediates:
+      return sequence_scores, {"token_scores": token_scores}
+    return sequence_scores
+
+  def predict_batch_with_aux(
+      self,
+      params: PyTree,
+      batch: Batch,
+      rng: Optional[Array] = None,
+      *,
+      num_decodes: int = 32,
+      temperature: float = 0.5,
+      max_decode_length: int = 80,
+  ) -> tuple[Array, dict[str, Array]]:
+    """Temperature sampling of `num_decodes` continuations per prompt.
+
+    Inference batch (t5x decoder-only convention; build it with
+    `prompt_batch`):
+      decoder_input_tokens [B, P] int32: 0 (start), then the prompt tokens
+        (no EOS), then 0 padding. The training features of a validation or
+        test example can be passed as they are: only the prompt is read.
+      decoder_causal_attention [B, P] int32: 1 on the start position and the
+        prompt positions, 0 elsewhere; its row sum is the prompt length + 1.
+
+    The prompt is run once (prefill), its cache is copied `num_decodes`
+    times, then each step feeds one token. Compiled once per (B, P,
+    num_decodes, max_decode_length); temperature and rng are traced.
+
+    Returns:
+      decodes [B, num_decodes, max_decode_length] int32: the generated tokens,
+        EOS included when generated, 0 after it;
+      {'scores': [B, num_decodes] float32}: each sample's sequence
+        log-probability under the model at temperature 1 (untempered: the
+        model's probability of the text, not of the draw), EOS included.
+      Samples of a prompt are sorted by score, best first.
+    """
+    if rng is None:
+      rng = jax.random.PRNGKey(0)
+    return self._predict(params, batch["decoder_input_tokens"],
+                         batch["decoder_causal_attention"], rng,
+                         jnp.float32(temperature), num_decodes=num_decodes,
+                         max_decode_length=max_decode_length)
+
+  def _predict_impl(self, params, tokens, causal_attention, rng, temperature,
+                    *, num_decodes, max_decode_length):
+    batch_size, prompt_length = tokens.shape
+    prompt_lengths = jnp.maximum(
+        jnp.sum(causal_attention, axis=-1).astype(jnp.int32), 1)
+    cache = network.init_cache(self.config, batch_size,
+                               prompt_length + max_decode_length)
+    logits, _, cache = self.module.apply(
+        {"params": params}, tokens, cache=cache, logits_at=prompt_lengths - 1)
+
+    def repeat(x):
+      return jnp.repeat(x, num_decodes, axis=0)
+
+    def step_fn(step_tokens, positions, step_cache):
+      step_logits, _, step_cache = self.module.apply(
+          {"params": params}, step_tokens, positions, step_cache)
+      return step_logits[:, 0], step_cache
+
+    decodes, scores = decoding.temperature_sample(
+        step_fn, repeat(logits[:, 0]), jax.tree.map(repeat, cache),
+        repeat(prompt_lengths), rng, temperature=temperature,
+        max_decode_length=max_decode_length, eos_id=self.eos_id)
+    decodes = decodes.reshape(batch_size, num_decodes, max_decode_length)
+    scores = scores.reshape(batch_size, num_decodes)
+    order = jnp.argsort(-scores, axis=-1)
+    return (jnp.take_along_axis(decodes, order[:, :, None], axis=1),
+            {"scores": jnp.take_along_axis(scores, order, axis=1)})
+
+
+def prompt_batch(prompt_tokens: Sequence[Sequence[int]], batch_size: int,
+                 prompt_length: int) -> dict[str, np.ndarray]:
+  """Builds a fixed-shape inference batch from tokenized prompts.
+
+  Args:
+    prompt_tokens: token ids of each prompt (tasks' tokenization, no EOS).
+    batch_size: rows of the batch; rows past len(prompt_tokens) hold an
+      empty prompt and their decodes are to be ignored.
+    prompt_length: P, at least the longest prompt + 1 (the start token).
+
+  Returns:
+    {'decoder_input_tokens', 'decoder_causal_attention'}, int32 [B, P].
+
+  Raises:
+    ValueError: too many prompts, or a prompt longer than P - 1 tokens (the
+      caller must drop its oldest items, paper section 3.2).
+  """
+  if len(prompt_tokens) > batch_size:
+    raise ValueError(f"{len(prompt_tokens)} prompts do not fit a batch of "
+                     f"{batch_size}.")
+  tokens = np.zeros((batch_size, prompt_length), np.int32)
+  causal = np.zeros((batch_size, prompt_length), np.int32)
+  causal[:, 0] = 1
+  for row, ids in enumerate(prompt_tokens):
+    if len(ids) + 1 > prompt_length:
+      raise ValueError(
+          f"Prompt {row} has {len(ids)} tokens; at most {prompt_length - 1} "
+          "fit. Drop its oldest history items before building the batch.")
+    tokens[row, 1:len(ids) + 1] = ids
+    causal[row, :len(ids) + 1] = 1
+  return {"decoder_input_tokens": tokens, "decoder_causal_attention": causal}
+
