@@ -1,0 +1,81 @@
+"""A sharded train step on 8 CPU devices equals the 1-device step.
+
+jax fixes its device count when it first starts, so the comparison runs in a
+child process started with 8 host devices; this module is also that child.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+_NUM_DEVICES = 8
+
+
+def _run_steps(output_path: str) -> None:
+  """Child: 2 train steps on 1 device and on a (4 data x 2 model) mesh."""
+  import jax  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(pathlib.Path(__file__).parent))
+  import trainer_batches  # pylint: disable=g-import-not-at-top
+  from trainer import models, network, partitioning, train_lib  # pylint: disable=g-import-not-at-top
+
+  assert jax.device_count() == _NUM_DEVICES, jax.devices()
+  config = network.TransformerConfig(vocab_size=64, emb_dim=32, num_heads=4,
+                                     num_kv_heads=2, head_dim=8, mlp_dim=64,
+                                     num_layers=2)
+  model = models.CALRecModel(config)
+  batch = trainer_batches.random_batch(seed=0, batch_size=8, vocab_size=64)
+  shapes = {k: v.shape for k, v in batch.items()}
+  results = {}
+  for name, partitioner in [
+      ("single", partitioning.Partitioner(devices=jax.devices()[:1])),
+      ("sharded", partitioning.Partitioner(num_partitions=2)),
+  ]:
+    trainer = train_lib.Trainer(model, train_lib.create_optimizer(1e-2),
+                                partitioner, shapes, seed=0)
+    state = trainer.initial_state()
+    losses = []
+    for _ in range(2):
+      state, metrics = trainer.train_step(state, batch)
+      losses.append([float(metrics[k]) for k in ("loss", "tt_loss",
+                                                 "ut_loss")])
+    results[f"{name}/losses"] = np.array(losses)
+    flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    for path, value in flat:
+      results[f"{name}/{jax.tree_util.keystr(path)}"] = np.asarray(value)
+    if name == "sharded":
+      embedding = state.params["embedding"]["embedding"]
+      results["sharded_embedding_shard_shape"] = np.array(
+          embedding.sharding.shard_shape(embedding.shape))
+  np.savez(output_path, **results)
+
+
+def test_sharded_step_equals_single_device_step(tmp_path):
+  output = tmp_path / "steps.npz"
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={_NUM_DEVICES}")
+  repo_root = pathlib.Path(__file__).resolve().parent.parent
+  subprocess.run([sys.executable, __file__, str(output)], check=True, env=env,
+                 cwd=repo_root, timeout=300)
+  results = np.load(output)
+  # The vocabulary axis really is split over the 2 'model' devices.
+  np.testing.assert_array_equal(results["sharded_embedding_shard_shape"],
+                                [32, 32])
+  # Equal contrastive terms: the negatives are the global batch of 8, not a
+  # data shard's 2 examples.
+  np.testing.assert_allclose(results["sharded/losses"],
+                             results["single/losses"], rtol=1e-5)
+  names = [k[len("single/"):] for k in results.files
+           if k.startswith("single/") and k != "single/losses"]
+  assert len(names) > 10
+  for name in names:
+    np.testing.assert_allclose(results[f"sharded/{name}"],
+                               results[f"single/{name}"], rtol=1e-4,
+                               atol=1e-6, err_msg=name)
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+  _run_steps(sys.argv[1])

@@ -1,0 +1,133 @@
+"""Train state, optimizer and the sharded train/eval steps.
+
+`Trainer` compiles one train step and one eval step for a model, an optax
+optimizer and a `Partitioner`. The step's dropout key is derived from the seed
+and the step number, so a resumed run draws exactly the same keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import flax
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import optax
+
+from trainer import models
+from trainer import partitioning
+
+Array = jax.Array
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: Array
+  params: PyTree
+  opt_state: PyTree
+
+
+@gin.configurable
+def create_optimizer(learning_rate: float = 1e-4,
+                     warmup_steps: int = 0,
+                     weight_decay: float = 0.0,
+                     clip_gradient_norm: Optional[float] = 1.0,
+                     b2: float = 0.99) -> optax.GradientTransformation:
+  """AdamW at a constant rate after a linear warmup (paper: lr 1e-4)."""
+  if warmup_steps:
+    schedule = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    schedule = optax.join_schedules(
+        [schedule, optax.constant_schedule(learning_rate)], [warmup_steps])
+  else:
+    schedule = optax.constant_schedule(learning_rate)
+  parts = []
+  if clip_gradient_norm:
+    parts.append(optax.clip_by_global_norm(clip_gradient_norm))
+  parts.append(optax.adamw(schedule, b2=b2, weight_decay=weight_decay))
+  return optax.chain(*parts)
+
+
+class Trainer:
+  """Sharded initialisation, train step and eval step of one model."""
+
+  def __init__(self, model: models.CALRecModel,
+               optimizer: optax.GradientTransformation,
+               partitioner: partitioning.Partitioner,
+               input_shapes: Mapping[str, Sequence[int]], seed: int):
+    self.model = model
+    self.optimizer = optimizer
+    self.partitioner = partitioner
+    self.seed = seed
+    self._input_shapes = dict(input_shapes)
+
+    boxed = jax.eval_shape(self._boxed_initial_state, jax.random.PRNGKey(0))
+    self.state_shardings = partitioner.sharding_for(boxed)
+    self.abstract_state = jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                 sharding=sharding),
+        nn.meta.unbox(boxed), self.state_shardings)
+    replicated = partitioner.replicated()
+    data = partitioner.data_sharding()
+    self._init = partitioner.partition(
+        lambda rng: nn.meta.unbox(self._boxed_initial_state(rng)),
+        in_shardings=replicated, out_shardings=self.state_shardings)
+    self._from_params = partitioner.partition(
+        self._state_from_params, in_shardings=self.state_shardings.params,
+        out_shardings=self.state_shardings)
+    self._train_step = partitioner.partition(
+        self._train_step_impl, in_shardings=(self.state_shardings, data),
+        out_shardings=(self.state_shardings, replicated), donate_argnums=(0,))
+    self._eval_step = partitioner.partition(
+        self._eval_step_impl, in_shardings=(self.state_shardings.params, data),
+        out_shardings=replicated)
+
+  @property
+  def abstract_params(self) -> PyTree:
+    return self.abstract_state.params
+
+  def _boxed_initial_state(self, rng: Array) -> TrainState:
+    variables = self.model.get_initial_variables(rng, self._input_shapes)
+    params = variables["params"]
+    return TrainState(step=jnp.int32(0), params=params,
+                      opt_state=self.optimizer.init(params))
+
+  def _state_from_params(self, params: PyTree) -> TrainState:
+    return TrainState(step=jnp.int32(0), params=params,
+                      opt_state=self.optimizer.init(params))
+
+  def initial_state(self) -> TrainState:
+    """Fresh parameters from the seed, step 0."""
+    return self._init(jax.random.PRNGKey(self.seed))
+
+  def state_from_params(self, params: PyTree) -> TrainState:
+    """Step 0 with given parameters and a fresh optimizer (Stage II init)."""
+    return self._from_params(params)
+
+  def _train_step_impl(self, state: TrainState, batch: Mapping[str, Array]):
+    dropout_rng = None
+    if self.model.config.dropout_rate > 0:
+      dropout_rng = jax.random.fold_in(jax.random.PRNGKey(self.seed),
+                                       state.step)
+    grad_fn = jax.value_and_grad(self.model.loss_fn, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, batch, dropout_rng)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state,
+                                               state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, gradient_norm=optax.global_norm(grads))
+    return TrainState(step=state.step + 1, params=params,
+                      opt_state=opt_state), metrics
+
+  def _eval_step_impl(self, params: PyTree, batch: Mapping[str, Array]):
+    return self.model.loss_fn(params, batch, dropout_rng=None)[1]
+
+  def train_step(self, state: TrainState, batch: Mapping[str, Any]
+                ) -> tuple[TrainState, dict[str, Array]]:
+    return self._train_step(state, self.partitioner.shard_batch(batch))
+
+  def eval_step(self, params: PyTree,
+                batch: Mapping[str, Any]) -> dict[str, Array]:
+    return self._eval_step(params, self.partitioner.shard_batch(batch))
+
