@@ -73,9 +73,11 @@ class Config:
 
 
 def _resolve(pattern: str, data_dir: str) -> str:
-  if "://" in pattern or os.path.isabs(pattern):
+  if "://" in pattern:
     return pattern
-  return FileSystems.join(data_dir, pattern)
+  if "://" in data_dir:
+    return FileSystems.join(data_dir, pattern)
+  return os.path.normpath(os.path.join(data_dir, pattern))
 
 
 def _patterns(entry: dict[str, Any], key: str, where: str,
