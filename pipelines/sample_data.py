@@ -2,8 +2,9 @@ r"""A deterministic generator of Amazon-2018-format review and meta files.
 
   python -m pipelines.sample_data --output_dir=DIR [--seed=0] [--num_users=4000]
 
-Writes, per category, `{File}_5.json.gz` (reviews) and `meta_{File}.json.gz`
-(meta), and `config.json` listing them for `python -m pipelines.preprocess`:
+Writes the review and meta files that `configs/sample.json` names, and a
+`config.json` beside them for `python -m pipelines.preprocess` (the shipped
+config works too, with `--data_dir=DIR`):
 
   category     role         users   meta format
   Electronics  stage1_only  35 %    2018 JSON
@@ -52,6 +53,9 @@ import random
 import sys
 from typing import Any, Sequence
 
+SAMPLE_CONFIG = os.path.join(os.path.dirname(__file__), "configs",
+                             "sample.json")
+
 _DAY = 86400
 _FIRST_DAY = 16071  # 2014-01-01.
 _LAST_START_DAY = 17683  # 2018-06-01.
@@ -92,14 +96,13 @@ class Family:
 
 @dataclasses.dataclass(frozen=True)
 class CategorySpec:
+  """The products of one category of `configs/sample.json`."""
+
   name: str
-  file_stem: str
-  role: str
   user_share: float
   top_category: str
   families: tuple[Family, ...]
   impulse: tuple[str, ...]
-  user_fraction: float = 1.0
   meta_2014: bool = False
 
 
@@ -110,7 +113,7 @@ def _family(*steps_and_prices: tuple[str, tuple[int, int]]) -> Family:
 
 CATEGORIES = (
     CategorySpec(
-        "Electronics", "Electronics", "stage1_only", 0.35, "Electronics",
+        "Electronics", 0.35, "Electronics",
         (_family(("{brand} {model} 24MP Mirrorless Camera Body", (450, 900)),
                  ("{brand} {model} 18-55mm Zoom Lens", (150, 350)),
                  ("{brand} Carbon Fiber Tripod for {model} Cameras", (60, 140)),
@@ -129,7 +132,7 @@ CATEGORIES = (
         ("{brand} HDMI Cable 6 ft", "{brand} AA Batteries 24 Pack",
          "{brand} Screen Cleaning Kit", "{brand} Surge Protector Strip")),
     CategorySpec(
-        "CDs", "CDs_and_Vinyl", "validation", 0.20, "CDs & Vinyl",
+        "CDs", 0.20, "CDs & Vinyl",
         (_family(*[(f"{{name}} Vol. {i}", (9, 16)) for i in range(1, 6)]),
          _family(*[(f"{{name}} (Remastered) Disc {i}", (8, 14))
                    for i in range(1, 5)]),
@@ -140,7 +143,7 @@ CATEGORIES = (
         ("{brand} Greatest Love Songs Compilation", "{brand} Holiday Classics",
          "{brand} Relaxing Piano Collection")),
     CategorySpec(
-        "Games", "Video_Games", "eval", 0.25, "Video Games",
+        "Games", 0.25, "Video Games",
         (_family(*[(f"{{name}} {r}".strip(), (30, 60)) for r in _ROMAN[:5]]),
          _family(("{brand} {model} Game Console", (250, 450)),
                  ("{brand} {model} Wireless Controller", (40, 70)),
@@ -150,7 +153,7 @@ CATEGORIES = (
         ("{brand} Digital Gift Card", "{brand} Gaming Mouse Pad",
          "{brand} Thumb Grip Caps")),
     CategorySpec(
-        "Pet", "Pet_Supplies", "eval", 0.20, "Pet Supplies",
+        "Pet", 0.20, "Pet Supplies",
         (_family(("{brand} Puppy Formula Dry Dog Food 5 lb", (12, 20)),
                  ("{brand} Puppy Formula Dry Dog Food 15 lb", (30, 45)),
                  ("{brand} Adult Formula Dry Dog Food 15 lb", (30, 45)),
@@ -168,7 +171,7 @@ CATEGORIES = (
                  ("{brand} Aquarium Water Conditioner", (6, 14)))),
         ("{brand} Dog Chew Treats", "{brand} Catnip Toy Mice",
          "{brand} Pet Grooming Brush"),
-        user_fraction=0.5, meta_2014=True),
+        meta_2014=True),
 )
 
 # Rates of the noise and dirt described in the module docstring.
@@ -376,32 +379,34 @@ class _Generator:
 
 def _write_lines(path: str, lines: Sequence[str], compress: bool) -> None:
   data = ("\n".join(lines) + "\n").encode("utf-8")
-  with (gzip.open(path, "wb", compresslevel=6) if compress else
-        open(path, "wb")) as f:
-    f.write(data)
+  with open(path, "wb") as f:
+    # mtime=0 keeps the gzip header, and so the file, a function of the seed.
+    f.write(gzip.compress(data, compresslevel=6, mtime=0) if compress else data)
 
 
 def generate(output_dir: str, seed: int = 0, num_users: int = 4000,
              compress: bool = True) -> dict[str, Any]:
-  """Writes the sample and its config; returns the config."""
+  """Writes the files of `configs/sample.json` and a config.json for them."""
   os.makedirs(output_dir, exist_ok=True)
-  suffix = ".json.gz" if compress else ".json"
-  categories = []
-  for index, spec in enumerate(CATEGORIES):
+  with open(SAMPLE_CONFIG) as f:
+    config = json.load(f)
+  specs = {spec.name: spec for spec in CATEGORIES}
+  for index, category in enumerate(config["categories"]):
+    spec = specs[category["name"]]
     users = max(20, round(num_users * spec.user_share))
     generator = _Generator(spec, users, seed, index)
-    reviews = f"{spec.file_stem}_5{suffix}"
-    meta = f"meta_{spec.file_stem}{suffix}"
+    if not compress:
+      for key in ("reviews", "meta"):
+        category[key] = category[key].removesuffix(".gz")
     review_lines = generator.review_lines()
-    _write_lines(os.path.join(output_dir, reviews), review_lines, compress)
-    _write_lines(os.path.join(output_dir, meta), generator.meta_lines(),
+    _write_lines(os.path.join(output_dir, category["reviews"]), review_lines,
                  compress)
+    _write_lines(os.path.join(output_dir, category["meta"]),
+                 generator.meta_lines(), compress)
     print(f"{spec.name}: {users} users, {len(review_lines)} review lines, "
           f"{len(generator.items)} meta items", file=sys.stderr)
-    categories.append({"name": spec.name, "reviews": reviews, "meta": meta,
-                       "role": spec.role, "user_fraction": spec.user_fraction,
-                       "num_shards": 1 + users // 25000})
-  config = {"sampling_seed": seed, "data_dir": ".", "categories": categories}
+    category["num_shards"] = 1 + users // 25000
+  config.update(sampling_seed=seed, data_dir=".")
   with open(os.path.join(output_dir, "config.json"), "w") as f:
     json.dump(config, f, indent=2)
     f.write("\n")

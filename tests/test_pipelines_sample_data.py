@@ -48,6 +48,12 @@ def test_generator_is_deterministic_per_seed(tmp_path, sample):
   assert not filecmp.cmp(folder / "data" / "Video_Games_5.json",
                          tmp_path / "other" / "Video_Games_5.json",
                          shallow=False)
+  # Compressed files too: the gzip header holds no time stamp.
+  for name in ("gz1", "gz2"):
+    sample_data.generate(str(tmp_path / name), seed=3, num_users=100)
+  for name in _files(tmp_path / "gz1"):
+    assert filecmp.cmp(tmp_path / "gz1" / name, tmp_path / "gz2" / name,
+                       shallow=False)
 
 
 def test_sample_covers_every_role_and_the_documented_dirt(sample):
