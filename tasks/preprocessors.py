@@ -3,8 +3,10 @@
 A record holds a user's chronological `item_texts` (docs/contracts.md). The
 Task pipeline (see `tasks.tasks`) runs
 
-  tokenize_items       (before the cache) item texts -> `item_tokens`, a flat
-                       token list, and `item_lengths`, tokens per item;
+  tokenize_items       (before the cache) item texts -> item blocks: each
+                       item's tokens preceded by the tokens of the next-item
+                       prefix, one after the other in `block_tokens`, with
+                       `block_lengths` tokens per block;
   cut_last_items       (after the cache) training augmentation of paper
                        section 4: drop the last k items, k uniform in
                        {0, ..., min(max_cut_items, n - 2)};
@@ -17,8 +19,10 @@ Task pipeline (see `tasks.tasks`) runs
 The prompt's tokens are the concatenation of the tokens of its pieces (user
 prefix, item prefix, item text, ..., trailing prefix; see
 `tasks.vocab.prompt_pieces`), so the token count of any choice of kept items
-is a sum and the truncation is exact. `budgeted_prompt` is the same
-computation in plain Python for inference.
+is a sum and the truncation is exact. With the blocks, the prompt of history
+items s.. is user prefix + first-item prefix + the blocks from s on without
+block s's next-item prefix + the trailing next-item prefix: a slice.
+`budgeted_prompt` is the same computation in plain Python for inference.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tasks import templates
 
 # Paper section 4: the last k items are cut, k in {0, 1, 2, 3, 4}.
 MAX_CUT_ITEMS = 4
+_TOKENIZE_BLOCK_SIZE = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,33 +120,43 @@ def budgeted_prompt(history_texts: Sequence[str],
 def tokenize_items(dataset: tf.data.Dataset,
                    output_features: Mapping[str, seqio.Feature]
                    ) -> tf.data.Dataset:
-  """Tokenizes `item_texts` with the targets vocabulary.
+  """Tokenizes `item_texts` with the targets vocabulary into item blocks.
 
-  Replaces `item_texts` by `item_tokens` (int32, every item's tokens one after
-  the other, no EOS) and `item_lengths` (int32, tokens per item). Records
-  with fewer than two items hold no (history, target) pair and are skipped
-  (preprocessing emits none for the paper's 5-core data).
+  Replaces `item_texts` by `block_tokens` (int32: for every item, the tokens
+  of `templates.NEXT_ITEM_PREFIX` then the item's tokens, no EOS) and
+  `block_lengths` (int32, tokens per block). Records with fewer than two
+  items hold no (history, target) pair and are skipped (preprocessing emits
+  none for the paper's 5-core data).
   """
   vocabulary = output_features["targets"].vocabulary
+  next_item = tf.constant(_PrefixTokens.of(vocabulary).next_item, tf.int32)
 
-  def tokenize(record):
-    record = dict(record)
-    tokens = vocabulary.encode_tf(record.pop("item_texts"))
-    record["item_tokens"] = tf.cast(tokens.flat_values, tf.int32)
-    record["item_lengths"] = tf.cast(tokens.row_lengths(), tf.int32)
-    return record
+  def tokenize(records):
+    records = dict(records)
+    tokens = tf.cast(vocabulary.encode_tf(records.pop("item_texts")), tf.int32)
+    items = tokens.values  # [items of the block of records, (tokens)]
+    prefixes = tf.RaggedTensor.from_uniform_row_length(
+        tf.tile(next_item, [items.nrows()]), tf.size(next_item)
+    ).with_row_splits_dtype(items.row_splits.dtype)
+    blocks = tokens.with_values(tf.concat([prefixes, items], axis=1))
+    records["block_tokens"] = blocks.merge_dims(1, 2)
+    records["block_lengths"] = tf.cast(blocks.row_lengths(axis=2), tf.int32)
+    return records
 
+  # Blocks of records share one tokenizer call; only throughput depends on
+  # their size.
   dataset = dataset.filter(lambda record: tf.size(record["item_texts"]) >= 2)
-  return dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.ragged_batch(_TOKENIZE_BLOCK_SIZE)
+  return dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
 
 def _keep_first_items(record: Mapping[str, tf.Tensor],
                       num_items: tf.Tensor) -> dict[str, tf.Tensor]:
   """The record restricted to its first num_items items."""
   record = dict(record)
-  lengths = record["item_lengths"][:num_items]
-  record["item_tokens"] = record["item_tokens"][:tf.reduce_sum(lengths)]
-  record["item_lengths"] = lengths
+  lengths = record["block_lengths"][:num_items]
+  record["block_tokens"] = record["block_tokens"][:tf.reduce_sum(lengths)]
+  record["block_lengths"] = lengths
   return record
 
 
@@ -170,7 +185,7 @@ def cut_last_items(dataset: tf.data.Dataset, seed: int) -> tf.data.Dataset:
   """
 
   def cut(stream_index, record):
-    num_items = tf.size(record["item_lengths"])
+    num_items = tf.size(record["block_lengths"])
     max_cut = tf.minimum(tf.cast(record["max_cut_items"], tf.int32),
                          num_items - 2)
     k = tf.random.stateless_uniform(
@@ -194,36 +209,25 @@ def to_inputs_and_targets(dataset: tf.data.Dataset,
   """
   max_tokens = sequence_length["inputs"]
   prefixes = _PrefixTokens.of(output_features["inputs"].vocabulary)
-  user = tf.constant(prefixes.user, tf.int32)
-  first_item = tf.constant(prefixes.first_item, tf.int32)
+  head = tf.constant(prefixes.user + prefixes.first_item, tf.int32)
   next_item = tf.constant(prefixes.next_item, tf.int32)
   next_length = len(prefixes.next_item)
-  fixed_length = prefixes.fixed_length
 
   def convert(record):
-    lengths = record["item_lengths"]
-    tokens = record["item_tokens"]
-    history_lengths = lengths[:-1]
-    history_tokens = tokens[:tf.size(tokens) - lengths[-1]]
-    # Prompt length when keeping items s.. of the history, for every s.
-    prompt_lengths = fixed_length - next_length + tf.cumsum(
-        history_lengths + next_length, reverse=True)
+    lengths = record["block_lengths"]
+    tokens = record["block_tokens"]
+    target_start = tf.size(tokens) - lengths[-1]
+    # Prompt length when keeping history items s.., for every s.
+    prompt_lengths = len(head) + tf.cumsum(lengths[:-1], reverse=True)
     num_kept = tf.reduce_sum(tf.cast(prompt_lengths <= max_tokens, tf.int32))
     with tf.control_dependencies([tf.debugging.assert_positive(
         num_kept, message=_too_long_message(max_tokens))]):
-      num_kept = tf.identity(num_kept)
-    kept_lengths = history_lengths[tf.size(history_lengths) - num_kept:]
-    kept_tokens = history_tokens[tf.size(history_tokens)
-                                 - tf.reduce_sum(kept_lengths):]
-    item_prefixes = tf.RaggedTensor.from_row_lengths(
-        tf.concat([first_item, tf.tile(next_item, [num_kept - 1])], 0),
-        tf.concat([[len(prefixes.first_item)],
-                   tf.fill([num_kept - 1], next_length)], 0))
-    items = tf.RaggedTensor.from_row_lengths(kept_tokens, kept_lengths)
-    blocks = tf.concat([item_prefixes, items], axis=1)
+      kept_length = tf.reduce_sum(lengths[tf.size(lengths) - 1 - num_kept:-1])
     return {
-        "inputs": tf.concat([user, blocks.flat_values, next_item], 0),
-        "targets": tokens[tf.size(tokens) - lengths[-1]:],
+        "inputs": tf.concat([
+            head, tokens[target_start - kept_length + next_length:target_start],
+            next_item], 0),
+        "targets": tokens[target_start + next_length:],
         "user_id": record["user_id"],
         "category": record["category"],
     }

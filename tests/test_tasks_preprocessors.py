@@ -105,7 +105,7 @@ def _cut_lengths(records, max_cut_items, seed, vocabulary, epochs=1):
   ds = preprocessors.tokenize_items(_records_dataset(records, max_cut_items),
                                     _features(vocabulary))
   ds = preprocessors.cut_last_items(ds.repeat(epochs), seed)
-  return [len(r["item_lengths"]) for r in ds.as_numpy_iterator()]
+  return [len(r["block_lengths"]) for r in ds.as_numpy_iterator()]
 
 
 def test_cut_is_uniform_over_zero_to_four(vocabulary):
