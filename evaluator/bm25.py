@@ -13,16 +13,14 @@ one-byte encoding (`SmallFloat.intToByte4`, then `byte4ToInt`): lengths from 24
 on keep only four significant bits. Arithmetic follows Lucene's float32 order.
 
 Tokens come from the same analyzer as the index (`evaluator.lucene`), so the
-scores equal Lucene's to float rounding, ties included. Frequent terms (the
-template's labels, the category name, "unknown") touch every document: their
-summed contributions are cached per query signature as dense rows; the other
-terms add their postings.
+scores equal Lucene's to float rounding, ties included.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import itertools
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -77,12 +75,20 @@ def norm_inverse_table(avgdl: np.float32, k1: float, b: float) -> np.ndarray:
 
 
 class FastBM25:
-  """BM25 of token lists against every document of a tokenized corpus."""
+  """BM25 of token lists against every document of a tokenized corpus.
+
+  Terms fall in three tiers by document frequency. Common terms (at least
+  `common_df`, e.g. the template's labels and the category name) are summed
+  once per distinct (term, count) signature and cached. Frequent terms (at
+  least `dense_df`) keep a dense row of their weighted contributions. Rare
+  terms add their postings. Every document's score is the same sequence of
+  float32 operations, so documents Lucene ties stay exactly tied.
+  """
 
   def __init__(self, doc_tokens: Sequence[Sequence[str]],
                k1: float = lucene.BM25_K1, b: float = lucene.BM25_B,
-               dense_min_df_fraction: float = 0.05,
-               signature_cache_size: int = 1024):
+               common_df: float = 0.5, dense_df: float = 0.01,
+               signature_cache_size: int = 512):
     self.num_docs = len(doc_tokens)
     self.vocabulary: dict[str, int] = {}
     rows, cols, freqs = [], [], []
@@ -103,54 +109,89 @@ class FastBM25:
     # w - w / (1 + f * n) = w * (1 - 1 / (1 + f * n)); the factor is per posting.
     saturation = one - one / (one + freqs * norm_inverse)
 
-    num_terms = len(self.vocabulary)
     postings = scipy.sparse.csr_matrix(
-        (saturation, (rows, cols)), shape=(num_terms, self.num_docs),
+        (saturation, (rows, cols)), shape=(len(self.vocabulary), self.num_docs),
         dtype=np.float32)
     postings.sort_indices()
     doc_freq = np.diff(postings.indptr)
     self.idf = np.log1p((doc_count - doc_freq + 0.5) /
                         (doc_freq + 0.5)).astype(np.float32)
     self._postings = postings
-    dense_terms = np.flatnonzero(
-        doc_freq >= max(1, dense_min_df_fraction * self.num_docs))
+    # Tier per term: 0 common, 1 dense, 2 rare (Python ints: looked up often).
+    tiers = np.where(doc_freq >= common_df * self.num_docs, 0,
+                     np.where(doc_freq >= dense_df * self.num_docs, 1, 2))
+    self._tier = tiers
+    self._indptr = postings.indptr
+    self._indices = postings.indices
+    # Contribution of each posting for a term occurring once in the query.
+    self._weighted = postings.data * np.repeat(self.idf, doc_freq)
+    dense_terms = np.flatnonzero(tiers < 2)
     self._dense_row = {int(term): row for row, term in enumerate(dense_terms)}
-    self._dense = postings[dense_terms].toarray()
-    self._dense_sum = functools.lru_cache(maxsize=signature_cache_size)(
-        self._dense_sum_uncached)
+    self._dense = (postings[dense_terms].toarray() *
+                   self.idf[dense_terms][:, None])
+    self._common_sum = functools.lru_cache(maxsize=signature_cache_size)(
+        self._common_sum_uncached)
 
-  def _dense_sum_uncached(self, signature: tuple[tuple[int, int], ...]
-                          ) -> np.ndarray:
-    """Summed contributions of frequent terms: ((term id, count), ...)."""
+  def _term_row(self, term: int, count: int) -> np.ndarray:
+    row = self._dense[self._dense_row[term]]
+    return row if count == 1 else np.float32(count) * row
+
+  def _common_sum_uncached(self, signature: tuple[tuple[int, int], ...]
+                           ) -> np.ndarray:
+    """Summed contributions of common terms: ((term id, count), ...)."""
     total = np.zeros(self.num_docs, np.float32)
     for term, count in signature:
-      weight = np.float32(count) * self.idf[term]
-      total += weight * self._dense[self._dense_row[term]]
+      total += self._term_row(term, count)
     total.flags.writeable = False
     return total
 
-  def term_counts(self, tokens: Sequence[str]) -> collections.Counter[int]:
-    """Query term ids (terms absent from the corpus dropped) with counts."""
-    return collections.Counter(
-        self.vocabulary[t] for t in tokens if t in self.vocabulary)
-
   def score(self, queries: Sequence[Sequence[str]]) -> np.ndarray:
     """Scores [len(queries), num_docs] float32 of tokenized queries."""
-    scores = np.empty((len(queries), self.num_docs), np.float32)
-    indptr, indices, data = (self._postings.indptr, self._postings.indices,
-                             self._postings.data)
-    for row, tokens in enumerate(queries):
-      counts = self.term_counts(tokens)
-      signature = tuple(sorted((term, count) for term, count in counts.items()
-                               if term in self._dense_row))
-      scores[row] = self._dense_sum(signature)
-      for term, count in counts.items():
-        if term in self._dense_row:
-          continue
-        start, end = indptr[term], indptr[term + 1]
-        weight = np.float32(count) * self.idf[term]
-        scores[row, indices[start:end]] += weight * data[start:end]
+    num_queries, num_terms = len(queries), len(self.vocabulary)
+    scores = np.empty((num_queries, self.num_docs), np.float32)
+    term_ids = [[self.vocabulary.get(token, -1) for token in tokens]
+                for tokens in queries]
+    terms = np.fromiter(itertools.chain.from_iterable(term_ids), np.int64)
+    rows = np.repeat(np.arange(num_queries), [len(ids) for ids in term_ids])
+    known = terms >= 0
+    # Sorted unique (query, term) pairs with the term's count in the query.
+    pairs, counts = np.unique(rows[known] * num_terms + terms[known],
+                              return_counts=True)
+    rows, terms = pairs // num_terms, pairs % num_terms
+    tiers = self._tier[terms]
+
+    common = tiers == 0
+    bounds = np.searchsorted(rows[common], np.arange(num_queries + 1))
+    common_terms = terms[common].tolist()
+    common_counts = counts[common].tolist()
+    for row in range(num_queries):
+      start, end = bounds[row], bounds[row + 1]
+      scores[row] = self._common_sum(tuple(zip(common_terms[start:end],
+                                               common_counts[start:end])))
+    dense = tiers == 1
+    for row, term, count in zip(rows[dense].tolist(), terms[dense].tolist(),
+                                counts[dense].tolist()):
+      row_scores = scores[row]
+      row_scores += self._term_row(term, count)
+    rare = tiers == 2
+    if np.any(rare):
+      self._add_rare(scores.reshape(-1), rows[rare], terms[rare], counts[rare])
     return scores
+
+  def _add_rare(self, flat_scores: np.ndarray, rows: np.ndarray,
+                terms: np.ndarray, counts: np.ndarray) -> None:
+    """Adds the postings of rare (query, term) pairs in one scatter."""
+    starts, ends = self._indptr[terms], self._indptr[terms + 1]
+    lengths = ends - starts
+    # Posting positions of every pair, concatenated, without a Python loop.
+    first = np.cumsum(lengths) - lengths
+    positions = np.arange(lengths.sum()) + np.repeat(starts - first, lengths)
+    values = self._weighted[positions]
+    if np.any(counts != 1):
+      values = values * np.repeat(counts, lengths).astype(np.float32)
+    targets = self._indices[positions] + np.repeat(rows * self.num_docs,
+                                                   lengths)
+    np.add.at(flat_scores, targets, values)
 
 
 class FastBM25Scorer:

@@ -87,12 +87,8 @@ class LuceneAnalyzer:
     if any(_SEPARATOR in text.lower() for text in texts):
       return [self._analyze(text) for text in texts]
     tokens = self._analyze(f" {_SEPARATOR} ".join(texts))
-    result: list[list[str]] = [[]]
-    for token in tokens:
-      if token == _SEPARATOR:
-        result.append([])
-      else:
-        result[-1].append(token)
+    # Tokens hold no spaces: split the joined token string at separators.
+    result = [part.split() for part in " ".join(tokens).split(_SEPARATOR)]
     if len(result) != len(texts):
       return [self._analyze(text) for text in texts]
     return result

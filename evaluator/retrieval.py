@@ -66,17 +66,24 @@ def select_predictions(samples: Sequence[tuple[str, float]],
   return Predictions(tuple(texts), tuple(logprobs))
 
 
-def min_max_scale(scores: np.ndarray) -> np.ndarray:
-  """Scales each row to [0, 1] in float64; constant rows become all 0.
+def min_max_scale(scores: np.ndarray,
+                  multipliers: np.ndarray | None = None) -> np.ndarray:
+  """Scales each row to [0, 1], then times its multiplier (float32).
 
   A constant row (an empty text, or one whose terms no corpus item holds)
-  ranks nothing above anything else, so it contributes nothing to the pool.
+  ranks nothing above anything else, so it becomes all 0 and contributes
+  nothing to the pool. Equal inputs give equal outputs, so ties survive;
+  scores are float32 like Lucene's.
   """
-  scores = np.asarray(scores, dtype=np.float64)
-  low = scores.min(axis=1, keepdims=True)
-  spread = scores.max(axis=1, keepdims=True) - low
-  safe_spread = np.where(spread > 0, spread, 1.0)
-  return np.where(spread > 0, (scores - low) / safe_spread, 0.0)
+  scores = np.asarray(scores, np.float32)
+  low = scores.min(axis=1)
+  spread = scores.max(axis=1) - low
+  scaled = scores - low[:, None]
+  # The best item of a row scales to exactly 1; constant rows stay 0.
+  scaled /= np.where(spread > 0, spread, np.float32(1))[:, None]
+  if multipliers is not None:
+    scaled *= np.asarray(multipliers, np.float32)[:, None]
+  return scaled
 
 
 def fuse(match_scores: np.ndarray, logprobs: Sequence[float],
@@ -91,9 +98,9 @@ def fuse(match_scores: np.ndarray, logprobs: Sequence[float],
     raise ValueError(f"Expected [{len(logprobs)}, num_docs] match scores, got "
                      f"{match_scores.shape}.")
   if match_scores.shape[0] == 0:
-    return np.zeros(match_scores.shape[1], np.float64)
+    return np.zeros(match_scores.shape[1], np.float32)
   modulation = np.exp(epsilon * np.asarray(logprobs, np.float64))
-  return (min_max_scale(match_scores) * modulation[:, None]).max(axis=0)
+  return min_max_scale(match_scores, modulation).max(axis=0)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -59,7 +59,7 @@ def test_fast_bm25_equals_textbook_formula_with_quantized_lengths():
           ["gift"] + ["word%d" % i for i in range(40)] + ["red"],  # Length 42.
           [],
           ["coffee", "card"]]
-  scorer = bm25.FastBM25(docs, dense_min_df_fraction=0.5)
+  scorer = bm25.FastBM25(docs, common_df=0.5, dense_df=0.3)  # All tiers.
   queries = [["red", "gift"], ["blue", "blue", "card"], ["missing"], [],
              ["red", "word3", "coffee", "gift", "card"]]
   scores = scorer.score(queries)
@@ -73,14 +73,16 @@ def test_fast_bm25_equals_textbook_formula_with_quantized_lengths():
   assert abs(exact[2] - scores[0, 2]) > 1e-3 * scores[0, 2]
 
 
-def test_frequent_term_cache_does_not_change_scores():
+def test_term_tiers_and_cache_do_not_change_scores():
   items = evaluator_testdata.generated_items(300, seed=1)
   docs = [item["text"].lower().replace(".", "").split() for item in items]
   queries = docs[:25] + [docs[3] + docs[4], ["unknown", "unknown", "card"]]
-  cached = bm25.FastBM25(docs, dense_min_df_fraction=0.05).score(queries * 2)
-  sparse_only = bm25.FastBM25(docs, dense_min_df_fraction=2.0).score(queries)
-  np.testing.assert_allclose(cached[:len(queries)], sparse_only, rtol=1e-6)
-  np.testing.assert_array_equal(cached[:len(queries)], cached[len(queries):])
+  tiered = bm25.FastBM25(docs).score(queries * 2)
+  sparse_only = bm25.FastBM25(docs, common_df=2, dense_df=2).score(queries)
+  cached_only = bm25.FastBM25(docs, common_df=0, dense_df=0).score(queries)
+  np.testing.assert_allclose(tiered[:len(queries)], sparse_only, rtol=1e-6)
+  np.testing.assert_allclose(cached_only, sparse_only, rtol=1e-6)
+  np.testing.assert_array_equal(tiered[:len(queries)], tiered[len(queries):])
 
 
 def _corpus_texts():
