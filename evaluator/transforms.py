@@ -82,6 +82,10 @@ def evaluate_users(batch: Sequence[tuple[data.UserExample, generation.Samples]],
       yield REJECTS, reject(user.user_id,
                             f"target item {user.target_id} is not in the corpus")
       continue
+    if not samples:
+      yield REJECTS, reject(user.user_id, "no generated samples (the newest "
+                            "history item alone exceeds the input budget?)")
+      continue
     try:
       predictions = retrieval_lib.select_predictions(samples, options.num_preds)
     except ValueError as error:

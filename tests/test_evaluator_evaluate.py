@@ -75,6 +75,8 @@ def test_lir_ranks_by_hand():
   batch = [(_user(u), baselines.last_item_samples(_user(u))) for u in USERS]
   batch.append((data.UserExample("lost", ("A",), ("alpha beta",), "Z", "?"),
                 [("alpha beta", 0.0)]))
+  batch.append((data.UserExample("mute", ("A",), ("alpha beta",), "B", "?"),
+                []))
   outputs = list(transforms.evaluate_users(
       batch, corpus, scorer, retrieval.HierarchicalMatcher(corpus.texts),
       transforms.RetrievalOptions()))
@@ -82,8 +84,10 @@ def test_lir_ranks_by_hand():
   assert {u: (r["rank_optimistic"], r["rank_pessimistic"])
           for u, r in results.items()} == {u: e for u, (_, e) in USERS.items()}
   assert results["u3"]["top_item_ids"][:3] == ["B", "A", "D"]
-  assert [r for tag, r in outputs if tag == transforms.REJECTS] == [{
-      "user_id": "lost", "reason": "target item Z is not in the corpus"}]
+  rejects = [r for tag, r in outputs if tag == transforms.REJECTS]
+  assert [r["user_id"] for r in rejects] == ["lost", "mute"]
+  assert rejects[0]["reason"] == "target item Z is not in the corpus"
+  assert rejects[1]["reason"].startswith("no generated samples")
 
 
 class EchoGenerator:

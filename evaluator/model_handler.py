@@ -1,0 +1,120 @@
+"""The JAX CALRec model as a `generation.TextGenerator` (paper section 3.5).
+
+`JaxGenerator` turns requests into N_gen temperature samples per user with
+their sequence log-probs, through `CALRecModel.predict_batch_with_aux`:
+
+- prompts are budgeted exactly as in training (`tasks.preprocessors.
+  budgeted_prompt`: the oldest history items dropped whole);
+- every call runs the same padded shapes [batch_size, prompt_length], so the
+  sampler compiles once;
+- users are vmapped one per row, each with the PRNG key of its own seed, so a
+  user's samples are the same whatever the batch it lands in.
+
+`GeneratorLoader` loads a trained model directory on each Beam worker
+(`GeneratorModelHandler.load_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+import seqio
+
+from evaluator import generation
+from tasks import preprocessors
+from trainer import models
+
+PyTree = Any
+
+
+class JaxGenerator:
+  """Samples item texts for user histories with a CALRec model."""
+
+  def __init__(self, model: models.CALRecModel, params: PyTree,
+               vocabulary: seqio.Vocabulary, prompt_length: int,
+               num_generations: int = generation.NUM_GENERATIONS,
+               temperature: float = generation.TEMPERATURE,
+               max_decode_length: int = generation.MAX_DECODE_LENGTH,
+               batch_size: int = 8):
+    if prompt_length < 2 or batch_size < 1:
+      raise ValueError("prompt_length must be >= 2 and batch_size >= 1, got "
+                       f"{prompt_length} and {batch_size}.")
+    self._params = params
+    self._vocabulary = vocabulary
+    self._prompt_length = prompt_length
+    self._batch_size = batch_size
+    self._eos_id = model.eos_id
+
+    def sample_one_user(params, tokens, causal_attention, key):
+      decodes, aux = model.predict_batch_with_aux(
+          params, {"decoder_input_tokens": tokens[None],
+                   "decoder_causal_attention": causal_attention[None]},
+          key, num_decodes=num_generations, temperature=temperature,
+          max_decode_length=max_decode_length)
+      return decodes[0], aux["scores"][0]
+
+    self._sample = jax.jit(jax.vmap(sample_one_user, in_axes=(None, 0, 0, 0)))
+
+  def _prompt_tokens(self, request: generation.GenerationRequest
+                     ) -> Optional[tuple[int, ...]]:
+    try:
+      return preprocessors.budgeted_prompt(
+          request.history_texts, self._vocabulary,
+          self._prompt_length - 1).token_ids
+    except ValueError as error:
+      logging.warning("No samples for a request: %s", error)
+      return None
+
+  def _text(self, tokens: np.ndarray) -> str:
+    """Decoded tokens up to the first EOS (or padding)."""
+    ids = tokens.tolist()
+    for end, token in enumerate(ids):
+      if token in (self._eos_id, 0):
+        ids = ids[:end]
+        break
+    return self._vocabulary.decode(ids)
+
+  def generate(self, requests: Sequence[generation.GenerationRequest]
+               ) -> list[generation.Samples]:
+    """N_gen (text, log-prob) samples per request; none when it cannot fit."""
+    outputs: list[generation.Samples] = []
+    for start in range(0, len(requests), self._batch_size):
+      chunk = requests[start:start + self._batch_size]
+      prompts = [self._prompt_tokens(request) for request in chunk]
+      batch = models.prompt_batch([p or () for p in prompts], self._batch_size,
+                                  self._prompt_length)
+      seeds = [r.seed for r in chunk] + [0] * (self._batch_size - len(chunk))
+      keys = jax.vmap(jax.random.PRNGKey)(np.array(seeds, np.uint32))
+      decodes, scores = jax.device_get(self._sample(
+          self._params, batch["decoder_input_tokens"],
+          batch["decoder_causal_attention"], keys))
+      for row, prompt in enumerate(prompts):
+        outputs.append([] if prompt is None else [
+            (self._text(tokens), float(score))
+            for tokens, score in zip(decodes[row], scores[row])])
+    return outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorLoader:
+  """Loads `JaxGenerator` from a model directory (picklable for Beam)."""
+
+  model_dir: str
+  num_generations: int = generation.NUM_GENERATIONS
+  temperature: float = generation.TEMPERATURE
+  max_decode_length: int = generation.MAX_DECODE_LENGTH
+  batch_size: int = 8
+  step: Optional[int] = None
+
+  def __call__(self) -> JaxGenerator:
+    from trainer import checkpoints  # pylint: disable=g-import-not-at-top
+    loaded = checkpoints.load_for_inference(self.model_dir, step=self.step)
+    logging.info("Loaded %s at step %d.", self.model_dir, loaded.step)
+    return JaxGenerator(
+        loaded.model, loaded.params, loaded.vocabulary, loaded.prompt_length,
+        num_generations=self.num_generations, temperature=self.temperature,
+        max_decode_length=self.max_decode_length, batch_size=self.batch_size)
