@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import json
 import pathlib
 from typing import Sequence
 
@@ -11,27 +10,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines import processing
 from tasks import templates
 
-CORPUS_COLUMNS = ("item_id", "text", "title", "category", "brand", "price")
-
-
 def gift_cards_items(meta_path: pathlib.Path) -> list[dict[str, str]]:
-  """Items of the real Gift_Cards meta file, first row per asin, templated."""
-  items: dict[str, dict[str, str]] = {}
-  with gzip.open(meta_path, "rt", encoding="utf-8") as lines:
-    for line in lines:
-      meta = json.loads(line)
-      if meta.get("asin") in items:
-        continue
-      category = (meta.get("category") or [None])[0]
-      attributes = templates.item_attributes(
-          meta.get("title"), category, meta.get("brand"), meta.get("price"))
-      items[meta["asin"]] = {
-          "item_id": meta["asin"], "text": templates.format_item(attributes),
-          **dict(zip(("title", "category", "brand", "price"),
-                     attributes.as_tuple()))}
-  return list(items.values())
+  """Items of a real meta file, cleaned and templated by the pipeline."""
+  with gzip.open(meta_path, "rb") as lines:
+    chunk = processing.parse_meta_lines(enumerate(lines), str(meta_path))
+  columns = processing.corpus_columns(chunk.items, chunk.items)
+  return [dict(zip(columns, row)) for row in zip(*columns.values())]
 
 
 _WORDS = ("red blue green gold silver classic deluxe mini card gift box set "
@@ -61,7 +48,7 @@ def write_corpus(directory: pathlib.Path, items: Sequence[dict[str, str]]
   directory.mkdir(parents=True, exist_ok=True)
   path = directory / "corpus.parquet"
   pq.write_table(pa.table({column: [item[column] for item in items]
-                           for column in CORPUS_COLUMNS}), path)
+                           for column in processing.CORPUS_COLUMNS}), path)
   return path
 
 
