@@ -12,7 +12,6 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines import processing
 from pipelines import textio
 
 DEFAULT_RUNNER = "FnApiRunner"
@@ -54,10 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument(
       "--overwrite", action="store_true",
       help="replace the output of an earlier run in --output_dir")
-  parser.add_argument(
-      "--num_user_buckets", type=_positive_int,
-      default=processing.DEFAULT_NUM_BUCKETS,
-      help="groups of users processed together (parallelism of the sort)")
   parser.add_argument(
       "--read_range_mb", type=_positive_int,
       default=textio.DEFAULT_RANGE_BYTES >> 20,

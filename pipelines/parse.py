@@ -103,11 +103,20 @@ def text_digest(text: str) -> bytes:
 
 def review_event(record: dict[str, Any]) -> tuple[str, Event]:
   """Reads (reviewerID, event) from one review record."""
-  user_id = _required_string(record, "reviewerID")
-  asin = _required_string(record, "asin")
-  timestamp = _timestamp(record)
-  rating = _rating(record)
+  user_id = record.get("reviewerID")
+  asin = record.get("asin")
+  timestamp = record.get("unixReviewTime")
+  rating = record.get("overall")
   text = record.get("reviewText")
+  if not (type(user_id) is str and user_id and not user_id.isspace() and
+          type(asin) is str and asin and not asin.isspace() and
+          type(timestamp) is int and type(rating) is float and
+          rating == rating):
+    # Anything but the common well-formed case takes the checked path.
+    user_id = _required_string(record, "reviewerID")
+    asin = _required_string(record, "asin")
+    timestamp = _timestamp(record)
+    rating = _rating(record)
   if not isinstance(text, str):
     text = ""
   return user_id, (timestamp, asin, rating, text_digest(text))

@@ -11,7 +11,6 @@ the output folder.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from typing import Sequence
@@ -21,6 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import config as config_lib
 from pipelines import options
+from pipelines import outputs
 from pipelines import stats as stats_lib
 from pipelines import textio
 from pipelines import transforms
@@ -43,28 +43,21 @@ def plan_tasks(config: config_lib.Config, range_bytes: int = (
 
 def build_pipeline(pipeline: beam.Pipeline, config: config_lib.Config,
                    output_dir: str, review_tasks: Sequence[transforms.RangeTask],
-                   meta_tasks: Sequence[transforms.RangeTask],
-                   num_buckets: int) -> None:
+                   meta_tasks: Sequence[transforms.RangeTask]) -> None:
   """Adds the whole job to `pipeline`."""
   meta, meta_rejects, meta_counts = (
       pipeline | "ReadMeta" >> transforms.ReadMeta(meta_tasks))
-  shards, item_ids, review_rejects, review_counts = (
-      pipeline | "BuildSequences" >> transforms.BuildSequences(
-          review_tasks, config, num_buckets, meta))
-  shard_files = shards | "WriteShards" >> transforms.WriteShards(output_dir,
-                                                                 config)
-  corpus = ((item_ids, meta)
-            | "WriteCorpus" >> transforms.WriteCorpus(output_dir, config))
-  counts = ((meta_counts, review_counts)
-            | "FlattenCounts" >> beam.Flatten())
-  stats = ((counts, corpus)
-           | "WriteStats" >> transforms.WriteStats(output_dir, config))
-  reject_counts = ((meta_rejects, review_rejects)
-                   | "FlattenRejects" >> beam.Flatten()
-                   | "WriteRejects" >> transforms.WriteRejects(output_dir,
-                                                               config))
-  _ = ((shard_files, stats, reject_counts)
-       | "WriteManifest" >> transforms.WriteManifest(output_dir, config))
+  shard_files, item_ids, review_rejects, review_counts = (
+      pipeline | "BuildShards" >> transforms.BuildShards(
+          review_tasks, config, output_dir, meta))
+  summaries = ({
+      "counts": (meta_counts, review_counts) | "Counts" >> beam.Flatten(),
+      "items": item_ids,
+      "rejects": (meta_rejects, review_rejects) | "Rejects" >> beam.Flatten(),
+  } | "FinalizeCategories" >> transforms.FinalizeCategories(
+      config, output_dir, meta))
+  _ = ((shard_files, summaries)
+       | "WriteManifest" >> transforms.WriteManifest(config, output_dir))
 
 
 class OutputDirError(ValueError):
@@ -78,7 +71,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
   if not FileSystems.match([FileSystems.join(output_dir, "*")])[0].metadata_list:
     return
   earlier_run = any(FileSystems.exists(FileSystems.join(output_dir, name))
-                    for name in (transforms.MANIFEST, transforms.REJECTS_DIR))
+                    for name in (outputs.MANIFEST, outputs.REJECTS_DIR))
   if not overwrite:
     raise OutputDirError(f"--output_dir {output_dir} is not empty; pass "
                      "--overwrite to replace an earlier run or choose "
@@ -88,16 +81,6 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
                      "earlier run (no manifest.json or rejects/); refusing "
                      "to delete it")
   FileSystems.delete([output_dir])
-
-
-def read_stats(config: config_lib.Config,
-               output_dir: str) -> dict[str, dict]:
-  stats = {}
-  for category in config.categories:
-    path = FileSystems.join(output_dir, category.name, transforms.STATS)
-    with FileSystems.open(path) as f:
-      stats[category.name] = json.loads(f.read())
-  return stats
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
@@ -115,10 +98,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
                args.output_dir)
   with beam.Pipeline(options=options.beam_options(beam_args)) as pipeline:
     build_pipeline(pipeline, config, args.output_dir, review_tasks,
-                   meta_tasks, args.num_user_buckets)
-  stats = read_stats(config, args.output_dir)
+                   meta_tasks)
+  stats = outputs.read_stats(args.output_dir, config)
   logging.info("done: %s", FileSystems.join(args.output_dir,
-                                             transforms.MANIFEST))
+                                             outputs.MANIFEST))
   return stats
 
 

@@ -1,15 +1,17 @@
 """The per-element work of the preprocessing job, free of Beam.
 
-The job (paper section 4) runs in three steps, each a function here that the
-DoFns of `transforms.py` wrap:
+The job (paper section 4) runs in four steps, each a function here that the
+DoFns of `transforms.py` wrap (and that a plain single-process loop can call):
 
 1. `parse_meta_lines` / `merge_meta`: meta rows to one cleaned row per asin.
-2. `parse_review_lines`: a file range of reviews to events grouped by user and
-   user bucket; unsampled users are kept as ids only, bad lines become rejects.
-   Reviews of items without a meta row are rejected (`unknown_asin`): an item
-   with no text cannot be recommended by text.
-3. `build_bucket`: all events of a bucket's users to sorted, deduplicated,
-   templated records per (split, shard), sorted by user id.
+2. `parse_review_lines`: a file range of reviews to events grouped by output
+   shard and user; unsampled users are kept as ids only, bad lines become
+   rejects. Reviews of items without a meta row are rejected (`unknown_asin`):
+   an item with no text cannot be recommended by text.
+3. `build_shard`: all events of one shard's users to sorted, deduplicated,
+   templated records per split, in user id order: the shard's file contents.
+4. `corpus_columns`, `rejects_file`, `stats.category_stats`: the category's
+   item corpus, rejects and statistics.
 
 Counts of everything read, dropped and kept flow out as `collections.Counter`s
 whose keys `stats.py` turns into the statistics file.
@@ -20,9 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-from typing import Container, Iterable, Mapping, NamedTuple
-
-from apache_beam.io.filesystems import FileSystems
+from typing import Container, Iterable, Mapping, NamedTuple, Sequence
 
 from pipelines import config as config_lib
 from pipelines import parse
@@ -30,11 +30,7 @@ from pipelines import records
 from pipelines import sequences
 from tasks import templates
 
-# Users whose events are grouped together before sorting; more buckets mean
-# smaller units of parallel work.
-DEFAULT_NUM_BUCKETS = 16
-
-# Users of one bucket: id -> events; an unsampled user maps to no events.
+# Users of one shard: id -> events; an unsampled user maps to no events.
 UserEvents = dict[str, list[parse.Event]]
 
 
@@ -109,44 +105,48 @@ def item_text(meta: parse.ItemMeta) -> str:
 
 @dataclasses.dataclass
 class ReviewChunk:
-  buckets: dict[int, UserEvents]
+  shards: dict[int, UserEvents]
   rejects: list[Reject]
   counts: collections.Counter
 
 
 def parse_review_lines(lines: Iterable[tuple[int, bytes]], source: str,
                        category: config_lib.CategoryConfig, sampling_seed: int,
-                       known_asins: Container[str],
-                       num_buckets: int = DEFAULT_NUM_BUCKETS) -> ReviewChunk:
-  """Parses the reviews of one file range into per-bucket user events."""
-  chunk = ReviewChunk(collections.defaultdict(dict), [], collections.Counter())
-  counts = chunk.counts
-  is_sampled: dict[str, bool] = {}
+                       known_asins: Container[str]) -> ReviewChunk:
+  """Parses the reviews of one file range into per-shard user events."""
+  rejects: list[Reject] = []
+  counts = collections.Counter()
+  # User id -> events, or None for a user the sample leaves out.
+  users: dict[str, list[parse.Event] | None] = {}
+  num_lines = 0
   for offset, line in lines:
-    if not line.strip():
-      counts["review_blank_lines"] += 1
-      continue
-    counts["review_lines"] += 1
+    num_lines += 1
     try:
       user_id, event = parse.review_event(parse.load_record(line))
       if event[1] not in known_asins:
         raise parse.RejectError("unknown_asin")
     except parse.RejectError as e:
-      counts[f"reviews_rejected_{e.reason}"] += 1
-      chunk.rejects.append(_line_reject(source, offset, e.reason, line))
+      if not line.strip():
+        counts["review_blank_lines"] += 1
+      else:
+        counts[f"reviews_rejected_{e.reason}"] += 1
+        rejects.append(_line_reject(source, offset, e.reason, line))
       continue
-    keep = is_sampled.get(user_id)
-    if keep is None:
-      keep = is_sampled[user_id] = sequences.sampled(
-          user_id, category.user_fraction, sampling_seed)
-    users = chunk.buckets[sequences.user_hash(user_id) % num_buckets]
-    events = users.setdefault(user_id, [])
-    if keep:
-      events.append(event)
+    if user_id in users:
+      events = users[user_id]
     else:
+      events = users[user_id] = [] if sequences.sampled(
+          user_id, category.user_fraction, sampling_seed) else None
+    if events is None:
       counts["reviews_of_unsampled_users"] += 1
-  chunk.buckets = dict(chunk.buckets)
-  return chunk
+    else:
+      events.append(event)
+  counts["review_lines"] = num_lines - counts["review_blank_lines"]
+  shards: dict[int, UserEvents] = collections.defaultdict(dict)
+  for user_id, events in users.items():
+    shards[sequences.shard_of(user_id, category.num_shards)][user_id] = (
+        events or [])
+  return ReviewChunk(dict(shards), rejects, counts)
 
 
 def merge_user_events(parts: Iterable[UserEvents]) -> UserEvents:
@@ -157,23 +157,21 @@ def merge_user_events(parts: Iterable[UserEvents]) -> UserEvents:
   return merged
 
 
-# Records of one (split, shard): (user id, serialized Example), sorted by id.
-ShardRecords = list[tuple[str, bytes]]
-
-
 @dataclasses.dataclass
-class BucketResult:
-  shards: dict[tuple[str, int], ShardRecords]
+class ShardResult:
+  """One shard: split -> serialized Examples in user id order, and more."""
+
+  records: dict[str, list[bytes]]
   item_ids: set[str]
   rejects: list[Reject]
   counts: collections.Counter
 
 
-def build_bucket(users: UserEvents, category: config_lib.CategoryConfig,
-                 meta: Mapping[str, parse.ItemMeta]) -> BucketResult:
-  """Sorts, deduplicates, splits and templates the sequences of a bucket."""
-  result = BucketResult(collections.defaultdict(list), set(), [],
-                        collections.Counter())
+def build_shard(users: UserEvents, category: config_lib.CategoryConfig,
+                meta: Mapping[str, parse.ItemMeta]) -> ShardResult:
+  """Sorts, deduplicates, splits and templates the sequences of a shard."""
+  result = ShardResult({split: [] for split in category.splits}, set(), [],
+                       collections.Counter())
   counts = result.counts
   texts: dict[str, str] = {}
   min_events = sequences.MIN_EVENTS[category.role]
@@ -202,31 +200,38 @@ def build_bucket(users: UserEvents, category: config_lib.CategoryConfig,
     for asin in item_ids:
       if asin not in texts:
         texts[asin] = item_text(meta[asin])
-    shard = sequences.shard_of(user_id, category.num_shards)
+    item_texts = [texts[asin] for asin in item_ids]
+    timestamps = [event[0] for event in kept]
     for split, part in sequences.role_splits(kept, category.role):
-      example = records.sequence_example(
-          user_id, category.name, item_ids[:len(part)],
-          [texts[asin] for asin in item_ids[:len(part)]],
-          [event[0] for event in part])
-      result.shards[(split, shard)].append((user_id, example))
-  result.shards = dict(result.shards)
+      n = len(part)
+      result.records[split].append(records.sequence_example(
+          user_id, category.name, item_ids[:n], item_texts[:n],
+          timestamps[:n]))
   return result
 
 
-def merge_shard_records(parts: Iterable[ShardRecords]) -> ShardRecords:
-  """All records of one shard, sorted by user id (ids are unique)."""
-  return sorted((record for part in parts for record in part),
-                key=lambda record: record[0])
+def shard_file_bytes(examples: Iterable[bytes]) -> bytes:
+  return b"".join(map(records.tfrecord_frame, examples))
 
 
-def shard_file_bytes(shard_records: ShardRecords) -> bytes:
-  return b"".join(records.tfrecord_frame(example)
-                  for _, example in shard_records)
+CORPUS_COLUMNS = ("item_id", "text", "title", "category", "brand", "price")
 
 
-def shard_path(output_dir: str, category: str, split: str, shard: int,
-               num_shards: int) -> str:
-  """`{category}/{split}-SSSSS-of-NNNNN.tfrecord` (docs/contracts.md)."""
-  return FileSystems.join(
-      output_dir, category,
-      f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord")
+def corpus_columns(item_ids: Iterable[str],
+                   meta: Mapping[str, parse.ItemMeta]) -> dict[str, list[str]]:
+  """The corpus, column by column, sorted by item id: every item the
+  category's written sequences use, with its text and truncated attributes."""
+  columns: dict[str, list[str]] = {name: [] for name in CORPUS_COLUMNS}
+  for item_id in sorted(item_ids):
+    attributes = item_attributes(meta[item_id])
+    row = (item_id, templates.format_item(attributes), *attributes.as_tuple())
+    for name, value in zip(CORPUS_COLUMNS, row):
+      columns[name].append(value)
+  return columns
+
+
+def rejects_file(category: str, rejects: Iterable[Sequence]) -> bytes:
+  """JSON lines of the rejects, sorted by source, offset, reason, record."""
+  ordered = sorted(Reject(*reject) for reject in rejects)
+  return "".join(reject.to_json(category) + "\n"
+                 for reject in ordered).encode("utf-8")

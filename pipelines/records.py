@@ -8,6 +8,7 @@ workers and makes the bytes deterministic (features are written sorted by name).
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Sequence
 
@@ -29,6 +30,8 @@ _UINT64_MASK = (1 << 64) - 1
 
 
 def _varint(value: int) -> bytes:
+  if 0 <= value < 0x80:
+    return _ONE_BYTE[value]
   value &= _UINT64_MASK  # Negative int64 are written as 10-byte two's complement.
   out = bytearray()
   while value > 0x7F:
@@ -38,18 +41,32 @@ def _varint(value: int) -> bytes:
   return bytes(out)
 
 
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+
+
 def _field(number: int, payload: bytes) -> bytes:
   return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(
       len(payload)) + payload
 
 
-def _bytes_feature(values: Sequence[bytes]) -> bytes:
-  return _field(_FEATURE_BYTES_LIST,
-                b"".join(_field(_LIST_VALUE, value) for value in values))
+# Item ids, texts and day-granular timestamps repeat across the records of a
+# category; their encodings are cached (bounded, so memory stays flat).
+@functools.lru_cache(maxsize=1 << 17)
+def _bytes_value(value: str) -> bytes:
+  return _field(_LIST_VALUE, value.encode("utf-8"))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _int64_value(value: int) -> bytes:
+  return _varint(value)
+
+
+def _bytes_feature(values: Sequence[str]) -> bytes:
+  return _field(_FEATURE_BYTES_LIST, b"".join(map(_bytes_value, values)))
 
 
 def _int64_feature(values: Sequence[int]) -> bytes:
-  packed = b"".join(_varint(value) for value in values)
+  packed = b"".join(map(_int64_value, values))
   return _field(_FEATURE_INT64_LIST,
                 _field(_LIST_VALUE, packed) if packed else b"")
 
@@ -69,11 +86,11 @@ def sequence_example(user_id: str, category: str, item_ids: Sequence[str],
                      timestamps: Sequence[int]) -> bytes:
   """The serialized record of one user sequence (docs/contracts.md)."""
   return encode_example({
-      "category": _bytes_feature([category.encode("utf-8")]),
-      "item_ids": _bytes_feature([item.encode("utf-8") for item in item_ids]),
-      "item_texts": _bytes_feature([text.encode("utf-8") for text in item_texts]),
+      "category": _bytes_feature([category]),
+      "item_ids": _bytes_feature(item_ids),
+      "item_texts": _bytes_feature(item_texts),
       "timestamps": _int64_feature(timestamps),
-      "user_id": _bytes_feature([user_id.encode("utf-8")]),
+      "user_id": _bytes_feature([user_id]),
   })
 
 

@@ -405,7 +405,7 @@ def generate(output_dir: str, seed: int = 0, num_users: int = 4000,
                  generator.meta_lines(), compress)
     print(f"{spec.name}: {users} users, {len(review_lines)} review lines, "
           f"{len(generator.items)} meta items", file=sys.stderr)
-    category["num_shards"] = 1 + users // 25000
+    category["num_shards"] = 1 + users // 5000
   config.update(sampling_seed=seed, data_dir=".")
   with open(os.path.join(output_dir, "config.json"), "w") as f:
     json.dump(config, f, indent=2)

@@ -62,7 +62,7 @@ def test_merge_meta_is_independent_of_chunk_order():
       "B1": ("T", "C", None, None), "B2": ("X", "C", None, None)}
 
 
-def test_parse_review_lines_groups_by_bucket_and_rejects():
+def test_parse_review_lines_groups_by_shard_and_rejects():
   lines = _lines([
       _review("U1", "B1", 10),
       _review("U1", "B2", 20),
@@ -72,15 +72,15 @@ def test_parse_review_lines_groups_by_bucket_and_rejects():
       "not json",
   ])
   chunk = processing.parse_review_lines(
-      lines, "reviews.json", _category(), sampling_seed=0,
-      known_asins={"B1", "B2"}, num_buckets=4)
-  users = processing.merge_user_events(chunk.buckets.values())
+      lines, "reviews.json", _category(shards=4), sampling_seed=0,
+      known_asins={"B1", "B2"})
+  users = processing.merge_user_events(chunk.shards.values())
   assert sorted(users) == ["U1", "U2"]
   assert [e[1] for e in users["U1"]] == ["B1", "B2"]
   assert [e[1] for e in users["U2"]] == ["B1"]
-  for bucket, bucket_users in chunk.buckets.items():
-    for user in bucket_users:
-      assert sequences.user_hash(user) % 4 == bucket
+  for shard, shard_users in chunk.shards.items():
+    for user in shard_users:
+      assert sequences.shard_of(user, 4) == shard
   assert [(r.source, r.offset, r.reason) for r in chunk.rejects] == [
       ("reviews.json", lines[2][0], "unknown_asin"),
       ("reviews.json", lines[3][0], "missing_reviewerID"),
@@ -94,9 +94,9 @@ def test_parse_review_lines_groups_by_bucket_and_rejects():
 def test_unsampled_users_are_kept_as_ids_without_events():
   users = [f"U{i}" for i in range(200)]
   lines = _lines([_review(u, "B1", 1) for u in users])
-  chunk = processing.parse_review_lines(lines, "r", _category(fraction=0.3),
-                                        3, {"B1"}, num_buckets=2)
-  merged = processing.merge_user_events(chunk.buckets.values())
+  chunk = processing.parse_review_lines(
+      lines, "r", _category(fraction=0.3, shards=2), 3, {"B1"})
+  merged = processing.merge_user_events(chunk.shards.values())
   assert sorted(merged) == sorted(users)
   sampled = {u for u in users if sequences.sampled(u, 0.3, 3)}
   assert {u for u, events in merged.items() if events} == sampled
@@ -121,7 +121,7 @@ def _decode(serialized):
           list(features["timestamps"].int64_list.value))
 
 
-def test_build_bucket_orders_dedups_splits_and_templates():
+def test_build_shard_orders_dedups_splits_and_templates():
   users = _user_events([
       ("U1", "B3", 30, "c"), ("U1", "B1", 10, "a"), ("U1", "B2", 20, "b"),
       ("U1", "B2", 20, "b"), ("U1", "B4", 40, "d"),
@@ -129,16 +129,15 @@ def test_build_bucket_orders_dedups_splits_and_templates():
       ("U0", "B7", 7, "z"),
   ])
   users["U9"] = []  # Unsampled.
-  result = processing.build_bucket(users, _category("eval"), META)
-  assert set(result.shards) == {("train", 0), ("validation", 0), ("test", 0)}
-  test_records = result.shards[("test", 0)]
-  assert [user for user, _ in test_records] == ["U1"]
-  ids, texts, times = _decode(test_records[0][1])
+  result = processing.build_shard(users, _category("eval"), META)
+  assert set(result.records) == {"train", "validation", "test"}
+  assert len(result.records["test"]) == 1
+  ids, texts, times = _decode(result.records["test"][0])
   assert ids == ["B1", "B2", "B3", "B4"]
   assert times == [10, 20, 30, 40]
   assert texts[0] == templates.item_text("Item 1", "Games", "Acme", "$1.00")
-  assert _decode(result.shards[("validation", 0)][0][1])[0] == ids[:3]
-  assert _decode(result.shards[("train", 0)][0][1])[0] == ids[:2]
+  assert _decode(result.records["validation"][0])[0] == ids[:3]
+  assert _decode(result.records["train"][0])[0] == ids[:2]
   # U0 has 3 events after dedup: below the 4 an eval user needs.
   assert [json.loads(r.record)["reviewerID"] for r in result.rejects] == ["U0"]
   assert result.rejects[0].reason == "too_few_events"
@@ -150,18 +149,32 @@ def test_build_bucket_orders_dedups_splits_and_templates():
       "users": 1, "purchases": 4}
 
 
-def test_build_bucket_shards_are_sorted_by_user():
-  rows = [(f"U{i:03d}", f"B{j}", j, "t") for i in range(60) for j in range(3)]
-  result = processing.build_bucket(_user_events(rows),
-                                   _category("stage1_only", shards=3), META)
-  assert {key for key in result.shards} == {("train", s) for s in range(3)}
-  for (_, shard), shard_records in result.shards.items():
-    ids = [user for user, _ in shard_records]
-    assert ids == sorted(ids)
-    assert all(sequences.shard_of(u, 3) == shard for u in ids)
-  merged = processing.merge_shard_records(
-      [result.shards[("train", s)] for s in (2, 0, 1)])
-  assert [u for u, _ in merged] == sorted(f"U{i:03d}" for i in range(60))
+def test_build_shard_writes_records_in_user_order_and_splits_even_if_empty():
+  rows = [(f"U{i:03d}", f"B{j}", j, "t") for i in reversed(range(30))
+          for j in range(3)]
+  result = processing.build_shard(_user_events(rows),
+                                  _category("validation"), META)
+  users = [tf.train.Example.FromString(r).features.feature["user_id"]
+           .bytes_list.value[0].decode() for r in result.records["train"]]
+  assert users == sorted(f"U{i:03d}" for i in range(30))
+  empty = processing.build_shard({}, _category("eval"), META)
+  assert empty.records == {"train": [], "validation": [], "test": []}
+
+
+def test_corpus_and_rejects_files_are_sorted():
+  columns = processing.corpus_columns({"B2", "B1"}, META)
+  assert columns["item_id"] == ["B1", "B2"]
+  assert columns["text"][1] == templates.item_text("Item 2", "Games", "Acme",
+                                                   "$2.00")
+  assert columns["price"] == ["$1.00", "$2.00"]
+  data = processing.rejects_file("Games", [
+      ("b.json", 5, "malformed_line", "x"), ("a.json", 90, "r", "y"),
+      ("a.json", 7, "r", "z")])
+  lines = [json.loads(line) for line in data.decode().splitlines()]
+  assert [(l["source"], l["offset"]) for l in lines] == [
+      ("a.json", 7), ("a.json", 90), ("b.json", 5)]
+  assert lines[0] == {"category": "Games", "source": "a.json", "offset": 7,
+                      "reason": "r", "record": "z"}
 
 
 def test_category_stats_match_hand_computation():

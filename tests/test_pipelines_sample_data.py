@@ -1,5 +1,5 @@
 """The generated sample: determinism, dirt, learnable structure, and the job's
-byte-identical output across worker counts, range splits and bucket counts."""
+byte-identical output across worker counts and range splits."""
 
 import collections
 import filecmp
@@ -111,7 +111,7 @@ def test_next_item_follows_from_history_but_is_not_the_last_item(
   assert repeats / len(tests) < 0.06
 
 
-def test_output_is_byte_identical_across_workers_ranges_and_buckets(sample):
+def test_output_is_byte_identical_across_workers_and_range_splits(sample):
   folder, _ = sample
   config = config_lib.load_config(str(folder / "data" / "config.json"))
   review_tasks, meta_tasks = preprocess.plan_tasks(config, range_bytes=50_000)
@@ -121,7 +121,7 @@ def test_output_is_byte_identical_across_workers_ranges_and_buckets(sample):
       ["--direct_num_workers=2",
        "--direct_running_mode=multi_processing"])) as pipeline:
     preprocess.build_pipeline(pipeline, config, str(output), review_tasks,
-                              meta_tasks, num_buckets=5)
+                              meta_tasks)
   names = _files(folder / "out1")
   assert names == _files(output)
   assert any(name.suffix == ".tfrecord" for name in names)
