@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                       "(default: %(default)s).")
   parser.add_argument("--model_dir", default=None,
                       help="Training output folder (needed for --model=calrec).")
+  parser.add_argument("--checkpoint_step", type=int, default=None,
+                      help="Checkpoint step to load (default: the run's best "
+                      "by its validation metric, else the latest).")
   parser.add_argument("--retrieval", choices=transforms.RETRIEVALS,
                       default="bm25",
                       help="bm25: paper Algorithm 1; hierarchical: exact "
@@ -224,7 +227,8 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
          "retrieval": args.retrieval, "bm25_backend": args.bm25_backend,
          "num_preds": args.num_preds, "epsilon": args.epsilon}
   if args.model == "calrec":
-    run.update(model_dir=args.model_dir, num_generations=args.num_generations,
+    run.update(model_dir=args.model_dir, checkpoint_step=args.checkpoint_step,
+               num_generations=args.num_generations,
                temperature=args.temperature,
                max_decode_length=args.max_decode_length, seed=args.seed)
   _ = (results
@@ -241,7 +245,7 @@ def calrec_generator_loader(args: argparse.Namespace
   return model_handler.GeneratorLoader(
       model_dir=args.model_dir, num_generations=args.num_generations,
       temperature=args.temperature, max_decode_length=args.max_decode_length,
-      batch_size=args.batch_size)
+      batch_size=args.batch_size, step=args.checkpoint_step)
 
 
 def run(argv: Sequence[str],
