@@ -149,7 +149,8 @@ class FastBM25:
     """Scores [len(queries), num_docs] float32 of tokenized queries."""
     num_queries, num_terms = len(queries), len(self.vocabulary)
     scores = np.empty((num_queries, self.num_docs), np.float32)
-    term_ids = [[self.vocabulary.get(token, -1) for token in tokens]
+    missing = itertools.repeat(-1)
+    term_ids = [list(map(self.vocabulary.get, tokens, missing))
                 for tokens in queries]
     terms = np.fromiter(itertools.chain.from_iterable(term_ids), np.int64)
     rows = np.repeat(np.arange(num_queries), [len(ids) for ids in term_ids])
@@ -160,19 +161,26 @@ class FastBM25:
     rows, terms = pairs // num_terms, pairs % num_terms
     tiers = self._tier[terms]
 
-    common = tiers == 0
-    bounds = np.searchsorted(rows[common], np.arange(num_queries + 1))
-    common_terms = terms[common].tolist()
-    common_counts = counts[common].tolist()
+    common, dense = tiers == 0, tiers == 1
+    common_bounds = np.searchsorted(rows[common], np.arange(num_queries + 1))
+    common_terms, common_counts = terms[common].tolist(), counts[common].tolist()
+    dense_bounds = np.searchsorted(rows[dense], np.arange(num_queries + 1))
+    dense_terms, dense_counts = terms[dense].tolist(), counts[dense].tolist()
     for row in range(num_queries):
-      start, end = bounds[row], bounds[row + 1]
-      scores[row] = self._common_sum(tuple(zip(common_terms[start:end],
-                                               common_counts[start:end])))
-    dense = tiers == 1
-    for row, term, count in zip(rows[dense].tolist(), terms[dense].tolist(),
-                                counts[dense].tolist()):
+      start, end = common_bounds[row], common_bounds[row + 1]
+      base = self._common_sum(tuple(zip(common_terms[start:end],
+                                        common_counts[start:end])))
+      start, end = dense_bounds[row], dense_bounds[row + 1]
       row_scores = scores[row]
-      row_scores += self._term_row(term, count)
+      if start == end:
+        row_scores[:] = base
+        continue
+      # Each row is the same float32 sums in the same order for every doc.
+      np.add(base, self._term_row(dense_terms[start], dense_counts[start]),
+             out=row_scores)
+      for term, count in zip(dense_terms[start + 1:end],
+                             dense_counts[start + 1:end]):
+        row_scores += self._term_row(term, count)
     rare = tiers == 2
     if np.any(rare):
       self._add_rare(scores.reshape(-1), rows[rare], terms[rare], counts[rare])
