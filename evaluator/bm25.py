@@ -88,7 +88,7 @@ class FastBM25:
   def __init__(self, doc_tokens: Sequence[Sequence[str]],
                k1: float = lucene.BM25_K1, b: float = lucene.BM25_B,
                common_df: float = 0.5, dense_df: float = 0.01,
-               signature_cache_size: int = 512):
+               signature_cache_bytes: int = 64 << 20):
     self.num_docs = len(doc_tokens)
     self.vocabulary: dict[str, int] = {}
     rows, cols, freqs = [], [], []
@@ -129,7 +129,8 @@ class FastBM25:
     self._dense_row = {int(term): row for row, term in enumerate(dense_terms)}
     self._dense = (postings[dense_terms].toarray() *
                    self.idf[dense_terms][:, None])
-    self._common_sum = functools.lru_cache(maxsize=signature_cache_size)(
+    cache_size = max(16, signature_cache_bytes // (4 * max(self.num_docs, 1)))
+    self._common_sum = functools.lru_cache(maxsize=cache_size)(
         self._common_sum_uncached)
 
   def _term_row(self, term: int, count: int) -> np.ndarray:
