@@ -77,11 +77,11 @@ def norm_inverse_table(avgdl: np.float32, k1: float, b: float) -> np.ndarray:
 class FastBM25:
   """BM25 of token lists against every document of a tokenized corpus.
 
-  Terms fall in three tiers by document frequency. Common terms (at least
-  `common_df`, e.g. the template's labels and the category name) are summed
-  once per distinct (term, count) signature and cached. Frequent terms (at
-  least `dense_df`) keep a dense row of their weighted contributions. Rare
-  terms add their postings. Every document's score is the same sequence of
+  Terms fall in three tiers by document frequency (as a share of the
+  corpus). Common terms (at least `common_df`, e.g. the template's labels and
+  the category name) are summed once per distinct (term, count) signature and
+  cached. Frequent terms (at least `dense_df`) keep a dense row of their
+  weighted contributions. Rare terms add their postings. Every document's score is the same sequence of
   float32 operations, so documents Lucene ties stay exactly tied.
   """
 
@@ -116,8 +116,7 @@ class FastBM25:
     doc_freq = np.diff(postings.indptr)
     self.idf = np.log1p((doc_count - doc_freq + 0.5) /
                         (doc_freq + 0.5)).astype(np.float32)
-    self._postings = postings
-    # Tier per term: 0 common, 1 dense, 2 rare (Python ints: looked up often).
+    # Tier per term: 0 common, 1 dense, 2 rare.
     tiers = np.where(doc_freq >= common_df * self.num_docs, 0,
                      np.where(doc_freq >= dense_df * self.num_docs, 1, 2))
     self._tier = tiers
