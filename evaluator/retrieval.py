@@ -67,18 +67,20 @@ def select_predictions(samples: Sequence[tuple[str, float]],
 
 
 def min_max_scale(scores: np.ndarray,
-                  multipliers: np.ndarray | None = None) -> np.ndarray:
+                  multipliers: np.ndarray | None = None,
+                  in_place: bool = False) -> np.ndarray:
   """Scales each row to [0, 1], then times its multiplier (float32).
 
   A constant row (an empty text, or one whose terms no corpus item holds)
   ranks nothing above anything else, so it becomes all 0 and contributes
   nothing to the pool. Equal inputs give equal outputs, so ties survive;
-  scores are float32 like Lucene's.
+  scores are float32 like Lucene's. `in_place` reuses a float32 `scores`.
   """
   scores = np.asarray(scores, np.float32)
   low = scores.min(axis=1)
   spread = scores.max(axis=1) - low
-  scaled = scores - low[:, None]
+  scaled = scores if in_place else scores.copy()
+  scaled -= low[:, None]
   # The best item of a row scales to exactly 1; constant rows stay 0.
   scaled /= np.where(spread > 0, spread, np.float32(1))[:, None]
   if multipliers is not None:
@@ -87,11 +89,12 @@ def min_max_scale(scores: np.ndarray,
 
 
 def fuse(match_scores: np.ndarray, logprobs: Sequence[float],
-         epsilon: float = EPSILON) -> np.ndarray:
+         epsilon: float = EPSILON, in_place: bool = False) -> np.ndarray:
   """Candidate scores [num_docs] from [num_texts, num_docs] match scores.
 
   Algorithm 1, lines 12-19: scale each row, modulate it by
   exp(epsilon * logprob), max-pool over rows. No rows gives all zeros.
+  `in_place` lets a float32 `match_scores` hold the intermediate values.
   """
   match_scores = np.asarray(match_scores)
   if match_scores.ndim != 2 or match_scores.shape[0] != len(logprobs):
@@ -100,7 +103,7 @@ def fuse(match_scores: np.ndarray, logprobs: Sequence[float],
   if match_scores.shape[0] == 0:
     return np.zeros(match_scores.shape[1], np.float32)
   modulation = np.exp(epsilon * np.asarray(logprobs, np.float64))
-  return min_max_scale(match_scores, modulation).max(axis=0)
+  return min_max_scale(match_scores, modulation, in_place).max(axis=0)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -108,7 +111,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
   k = min(k, scores.shape[0])
   if k <= 0:
     return np.zeros(0, np.int64)
-  candidates = np.argpartition(-scores, k - 1)[:k]
+  candidates = np.argpartition(scores, scores.shape[0] - k)[-k:]
   threshold = scores[candidates].min()
   candidates = np.flatnonzero(scores >= threshold)
   order = np.lexsort((candidates, -scores[candidates]))
