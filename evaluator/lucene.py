@@ -68,12 +68,19 @@ class LuceneAnalyzer:
   """Anserini's `DefaultEnglishAnalyzer` (Porter stemming, stopwords)."""
 
   def __init__(self):
+    jnius = start_jvm()
     analyzer_class = _autoclass("io.anserini.analysis.DefaultEnglishAnalyzer")
     self.java_analyzer = analyzer_class.newDefaultInstance()
     self._utils = _autoclass("io.anserini.analysis.AnalyzerUtils")
+    java_string = _autoclass("java.lang.String")
+    space = jnius.cast("java.lang.CharSequence", java_string(" "))
+    # One Java string per call: far cheaper than converting token by token.
+    self._join = lambda tokens: java_string.join(
+        space, jnius.cast("java.lang.Iterable", tokens))
 
-  def _analyze(self, text: str) -> list[str]:
-    return list(self._utils.analyze(self.java_analyzer, text).toArray())
+  def _analyze(self, text: str) -> str:
+    """The analyzed tokens of `text`, joined by spaces (tokens hold none)."""
+    return self._join(self._utils.analyze(self.java_analyzer, text))
 
   def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
     """Analyzed tokens of every text, with one JVM call for the whole batch.
@@ -85,12 +92,11 @@ class LuceneAnalyzer:
     if not texts:
       return []
     if any(_SEPARATOR in text.lower() for text in texts):
-      return [self._analyze(text) for text in texts]
-    tokens = self._analyze(f" {_SEPARATOR} ".join(texts))
-    # Tokens hold no spaces: split the joined token string at separators.
-    result = [part.split() for part in " ".join(tokens).split(_SEPARATOR)]
+      return [self._analyze(text).split() for text in texts]
+    joined = self._analyze(f" {_SEPARATOR} ".join(texts))
+    result = [part.split() for part in joined.split(_SEPARATOR)]
     if len(result) != len(texts):
-      return [self._analyze(text) for text in texts]
+      return [self._analyze(text).split() for text in texts]
     return result
 
 
