@@ -155,15 +155,17 @@ def _user_schema():
 
 def write_summary(summary: dict[str, Any], num_rejected: int,
                   run: dict[str, Any], output_dir: str) -> None:
-  """Writes metrics.json and results.md (Table 2 layout)."""
+  """Writes metrics.json and results.md (Table 2 and Table 7 layouts)."""
   summary = {**run, **summary, "num_rejected": num_rejected}
   with beam.io.filesystems.FileSystems.create(
       os.path.join(output_dir, report.METRICS_FILE)) as f:
     f.write(json.dumps(summary, indent=2).encode("utf-8"))
-  column = f"{run['model']} ({run['retrieval']})"
+  column = [(f"{run['model']} ({run['retrieval']})", summary)]
+  markdown = (report.table_2(column) + "\nOutputs that match an item (paper "
+              "Table 7):\n\n" + report.table_7_matches(column))
   with beam.io.filesystems.FileSystems.create(
       os.path.join(output_dir, "results.md")) as f:
-    f.write(report.table_2([(column, summary)]).encode("utf-8"))
+    f.write(markdown.encode("utf-8"))
 
 
 def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,

@@ -48,6 +48,18 @@ def table_2(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def table_7_matches(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
+  """Markdown of Table 7's first columns: shares of outputs that match."""
+  columns = ("Format Error", "All Four Attributes", "Title Only")
+  lines = ["| Dataset | Run | " + " | ".join(columns) + " |",
+           "|---|---|" + "---|" * len(columns)]
+  for name, summary in runs:
+    shares = summary["output_matches"]["shares"]
+    lines.append(f"| {summary['category']} | {name} | " + " | ".join(
+        f"{100 * shares[column]:.1f}%" for column in columns) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def load_summary(run_dir: str) -> dict[str, Any]:
   path = os.path.join(run_dir, METRICS_FILE)
   if not os.path.exists(path):

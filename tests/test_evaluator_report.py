@@ -31,6 +31,15 @@ def test_table_2_layout():
   assert len(lines) == 2 + 2 * 4
 
 
+def test_table_7_match_shares():
+  summary = dict(_summary("Office", 0.1), output_matches={"shares": {
+      "Format Error": 0.0, "All Four Attributes": 0.845, "Title Only": 0.947}})
+  lines = report.table_7_matches([("CALRec", summary)]).splitlines()
+  assert lines[0] == ("| Dataset | Run | Format Error | All Four Attributes | "
+                      "Title Only |")
+  assert lines[2] == "| Office | CALRec | 0.0% | 84.5% | 94.7% |"
+
+
 def _write_run(run_dir, ranks):
   run_dir.mkdir()
   pq.write_table(pa.table({
