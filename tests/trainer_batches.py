@@ -20,11 +20,12 @@ def make_example(prompt: list[int], target: list[int], inputs_length: int,
       "target_pool_weights")}
   sequence = prompt + target
   features["decoder_target_tokens"][:m + k] = sequence
-  features["decoder_input_tokens"][1:m + k] = sequence[:-1]
+  features["decoder_input_tokens"][1:] = features["decoder_target_tokens"][:-1]
   features["decoder_loss_weights"][m:m + k] = 1
   features["decoder_causal_attention"][:m + 1] = 1
   features["history_pool_weights"][1:m + 1] = 1
-  features["target_pool_weights"][m + 1:m + k] = 1
+  # Positions whose input is a target token, EOS included when it fits.
+  features["target_pool_weights"][m + 1:m + k + 1] = 1
   features["item_input_tokens"] = np.zeros(targets_length, np.int32)
   features["item_input_tokens"][:k] = target
   features["item_pool_weights"] = np.zeros(targets_length, np.int32)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
+import flax.linen as nn
 import gin
 import jax
 import jax.numpy as jnp
@@ -242,3 +243,7 @@ def prompt_batch(prompt_tokens: Sequence[Sequence[int]], batch_size: int,
     causal[row, :len(ids) + 1] = 1
   return {"decoder_input_tokens": tokens, "decoder_causal_attention": causal}
 
+
+def unboxed_params(variables: PyTree) -> PyTree:
+  """The 'params' collection without its logical-axis metadata."""
+  return nn.meta.unbox(variables)["params"]

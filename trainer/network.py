@@ -75,18 +75,36 @@ class TransformerConfig:
             self.num_layers * (attention + mlp + norms))
 
 
-def _kernel_init(names: Sequence[str]):
-  """Truncated-normal init scaled by fan-in, annotated with logical axes.
-
-  flax's DenseGeneral calls it on the kernel flattened to (fan_in, fan_out).
-  """
-  return nn.with_logical_partitioning(
-      nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
-      tuple(names))
-
-
 def _constrain(x: Array, names: Sequence[Optional[str]]) -> Array:
   return nn.with_logical_constraint(x, tuple(names))
+
+
+class DenseGeneral(nn.Module):
+  """Contracts the last `num_contracted` axes of x with a named kernel.
+
+  The kernel has shape x.shape[-num_contracted:] + features, logical axes
+  `kernel_axes`, and a truncated-normal init scaled by its fan-in.
+  """
+
+  features: tuple[int, ...]
+  kernel_axes: tuple[str, ...]
+  num_contracted: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    contracted = tuple(x.shape[-self.num_contracted:])
+    shape = contracted + tuple(self.features)
+    init = nn.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal",
+        in_axis=tuple(range(self.num_contracted)),
+        out_axis=tuple(range(self.num_contracted, len(shape))))
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(init, self.kernel_axes), shape,
+        jnp.float32)
+    x_axes = tuple(range(x.ndim - self.num_contracted, x.ndim))
+    return jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype),
+                         axes=(x_axes, tuple(range(self.num_contracted))))
 
 
 class RMSNorm(nn.Module):
@@ -145,10 +163,8 @@ class Attention(nn.Module):
     dtype = cfg.activation_dtype
 
     def projection(name, heads, head_axis):
-      return nn.DenseGeneral(
-          features=(heads, cfg.head_dim), axis=-1, use_bias=False,
-          dtype=dtype, param_dtype=jnp.float32,
-          kernel_init=_kernel_init(("embed", head_axis, "kv")), name=name)(x)
+      return DenseGeneral((heads, cfg.head_dim), ("embed", head_axis, "kv"),
+                          dtype=dtype, name=name)(x)
 
     query = projection("query", cfg.num_heads, "heads")
     key = projection("key", cfg.num_kv_heads, "kv_heads")
@@ -175,11 +191,8 @@ class Attention(nn.Module):
           query, new_cache["keys"].astype(dtype),
           new_cache["values"].astype(dtype), mask=mask[:, None])
     attended = _constrain(attended, ("batch", "length", "heads", "kv"))
-    out = nn.DenseGeneral(
-        features=cfg.emb_dim, axis=(-2, -1), use_bias=False, dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=_kernel_init(("heads", "kv", "embed")),
-        name="out")(attended)
+    out = DenseGeneral((cfg.emb_dim,), ("heads", "kv", "embed"),
+                       num_contracted=2, dtype=dtype, name="out")(attended)
     return out, new_cache
 
 
@@ -194,9 +207,7 @@ class GatedMLP(nn.Module):
     dtype = cfg.activation_dtype
 
     def dense(name, features, names):
-      return nn.Dense(features, use_bias=False, dtype=dtype,
-                      param_dtype=jnp.float32,
-                      kernel_init=_kernel_init(names), name=name)
+      return DenseGeneral((features,), names, dtype=dtype, name=name)
 
     gate = dense("wi_gate", cfg.mlp_dim, ("embed", "mlp"))(x)
     up = dense("wi_up", cfg.mlp_dim, ("embed", "mlp"))(x)

@@ -67,7 +67,8 @@ class Partitioner:
   @contextlib.contextmanager
   def context(self):
     """The mesh and the logical rules, active while tracing and running."""
-    with self.mesh, nn.logical_axis_rules(self.logical_axis_rules):
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(
+        self.logical_axis_rules):
       yield
 
   def sharding_for(self, boxed_tree: PyTree) -> PyTree:

@@ -75,7 +75,7 @@ class Trainer:
         lambda rng: nn.meta.unbox(self._boxed_initial_state(rng)),
         in_shardings=replicated, out_shardings=self.state_shardings)
     self._from_params = partitioner.partition(
-        self._state_from_params, in_shardings=self.state_shardings.params,
+        self._state_from_params, in_shardings=(self.state_shardings.params,),
         out_shardings=self.state_shardings)
     self._train_step = partitioner.partition(
         self._train_step_impl, in_shardings=(self.state_shardings, data),
@@ -116,7 +116,10 @@ class Trainer:
     updates, opt_state = self.optimizer.update(grads, state.opt_state,
                                                state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, gradient_norm=optax.global_norm(grads))
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                                for x in jax.tree.leaves(params)]))
+    metrics = dict(metrics, gradient_norm=optax.tree.norm(grads),
+                   parameters_finite=finite)
     return TrainState(step=state.step + 1, params=params,
                       opt_state=opt_state), metrics
 

@@ -1,0 +1,214 @@
+"""The training loop end to end on a tiny in-memory seqio task."""
+
+import pathlib
+import subprocess
+import sys
+
+import gin
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from tasks import tasks as calrec_tasks
+from tasks import test_utils as tasks_test_utils
+from trainer import checkpoints
+from trainer import models
+from trainer import network
+from trainer import train
+from trainer import train_lib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+TASK = "trainer_test_task"
+LENGTHS = {"inputs": 32, "targets": 32}
+# Short prompts: they must stay distinct within the 32-token input budget.
+PROMPTS = [
+    "Title: Red Wire. Category: Tools.",
+    "Title: Steel Nail Kit. Category: Tools.",
+    "Title: Blue Paper. Category: Tools.",
+    "Title: Clear Sealant. Category: Tools.",
+]
+TARGETS = [
+    "Title: Pro Flex. Brand: Geocel.",
+    "Title: Brad Assortment. Brand: Hillman.",
+    "Title: Large Pack. Brand: Trimaco.",
+    "Title: Small Kit. Brand: Unknown.",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def persistent_compilation_cache(tmp_path_factory):
+  """Runs of the same program compile once in this module."""
+  names = ("jax_compilation_cache_dir",
+           "jax_persistent_cache_min_compile_time_secs",
+           "jax_persistent_cache_min_entry_size_bytes")
+  saved = {name: getattr(jax.config, name) for name in names}
+  jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
+  jax.config.update(names[1], 0.0)
+  jax.config.update(names[2], 0)
+  compilation_cache.reset_cache()
+  yield
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def vocabulary_path(tmp_path_factory):
+  return tasks_test_utils.train_test_vocabulary(
+      tmp_path_factory.mktemp("vocab") / "test.model")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def task(vocabulary_path):
+  vocabulary = seqio.SentencePieceVocabulary(vocabulary_path)
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del split, shuffle_files, seed
+    return tf.data.Dataset.from_tensor_slices({"inputs": PROMPTS,
+                                               "targets": TARGETS})
+
+  seqio.TaskRegistry.remove(TASK)
+  seqio.TaskRegistry.add(
+      TASK,
+      source=seqio.FunctionDataSource(dataset_fn,
+                                      splits=["train", "validation"]),
+      preprocessors=[seqio.preprocessors.tokenize,
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features=calrec_tasks.output_features(vocabulary))
+  yield
+  seqio.TaskRegistry.remove(TASK)
+
+
+def _model(**kwargs):
+  config = network.TransformerConfig(vocab_size=512, emb_dim=64, num_heads=4,
+                                     num_kv_heads=1, head_dim=16, mlp_dim=128,
+                                     num_layers=1)
+  return models.CALRecModel(config, **kwargs)
+
+
+def _train(model_dir, train_steps, learning_rate=3e-3, **kwargs):
+  arguments = dict(
+      model=_model(), model_dir=str(model_dir), mixture_or_task_name=TASK,
+      task_feature_lengths=LENGTHS, train_steps=train_steps, batch_size=4,
+      random_seed=3, checkpoint_period=3, keep_checkpoints=2,
+      validation_batches=1, log_period=3,
+      optimizer=train_lib.create_optimizer(learning_rate))
+  arguments.update(kwargs)
+  return train.train(**arguments)
+
+
+def _assert_trees_equal(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp("straight")
+  return model_dir, _train(model_dir, train_steps=6)
+
+
+def test_kill_and_resume_equals_straight_run(straight_run, tmp_path):
+  _, straight = straight_run
+  halfway = _train(tmp_path, train_steps=3)
+  assert int(halfway.step) == 3
+  resumed = _train(tmp_path, train_steps=6)
+  assert int(resumed.step) == 6
+  _assert_trees_equal(resumed.params, straight.params)
+  _assert_trees_equal(resumed.opt_state, straight.opt_state)
+
+
+def test_stage2_starts_from_stage1_parameters(straight_run, tmp_path):
+  stage1_dir, stage1 = straight_run
+  stage2 = _train(tmp_path, train_steps=0,
+                  initial_checkpoint_path=str(stage1_dir / "checkpoints" / "6"))
+  assert int(stage2.step) == 0
+  _assert_trees_equal(stage2.params, stage1.params)
+  # A fresh optimizer: Adam's moments start at zero.
+  assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(
+      stage2.opt_state) if np.ndim(x) > 0)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  with pytest.raises(train.NonFiniteLossError, match="Non-finite loss"):
+    _train(tmp_path, train_steps=30, learning_rate=1e30, checkpoint_period=1,
+           optimizer=train_lib.create_optimizer(1e30,
+                                                clip_gradient_norm=None))
+  manager = checkpoints.CheckpointManager(tmp_path)
+  steps = manager.all_steps()
+  assert steps, "the finite steps before the failure were saved"
+  trainer_params = checkpoints.restore_params(
+      tmp_path / "checkpoints" / str(steps[-1]),
+      jax.eval_shape(lambda: models.unboxed_params(
+          _model().get_initial_variables(jax.random.PRNGKey(0),
+                                         {"decoder_input_tokens": (1, 4)}))))
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(trainer_params))
+
+
+def test_overfits_and_generates_its_training_targets(tmp_path):
+  """Near-zero NIG loss; the loaded checkpoint greedily decodes the targets."""
+  final = _train(tmp_path, train_steps=200, learning_rate=1e-2,
+                 checkpoint_period=50, keep_checkpoints=1,
+                 model=_model(alpha=0.0, beta=0.0),
+                 optimizer=train_lib.create_optimizer(1e-2, warmup_steps=10),
+                 best_mode="max")
+  loaded = checkpoints.load_for_inference(tmp_path, step=200)
+  _assert_trees_equal(loaded.params, final.params)
+  batch = {k: np.asarray(v) for k, v in next(seqio.get_dataset(
+      TASK, LENGTHS, train.default_feature_converter_cls()(),
+      dataset_split="validation", batch_size=4).as_numpy_iterator()).items()}
+  _, metrics = loaded.model.loss_fn(loaded.params, batch, dropout_rng=None)
+  assert float(metrics["nig_loss"]) < 0.05
+
+  prompts = [loaded.vocabulary.encode(p) for p in PROMPTS]
+  decodes, aux = loaded.model.predict_batch_with_aux(
+      loaded.params, models.prompt_batch(prompts, 4, loaded.prompt_length),
+      jax.random.PRNGKey(0), num_decodes=2, temperature=0.0,
+      max_decode_length=24)
+  texts = [loaded.vocabulary.decode(
+      [t for t in row.tolist() if t not in (0, 1)]) for row in decodes[:, 0]]
+  assert texts == TARGETS
+  assert np.all(np.asarray(aux["scores"]) > -0.5)
+  # Kept: the latest checkpoint and the best by 'max' validation loss, which
+  # on an overfitting run is the first one.
+  assert checkpoints.CheckpointManager(tmp_path).all_steps() == [50, 200]
+  assert checkpoints.load_for_inference(tmp_path).step == 50
+  assert (tmp_path / "train").is_dir() and (tmp_path / "config.gin").exists()
+
+
+def test_shipped_gin_configs_bind_the_paper_settings():
+  gin.clear_config()
+  try:
+    gin.parse_config_files_and_bindings(
+        ["trainer/configs/runs/stage2.gin", "trainer/configs/models/base.gin"],
+        ["MODEL_DIR = '/tmp/unused'", "DATA_DIR = 'unused'",
+         "VOCABULARY = 'unused'",
+         "MIXTURE_OR_TASK_NAME = 'calrec_industrial_and_scientific'",
+         "INITIAL_CHECKPOINT_PATH = '/tmp/stage1'"])
+    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    assert (model.alpha, model.beta, model.temperature) == (0.125, -0.025,
+                                                            0.5)
+    assert 100e6 < model.config.num_params() < 120e6
+    assert gin.query_parameter("%BATCH_SIZE") == 512
+    assert gin.query_parameter("%LEARNING_RATE") == 1e-4
+    assert gin.query_parameter("%TASK_FEATURE_LENGTHS")["inputs"] == 1024
+    assert gin.query_parameter("%INITIAL_CHECKPOINT_PATH") == "/tmp/stage1"
+  finally:
+    gin.clear_config()
+
+
+def test_cli_rejects_a_missing_gin_file():
+  result = subprocess.run(
+      [sys.executable, "-m", "trainer.train"], cwd=REPO_ROOT,
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert "Give at least one --gin_file" in result.stderr
+
+
+def test_rewrite_gin_args():
+  assert train.rewrite_gin_args(
+      ["prog", "--gin.TRAIN_STEPS=10", "--gin_file=x.gin"]) == [
+          "prog", "--gin_bindings=TRAIN_STEPS = 10", "--gin_file=x.gin"]

@@ -1,0 +1,1 @@
+"""Gin configurations of the trainer (t5x layout: runs/ and models/)."""

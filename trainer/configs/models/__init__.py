@@ -1,0 +1,1 @@
+"""Model sizes: tiny (CPU), base (~110M), large (~1B)."""

@@ -1,0 +1,1 @@
+"""Run configurations: both training stages and the tiny CPU runs."""

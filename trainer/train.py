@@ -1,0 +1,353 @@
+r"""Trains CALRec (paper sections 3.3 and 3.4) from gin configuration.
+
+Stage I on the multi-category mixture, then Stage II on one category starting
+from a Stage I checkpoint:
+
+  python -m trainer.train \
+    --gin_file=trainer/configs/runs/stage1.gin \
+    --gin_file=trainer/configs/models/base.gin \
+    --gin.MODEL_DIR="'/tmp/stage1'" --gin.DATA_DIR="'/data/calrec'" \
+    --gin.VOCABULARY="'/data/calrec/vocab.model'"
+
+  python -m trainer.train \
+    --gin_file=trainer/configs/runs/stage2.gin \
+    --gin_file=trainer/configs/models/base.gin \
+    --gin.MODEL_DIR="'/tmp/stage2_scientific'" ... \
+    --gin.MIXTURE_OR_TASK_NAME="'calrec_industrial_and_scientific'" \
+    --gin.INITIAL_CHECKPOINT_PATH="'/tmp/stage1'"
+
+`--gin.NAME=VALUE` is short for `--gin_bindings='NAME = VALUE'` (values are
+gin literals: quote strings). Gin files are found from the working directory,
+on the Python path (trainer/configs/... works from anywhere) and in
+`--gin_search_paths`. The tiny CPU runs: trainer/configs/runs/tiny_stage1.gin
+and tiny_stage2.gin. A run in a MODEL_DIR that already holds checkpoints
+resumes from the latest one and continues exactly as if never interrupted:
+same data order (the deterministic input pipeline is fast-forwarded to the
+restored step), same dropout keys, same losses.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import sys
+import time
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+from clu import metric_writers
+import gin
+import jax
+import numpy as np
+import optax
+import seqio
+
+from trainer import checkpoints
+from trainer import models
+from trainer import partitioning
+from trainer import train_lib
+
+Batch = dict[str, np.ndarray]
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss."""
+
+
+def default_feature_converter_cls() -> type[seqio.FeatureConverter]:
+  from tasks import feature_converters  # pylint: disable=g-import-not-at-top
+  return feature_converters.CALRecFeatureConverter
+
+
+def _dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
+                                                                      int],
+             converter: seqio.FeatureConverter, split: str, *, shuffle: bool,
+             seed: int, num_epochs: Optional[int],
+             batch_size: Optional[int]):
+  ds = seqio.get_dataset(
+      mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
+      feature_converter=converter, dataset_split=split, shuffle=shuffle,
+      num_epochs=num_epochs, seed=seed, batch_size=batch_size, verbose=False)
+  missing = set(models.TRAIN_FEATURES) - set(ds.element_spec)
+  if missing:
+    raise ValueError(f"The feature converter's output lacks {sorted(missing)};"
+                     " see the model features table of docs/contracts.md.")
+  return ds.map(lambda ex: {k: ex[k] for k in models.TRAIN_FEATURES})
+
+
+def _padded_batches(examples: Iterator[Batch], batch_size: int,
+                    max_batches: Optional[int]) -> Iterator[Batch]:
+  """Fixed-size batches; the last one is padded with all-zero examples.
+
+  All-zero examples have no target or item tokens and count in no loss term.
+  """
+  count = 0
+  while max_batches is None or count < max_batches:
+    rows = [example for _, example in zip(range(batch_size), examples)]
+    if not rows:
+      return
+    rows += [{k: np.zeros_like(v) for k, v in rows[0].items()}] * (
+        batch_size - len(rows))
+    yield {k: np.stack([row[k] for row in rows]) for k in rows[0]}
+    count += 1
+
+
+def _mean_metrics(metric_list: Sequence[Mapping[str, Any]]) -> dict[str,
+                                                                     float]:
+  return {k: float(np.mean([float(m[k]) for m in metric_list]))
+          for k in metric_list[0]}
+
+
+def _format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+def _check_positive(**values: Optional[int]) -> None:
+  for name, value in values.items():
+    if value is not None and value <= 0:
+      raise ValueError(f"{name} must be positive, got {value}.")
+
+
+@gin.configurable
+def train(
+    *,
+    model: models.CALRecModel = gin.REQUIRED,
+    model_dir: str = gin.REQUIRED,
+    mixture_or_task_name: str = gin.REQUIRED,
+    task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    train_steps: int = gin.REQUIRED,
+    batch_size: int = gin.REQUIRED,
+    random_seed: int = 0,
+    initial_checkpoint_path: Optional[str] = None,
+    optimizer: Optional[optax.GradientTransformation] = None,
+    partitioner: Optional[partitioning.Partitioner] = None,
+    feature_converter_cls: Optional[type[seqio.FeatureConverter]] = None,
+    register_tasks: Optional[Callable[[], Any]] = None,
+    validation_mixture_or_task_name: Optional[str] = None,
+    validation_split: str = "validation",
+    validation_batches: Optional[int] = 20,
+    checkpoint_period: int = 1000,
+    keep_checkpoints: int = 3,
+    best_metric: Optional[str] = "validation/loss",
+    best_mode: str = "min",
+    log_period: int = 100,
+) -> train_lib.TrainState:
+  """Trains `model` for `train_steps` steps and returns the final state.
+
+  Args:
+    model: the CALRec model object.
+    model_dir: where checkpoints, summaries and the config are written.
+    mixture_or_task_name: seqio training mixture or task.
+    task_feature_lengths: {'inputs': ..., 'targets': ...} token budgets.
+    train_steps: total steps (a resumed run counts the restored ones).
+    batch_size: global batch size (examples per step, all devices).
+    random_seed: seeds initialisation, data order and dropout.
+    initial_checkpoint_path: Stage II: parameters to start from (a step
+      directory or a model directory, see `checkpoints.resolve_checkpoint`);
+      the optimizer starts fresh at step 0. Ignored when model_dir already
+      holds checkpoints (the run resumes instead).
+    optimizer: defaults to `train_lib.create_optimizer()`.
+    partitioner: defaults to all devices on the 'data' axis.
+    feature_converter_cls: defaults to tasks' CALRecFeatureConverter.
+    register_tasks: called first, to register seqio tasks and mixtures.
+    validation_mixture_or_task_name: defaults to mixture_or_task_name; None
+      with validation_batches=0 disables validation.
+    validation_split: split of the validation task.
+    validation_batches: batches per validation (None: the whole split).
+    checkpoint_period: steps between checkpoints; validation runs at each
+      checkpoint and its metrics are stored with it.
+    keep_checkpoints: the last K checkpoints are kept (plus the best one).
+    best_metric: validation metric that selects the best checkpoint.
+    best_mode: 'min' or 'max' for best_metric.
+    log_period: steps between progress lines and train summaries.
+
+  Raises:
+    NonFiniteLossError: a step's loss or updated parameters were NaN or
+      infinite; nothing of that step is saved, the last good checkpoint stays
+      in model_dir.
+  """
+  _check_positive(batch_size=batch_size, checkpoint_period=checkpoint_period,
+                  log_period=log_period, keep_checkpoints=keep_checkpoints)
+  if train_steps < 0:
+    raise ValueError(f"train_steps must be >= 0, got {train_steps}.")
+  if register_tasks is not None:
+    register_tasks()
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  vocabulary = provider.output_features["targets"].vocabulary
+  if vocabulary.vocab_size > model.config.vocab_size:
+    raise ValueError(
+        f"The vocabulary has {vocabulary.vocab_size} ids but the model only "
+        f"{model.config.vocab_size}: raise TransformerConfig.vocab_size.")
+  if vocabulary.eos_id != model.eos_id:
+    raise ValueError(f"Vocabulary EOS id {vocabulary.eos_id} differs from the "
+                     f"model's eos_id {model.eos_id}.")
+
+  converter = (feature_converter_cls or default_feature_converter_cls())(
+      pack=False)
+  lengths = converter.get_model_feature_lengths(task_feature_lengths)
+  input_shapes = {k: (batch_size, lengths[k]) for k in models.TRAIN_FEATURES}
+  partitioner = partitioner or partitioning.Partitioner()
+  if batch_size % partitioner.data_partitions:
+    raise ValueError(f"batch_size {batch_size} must be a multiple of the "
+                     f"{partitioner.data_partitions} data partitions.")
+  trainer = train_lib.Trainer(model, optimizer or train_lib.create_optimizer(),
+                              partitioner, input_shapes, random_seed)
+
+  validation_name = validation_mixture_or_task_name or mixture_or_task_name
+  validate = validation_batches != 0
+  if not validate:
+    best_metric = None
+  model_dir = pathlib.Path(model_dir)
+  checkpoints.write_model_metadata(model_dir, model, vocabulary,
+                                   task_feature_lengths, best_metric,
+                                   best_mode)
+  (model_dir / "config.gin").write_text(gin.config_str())
+  manager = checkpoints.CheckpointManager(model_dir, keep_checkpoints,
+                                          best_metric, best_mode)
+
+  state = _initial_state(trainer, manager, initial_checkpoint_path)
+  start_step = int(state.step)
+  if start_step >= train_steps:
+    logging.info("Step %d already reached; nothing to train.", start_step)
+    manager.close()
+    return state
+
+  train_batches = _dataset(
+      mixture_or_task_name, task_feature_lengths, converter, "train",
+      shuffle=True, seed=random_seed, num_epochs=None,
+      batch_size=batch_size).skip(start_step).as_numpy_iterator()
+
+  def run_validation(params) -> dict[str, float]:
+    examples = _dataset(validation_name, task_feature_lengths, converter,
+                        validation_split, shuffle=False, seed=random_seed,
+                        num_epochs=1, batch_size=None).as_numpy_iterator()
+    results = [trainer.eval_step(params, batch) for batch in _padded_batches(
+        examples, batch_size, validation_batches)]
+    if not results:
+      raise ValueError(f"The {validation_split!r} split of "
+                       f"{validation_name!r} is empty.")
+    return {f"validation/{k}": v for k, v in _mean_metrics(results).items()}
+
+  tokens_per_step = batch_size * (lengths["decoder_input_tokens"] + (
+      lengths["item_input_tokens"] if model.uses_item_tower else 0))
+  train_writer = metric_writers.create_default_writer(
+      str(model_dir / "train"), just_logging=jax.process_index() > 0)
+  validation_writer = metric_writers.create_default_writer(
+      str(model_dir / "validation"), just_logging=jax.process_index() > 0)
+  logging.info("Training %s (%s parameters) from step %d to %d in %s.",
+               mixture_or_task_name, f"{model.config.num_params():,}",
+               start_step, train_steps, model_dir)
+
+  window: list[dict[str, Any]] = []
+  window_start = time.time()
+  run_start, run_start_step = window_start, start_step
+  for step in range(start_step + 1, train_steps + 1):
+    state, metrics = trainer.train_step(state, next(train_batches))
+    metrics = jax.device_get(metrics)
+    if not (np.isfinite(metrics["loss"]) and metrics.pop("parameters_finite")):
+      manager.close()
+      raise NonFiniteLossError(
+          f"Non-finite loss or parameters at step {step}: " + ", ".join(
+              f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())) +
+          f". Stopped; the last good checkpoint is step "
+          f"{manager.latest_step()} in {model_dir / checkpoints.CHECKPOINTS_DIR}"
+          ". Lower the learning rate or check the data.")
+    window.append(metrics)
+    if step % log_period == 0 or step == train_steps:
+      now = time.time()
+      steps_per_second = len(window) / max(now - window_start, 1e-9)
+      averages = _mean_metrics(window)
+      averages.update(steps_per_second=steps_per_second,
+                      tokens_per_second=steps_per_second * tokens_per_step)
+      train_writer.write_scalars(step, averages)
+      overall_rate = (step - run_start_step) / max(now - run_start, 1e-9)
+      logging.info(
+          "step %d/%d  loss %.4f  nig %.4f  tt %.4f  ut %.4f  |  %.2f steps/s"
+          "  %.0f tokens/s  ETA %s", step, train_steps, averages["loss"],
+          averages["nig_loss"], averages["tt_loss"], averages["ut_loss"],
+          steps_per_second, averages["tokens_per_second"],
+          _format_duration((train_steps - step) / overall_rate))
+      window, window_start = [], time.time()
+    if step % checkpoint_period == 0 or step == train_steps:
+      pause_start = time.time()
+      validation = run_validation(state.params) if validate else None
+      if validation:
+        validation_writer.write_scalars(step, validation)
+        logging.info("step %d validation: %s", step, "  ".join(
+            f"{k} {v:.4f}" for k, v in validation.items()))
+      manager.save(state, validation)
+      # Validation and saving do not count in the training speed.
+      paused = time.time() - pause_start
+      window_start += paused
+      run_start += paused
+  train_writer.flush()
+  validation_writer.flush()
+  manager.close()
+  return state
+
+
+def _initial_state(trainer: train_lib.Trainer,
+                   manager: checkpoints.CheckpointManager,
+                   initial_checkpoint_path: Optional[str]
+                  ) -> train_lib.TrainState:
+  """Resume > Stage-II initialisation > fresh initialisation."""
+  if manager.latest_step() is not None:
+    logging.info("Resuming from checkpoint step %d.", manager.latest_step())
+    return manager.restore(trainer.abstract_state)
+  if initial_checkpoint_path:
+    step_dir = checkpoints.resolve_checkpoint(initial_checkpoint_path)
+    logging.info("Initialising parameters from %s.", step_dir)
+    params = checkpoints.restore_params(step_dir, trainer.abstract_params)
+    return trainer.state_from_params(params)
+  return trainer.initial_state()
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+  """Turns t5x's `--gin.NAME=VALUE` into `--gin_bindings=NAME = VALUE`."""
+  rewritten = []
+  for arg in argv:
+    if arg.startswith("--gin.") and "=" in arg:
+      name, value = arg[len("--gin."):].split("=", 1)
+      rewritten.append(f"--gin_bindings={name} = {value}")
+    else:
+      rewritten.append(arg)
+  return rewritten
+
+
+_GIN_FILES = flags.DEFINE_multi_string(
+    "gin_file", [], "Gin config files, e.g. trainer/configs/runs/stage1.gin.")
+_GIN_BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings", [],
+    "Gin bindings, e.g. \"TRAIN_STEPS = 1000\"; --gin.NAME=VALUE also works.")
+_GIN_SEARCH_PATHS = flags.DEFINE_multi_string(
+    "gin_search_paths", [], "Extra folders to look up gin files in.")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  if not _GIN_FILES.value:
+    raise app.UsageError(
+        "Give at least one --gin_file, e.g. "
+        "--gin_file=trainer/configs/runs/tiny_stage1.gin.")
+  for path in _GIN_SEARCH_PATHS.value:
+    gin.add_config_file_search_path(path)
+  try:
+    gin.parse_config_files_and_bindings(_GIN_FILES.value, _GIN_BINDINGS.value)
+  except (IOError, ValueError) as error:
+    raise app.UsageError(f"Bad gin configuration: {error}") from error
+  try:
+    train()
+  except NonFiniteLossError as error:
+    logging.error("%s", error)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main, argv=rewrite_gin_args(sys.argv))
