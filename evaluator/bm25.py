@@ -87,7 +87,7 @@ class FastBM25:
 
   def __init__(self, doc_tokens: Sequence[Sequence[str]],
                k1: float = lucene.BM25_K1, b: float = lucene.BM25_B,
-               common_df: float = 0.5, dense_df: float = 0.01,
+               common_df: float = 0.5, dense_df: float = 0.04,
                signature_cache_bytes: int = 64 << 20):
     self.num_docs = len(doc_tokens)
     self.vocabulary: dict[str, int] = {}
@@ -119,9 +119,10 @@ class FastBM25:
     # Tier per term: 0 common, 1 dense, 2 rare.
     tiers = np.where(doc_freq >= common_df * self.num_docs, 0,
                      np.where(doc_freq >= dense_df * self.num_docs, 1, 2))
-    self._tier = tiers
-    self._indptr = postings.indptr
-    self._indices = postings.indices
+    self._tier_array = tiers
+    self._tier = tiers.tolist()  # Per-term lookups from Python are faster.
+    self._indptr = postings.indptr.tolist()
+    self._indices = postings.indices.astype(np.intp)
     # Contribution of each posting for a term occurring once in the query.
     self._weighted = postings.data * np.repeat(self.idf, doc_freq)
     dense_terms = np.flatnonzero(tiers < 2)
@@ -159,47 +160,41 @@ class FastBM25:
     pairs, counts = np.unique(rows[known] * num_terms + terms[known],
                               return_counts=True)
     rows, terms = pairs // num_terms, pairs % num_terms
-    tiers = self._tier[terms]
+    tiers = self._tier_array[terms]
 
-    common, dense = tiers == 0, tiers == 1
+    common = tiers == 0
     common_bounds = np.searchsorted(rows[common], np.arange(num_queries + 1))
     common_terms, common_counts = terms[common].tolist(), counts[common].tolist()
-    dense_bounds = np.searchsorted(rows[dense], np.arange(num_queries + 1))
-    dense_terms, dense_counts = terms[dense].tolist(), counts[dense].tolist()
+    other_bounds = np.searchsorted(rows[~common], np.arange(num_queries + 1))
+    other_terms, other_counts = terms[~common].tolist(), counts[~common].tolist()
     for row in range(num_queries):
       start, end = common_bounds[row], common_bounds[row + 1]
-      base = self._common_sum(tuple(zip(common_terms[start:end],
-                                        common_counts[start:end])))
-      start, end = dense_bounds[row], dense_bounds[row + 1]
       row_scores = scores[row]
-      if start == end:
-        row_scores[:] = base
-        continue
-      # Each row is the same float32 sums in the same order for every doc.
-      np.add(base, self._term_row(dense_terms[start], dense_counts[start]),
-             out=row_scores)
-      for term, count in zip(dense_terms[start + 1:end],
-                             dense_counts[start + 1:end]):
-        row_scores += self._term_row(term, count)
-    rare = tiers == 2
-    if np.any(rare):
-      self._add_rare(scores.reshape(-1), rows[rare], terms[rare], counts[rare])
+      row_scores[:] = self._common_sum(tuple(zip(common_terms[start:end],
+                                                 common_counts[start:end])))
+      start, end = other_bounds[row], other_bounds[row + 1]
+      self._add_terms(row_scores, other_terms[start:end],
+                      other_counts[start:end])
     return scores
 
-  def _add_rare(self, flat_scores: np.ndarray, rows: np.ndarray,
-                terms: np.ndarray, counts: np.ndarray) -> None:
-    """Adds the postings of rare (query, term) pairs in one scatter."""
-    starts, ends = self._indptr[terms], self._indptr[terms + 1]
-    lengths = ends - starts
-    # Posting positions of every pair, concatenated, without a Python loop.
-    first = np.cumsum(lengths) - lengths
-    positions = np.arange(lengths.sum()) + np.repeat(starts - first, lengths)
-    values = self._weighted[positions]
-    if np.any(counts != 1):
-      values = values * np.repeat(counts, lengths).astype(np.float32)
-    targets = self._indices[positions] + np.repeat(rows * self.num_docs,
-                                                   lengths)
-    np.add.at(flat_scores, targets, values)
+  def _add_terms(self, row_scores: np.ndarray, terms: list[int],
+                 counts: list[int]) -> None:
+    """Adds dense rows, then the postings of rare terms, in term order.
+
+    Every document sees the same float32 additions in the same order.
+    """
+    rare_docs, rare_values = [], []
+    for term, count in zip(terms, counts):
+      if self._tier[term] == 1:
+        row_scores += self._term_row(term, count)
+        continue
+      start, end = self._indptr[term], self._indptr[term + 1]
+      rare_docs.append(self._indices[start:end])
+      values = self._weighted[start:end]
+      rare_values.append(values if count == 1 else np.float32(count) * values)
+    if rare_docs:
+      np.add.at(row_scores, np.concatenate(rare_docs),
+                np.concatenate(rare_values))
 
 
 class FastBM25Scorer:
