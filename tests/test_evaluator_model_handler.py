@@ -1,17 +1,25 @@
 """The JAX generator: per-user seeds, fixed shapes, budgeted prompts."""
 
+import glob
+
+import evaluator_testdata
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+from evaluator import evaluate
 from evaluator import generation
 from evaluator import model_handler
 from tasks import templates
 from tasks import test_utils
 from tasks import vocab
+from trainer import checkpoints
 from trainer import models
 from trainer import network
+from trainer import train_lib
 
 NUM_GENERATIONS = 3
 
@@ -78,3 +86,32 @@ def test_request_whose_newest_item_cannot_fit_gets_no_samples(generator_parts):
   outputs = _generator(generator_parts, batch_size=4).generate(requests)
   assert outputs[-1] == []
   assert all(len(samples) == NUM_GENERATIONS for samples in outputs[:-1])
+
+
+def test_evaluate_loads_a_model_dir_and_generates(generator_parts, tmp_path):
+  model, params, vocabulary = generator_parts
+  model_dir = tmp_path / "model"
+  checkpoints.write_model_metadata(
+      model_dir, model, vocabulary, {"inputs": 400, "targets": 16},
+      best_metric=None, best_mode="min")
+  optimizer = train_lib.create_optimizer()
+  manager = checkpoints.CheckpointManager(model_dir)
+  manager.save(train_lib.TrainState(step=jnp.int32(7), params=params,
+                                    opt_state=optimizer.init(params)))
+  manager.close()
+
+  items = evaluator_testdata.generated_items(30, seed=3)
+  category_dir = tmp_path / "data" / "Tools"
+  evaluator_testdata.write_corpus(category_dir, items)
+  evaluator_testdata.write_split(category_dir, "test", "Tools", [
+      (f"u{i}", items[i:i + 3]) for i in range(5)])
+  summary = evaluate.run([
+      f"--data_dir={tmp_path / 'data'}", "--category=Tools",
+      f"--output_dir={tmp_path / 'out'}", "--model=calrec",
+      f"--model_dir={model_dir}", f"--num_generations={NUM_GENERATIONS}",
+      "--max_decode_length=6", "--batch_size=4", "--runner=FnApiRunner"])
+  assert summary["num_users"] == 5 and summary["num_rejected"] == 0
+  users = pq.read_table(glob.glob(str(tmp_path / "out" / "users-*.parquet")))
+  for user in users.to_pylist():
+    assert 1 <= len(user["kept_texts"]) <= NUM_GENERATIONS
+    assert user["kept_logprobs"] == sorted(user["kept_logprobs"], reverse=True)
