@@ -45,7 +45,11 @@ def parse_example(serialized: bytes) -> UserExample:
   def strings(name: str) -> list[str]:
     if name not in features:
       raise BadRecordError(f"missing feature {name!r}")
-    return [value.decode("utf-8") for value in features[name].bytes_list.value]
+    try:
+      return [value.decode("utf-8")
+              for value in features[name].bytes_list.value]
+    except UnicodeDecodeError as error:
+      raise BadRecordError(f"feature {name!r} is not UTF-8: {error}") from error
 
   user_ids, item_ids, item_texts = (strings("user_id"), strings("item_ids"),
                                     strings("item_texts"))
