@@ -27,19 +27,14 @@ import os
 import tempfile
 import time
 
-if hasattr(os, "sched_setaffinity"):
-  os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-  os.environ[_variable] = "1"
+import numpy as np
 
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from evaluator import bm25  # pylint: disable=g-import-not-at-top,wrong-import-position
-from evaluator import data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from evaluator import lucene  # pylint: disable=g-import-not-at-top,wrong-import-position
-from evaluator import retrieval  # pylint: disable=g-import-not-at-top,wrong-import-position
-from evaluator import transforms  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tasks import templates  # pylint: disable=g-import-not-at-top,wrong-import-position
+from evaluator import bm25
+from evaluator import data
+from evaluator import lucene
+from evaluator import retrieval
+from evaluator import transforms
+from tasks import templates
 
 TEXTS_PER_USER = 10
 BATCH_SIZE = 64
@@ -130,6 +125,8 @@ def main() -> None:
     parser.error("--num_items, --num_users and --num_baseline_queries must be "
                  "positive.")
 
+  if hasattr(os, "sched_setaffinity"):  # One core, the JVM's threads included.
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
   rng = np.random.default_rng(args.seed)
   corpus = synthetic_corpus(args.num_items, rng)
   users = synthetic_users(corpus, args.num_users, rng)
@@ -151,6 +148,7 @@ def main() -> None:
       "value": round(seconds_per_query[0], 4), "unit": "s/query",
       "baseline": round(1.0 / (fast[0] * TEXTS_PER_USER), 7),
       "ratio": round(seconds_per_query[0] * fast[0] * TEXTS_PER_USER, 1)}))
+
 
 if __name__ == "__main__":
   main()
