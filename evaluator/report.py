@@ -31,20 +31,25 @@ def _pair(opt: float, pes: float, digits: int = 4) -> str:
 
 
 def table_2(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
-  """Markdown in Table 2's layout; `runs` are (column name, metrics.json)."""
+  """Markdown in Table 2's layout; `runs` are (column name, metrics.json).
+
+  Runs sharing a name fill one column, a row block per category.
+  """
+  names = list(dict.fromkeys(name for name, _ in runs))
   categories = list(dict.fromkeys(summary["category"] for _, summary in runs))
-  lines = ["| Dataset | Metric (opt)/(pes) | " +
-           " | ".join(name for name, _ in runs) + " |",
-           "|---|---|" + "---|" * len(runs)]
+  cells = {(name, summary["category"]): summary["metrics"]
+           for name, summary in runs}
+  lines = ["| Dataset | Metric (opt)/(pes) | " + " | ".join(names) + " |",
+           "|---|---|" + "---|" * len(names)]
   for category in categories:
     for position, metric in enumerate(metrics.METRICS):
-      cells = []
-      for _, summary in runs:
-        values = summary["metrics"]
-        cells.append(_pair(values[f"{metric}/opt"], values[f"{metric}/pes"])
-                     if summary["category"] == category and values else "-")
+      row = []
+      for name in names:
+        values = cells.get((name, category))
+        row.append(_pair(values[f"{metric}/opt"], values[f"{metric}/pes"])
+                   if values else "-")
       label = category if position == 0 else ""
-      lines.append(f"| {label} | {metric} | " + " | ".join(cells) + " |")
+      lines.append(f"| {label} | {metric} | " + " | ".join(row) + " |")
   return "\n".join(lines) + "\n"
 
 
@@ -156,8 +161,9 @@ def _parser() -> argparse.ArgumentParser:
       "table", help="Table 2 layout over one or more evaluation runs.")
   table.add_argument("--run", type=_named_run, action="append", required=True,
                      metavar="NAME=DIR",
-                     help="A column: its name and an evaluation --output_dir. "
-                     "Repeat for more columns and categories.")
+                     help="A column name and an evaluation --output_dir. "
+                     "Repeat for more columns; runs of one name on other "
+                     "categories fill the same column.")
   ttest = commands.add_parser(
       "ttest", help="Paired t-test of run A against run B (Table 4 layout).")
   ttest.add_argument("--run_a", type=_named_run, required=True,
