@@ -100,7 +100,21 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--recommendations_k", type=int, default=0,
                       help="Also write the top K items per user (default: "
                       "%(default)s, none).")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="Replace the results of an earlier run in "
+                      "--output_dir.")
   return parser
+
+
+OUTPUT_PATTERNS = (report.METRICS_FILE, "results.md",
+                   f"{report.USERS_PREFIX}-*.parquet", "rejects-*.jsonl",
+                   "recommendations-*.jsonl")
+
+
+def earlier_outputs(output_dir: str) -> list[str]:
+  """Files of an earlier evaluation in `output_dir`."""
+  return sorted(path for pattern in OUTPUT_PATTERNS
+                for path in glob.glob(os.path.join(output_dir, pattern)))
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -125,6 +139,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.error("--temperature and --epsilon must be >= 0.")
   if args.recommendations_k < 0:
     parser.error("--recommendations_k must be >= 0.")
+  if earlier_outputs(args.output_dir) and not args.overwrite:
+    parser.error(f"{args.output_dir} holds results of an earlier run; pass "
+                 "--overwrite to replace them or pick another --output_dir.")
   return args, beam_argv
 
 
@@ -258,6 +275,8 @@ def run(argv: Sequence[str],
   if args.model == "calrec" and load_generator is None:
     load_generator = calrec_generator_loader(args)
   os.makedirs(args.output_dir, exist_ok=True)
+  for path in earlier_outputs(args.output_dir):
+    os.remove(path)
   options = pipeline_options.PipelineOptions(flags=beam_argv)
   logging.info("Evaluating %s/%s (%s, %s retrieval) into %s", args.category,
                args.split, args.model, args.retrieval, args.output_dir)

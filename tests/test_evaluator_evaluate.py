@@ -138,7 +138,10 @@ def test_generator_pipeline_through_run_inference_and_lucene(data_dir,
                                                              tmp_path):
   lir_dir, model_dir = tmp_path / "lir", tmp_path / "model"
   _run(data_dir, lir_dir, "--model=lir")
-  summary = _run(data_dir, model_dir, "--model=calrec", "--model_dir=unused",
+  # A stale shard of an earlier run is removed with --overwrite.
+  model_dir.mkdir()
+  (model_dir / "users-00001-of-00002.parquet").write_text("stale")
+  summary = _run(data_dir, model_dir, "--overwrite", "--model=calrec", "--model_dir=unused",
                  "--bm25_backend=lucene", "--recommendations_k=3",
                  load_generator=EchoGenerator)
   # Unmatchable and empty texts add all-zero columns: LIR's ranks again.
@@ -173,3 +176,8 @@ def test_bad_flags_say_what_to_fix(data_dir, tmp_path, capsys):
     evaluate.parse_args([f"--data_dir={data_dir}", "--category=Nope",
                          f"--output_dir={tmp_path}", "--model=lir"])
   assert "is not a folder" in capsys.readouterr().err
+  (tmp_path / "metrics.json").write_text("{}")
+  with pytest.raises(SystemExit):
+    evaluate.parse_args([f"--data_dir={data_dir}", f"--category={CATEGORY}",
+                         f"--output_dir={tmp_path}", "--model=lir"])
+  assert "--overwrite" in capsys.readouterr().err
