@@ -1,1 +1,13 @@
-"""CALRec evaluator package."""
+"""CALRec evaluator: generation, quasi-round-robin BM25 retrieval, metrics.
+
+Command lines:
+  python -m evaluator.evaluate --help   the Beam evaluation job
+  python -m evaluator.report --help     Table 2 layout and paired t-tests
+
+Modules: `data` (split records, corpus), `generation` (generator interface,
+RunInference handler), `model_handler` (the JAX model as a generator),
+`baselines` (Last Item Repeater), `lucene` (JVM, analyzer, Lucene BM25),
+`bm25` (exact vectorized BM25), `retrieval` (Algorithm 1, hierarchical
+match), `metrics` (optimistic/pessimistic ranks), `transforms` (the job's
+steps), `evaluate`, `report`.
+"""
