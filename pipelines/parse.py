@@ -47,7 +47,9 @@ class RejectError(ValueError):
 def load_record(line: bytes | str) -> dict[str, Any]:
   """Parses one line: strict JSON first, then a Python dict literal (2014)."""
   try:
-    record = json.loads(line)
+    # Decoding first spares json its encoding detection on bytes.
+    record = json.loads(line.decode("utf-8") if isinstance(line, bytes)
+                        else line)
   except ValueError:
     try:
       text = line.decode("utf-8") if isinstance(line, bytes) else line

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 from typing import Container, Iterable, Mapping, NamedTuple, Sequence
 
@@ -99,6 +100,7 @@ def item_attributes(meta: parse.ItemMeta) -> templates.ItemAttributes:
   return templates.item_attributes(*meta)
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def item_text(meta: parse.ItemMeta) -> str:
   return templates.format_item(item_attributes(meta))
 

@@ -16,17 +16,8 @@ import crcmod.predefined
 
 _crc32c = crcmod.predefined.mkPredefinedCrcFun("crc-32c")
 
-# Protobuf field numbers of example.proto and feature.proto.
-_EXAMPLE_FEATURES = 1
-_FEATURES_ENTRY = 1
-_ENTRY_KEY = 1
-_ENTRY_VALUE = 2
-_FEATURE_BYTES_LIST = 1
-_FEATURE_INT64_LIST = 3
-_LIST_VALUE = 1
-
-_LENGTH_DELIMITED = 2
 _UINT64_MASK = (1 << 64) - 1
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
 
 
 def _varint(value: int) -> bytes:
@@ -41,12 +32,23 @@ def _varint(value: int) -> bytes:
   return bytes(out)
 
 
-_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
+def _tag(field_number: int) -> bytes:
+  """The key of a length-delimited field (wire type 2)."""
+  return _varint(field_number << 3 | 2)
 
 
-def _field(number: int, payload: bytes) -> bytes:
-  return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(
-      len(payload)) + payload
+# Field keys of example.proto and feature.proto.
+_EXAMPLE_FEATURES = _tag(1)  # Example.features
+_FEATURES_ENTRY = _tag(1)  # Features.feature, a map<string, Feature>
+_ENTRY_KEY = _tag(1)
+_ENTRY_VALUE = _tag(2)
+_FEATURE_BYTES_LIST = _tag(1)  # Feature.bytes_list
+_FEATURE_INT64_LIST = _tag(3)  # Feature.int64_list
+_LIST_VALUE = _tag(1)  # BytesList.value / Int64List.value (packed)
+
+
+def _field(key: bytes, payload: bytes) -> bytes:
+  return key + _varint(len(payload)) + payload
 
 
 # Item ids, texts and day-granular timestamps repeat across the records of a
@@ -71,12 +73,16 @@ def _int64_feature(values: Sequence[int]) -> bytes:
                 _field(_LIST_VALUE, packed) if packed else b"")
 
 
+@functools.lru_cache(maxsize=64)
+def _entry_key(name: str) -> bytes:
+  return _field(_ENTRY_KEY, name.encode("utf-8"))
+
+
 def encode_example(features: dict[str, bytes]) -> bytes:
   """An Example from already encoded Feature messages, sorted by name."""
   entries = b"".join(
       _field(_FEATURES_ENTRY,
-             _field(_ENTRY_KEY, name.encode("utf-8")) +
-             _field(_ENTRY_VALUE, features[name]))
+             _entry_key(name) + _field(_ENTRY_VALUE, features[name]))
       for name in sorted(features))
   return _field(_EXAMPLE_FEATURES, entries)
 
@@ -86,11 +92,11 @@ def sequence_example(user_id: str, category: str, item_ids: Sequence[str],
                      timestamps: Sequence[int]) -> bytes:
   """The serialized record of one user sequence (docs/contracts.md)."""
   return encode_example({
-      "category": _bytes_feature([category]),
+      "category": _bytes_feature((category,)),
       "item_ids": _bytes_feature(item_ids),
       "item_texts": _bytes_feature(item_texts),
       "timestamps": _int64_feature(timestamps),
-      "user_id": _bytes_feature([user_id]),
+      "user_id": _bytes_feature((user_id,)),
   })
 
 

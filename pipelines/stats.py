@@ -14,12 +14,14 @@ is total words / vocabulary size, the arithmetic behind Table 1's column.
 
 from __future__ import annotations
 
+import functools
 import string
 from typing import Any, Iterable, Mapping
 
 _PUNCTUATION = string.punctuation + "\u201c\u201d\u2018\u2019"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def natural_word(token: str) -> str | None:
   """The lowercased word type of a token, or None if it holds no letter."""
   word = token.strip(_PUNCTUATION).lower()

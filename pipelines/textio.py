@@ -63,10 +63,12 @@ def plan_ranges(patterns: Sequence[str], what: str,
       if metadata.path.endswith(_GZIP_SUFFIX):
         ranges.append(FileRange(metadata.path, 0, -1))
         continue
-      for start in range(0, metadata.size_in_bytes, range_bytes):
-        ranges.append(FileRange(metadata.path, start,
-                                min(start + range_bytes,
-                                    metadata.size_in_bytes)))
+      # Equal ranges of at most range_bytes, so parallel work is balanced.
+      size = metadata.size_in_bytes
+      count = -(-size // range_bytes)
+      bounds = [size * i // count for i in range(count + 1)]
+      ranges.extend(FileRange(metadata.path, start, end)
+                    for start, end in zip(bounds, bounds[1:]))
   return ranges
 
 

@@ -1,0 +1,217 @@
+r"""Throughput and peak memory of the preprocessing job on generated reviews.
+
+  python -m benchmarks.preprocess [--num_reviews=1000000] [--workers=2]
+      [--data_dir=DIR] [--repeats=1]
+
+Generates about `--num_reviews` review lines with `pipelines.sample_data`
+(plain JSON, so files split into ranges), then runs, each in its own process:
+
+- the Beam job on FnApiRunner with `--workers` worker processes;
+- the baseline: the same transformation as a plain single-process loop over
+  the same per-element functions, writing the same files.
+
+Both outputs must be byte-identical, or the benchmark fails. Prints one JSON
+line per figure: reviews/s, wall seconds and peak resident memory (summed over
+the process and its children, sampled every 20 ms) of the Beam job, each with
+the plain loop's figure as baseline. With `--repeats`, each figure is the best
+of that many alternating runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import filecmp
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Sequence
+
+import psutil
+
+from pipelines import config as config_lib
+from pipelines import outputs
+from pipelines import preprocess
+from pipelines import processing
+from pipelines import sample_data
+from pipelines import textio
+
+# Review lines the generator writes per user, measured on its default sample.
+_LINES_PER_USER = 8.3
+
+
+def plain_loop(config: config_lib.Config, output_dir: str) -> None:
+  """The job's transformation as one sequential loop, no Beam."""
+  review_tasks, meta_tasks = preprocess.plan_tasks(config, range_bytes=1 << 62)
+  counts = collections.defaultdict(collections.Counter)
+  rejects = collections.defaultdict(list)
+  meta_parts = collections.defaultdict(list)
+  for name, path, start, end in meta_tasks:
+    chunk = processing.parse_meta_lines(
+        textio.read_lines(textio.FileRange(path, start, end)), path)
+    meta_parts[name].append(chunk.items)
+    counts[name].update(chunk.counts)
+    rejects[name].extend(chunk.rejects)
+  meta = {name: processing.merge_meta(parts)
+          for name, parts in meta_parts.items()}
+  for name, items in meta.items():
+    counts[name]["meta_items"] = len(items)
+
+  shard_parts = collections.defaultdict(list)
+  for name, path, start, end in review_tasks:
+    category = next(c for c in config.categories if c.name == name)
+    chunk = processing.parse_review_lines(
+        textio.read_lines(textio.FileRange(path, start, end)), path, category,
+        config.sampling_seed, meta.get(name, {}))
+    for shard, users in chunk.shards.items():
+      shard_parts[(name, shard)].append(users)
+    counts[name].update(chunk.counts)
+    rejects[name].extend(chunk.rejects)
+
+  shard_files, summaries = [], {}
+  for category in config.categories:
+    name = category.name
+    item_ids = set()
+    for shard in range(category.num_shards):
+      result = processing.build_shard(
+          processing.merge_user_events(shard_parts.pop((name, shard), [])),
+          category, meta.get(name, {}))
+      shard_files += outputs.write_shard(output_dir, category, shard,
+                                         result.records)
+      item_ids |= result.item_ids
+      counts[name].update(result.counts)
+      rejects[name].extend(result.rejects)
+    summaries[name] = outputs.write_category_files(
+        output_dir, category, item_ids, rejects[name], counts[name],
+        meta.get(name, {}))
+  outputs.write_manifest(output_dir, config, shard_files, summaries)
+
+
+def _run_measured(command: Sequence[str]) -> tuple[float, float]:
+  """(wall seconds, peak summed RSS in MiB) of a command and its children."""
+  peak = 0
+  start = time.perf_counter()
+  process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+  done = threading.Event()
+
+  def sample():
+    nonlocal peak
+    parent = psutil.Process(process.pid)
+    while not done.is_set():
+      try:
+        rss = parent.memory_info().rss + sum(
+            child.memory_info().rss
+            for child in parent.children(recursive=True))
+        peak = max(peak, rss)
+      except psutil.Error:
+        pass
+      time.sleep(0.02)
+
+  sampler = threading.Thread(target=sample, daemon=True)
+  sampler.start()
+  _, stderr = process.communicate()
+  wall = time.perf_counter() - start
+  done.set()
+  sampler.join()
+  if process.returncode:
+    sys.exit(f"{' '.join(command)} failed:\n{stderr.decode()[-3000:]}")
+  return wall, peak / 2**20
+
+
+def _count_lines(config: config_lib.Config) -> int:
+  total = 0
+  for category in config.categories:
+    for pattern in category.reviews:
+      for file_range in textio.plan_ranges([pattern], category.name,
+                                           range_bytes=1 << 62):
+        total += sum(1 for _ in textio.read_lines(file_range))
+  return total
+
+
+def _same_outputs(first: str, second: str) -> None:
+  for folder, _, names in os.walk(first):
+    for name in names:
+      path = os.path.join(folder, name)
+      other = os.path.join(second, os.path.relpath(path, first))
+      if not filecmp.cmp(path, other, shallow=False):
+        sys.exit(f"outputs differ: {path} vs {other}")
+
+
+def _figure(name: str, value: float, unit: str, baseline: float) -> str:
+  return json.dumps({"name": name, "value": round(value, 3), "unit": unit,
+                     "baseline": round(baseline, 3),
+                     "ratio": round(value / baseline, 3)})
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.preprocess",
+                                   description=__doc__.split("\n\n")[1])
+  parser.add_argument("--num_reviews", type=int, default=1_000_000,
+                      help="review lines to generate (default 1,000,000)")
+  parser.add_argument("--workers", type=int, default=2,
+                      help="Beam worker processes (default 2)")
+  parser.add_argument("--repeats", type=int, default=1,
+                      help="alternating runs of each; best figure is kept")
+  parser.add_argument("--data_dir", default=None,
+                      help=("reuse a sample written by pipelines.sample_data "
+                            "--nogzip here (generated when missing)"))
+  parser.add_argument("--plain_loop", metavar="OUTPUT_DIR",
+                      help=argparse.SUPPRESS)  # Internal: the baseline run.
+  parser.add_argument("--config", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.plain_loop:
+    plain_loop(config_lib.load_config(args.config), args.plain_loop)
+    return
+  if args.num_reviews < 1000 or args.workers < 1 or args.repeats < 1:
+    parser.error("--num_reviews must be >= 1000, --workers and --repeats "
+                 ">= 1")
+
+  with tempfile.TemporaryDirectory() as scratch:
+    data_dir = args.data_dir or os.path.join(scratch, "data")
+    config_path = os.path.join(data_dir, "config.json")
+    if not os.path.exists(config_path):
+      print(f"generating about {args.num_reviews} reviews in {data_dir}",
+            file=sys.stderr)
+      sample_data.generate(
+          data_dir, seed=0, compress=False,
+          num_users=math.ceil(args.num_reviews / _LINES_PER_USER))
+    config = config_lib.load_config(config_path)
+    num_reviews = _count_lines(config)
+    print(f"{num_reviews} review lines", file=sys.stderr)
+
+    beam_best, plain_best = (math.inf, 0.0), (math.inf, 0.0)
+    for repeat in range(args.repeats):
+      beam_out = os.path.join(scratch, f"beam{repeat}")
+      plain_out = os.path.join(scratch, f"plain{repeat}")
+      beam = _run_measured([
+          sys.executable, "-m", "pipelines.preprocess",
+          f"--config={config_path}", f"--output_dir={beam_out}",
+          f"--direct_num_workers={args.workers}",
+          "--direct_running_mode=multi_processing"])
+      plain = _run_measured([
+          sys.executable, "-m", "benchmarks.preprocess",
+          f"--config={config_path}", f"--plain_loop={plain_out}"])
+      print(f"run {repeat}: beam {beam[0]:.1f} s {beam[1]:.0f} MiB, "
+            f"plain loop {plain[0]:.1f} s {plain[1]:.0f} MiB",
+            file=sys.stderr)
+      _same_outputs(beam_out, plain_out)
+      _same_outputs(plain_out, beam_out)
+      beam_best = (min(beam_best[0], beam[0]), max(beam_best[1], beam[1]))
+      plain_best = (min(plain_best[0], plain[0]),
+                    max(plain_best[1], plain[1]))
+
+  prefix = f"preprocess_beam_{args.workers}workers"
+  print(_figure(f"{prefix}_reviews_per_s", num_reviews / beam_best[0],
+                "reviews/s", num_reviews / plain_best[0]))
+  print(_figure(f"{prefix}_wall", beam_best[0], "s", plain_best[0]))
+  print(_figure(f"{prefix}_peak_rss", beam_best[1], "MiB", plain_best[1]))
+
+
+if __name__ == "__main__":
+  main()
