@@ -169,29 +169,35 @@ class FastBM25:
     other_terms, other_counts = terms[~common].tolist(), counts[~common].tolist()
     for row in range(num_queries):
       start, end = common_bounds[row], common_bounds[row + 1]
-      row_scores = scores[row]
-      row_scores[:] = self._common_sum(tuple(zip(common_terms[start:end],
-                                                 common_counts[start:end])))
+      base = self._common_sum(tuple(zip(common_terms[start:end],
+                                        common_counts[start:end])))
       start, end = other_bounds[row], other_bounds[row + 1]
-      self._add_terms(row_scores, other_terms[start:end],
+      self._add_terms(scores[row], base, other_terms[start:end],
                       other_counts[start:end])
     return scores
 
-  def _add_terms(self, row_scores: np.ndarray, terms: list[int],
-                 counts: list[int]) -> None:
-    """Adds dense rows, then the postings of rare terms, in term order.
+  def _add_terms(self, row_scores: np.ndarray, base: np.ndarray,
+                 terms: list[int], counts: list[int]) -> None:
+    """`base` plus dense rows, then the postings of rare terms, in term order.
 
     Every document sees the same float32 additions in the same order.
     """
     rare_docs, rare_values = [], []
+    written = False
     for term, count in zip(terms, counts):
       if self._tier[term] == 1:
-        row_scores += self._term_row(term, count)
+        if written:
+          row_scores += self._term_row(term, count)
+        else:
+          np.add(base, self._term_row(term, count), out=row_scores)
+          written = True
         continue
       start, end = self._indptr[term], self._indptr[term + 1]
       rare_docs.append(self._indices[start:end])
       values = self._weighted[start:end]
       rare_values.append(values if count == 1 else np.float32(count) * values)
+    if not written:
+      row_scores[:] = base
     if rare_docs:
       np.add.at(row_scores, np.concatenate(rare_docs),
                 np.concatenate(rare_values))
