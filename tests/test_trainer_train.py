@@ -19,6 +19,7 @@ from trainer import models
 from trainer import network
 from trainer import train
 from trainer import train_lib
+from trainer import train_loop
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 TASK = "trainer_test_task"
@@ -97,7 +98,7 @@ def _train(model_dir, train_steps, learning_rate=3e-3, **kwargs):
       validation_batches=1, log_period=3,
       optimizer=train_lib.create_optimizer(learning_rate))
   arguments.update(kwargs)
-  return train.train(**arguments)
+  return train_loop.train(**arguments)
 
 
 def _assert_trees_equal(a, b):
@@ -133,7 +134,7 @@ def test_stage2_starts_from_stage1_parameters(straight_run, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  with pytest.raises(train.NonFiniteLossError, match="Non-finite loss"):
+  with pytest.raises(train_loop.NonFiniteLossError, match="Non-finite loss"):
     _train(tmp_path, train_steps=30, learning_rate=1e30, checkpoint_period=1,
            optimizer=train_lib.create_optimizer(1e30,
                                                 clip_gradient_norm=None))
@@ -158,7 +159,7 @@ def test_overfits_and_generates_its_training_targets(tmp_path):
   loaded = checkpoints.load_for_inference(tmp_path, step=200)
   _assert_trees_equal(loaded.params, final.params)
   batch = {k: np.asarray(v) for k, v in next(seqio.get_dataset(
-      TASK, LENGTHS, train.default_feature_converter_cls()(),
+      TASK, LENGTHS, train_loop.default_feature_converter_cls()(),
       dataset_split="validation", batch_size=4).as_numpy_iterator()).items()}
   _, metrics = loaded.model.loss_fn(loaded.params, batch, dropout_rng=None)
   assert float(metrics["nig_loss"]) < 0.05
