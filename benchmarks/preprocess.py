@@ -11,10 +11,11 @@ Generates about `--num_reviews` review lines with `pipelines.sample_data`
   the same per-element functions, writing the same files.
 
 Both outputs must be byte-identical, or the benchmark fails. Prints one JSON
-line per figure: reviews/s, wall seconds and peak resident memory (summed over
-the process and its children, sampled every 20 ms) of the Beam job, each with
-the plain loop's figure as baseline. With `--repeats`, each figure is the best
-of that many alternating runs.
+line per figure of the Beam job, each with the plain loop's figure as
+baseline: reviews/s, wall seconds, CPU seconds (user + system of the process
+and its children) and peak resident memory (summed over the process and its
+children, sampled every 20 ms). With `--repeats`, each time figure is the
+best, and the memory figure the worst, of that many alternating runs.
 """
 
 from __future__ import annotations
@@ -92,36 +93,41 @@ def plain_loop(config: config_lib.Config, output_dir: str) -> None:
   outputs.write_manifest(output_dir, config, shard_files, summaries)
 
 
-def _run_measured(command: Sequence[str]) -> tuple[float, float]:
-  """(wall seconds, peak summed RSS in MiB) of a command and its children."""
+def _run_measured(command: Sequence[str]) -> tuple[float, float, float]:
+  """(wall s, CPU s, peak summed RSS MiB) of a command and its children."""
   peak = 0
-  start = time.perf_counter()
-  process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
-  done = threading.Event()
+  with tempfile.TemporaryFile() as stderr:
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                               stderr=stderr)
+    done = threading.Event()
 
-  def sample():
-    nonlocal peak
-    parent = psutil.Process(process.pid)
-    while not done.is_set():
-      try:
-        rss = parent.memory_info().rss + sum(
-            child.memory_info().rss
-            for child in parent.children(recursive=True))
-        peak = max(peak, rss)
-      except psutil.Error:
-        pass
-      time.sleep(0.02)
+    def sample():
+      nonlocal peak
+      parent = psutil.Process(process.pid)
+      while not done.is_set():
+        try:
+          rss = parent.memory_info().rss + sum(
+              child.memory_info().rss
+              for child in parent.children(recursive=True))
+          peak = max(peak, rss)
+        except psutil.Error:
+          pass
+        time.sleep(0.02)
 
-  sampler = threading.Thread(target=sample, daemon=True)
-  sampler.start()
-  _, stderr = process.communicate()
-  wall = time.perf_counter() - start
-  done.set()
-  sampler.join()
-  if process.returncode:
-    sys.exit(f"{' '.join(command)} failed:\n{stderr.decode()[-3000:]}")
-  return wall, peak / 2**20
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    # wait4 reports the CPU time of the process and the children it reaped.
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    done.set()
+    sampler.join()
+    if process.returncode:
+      stderr.seek(0)
+      sys.exit(f"{' '.join(command)} failed:\n"
+               f"{stderr.read().decode()[-3000:]}")
+  return wall, usage.ru_utime + usage.ru_stime, peak / 2**20
 
 
 def _count_lines(config: config_lib.Config) -> int:
@@ -185,32 +191,35 @@ def main(argv: Sequence[str] | None = None) -> None:
     num_reviews = _count_lines(config)
     print(f"{num_reviews} review lines", file=sys.stderr)
 
-    beam_best, plain_best = (math.inf, 0.0), (math.inf, 0.0)
+    best = {"beam": [math.inf] * 2 + [0.0], "plain": [math.inf] * 2 + [0.0]}
     for repeat in range(args.repeats):
       beam_out = os.path.join(scratch, f"beam{repeat}")
       plain_out = os.path.join(scratch, f"plain{repeat}")
-      beam = _run_measured([
-          sys.executable, "-m", "pipelines.preprocess",
-          f"--config={config_path}", f"--output_dir={beam_out}",
-          f"--direct_num_workers={args.workers}",
-          "--direct_running_mode=multi_processing"])
-      plain = _run_measured([
-          sys.executable, "-m", "benchmarks.preprocess",
-          f"--config={config_path}", f"--plain_loop={plain_out}"])
-      print(f"run {repeat}: beam {beam[0]:.1f} s {beam[1]:.0f} MiB, "
-            f"plain loop {plain[0]:.1f} s {plain[1]:.0f} MiB",
-            file=sys.stderr)
+      runs = {
+          "beam": _run_measured([
+              sys.executable, "-m", "pipelines.preprocess",
+              f"--config={config_path}", f"--output_dir={beam_out}",
+              f"--direct_num_workers={args.workers}",
+              "--direct_running_mode=multi_processing"]),
+          "plain": _run_measured([
+              sys.executable, "-m", "benchmarks.preprocess",
+              f"--config={config_path}", f"--plain_loop={plain_out}"]),
+      }
+      for name, (wall, cpu, rss) in runs.items():
+        print(f"run {repeat} {name}: {wall:.1f} s wall, {cpu:.1f} s CPU, "
+              f"{rss:.0f} MiB", file=sys.stderr)
+        best[name] = [min(best[name][0], wall), min(best[name][1], cpu),
+                      max(best[name][2], rss)]
       _same_outputs(beam_out, plain_out)
       _same_outputs(plain_out, beam_out)
-      beam_best = (min(beam_best[0], beam[0]), max(beam_best[1], beam[1]))
-      plain_best = (min(plain_best[0], plain[0]),
-                    max(plain_best[1], plain[1]))
 
   prefix = f"preprocess_beam_{args.workers}workers"
-  print(_figure(f"{prefix}_reviews_per_s", num_reviews / beam_best[0],
-                "reviews/s", num_reviews / plain_best[0]))
-  print(_figure(f"{prefix}_wall", beam_best[0], "s", plain_best[0]))
-  print(_figure(f"{prefix}_peak_rss", beam_best[1], "MiB", plain_best[1]))
+  beam, plain = best["beam"], best["plain"]
+  print(_figure(f"{prefix}_reviews_per_s", num_reviews / beam[0], "reviews/s",
+                num_reviews / plain[0]))
+  print(_figure(f"{prefix}_wall", beam[0], "s", plain[0]))
+  print(_figure(f"{prefix}_cpu", beam[1], "s", plain[1]))
+  print(_figure(f"{prefix}_peak_rss", beam[2], "MiB", plain[2]))
 
 
 if __name__ == "__main__":

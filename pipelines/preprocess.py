@@ -42,7 +42,8 @@ def plan_tasks(config: config_lib.Config, range_bytes: int = (
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: config_lib.Config,
-                   output_dir: str, review_tasks: Sequence[transforms.RangeTask],
+                   output_dir: str,
+                   review_tasks: Sequence[transforms.RangeTask],
                    meta_tasks: Sequence[transforms.RangeTask]) -> None:
   """Adds the whole job to `pipeline`."""
   meta, meta_rejects, meta_counts = (
@@ -68,7 +69,8 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
   """Refuses a non-empty folder unless it holds an earlier run to replace."""
   if not FileSystems.exists(output_dir):
     return
-  if not FileSystems.match([FileSystems.join(output_dir, "*")])[0].metadata_list:
+  entries = FileSystems.match([FileSystems.join(output_dir, "*")])[0]
+  if not entries.metadata_list:
     return
   earlier_run = any(FileSystems.exists(FileSystems.join(output_dir, name))
                     for name in (outputs.MANIFEST, outputs.REJECTS_DIR))

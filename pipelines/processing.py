@@ -54,6 +54,13 @@ def _line_reject(source: str, offset: int, reason: str, line: bytes) -> Reject:
                 line.decode("utf-8", errors="replace").rstrip("\r\n"))
 
 
+def _add_meta(items: dict[str, parse.ItemMeta], asin: str,
+              meta: parse.ItemMeta) -> None:
+  previous = items.get(asin)
+  items[asin] = meta if previous is None else parse.prefer_meta(previous,
+                                                                 meta)
+
+
 @dataclasses.dataclass
 class MetaChunk:
   items: dict[str, parse.ItemMeta]
@@ -77,22 +84,24 @@ def parse_meta_lines(lines: Iterable[tuple[int, bytes]],
       chunk.rejects.append(_line_reject(source, offset, e.reason, line))
       continue
     chunk.counts["meta_rows"] += 1
-    previous = chunk.items.get(asin)
-    chunk.items[asin] = meta if previous is None else parse.prefer_meta(
-        previous, meta)
+    _add_meta(chunk.items, asin, meta)
   return chunk
 
 
-def merge_meta(
-    chunks: Iterable[Mapping[str, parse.ItemMeta]]) -> dict[str, parse.ItemMeta]:
+def merge_meta(chunks: Iterable[Mapping[str, parse.ItemMeta]]
+               ) -> dict[str, parse.ItemMeta]:
   """One row per asin over all ranges, independent of their order."""
   merged: dict[str, parse.ItemMeta] = {}
   for items in chunks:
-    for asin, meta in items.items():
-      previous = merged.get(asin)
-      merged[asin] = meta if previous is None else parse.prefer_meta(
-          previous, meta)
+    add_meta_rows(merged, items)
   return merged
+
+
+def add_meta_rows(into: dict[str, parse.ItemMeta],
+                  items: Mapping[str, parse.ItemMeta]) -> None:
+  """Adds rows to `into` in place, collapsing repeated asins."""
+  for asin, meta in items.items():
+    _add_meta(into, asin, meta)
 
 
 def item_attributes(meta: parse.ItemMeta) -> templates.ItemAttributes:
@@ -102,6 +111,7 @@ def item_attributes(meta: parse.ItemMeta) -> templates.ItemAttributes:
 
 @functools.lru_cache(maxsize=1 << 17)
 def item_text(meta: parse.ItemMeta) -> str:
+  """The templated text of an item (`tasks.templates`), cached per meta row."""
   return templates.format_item(item_attributes(meta))
 
 

@@ -23,7 +23,7 @@ _ONE_BYTE = [bytes((i,)) for i in range(0x80)]
 def _varint(value: int) -> bytes:
   if 0 <= value < 0x80:
     return _ONE_BYTE[value]
-  value &= _UINT64_MASK  # Negative int64 are written as 10-byte two's complement.
+  value &= _UINT64_MASK  # Negative int64: 10 bytes of two's complement.
   out = bytearray()
   while value > 0x7F:
     out.append((value & 0x7F) | 0x80)
@@ -102,7 +102,8 @@ def sequence_example(user_id: str, category: str, item_ids: Sequence[str],
 
 def _masked_crc(data: bytes) -> bytes:
   crc = _crc32c(data)
-  return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+  masked = ((crc >> 15) | (crc << 17)) + 0xA282EAD8
+  return struct.pack("<I", masked & 0xFFFFFFFF)
 
 
 def tfrecord_frame(record: bytes) -> bytes:

@@ -32,14 +32,18 @@ Last-Item-Repeater's query (the last item's text) ranks the last item itself
 first and its siblings in the line (same brand and model words) next, without
 knowing which sibling comes next; the target is almost never the last item.
 
-Dirt, as in the real files: about 5 % of events are followed by exact copies
-(same item, text, rating and time; the paper's duplicates), 2 % of events are
-genuine repeats (same item again later with another text), reviews are
-grouped by item like the real files, a few extra lines are malformed, lack
-`reviewerID` or `unixReviewTime`, or name an item without meta; meta rows
-repeat (identical or sparser), titles and brands hold HTML entities and tags,
-some prices are CSS or ranges, some titles, brands and prices are missing, and
-some meta rows describe items nobody reviewed.
+A user walks until a length of 5 to 11 events is reached, possibly stopping
+inside a line.
+
+Dirt, as in the real files: 4 % of events are followed by one or two exact
+copies (same item, text, rating and time: the paper's duplicates, about 5 %
+of all purchases, as in its Table 1); 2 % of events are genuine repeats (the
+same item again later, with another text); reviews are grouped by item like
+the real files; a few extra lines are malformed, lack `reviewerID` or
+`unixReviewTime`, or name an item without meta; meta rows repeat (identical or
+sparser), titles and brands hold HTML entities and tags, some prices are CSS
+or ranges, some titles, brands and prices are missing, and some meta rows
+describe items nobody reviewed.
 """
 
 from __future__ import annotations

@@ -104,6 +104,9 @@ def format_table(stats_by_category: Mapping[str, Mapping[str, Any]]) -> str:
     rows.append([name] + [fmt.format(stats[key])
                           for key, _, fmt in TABLE_COLUMNS])
   widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-  return "\n".join("  ".join(cell.rjust(width) if i else cell.ljust(width)
-                             for i, (cell, width) in enumerate(zip(row, widths)))
-                   for row in rows)
+  lines = []
+  for row in rows:
+    cells = [cell.rjust(width) if i else cell.ljust(width)
+             for i, (cell, width) in enumerate(zip(row, widths))]
+    lines.append("  ".join(cells))
+  return "\n".join(lines)

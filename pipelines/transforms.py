@@ -57,7 +57,8 @@ class _MergeMeta(beam.CombineFn):
     return {}
 
   def add_input(self, accumulator, items):
-    return processing.merge_meta([accumulator, items])
+    processing.add_meta_rows(accumulator, items)
+    return accumulator
 
   def merge_accumulators(self, accumulators):
     return processing.merge_meta(accumulators)

@@ -158,7 +158,7 @@ def test_ranges_cover_every_line_exactly_once(tmp_path, compress):
   _write(path, lines, compress)
   ranges = textio.plan_ranges([str(path)], "test", range_bytes=97)
   assert (len(ranges) == 1) == compress
-  read = [(offset, line) for r in ranges for offset, line in textio.read_lines(r)]
+  read = [pair for r in ranges for pair in textio.read_lines(r)]
   assert [line.decode().rstrip("\n") for _, line in read] == lines
   # Offsets point at the line in the decompressed stream.
   text = "".join(line + "\n" for line in lines).encode()

@@ -180,7 +180,8 @@ def test_corpus_and_rejects_files_are_sorted():
 def test_category_stats_match_hand_computation():
   counts = {"users": 4, "purchases": 10, "users_before_dedup": 5,
             "purchases_before_dedup": 16, "duplicate_purchases": 2,
-            "reviews_rejected_malformed_line": 3, "meta_rejected_missing_asin": 0}
+            "reviews_rejected_malformed_line": 3,
+            "meta_rejected_missing_asin": 0}
   result = stats.category_stats(counts, num_items=5, total_words=60,
                                 vocabulary_size=20, user_fraction=0.5)
   assert result["num_users"] == 4
