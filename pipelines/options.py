@@ -20,6 +20,11 @@ _EPILOG = """\
 Any other flag is a Beam pipeline option, e.g. --runner=FnApiRunner
 --direct_num_workers=2 --direct_running_mode=multi_processing.
 
+Example, on the generated sample:
+  python -m pipelines.sample_data --output_dir=/tmp/sample
+  python -m pipelines.preprocess --config=/tmp/sample/config.json \\
+      --output_dir=/tmp/preprocessed
+
 Output (docs/contracts.md): {category}/{split}-SSSSS-of-NNNNN.tfrecord,
 {category}/corpus.parquet, {category}/stats.json, rejects/{category}.jsonl and
 manifest.json, written last.
@@ -36,14 +41,16 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m pipelines.preprocess",
-      description=("Turns raw Amazon review and meta JSON into deduplicated, "
-                   "templated TFRecords per category and split, an item "
+      description=("Turns raw Amazon review and meta JSON into deduplicated,\n"
+                   "templated TFRecords per category and split, an item\n"
                    "corpus and statistics (CALRec paper, section 4)."),
       epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument(
       "--config", required=True,
-      help=("JSON file listing the categories (see pipelines/config.py); "
-            "pipelines/configs/amazon2018_paper.json is the paper's setup"))
+      help=("JSON file listing the categories (see pipelines/config.py): "
+            "pipelines/configs/amazon2018_paper.json is the paper's setup "
+            "(pass --data_dir), or the config.json that "
+            "pipelines.sample_data writes"))
   parser.add_argument("--output_dir", required=True,
                       help="folder to write; must be empty or absent")
   parser.add_argument(

@@ -102,6 +102,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
     build_pipeline(pipeline, config, args.output_dir, review_tasks,
                    meta_tasks)
   stats = outputs.read_stats(args.output_dir, config)
+  for name, category_stats in stats.items():
+    if not category_stats["num_users"]:
+      logging.warning("category %s has no users left; its rejects are in %s",
+                      name, FileSystems.join(args.output_dir,
+                                             outputs.REJECTS_DIR,
+                                             f"{name}.jsonl"))
   logging.info("done: %s", FileSystems.join(args.output_dir,
                                              outputs.MANIFEST))
   return stats

@@ -203,3 +203,25 @@ def test_corpus_words_count_labels_and_natural_types():
   assert total == 10
   assert vocabulary == {"title", "blue", "widget", "category", "tools",
                         "brand", "unknown", "price"}
+
+
+def test_item_texts_truncate_to_25_15_15_15_words_and_fill_unknown():
+  long_title = " ".join(f"t{i}" for i in range(30))
+  long_brand = " ".join(f"b{i}" for i in range(20))
+  meta = {"B1": (long_title, None, long_brand, "$1.00")}
+  columns = processing.corpus_columns(["B1"], meta)
+  assert columns["title"] == [" ".join(f"t{i}" for i in range(25))]
+  assert columns["brand"] == [" ".join(f"b{i}" for i in range(15))]
+  assert columns["category"] == ["Unknown"]
+  assert columns["text"] == [
+      f"Title: {columns['title'][0]}. Category: Unknown. "
+      f"Brand: {columns['brand'][0]}. Price: $1.00."]
+  assert processing.item_text(meta["B1"]) == columns["text"][0]
+
+
+def test_format_table_has_one_row_per_category():
+  row = stats.category_stats({"users": 2, "purchases": 6}, 3, 36, 9, 1.0)
+  table = stats.format_table({"Games": row, "Pet": row}).splitlines()
+  assert table[0].split()[:3] == ["Category", "Users", "%Dup"]
+  assert table[1].split()[:5] == ["Games", "2", "0.0%", "3", "6"]
+  assert table[2].split()[0] == "Pet"
