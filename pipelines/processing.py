@@ -148,7 +148,8 @@ def parse_review_lines(lines: Iterable[tuple[int, bytes]], source: str,
       events = users[user_id]
     else:
       events = users[user_id] = [] if sequences.sampled(
-          user_id, category.user_fraction, sampling_seed) else None
+          user_id, category.name, category.user_fraction,
+          sampling_seed) else None
     if events is None:
       counts["reviews_of_unsampled_users"] += 1
     else:

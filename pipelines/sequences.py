@@ -46,12 +46,16 @@ MIN_EVENTS = {
 _HASH_SCALE = float(1 << 64)
 
 
-def sampled(user_id: str, fraction: float, seed: int) -> bool:
-  """Whether the seeded hash of `user_id` keeps the user (never `random`)."""
+def sampled(user_id: str, category: str, fraction: float, seed: int) -> bool:
+  """Whether the seeded hash of `user_id` keeps the user (never `random`).
+
+  The category is hashed too, so samples of different categories are
+  independent of each other.
+  """
   if fraction >= 1.0:
     return True
-  digest = hashlib.blake2b(f"{seed}\x00{user_id}".encode("utf-8"),
-                           digest_size=8).digest()
+  key = f"{seed}\x00{category}\x00{user_id}".encode("utf-8")
+  digest = hashlib.blake2b(key, digest_size=8).digest()
   return int.from_bytes(digest, "big") / _HASH_SCALE < fraction
 
 

@@ -98,7 +98,7 @@ def test_unsampled_users_are_kept_as_ids_without_events():
       lines, "r", _category(fraction=0.3, shards=2), 3, {"B1"})
   merged = processing.merge_user_events(chunk.shards.values())
   assert sorted(merged) == sorted(users)
-  sampled = {u for u in users if sequences.sampled(u, 0.3, 3)}
+  sampled = {u for u in users if sequences.sampled(u, "Games", 0.3, 3)}
   assert {u for u, events in merged.items() if events} == sampled
   assert chunk.counts["reviews_of_unsampled_users"] == 200 - len(sampled)
 

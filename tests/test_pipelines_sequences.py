@@ -59,20 +59,22 @@ def test_event_order_is_chronological_with_full_tie_break():
   assert sorted(reversed(events)) == ordered
 
 
-def test_sampling_is_a_seeded_hash_of_the_user_id():
+def test_sampling_is_a_seeded_hash_of_category_and_user_id():
   users = [f"U{i}" for i in range(4000)]
-  kept = [u for u in users if sequences.sampled(u, 0.2, seed=7)]
-  assert kept == [u for u in users if sequences.sampled(u, 0.2, seed=7)]
+  kept = [u for u in users if sequences.sampled(u, "Pet", 0.2, seed=7)]
+  assert kept == [u for u in users if sequences.sampled(u, "Pet", 0.2, 7)]
   assert abs(len(kept) / len(users) - 0.2) < 0.03
   # Independent implementation of the documented rule.
   def expected(user, fraction, seed):
-    digest = hashlib.blake2b(f"{seed}\x00{user}".encode(),
+    digest = hashlib.blake2b(f"{seed}\x00Pet\x00{user}".encode(),
                              digest_size=8).digest()
     return int.from_bytes(digest, "big") < fraction * 2**64
   assert kept == [u for u in users if expected(u, 0.2, 7)]
-  other_seed = [u for u in users if sequences.sampled(u, 0.2, seed=8)]
-  assert other_seed != kept
-  assert all(sequences.sampled(u, 1.0, seed=7) for u in users[:10])
+  assert kept != [u for u in users if sequences.sampled(u, "Pet", 0.2, 8)]
+  # Another category draws its own sample: the 20 % is no subset of a 50 %.
+  office = {u for u in users if sequences.sampled(u, "Office", 0.5, 7)}
+  assert not set(kept) <= office
+  assert all(sequences.sampled(u, "Pet", 1.0, 7) for u in users[:10])
 
 
 def test_shards_cover_range_and_do_not_depend_on_order():
