@@ -77,18 +77,24 @@ def norm_inverse_table(avgdl: np.float32, k1: float, b: float) -> np.ndarray:
 class FastBM25:
   """BM25 of token lists against every document of a tokenized corpus.
 
+  Each (query term, document) contribution is Lucene's float32 value; a
+  document's contributions are summed in float64 (exactly, for a few dozen
+  float32 terms) and rounded to float32, as Lucene sums clause scores in a
+  double. The scores are then Lucene's, ties included, even where different
+  terms happen to sum to the same float.
+
   Terms fall in three tiers by document frequency (as a share of the
   corpus). Common terms (at least `common_df`, e.g. the template's labels and
   the category name) are summed once per distinct (term, count) signature and
   cached. Frequent terms (at least `dense_df`) keep a dense row of their
-  weighted contributions. Rare terms add their postings. Every document's score is the same sequence of
-  float32 operations, so documents Lucene ties stay exactly tied.
+  contributions. Rare terms, and terms repeated in a query, add their
+  postings.
   """
 
   def __init__(self, doc_tokens: Sequence[Sequence[str]],
                k1: float = lucene.BM25_K1, b: float = lucene.BM25_B,
-               common_df: float = 0.5, dense_df: float = 0.04,
-               signature_cache_bytes: int = 64 << 20):
+               common_df: float = 0.5, dense_df: float = 0.1,
+               signature_cache_bytes: int = 128 << 20):
     self.num_docs = len(doc_tokens)
     self.vocabulary: dict[str, int] = {}
     rows, cols, freqs = [], [], []
@@ -105,44 +111,59 @@ class FastBM25:
     avgdl = np.float32(lengths.sum() / doc_count) if doc_count else np.float32(1)
     norm_bytes = np.array([int_to_byte4(int(n)) for n in lengths], np.int64)
     norm_inverse = norm_inverse_table(avgdl, k1, b)[norm_bytes[cols]]
-    one = np.float32(1)
-    # w - w / (1 + f * n) = w * (1 - 1 / (1 + f * n)); the factor is per posting.
-    saturation = one - one / (one + freqs * norm_inverse)
-
+    # Per posting: 1 + f * n(d), the denominator of w - w / (1 + f * n(d)).
+    denominators = np.float32(1) + freqs * norm_inverse
     postings = scipy.sparse.csr_matrix(
-        (saturation, (rows, cols)), shape=(len(self.vocabulary), self.num_docs),
-        dtype=np.float32)
+        (denominators, (rows, cols)),
+        shape=(len(self.vocabulary), self.num_docs), dtype=np.float32)
     postings.sort_indices()
     doc_freq = np.diff(postings.indptr)
-    self.idf = np.log1p((doc_count - doc_freq + 0.5) /
-                        (doc_freq + 0.5)).astype(np.float32)
+    self.idf = np.log(1 + (doc_count - doc_freq + 0.5) /
+                      (doc_freq + 0.5)).astype(np.float32)
+
+    self._indptr = postings.indptr.tolist()
+    self._indices = postings.indices.astype(np.intp)
+    self._denominators = postings.data
+    self._posting_idf = np.repeat(self.idf, doc_freq)
+    # Contributions of every posting for a term occurring once in the query.
+    self._single = self._contributions(self._posting_idf).astype(np.float64)
     # Tier per term: 0 common, 1 dense, 2 rare.
     tiers = np.where(doc_freq >= common_df * self.num_docs, 0,
                      np.where(doc_freq >= dense_df * self.num_docs, 1, 2))
     self._tier_array = tiers
     self._tier = tiers.tolist()  # Per-term lookups from Python are faster.
-    self._indptr = postings.indptr.tolist()
-    self._indices = postings.indices.astype(np.intp)
-    # Contribution of each posting for a term occurring once in the query.
-    self._weighted = postings.data * np.repeat(self.idf, doc_freq)
-    dense_terms = np.flatnonzero(tiers < 2)
+    dense_terms = np.flatnonzero(tiers == 1)
     self._dense_row = {int(term): row for row, term in enumerate(dense_terms)}
-    self._dense = (postings[dense_terms].toarray() *
-                   self.idf[dense_terms][:, None])
-    cache_size = max(16, signature_cache_bytes // (4 * max(self.num_docs, 1)))
+    self._dense = np.zeros((len(dense_terms), self.num_docs), np.float64)
+    for row, term in enumerate(dense_terms):
+      docs, values = self._postings_of(int(term), 1)
+      self._dense[row, docs] = values
+    cache_size = max(16, signature_cache_bytes // (8 * max(self.num_docs, 1)))
     self._common_sum = functools.lru_cache(maxsize=cache_size)(
         self._common_sum_uncached)
 
-  def _term_row(self, term: int, count: int) -> np.ndarray:
-    row = self._dense[self._dense_row[term]]
-    return row if count == 1 else np.float32(count) * row
+  def _contributions(self, weights: np.ndarray,
+                     start: int = 0, end: int | None = None) -> np.ndarray:
+    """Lucene's float32 w - w / (1 + f * n) for postings start:end."""
+    return weights - weights / self._denominators[start:end]
+
+  def _postings_of(self, term: int, count: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Documents of `term` and its float64 contributions at query `count`."""
+    start, end = self._indptr[term], self._indptr[term + 1]
+    if count == 1:
+      return self._indices[start:end], self._single[start:end]
+    weight = np.float32(count) * self.idf[term]  # Lucene's boost * idf.
+    return self._indices[start:end], self._contributions(
+        weight, start, end).astype(np.float64)
 
   def _common_sum_uncached(self, signature: tuple[tuple[int, int], ...]
                            ) -> np.ndarray:
     """Summed contributions of common terms: ((term id, count), ...)."""
-    total = np.zeros(self.num_docs, np.float32)
+    total = np.zeros(self.num_docs, np.float64)
     for term, count in signature:
-      total += self._term_row(term, count)
+      docs, values = self._postings_of(term, count)
+      total[docs] += values
     total.flags.writeable = False
     return total
 
@@ -160,47 +181,43 @@ class FastBM25:
     pairs, counts = np.unique(rows[known] * num_terms + terms[known],
                               return_counts=True)
     rows, terms = pairs // num_terms, pairs % num_terms
-    tiers = self._tier_array[terms]
-
-    common = tiers == 0
+    common = self._tier_array[terms] == 0
     common_bounds = np.searchsorted(rows[common], np.arange(num_queries + 1))
     common_terms, common_counts = terms[common].tolist(), counts[common].tolist()
     other_bounds = np.searchsorted(rows[~common], np.arange(num_queries + 1))
     other_terms, other_counts = terms[~common].tolist(), counts[~common].tolist()
+    total = np.empty(self.num_docs, np.float64)
     for row in range(num_queries):
       start, end = common_bounds[row], common_bounds[row + 1]
       base = self._common_sum(tuple(zip(common_terms[start:end],
                                         common_counts[start:end])))
       start, end = other_bounds[row], other_bounds[row + 1]
-      self._add_terms(scores[row], base, other_terms[start:end],
+      self._sum_terms(total, base, other_terms[start:end],
                       other_counts[start:end])
+      scores[row] = total  # Rounds to float32 like Lucene's final cast.
     return scores
 
-  def _add_terms(self, row_scores: np.ndarray, base: np.ndarray,
-                 terms: list[int], counts: list[int]) -> None:
-    """`base` plus dense rows, then the postings of rare terms, in term order.
-
-    Every document sees the same float32 additions in the same order.
-    """
-    rare_docs, rare_values = [], []
-    written = False
+  def _sum_terms(self, total: np.ndarray, base: np.ndarray, terms: list[int],
+                 counts: list[int]) -> None:
+    """`total` = `base` plus dense rows plus the other terms' postings."""
+    docs, values = [], []
+    started = False
     for term, count in zip(terms, counts):
-      if self._tier[term] == 1:
-        if written:
-          row_scores += self._term_row(term, count)
+      if self._tier[term] == 1 and count == 1:
+        dense = self._dense[self._dense_row[term]]
+        if started:
+          total += dense
         else:
-          np.add(base, self._term_row(term, count), out=row_scores)
-          written = True
-        continue
-      start, end = self._indptr[term], self._indptr[term + 1]
-      rare_docs.append(self._indices[start:end])
-      values = self._weighted[start:end]
-      rare_values.append(values if count == 1 else np.float32(count) * values)
-    if not written:
-      row_scores[:] = base
-    if rare_docs:
-      np.add.at(row_scores, np.concatenate(rare_docs),
-                np.concatenate(rare_values))
+          np.add(base, dense, out=total)
+          started = True
+      else:
+        term_docs, term_values = self._postings_of(term, count)
+        docs.append(term_docs)
+        values.append(term_values)
+    if not started:
+      total[:] = base
+    if docs:
+      np.add.at(total, np.concatenate(docs), np.concatenate(values))
 
 
 class FastBM25Scorer:
