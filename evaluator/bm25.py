@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import itertools
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -132,7 +131,6 @@ class FastBM25:
     # Tier per term: 0 common, 1 dense, 2 rare.
     tiers = np.where(doc_freq >= common_df * self.num_docs, 0,
                      np.where(doc_freq >= dense_df * self.num_docs, 1, 2))
-    self._tier_array = tiers
     self._tier = tiers.tolist()  # Per-term lookups from Python are faster.
     dense_terms = np.flatnonzero(tiers == 1)
     self._dense_row = {int(term): row for row, term in enumerate(dense_terms)}
@@ -171,40 +169,25 @@ class FastBM25:
 
   def score(self, queries: Sequence[Sequence[str]]) -> np.ndarray:
     """Scores [len(queries), num_docs] float32 of tokenized queries."""
-    num_queries, num_terms = len(queries), len(self.vocabulary)
-    scores = np.empty((num_queries, self.num_docs), np.float32)
-    missing = itertools.repeat(-1)
-    term_ids = [list(map(self.vocabulary.get, tokens, missing))
-                for tokens in queries]
-    terms = np.fromiter(itertools.chain.from_iterable(term_ids), np.int64)
-    rows = np.repeat(np.arange(num_queries), [len(ids) for ids in term_ids])
-    known = terms >= 0
-    # Sorted unique (query, term) pairs with the term's count in the query.
-    pairs, counts = np.unique(rows[known] * num_terms + terms[known],
-                              return_counts=True)
-    rows, terms = pairs // num_terms, pairs % num_terms
-    common = self._tier_array[terms] == 0
-    common_bounds = np.searchsorted(rows[common], np.arange(num_queries + 1))
-    common_terms, common_counts = terms[common].tolist(), counts[common].tolist()
-    other_bounds = np.searchsorted(rows[~common], np.arange(num_queries + 1))
-    other_terms, other_counts = terms[~common].tolist(), counts[~common].tolist()
+    scores = np.empty((len(queries), self.num_docs), np.float32)
     total = np.empty(self.num_docs, np.float64)
-    for row in range(num_queries):
-      start, end = common_bounds[row], common_bounds[row + 1]
-      base = self._common_sum(tuple(zip(common_terms[start:end],
-                                        common_counts[start:end])))
-      start, end = other_bounds[row], other_bounds[row + 1]
-      self._sum_terms(total, base, other_terms[start:end],
-                      other_counts[start:end])
+    for row, tokens in enumerate(queries):
+      common, other = [], []
+      for token, count in collections.Counter(tokens).items():
+        term = self.vocabulary.get(token)
+        if term is not None:
+          (common if self._tier[term] == 0 else other).append((term, count))
+      # Sums in float64 are exact, so only the cache key needs an order.
+      self._sum_terms(total, self._common_sum(tuple(sorted(common))), other)
       scores[row] = total  # Rounds to float32 like Lucene's final cast.
     return scores
 
-  def _sum_terms(self, total: np.ndarray, base: np.ndarray, terms: list[int],
-                 counts: list[int]) -> None:
+  def _sum_terms(self, total: np.ndarray, base: np.ndarray,
+                 terms: list[tuple[int, int]]) -> None:
     """`total` = `base` plus dense rows plus the other terms' postings."""
     docs, values = [], []
     started = False
-    for term, count in zip(terms, counts):
+    for term, count in terms:
       if self._tier[term] == 1 and count == 1:
         dense = self._dense[self._dense_row[term]]
         if started:
