@@ -123,21 +123,23 @@ class FastBM25:
                       (doc_freq + 0.5)).astype(np.float32)
 
     self._indptr = postings.indptr.tolist()
-    self._indices = postings.indices.astype(np.intp)
     self._denominators = postings.data
-    self._posting_idf = np.repeat(self.idf, doc_freq)
+    indices = postings.indices.astype(np.intp)
     # Contributions of every posting for a term occurring once in the query.
-    self._single = self._contributions(self._posting_idf).astype(np.float64)
+    single = self._contributions(np.repeat(self.idf, doc_freq)).astype(
+        np.float64)
+    bounds = list(zip(self._indptr[:-1], self._indptr[1:]))
+    self._term_docs = [indices[start:end] for start, end in bounds]
+    self._term_values = [single[start:end] for start, end in bounds]
     # Tier per term: 0 common, 1 dense, 2 rare.
     tiers = np.where(doc_freq >= common_df * self.num_docs, 0,
                      np.where(doc_freq >= dense_df * self.num_docs, 1, 2))
     self._tier = tiers.tolist()  # Per-term lookups from Python are faster.
-    dense_terms = np.flatnonzero(tiers == 1)
-    self._dense_row = {int(term): row for row, term in enumerate(dense_terms)}
-    self._dense = np.zeros((len(dense_terms), self.num_docs), np.float64)
-    for row, term in enumerate(dense_terms):
-      docs, values = self._postings_of(int(term), 1)
-      self._dense[row, docs] = values
+    self._dense_rows = {}
+    for term in np.flatnonzero(tiers == 1).tolist():
+      row = np.zeros(self.num_docs, np.float64)
+      row[self._term_docs[term]] = self._term_values[term]
+      self._dense_rows[term] = row
     cache_size = max(16, signature_cache_bytes // (8 * max(self.num_docs, 1)))
     self._common_sum = functools.lru_cache(maxsize=cache_size)(
         self._common_sum_uncached)
@@ -150,12 +152,11 @@ class FastBM25:
   def _postings_of(self, term: int, count: int
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Documents of `term` and its float64 contributions at query `count`."""
-    start, end = self._indptr[term], self._indptr[term + 1]
     if count == 1:
-      return self._indices[start:end], self._single[start:end]
+      return self._term_docs[term], self._term_values[term]
     weight = np.float32(count) * self.idf[term]  # Lucene's boost * idf.
-    return self._indices[start:end], self._contributions(
-        weight, start, end).astype(np.float64)
+    return self._term_docs[term], self._contributions(
+        weight, self._indptr[term], self._indptr[term + 1]).astype(np.float64)
 
   def _common_sum_uncached(self, signature: tuple[tuple[int, int], ...]
                            ) -> np.ndarray:
@@ -189,11 +190,10 @@ class FastBM25:
     started = False
     for term, count in terms:
       if self._tier[term] == 1 and count == 1:
-        dense = self._dense[self._dense_row[term]]
         if started:
-          total += dense
+          total += self._dense_rows[term]
         else:
-          np.add(base, dense, out=total)
+          np.add(base, self._dense_rows[term], out=total)
           started = True
       else:
         term_docs, term_values = self._postings_of(term, count)
