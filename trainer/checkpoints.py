@@ -20,7 +20,6 @@ import pathlib
 from typing import Any, Mapping, Optional
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 import seqio
@@ -224,4 +223,4 @@ def load_for_inference(model_dir: str | os.PathLike[str],
       str(model_dir / VOCABULARY_FILE), extra_ids=metadata["extra_ids"])
   return LoadedModel(model=model, params=params, vocabulary=vocabulary,
                      task_feature_lengths=metadata["task_feature_lengths"],
-                     step=int(np.int64(step_dir.name)))
+                     step=int(step_dir.name))

@@ -27,6 +27,7 @@ stops the run with exit status 1, keeping the last good checkpoint.
 
 from __future__ import annotations
 
+import logging as python_logging
 import sys
 from typing import Sequence
 
@@ -59,6 +60,13 @@ _GIN_SEARCH_PATHS = flags.DEFINE_multi_string(
     "gin_search_paths", [], "Extra folders to look up gin files in.")
 
 
+def _hide_library_info_logs() -> None:
+  """Keeps orbax's many per-save INFO lines out of the progress output."""
+  logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= python_logging.WARNING or
+      "/orbax/" not in record.pathname)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -66,6 +74,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(
         "Give at least one --gin_file, e.g. "
         "--gin_file=trainer/configs/runs/tiny_stage1.gin.")
+  _hide_library_info_logs()
   for path in _GIN_SEARCH_PATHS.value:
     gin.add_config_file_search_path(path)
   try:
