@@ -1,6 +1,5 @@
 """The model object: loss, scoring and KV-cached sampling (paper 3.4, 3.5)."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,9 +22,20 @@ def model():
 
 @pytest.fixture(scope="module")
 def params(model):
-  variables = model.get_initial_variables(
-      jax.random.PRNGKey(0), {"decoder_input_tokens": (2, 8)})
-  return nn.meta.unbox(variables)["params"]
+  return jax.jit(lambda rng: models.unboxed_params(
+      model.get_initial_variables(rng, {"decoder_input_tokens": (2, 8)})))(
+          jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="module")
+def loss_fn(model):
+  return jax.jit(lambda params, batch: model.loss_fn(params, batch, None))
+
+
+@pytest.fixture(scope="module")
+def apply(model):
+  return jax.jit(lambda params, tokens: model.module.apply({"params": params},
+                                                          tokens))
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +60,11 @@ def _numpy_pool(hidden, weights):
   return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdims=True)
 
 
-def test_loss_fn_matches_independent_computation(model, params, batch):
-  loss, metrics = model.loss_fn(params, batch, dropout_rng=None)
-  logits, hidden, _ = model.module.apply({"params": params},
-                                         batch["decoder_input_tokens"])
-  _, item_hidden, _ = model.module.apply({"params": params},
-                                         batch["item_input_tokens"])
+def test_loss_fn_matches_independent_computation(loss_fn, apply, params,
+                                                batch):
+  loss, metrics = loss_fn(params, batch)
+  logits, hidden, _ = apply(params, batch["decoder_input_tokens"])
+  _, item_hidden, _ = apply(params, batch["item_input_tokens"])
   logits, hidden, item_hidden = map(np.asarray, (logits, hidden, item_hidden))
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   target_log_probs = np.take_along_axis(
@@ -76,10 +85,12 @@ def test_loss_fn_matches_independent_computation(model, params, batch):
   assert float(metrics["target_tokens"]) == weights.sum()
 
 
-def test_score_batch_agrees_with_training_cross_entropy(model, params, batch):
-  sequence_scores, aux = model.score_batch(params, batch,
-                                           return_intermediates=True)
-  _, metrics = model.loss_fn(params, batch, dropout_rng=None)
+def test_score_batch_agrees_with_training_cross_entropy(model, loss_fn, params,
+                                                        batch):
+  sequence_scores, aux = jax.jit(
+      lambda p, b: model.score_batch(p, b, return_intermediates=True))(params,
+                                                                        batch)
+  _, metrics = loss_fn(params, batch)
   weights = batch["decoder_loss_weights"]
   np.testing.assert_allclose(
       -float(jnp.sum(aux["token_scores"])) / weights.sum(),
@@ -90,9 +101,11 @@ def test_score_batch_agrees_with_training_cross_entropy(model, params, batch):
   assert np.all(np.asarray(aux["token_scores"])[weights == 0] == 0)
 
 
-def test_model_loss_gradient_matches_finite_difference(model, params, batch):
+def test_model_loss_gradient_matches_finite_difference(loss_fn, params, batch):
   """Directional derivative of the whole loss against central differences."""
-  loss = jax.jit(lambda p: model.loss_fn(p, batch, dropout_rng=None)[0])
+  def loss(p):
+    return loss_fn(p, batch)[0]
+
   grads = jax.jit(jax.grad(loss))(params)
   keys = jax.random.split(jax.random.PRNGKey(3), len(jax.tree.leaves(params)))
   direction = jax.tree.unflatten(
@@ -125,46 +138,48 @@ def _rescoring_batch(prompt, samples, eos_id=1):
           "decoder_loss_weights": weights}
 
 
-def test_kv_cached_sampling_log_probs_equal_rescoring(model, params):
-  prompts = [[5, 9, 11], [7], [20, 21, 22, 23, 24, 25, 26]]
-  batch = models.prompt_batch(prompts, batch_size=4, prompt_length=10)
+PROMPTS = [[5, 9, 11], [7], [20, 21, 22, 23, 24, 25, 26]]
+
+
+def _sample(model, params, seed, temperature):
+  """3 samples of up to 11 tokens for PROMPTS (one compiled shape)."""
+  batch = models.prompt_batch(PROMPTS, batch_size=4, prompt_length=10)
   decodes, aux = model.predict_batch_with_aux(
-      params, batch, jax.random.PRNGKey(7), num_decodes=3, temperature=1.0,
-      max_decode_length=11)
-  decodes, scores = np.asarray(decodes), np.asarray(aux["scores"])
+      params, batch, jax.random.PRNGKey(seed), num_decodes=3,
+      temperature=temperature, max_decode_length=11)
+  return np.asarray(decodes), np.asarray(aux["scores"])
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_kv_cached_sampling_log_probs_equal_rescoring(model, params,
+                                                      temperature):
+  """Scores are the untempered log-probs that re-scoring the text gives."""
+  decodes, scores = _sample(model, params, 7, temperature)
   assert decodes.shape == (4, 3, 11) and scores.shape == (4, 3)
   assert np.all(np.diff(scores, axis=1) <= 0)  # Best first.
   for row in decodes.reshape(-1, 11).tolist():
     if 1 in row:
       assert not any(row[row.index(1) + 1:])
-  for index, prompt in enumerate(prompts):
-    rescored = jax.jit(model.score_batch)(
-        params, _rescoring_batch(prompt, decodes[index]))
+  score = jax.jit(model.score_batch)
+  for index, prompt in enumerate(PROMPTS):
+    rescored = score(params, _rescoring_batch(prompt, decodes[index]))
     np.testing.assert_allclose(scores[index], np.asarray(rescored),
                                rtol=1e-4, atol=1e-4)
 
 
-def test_sampling_scores_are_untempered(model, params):
-  """At temperature 0.5 the score is still the model's own log-probability."""
-  prompt = [5, 9, 11]
-  batch = models.prompt_batch([prompt], batch_size=1, prompt_length=4)
-  decodes, aux = model.predict_batch_with_aux(
-      params, batch, jax.random.PRNGKey(3), num_decodes=2, temperature=0.5,
-      max_decode_length=4)
-  rescored = model.score_batch(params,
-                               _rescoring_batch(prompt, np.asarray(decodes)[0]))
-  np.testing.assert_allclose(np.asarray(aux["scores"])[0],
-                             np.asarray(rescored), rtol=1e-4, atol=1e-4)
+def test_sampling_is_seeded(model, params):
+  runs = [_sample(model, params, seed, 0.5)[0] for seed in (1, 1, 2)]
+  np.testing.assert_array_equal(runs[0], runs[1])
+  assert not np.array_equal(runs[0], runs[2])
 
 
-def test_greedy_cached_decode_equals_rerunning_the_prefix(model, params):
+def test_greedy_cached_decode_equals_rerunning_the_prefix(model, apply,
+                                                          params):
   prompts = [[5, 9, 11, 3], [40, 41]]
   batch = models.prompt_batch(prompts, batch_size=2, prompt_length=6)
   decodes, _ = model.predict_batch_with_aux(
       params, batch, jax.random.PRNGKey(0), num_decodes=1, temperature=0.0,
       max_decode_length=6)
-  full_logits = jax.jit(
-      lambda tokens: model.module.apply({"params": params}, tokens)[0])
   for prompt, decode in zip(prompts, np.asarray(decodes)[:, 0]):
     sequence = [0] + prompt
     expected = []
@@ -172,22 +187,13 @@ def test_greedy_cached_decode_equals_rerunning_the_prefix(model, params):
       # Causal attention: the zero padding after the sequence is never seen.
       padded = np.zeros((1, 12), np.int32)
       padded[0, :len(sequence)] = sequence
-      logits = full_logits(padded)
+      logits = apply(params, padded)[0]
       token = int(np.argmax(logits[0, len(sequence) - 1]))
       expected.append(token)
       if token == 1:
         break
       sequence.append(token)
     np.testing.assert_array_equal(decode[:len(expected)], expected)
-
-
-def test_sampling_is_seeded(model, params):
-  batch = models.prompt_batch([[5, 6, 7]], batch_size=1, prompt_length=4)
-  runs = [np.asarray(model.predict_batch_with_aux(
-      params, batch, jax.random.PRNGKey(seed), num_decodes=4,
-      temperature=0.5, max_decode_length=5)[0]) for seed in (1, 1, 2)]
-  np.testing.assert_array_equal(runs[0], runs[1])
-  assert not np.array_equal(runs[0], runs[2])
 
 
 def test_prompt_batch_layout_and_errors():
