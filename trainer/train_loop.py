@@ -31,7 +31,7 @@ Batch = dict[str, np.ndarray]
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN or infinite loss."""
+  """A train step produced a NaN or infinite loss or parameter."""
 
 
 def default_feature_converter_cls() -> type[seqio.FeatureConverter]:
@@ -134,10 +134,10 @@ def train(
     partitioner: defaults to all devices on the 'data' axis.
     feature_converter_cls: defaults to tasks' CALRecFeatureConverter.
     register_tasks: called first, to register seqio tasks and mixtures.
-    validation_mixture_or_task_name: defaults to mixture_or_task_name; None
-      with validation_batches=0 disables validation.
+    validation_mixture_or_task_name: defaults to mixture_or_task_name.
     validation_split: split of the validation task.
-    validation_batches: batches per validation (None: the whole split).
+    validation_batches: batches per validation (None: the whole split, 0: no
+      validation and no best checkpoint).
     checkpoint_period: steps between checkpoints; validation runs at each
       checkpoint and its metrics are stored with it.
     keep_checkpoints: the last K checkpoints are kept (plus the best one).
@@ -228,7 +228,8 @@ def train(
   for step in range(start_step + 1, train_steps + 1):
     state, metrics = trainer.train_step(state, next(train_batches))
     metrics = jax.device_get(metrics)
-    if not (np.isfinite(metrics["loss"]) and metrics.pop("parameters_finite")):
+    parameters_finite = bool(metrics.pop("parameters_finite"))
+    if not (parameters_finite and np.isfinite(metrics["loss"])):
       manager.close()
       raise NonFiniteLossError(
           f"Non-finite loss or parameters at step {step}: " + ", ".join(
