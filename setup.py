@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
+    "psutil==7.2.2",
     "pyarrow==25.0.1",
     "pyjnius==1.9.0",
     "scipy==1.17.1",
@@ -35,7 +36,8 @@ setuptools.setup(
                  "reviews to ranked recommendations and paper-grade metrics."),
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(
-        include=["pipelines*", "tasks*", "trainer*", "evaluator*"]),
+        include=["pipelines*", "tasks*", "trainer*", "evaluator*",
+                 "experiments*"]),
     package_data={
         "pipelines": ["configs/*.json"],
         "trainer": ["configs/*.gin", "configs/*/*.gin"],

@@ -1,0 +1,1 @@
+"""End-to-end runs that tie the stages together (sample run, ablations)."""

@@ -1,0 +1,79 @@
+"""The system's commands as `stages.Stage`s, with their completion markers.
+
+One builder per command, shared by the sample run and the ablations so each
+command line is written once.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Sequence
+
+from experiments.stages import Stage
+
+# Local Beam runner flags (DirectRunner would try to download Prism).
+BEAM_FLAGS = ("--runner=FnApiRunner", "--direct_num_workers=2",
+              "--direct_running_mode=multi_processing")
+TINY_STAGE1_GIN = "trainer/configs/runs/tiny_stage1.gin"
+TINY_STAGE2_GIN = "trainer/configs/runs/tiny_stage2.gin"
+
+
+def _gin_string(value: str | pathlib.Path) -> str:
+  return repr(str(value))
+
+
+def generate_sample(raw_dir: pathlib.Path, seed: int, num_users: int) -> Stage:
+  return Stage(
+      name="sample", module="pipelines.sample_data",
+      args=[f"--output_dir={raw_dir}", f"--seed={seed}",
+            f"--num_users={num_users}"],
+      done_marker=raw_dir / "config.json")
+
+
+def preprocess(config: pathlib.Path, data_dir: pathlib.Path) -> Stage:
+  return Stage(
+      name="preprocess", module="pipelines.preprocess",
+      args=[f"--config={config}", f"--output_dir={data_dir}", "--overwrite",
+            *BEAM_FLAGS],
+      done_marker=data_dir / "manifest.json")
+
+
+def build_vocabulary(data_dir: pathlib.Path, vocabulary: pathlib.Path,
+                     vocab_size: int) -> Stage:
+  return Stage(
+      name="vocabulary", module="tasks.vocab",
+      args=[f"--data_dir={data_dir}", f"--output={vocabulary}",
+            f"--vocab_size={vocab_size}"],
+      done_marker=vocabulary)
+
+
+def train(name: str, gin_file: str, model_dir: pathlib.Path,
+          data_dir: pathlib.Path, vocabulary: pathlib.Path, train_steps: int,
+          bindings: Sequence[str] = ()) -> Stage:
+  """`trainer.train` with t5x-style `--gin.NAME=VALUE` macros.
+
+  Complete once the checkpoint of the last step exists.
+  """
+  return Stage(
+      name=name, module="trainer.train",
+      args=[f"--gin_file={gin_file}",
+            f"--gin.MODEL_DIR={_gin_string(model_dir)}",
+            f"--gin.DATA_DIR={_gin_string(data_dir)}",
+            f"--gin.VOCABULARY={_gin_string(vocabulary)}",
+            f"--gin.TRAIN_STEPS={train_steps}",
+            *(f"--gin.{binding}" for binding in bindings)],
+      done_marker=model_dir / "checkpoints" / str(train_steps))
+
+
+def evaluate(name: str, data_dir: pathlib.Path, category: str,
+             output_dir: pathlib.Path, model_dir: pathlib.Path | None,
+             flags: Sequence[str] = ()) -> Stage:
+  """`evaluator.evaluate` on the test split; `model_dir=None` runs LIR."""
+  model_args = (["--model=lir"] if model_dir is None else
+                ["--model=calrec", f"--model_dir={model_dir}"])
+  return Stage(
+      name=name, module="evaluator.evaluate",
+      args=[f"--data_dir={data_dir}", f"--category={category}",
+            "--split=test", f"--output_dir={output_dir}", *model_args, *flags,
+            *BEAM_FLAGS],
+      done_marker=output_dir / "metrics.json")

@@ -1,0 +1,224 @@
+r"""The whole system on the bundled generated sample, from raw JSON to tables.
+
+  python -m experiments.sample_run [--output_dir=output/sample_run]
+
+Steps, each a real command of the system run as its own process (see
+`experiments.commands`), with progress shown throughout:
+
+  1. `pipelines.sample_data` writes Amazon-2018-format review and meta files of
+     four categories (one stage1_only, CDs for validation, two eval) and
+     `pipelines.preprocess` (Beam, FnApiRunner, 2 workers) turns them into
+     TFRecords, corpora and statistics;
+  2. `tasks.vocab` trains the SentencePiece vocabulary;
+  3. `trainer.train` Stage I: the tiny model on the multi-category mixture
+     (paper section 3.3), model selection on CDs' validation split;
+  4. `trainer.train` Stage II: the same model fine-tuned on `--category` from
+     the Stage I checkpoint;
+  5. `evaluator.evaluate` scores the category's test split with CALRec (paper
+     section 3.5) and with the Last-Item-Repeater baseline (section 4);
+  6. prints Table 1 (dataset statistics) and Table 2 (CALRec vs. LIR,
+     optimistic/pessimistic) and plots the training curves (NIG and TT losses
+     against steps, like Figure 2).
+
+Everything lands in `--output_dir`:
+
+  raw/            generated review + meta files and their config.json
+  data/           preprocessing output (docs/contracts.md)
+  vocab/          spm.model
+  stage1/         Stage I MODEL_DIR (checkpoints, config.gin, TensorBoard)
+  stage2/         Stage II MODEL_DIR
+  eval/calrec/    evaluation output of the Stage II model
+  eval/lir/       evaluation output of the Last-Item-Repeater
+  logs/           the full output of every step
+  results.md      Table 1 and Table 2
+  training_curves.png
+
+A step whose output is complete is skipped, so rerunning after an interruption
+continues where it stopped; `--force` reruns every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import shutil
+import sys
+import time
+from typing import Sequence
+
+from evaluator import report
+from experiments import commands
+from experiments import curves
+from experiments import stages
+from pipelines import stats as stats_lib
+
+VALIDATION_CATEGORY = "CDs"
+LOSS_TAGS = ("nig_loss", "tt_loss")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+  """Where every artifact of a sample run lives."""
+
+  root: pathlib.Path
+
+  @property
+  def raw(self) -> pathlib.Path:
+    return self.root / "raw"
+
+  @property
+  def data(self) -> pathlib.Path:
+    return self.root / "data"
+
+  @property
+  def vocabulary(self) -> pathlib.Path:
+    return self.root / "vocab" / "spm.model"
+
+  @property
+  def logs(self) -> pathlib.Path:
+    return self.root / "logs"
+
+  def model_dir(self, name: str) -> pathlib.Path:
+    return self.root / name
+
+  def eval_dir(self, name: str) -> pathlib.Path:
+    return self.root / "eval" / name
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog="python -m experiments.sample_run",
+      description=__doc__.split("\n\n")[0],
+      epilog="Steps and outputs: see the module docstring "
+             "(experiments/sample_run.py).")
+  parser.add_argument("--output_dir", default="output/sample_run",
+                      help="folder for every artifact (default %(default)s)")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="seed of the sample, training and sampling")
+  parser.add_argument("--num_users", type=int, default=4000,
+                      help="users of the generated sample over all categories")
+  parser.add_argument("--category", default="Games",
+                      help="eval category for Stage II and the test metrics")
+  parser.add_argument("--vocab_size", type=int, default=1000,
+                      help="SentencePiece pieces")
+  parser.add_argument("--stage1_steps", type=int, default=300)
+  parser.add_argument("--stage2_steps", type=int, default=150)
+  parser.add_argument("--num_generations", type=int, default=32,
+                      help="N_gen samples per test user (paper: 32)")
+  parser.add_argument("--max_decode_length", type=int, default=80,
+                      help="new tokens per sample at most (paper: 80)")
+  parser.add_argument("--force", action="store_true",
+                      help="rerun steps whose output already exists")
+  args = parser.parse_args(argv)
+  for name in ("num_users", "vocab_size", "stage1_steps", "stage2_steps",
+               "num_generations", "max_decode_length"):
+    if getattr(args, name) < 1:
+      parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+  return args
+
+
+def training_stages(layout: RunLayout, args: argparse.Namespace,
+                    name_suffix: str = "",
+                    extra_bindings: Sequence[str] = (),
+                    stage1: bool = True) -> list[stages.Stage]:
+  """Stage I then Stage II (or Stage II alone from scratch when not stage1)."""
+  seed_binding = f"RANDOM_SEED={args.seed}"
+  stage1_dir = layout.model_dir("stage1" + name_suffix)
+  result = []
+  if stage1:
+    result.append(commands.train(
+        "stage1" + name_suffix, commands.TINY_STAGE1_GIN, stage1_dir,
+        layout.data, layout.vocabulary, args.stage1_steps,
+        [seed_binding,
+         f"VALIDATION_TASK_NAME={_task(VALIDATION_CATEGORY)!r}",
+         *extra_bindings]))
+  init = [f"INITIAL_CHECKPOINT_PATH={str(stage1_dir)!r}"] if stage1 else []
+  result.append(commands.train(
+      "stage2" + name_suffix, commands.TINY_STAGE2_GIN,
+      layout.model_dir("stage2" + name_suffix), layout.data,
+      layout.vocabulary, args.stage2_steps,
+      [seed_binding, f"MIXTURE_OR_TASK_NAME={_task(args.category)!r}", *init,
+       *extra_bindings]))
+  return result
+
+
+def evaluation_flags(args: argparse.Namespace) -> list[str]:
+  return [f"--seed={args.seed}", f"--num_generations={args.num_generations}",
+          f"--max_decode_length={args.max_decode_length}"]
+
+
+def _task(category: str) -> str:
+  from tasks import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  return tasks_lib.task_name(category)
+
+
+def data_stages(layout: RunLayout, args: argparse.Namespace
+                ) -> list[stages.Stage]:
+  return [
+      commands.generate_sample(layout.raw, args.seed, args.num_users),
+      commands.preprocess(layout.raw / "config.json", layout.data),
+      commands.build_vocabulary(layout.data, layout.vocabulary,
+                                args.vocab_size),
+  ]
+
+
+def read_dataset_stats(data_dir: pathlib.Path) -> dict[str, dict]:
+  manifest = json.loads((data_dir / "manifest.json").read_text())
+  names = [category["name"] for category in manifest["config"]["categories"]]
+  return {name: json.loads((data_dir / name / "stats.json").read_text())
+          for name in names}
+
+
+def write_report(layout: RunLayout, runs: Sequence[tuple[str, str]],
+                 curve_runs: Sequence[str]) -> str:
+  """Writes results.md and training_curves.png; returns the Markdown."""
+  table_1 = stats_lib.format_table(read_dataset_stats(layout.data))
+  table_2 = report.table_2([(name, report.load_summary(str(layout.eval_dir(d))))
+                            for name, d in runs])
+  curves.plot_losses(
+      {name: curves.read_scalars(layout.model_dir(name) / "train")
+       for name in curve_runs}, LOSS_TAGS, layout.root / "training_curves.png")
+  markdown = (f"## Dataset statistics (paper Table 1 columns)\n\n```\n{table_1}"
+              f"\n```\n\n## Test results (paper Table 2 layout)\n\n{table_2}")
+  (layout.root / "results.md").write_text(markdown)
+  return markdown
+
+
+def run(argv: Sequence[str] | None = None) -> RunLayout:
+  args = _parse_args(argv)
+  layout = RunLayout(pathlib.Path(args.output_dir))
+  if args.force and layout.root.exists():
+    shutil.rmtree(layout.root)
+  start = time.monotonic()
+  evaluations = [
+      commands.evaluate("eval_calrec", layout.data, args.category,
+                        layout.eval_dir("calrec"), layout.model_dir("stage2"),
+                        evaluation_flags(args)),
+      commands.evaluate("eval_lir", layout.data, args.category,
+                        layout.eval_dir("lir"), None, evaluation_flags(args)),
+  ]
+  steps = data_stages(layout, args) + training_stages(layout, args) + evaluations
+  for number, stage in enumerate(steps, 1):
+    print(f"=== step {number}/{len(steps)}: {stage.name} "
+          f"({time.monotonic() - start:.0f}s elapsed)", flush=True)
+    stages.run_stage(stage, layout.logs)
+  markdown = write_report(layout, [("CALRec", "calrec"), ("LIR", "lir")],
+                          ["stage1", "stage2"])
+  print("\n" + markdown)
+  print(f"Wrote {layout.root / 'results.md'} and "
+        f"{layout.root / 'training_curves.png'} in "
+        f"{time.monotonic() - start:.0f}s.", flush=True)
+  return layout
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  try:
+    run(argv)
+  except stages.StageError as error:
+    sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,95 @@
+"""Runs one stage of the system as its own command, the way a user would.
+
+Each stage is a separate process (`python -m pipelines.preprocess ...`), so a
+run exercises the real command lines, and JAX, TensorFlow, Beam and the JVM
+never share one interpreter. A stage whose output is already complete is
+skipped, so an interrupted run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+
+class StageError(RuntimeError):
+  """A stage's command exited with an error."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One command of a run and the file whose presence means it completed."""
+
+  name: str
+  module: str
+  args: Sequence[str]
+  done_marker: pathlib.Path
+
+  def command(self) -> list[str]:
+    return [sys.executable, "-m", self.module, *self.args]
+
+
+def _log(message: str) -> None:
+  print(message, flush=True)
+
+
+def run_stage(stage: Stage, log_dir: pathlib.Path, force: bool = False) -> float:
+  """Runs `stage` unless already complete; returns its wall time in seconds.
+
+  The command's output is streamed with a `[name]` prefix and kept in
+  `log_dir/{name}.log`. Raises StageError naming the log on failure.
+  """
+  if stage.done_marker.exists() and not force:
+    _log(f"[{stage.name}] already complete ({stage.done_marker}), skipped")
+    return 0.0
+  log_dir.mkdir(parents=True, exist_ok=True)
+  log_path = log_dir / f"{stage.name}.log"
+  _log(f"[{stage.name}] $ {' '.join(stage.command()[1:])}")
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  start = time.monotonic()
+  with open(log_path, "w") as log_file:
+    process = subprocess.Popen(
+        stage.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env=env)
+    assert process.stdout is not None
+    for line in process.stdout:
+      log_file.write(line)
+      shown = _display_line(line)
+      if shown is not None:
+        _log(f"[{stage.name}] {shown}")
+    returncode = process.wait()
+  seconds = time.monotonic() - start
+  if returncode != 0:
+    raise StageError(f"Stage {stage.name!r} failed with exit code {returncode}"
+                     f" after {seconds:.0f}s; its full output is in {log_path}.")
+  if not stage.done_marker.exists():
+    raise StageError(f"Stage {stage.name!r} exited cleanly but did not write "
+                     f"{stage.done_marker}; see {log_path}.")
+  _log(f"[{stage.name}] done in {seconds:.0f}s")
+  return seconds
+
+
+# Library chatter that says nothing about the run's progress (it stays in the
+# log file).
+_LIBRARY_NOISE = re.compile(
+    r"apache_beam|sdk_worker|harness|data_plane|orbax|checkpoint_manager|"
+    r"checkpoint_handler|checkpointer|xla_bridge|cuda|oneDNN|cpu_feature_guard|"
+    r"rebuild TensorFlow|AVX|absl::InitializeLog|apitools|port\.cc|util\.cc|"
+    r"^\s*$")
+# absl's "I1127 04:26:42.880279 140442364816256 train_loop.py:248] " prefix.
+_ABSL_PREFIX = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ")
+_PYTHON_LOGGING_PREFIX = re.compile(r"^(INFO|WARNING):[\w.]+:")
+
+
+def _display_line(line: str) -> str | None:
+  """The line without logging prefixes, or None for library chatter."""
+  if _LIBRARY_NOISE.search(line):
+    return None
+  line = _ABSL_PREFIX.sub("", line.rstrip())
+  return _PYTHON_LOGGING_PREFIX.sub("", line)
