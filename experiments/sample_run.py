@@ -54,7 +54,6 @@ from experiments import curves
 from experiments import stages
 from pipelines import stats as stats_lib
 
-VALIDATION_CATEGORY = "CDs"
 LOSS_TAGS = ("nig_loss", "tt_loss")
 
 
@@ -87,12 +86,12 @@ class RunLayout:
     return self.root / "eval" / name
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None, prog: str = "experiments.sample_run",
+               description: str = __doc__) -> argparse.Namespace:
+  """The flags of a run on the generated sample (shared with the ablations)."""
   parser = argparse.ArgumentParser(
-      prog="python -m experiments.sample_run",
-      description=__doc__.split("\n\n")[0],
-      epilog="Steps and outputs: see the module docstring "
-             "(experiments/sample_run.py).")
+      prog=f"python -m {prog}", description=description.split("\n\n")[0],
+      epilog=f"Steps and outputs: see the docstring of {prog}.")
   parser.add_argument("--output_dir", default="output/sample_run",
                       help="folder for every artifact (default %(default)s)")
   parser.add_argument("--seed", type=int, default=0,
@@ -110,7 +109,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--max_decode_length", type=int, default=80,
                       help="new tokens per sample at most (paper: 80)")
   parser.add_argument("--force", action="store_true",
-                      help="rerun steps whose output already exists")
+                      help="delete --output_dir first and rerun every step")
   args = parser.parse_args(argv)
   for name in ("num_users", "vocab_size", "stage1_steps", "stage2_steps",
                "num_generations", "max_decode_length"):
@@ -123,7 +122,11 @@ def training_stages(layout: RunLayout, args: argparse.Namespace,
                     name_suffix: str = "",
                     extra_bindings: Sequence[str] = (),
                     stage1: bool = True) -> list[stages.Stage]:
-  """Stage I then Stage II (or Stage II alone from scratch when not stage1)."""
+  """Stage I then Stage II from its checkpoint (paper section 3.3).
+
+  Without `stage1`, Stage II alone trains from scratch for the steps of both
+  stages, so that it sees as many batches as the two-stage model.
+  """
   seed_binding = f"RANDOM_SEED={args.seed}"
   stage1_dir = layout.model_dir("stage1" + name_suffix)
   result = []
@@ -131,14 +134,16 @@ def training_stages(layout: RunLayout, args: argparse.Namespace,
     result.append(commands.train(
         "stage1" + name_suffix, commands.TINY_STAGE1_GIN, stage1_dir,
         layout.data, layout.vocabulary, args.stage1_steps,
-        [seed_binding,
-         f"VALIDATION_TASK_NAME={_task(VALIDATION_CATEGORY)!r}",
-         *extra_bindings]))
-  init = [f"INITIAL_CHECKPOINT_PATH={str(stage1_dir)!r}"] if stage1 else []
+        [seed_binding, *extra_bindings]))
+    init = [f"INITIAL_CHECKPOINT_PATH={str(stage1_dir)!r}"]
+    stage2_steps = args.stage2_steps
+  else:
+    init = []
+    stage2_steps = args.stage1_steps + args.stage2_steps
   result.append(commands.train(
       "stage2" + name_suffix, commands.TINY_STAGE2_GIN,
       layout.model_dir("stage2" + name_suffix), layout.data,
-      layout.vocabulary, args.stage2_steps,
+      layout.vocabulary, stage2_steps,
       [seed_binding, f"MIXTURE_OR_TASK_NAME={_task(args.category)!r}", *init,
        *extra_bindings]))
   return result
@@ -186,24 +191,19 @@ def write_report(layout: RunLayout, runs: Sequence[tuple[str, str]],
   return markdown
 
 
-def run(argv: Sequence[str] | None = None) -> RunLayout:
-  args = _parse_args(argv)
+def open_layout(args: argparse.Namespace) -> RunLayout:
+  """The run's folders; `--force` deletes an earlier run's output first."""
   layout = RunLayout(pathlib.Path(args.output_dir))
   if args.force and layout.root.exists():
     shutil.rmtree(layout.root)
+  return layout
+
+
+def run(argv: Sequence[str] | None = None) -> RunLayout:
+  args = parse_args(argv)
+  layout = open_layout(args)
   start = time.monotonic()
-  evaluations = [
-      commands.evaluate("eval_calrec", layout.data, args.category,
-                        layout.eval_dir("calrec"), layout.model_dir("stage2"),
-                        evaluation_flags(args)),
-      commands.evaluate("eval_lir", layout.data, args.category,
-                        layout.eval_dir("lir"), None, evaluation_flags(args)),
-  ]
-  steps = data_stages(layout, args) + training_stages(layout, args) + evaluations
-  for number, stage in enumerate(steps, 1):
-    print(f"=== step {number}/{len(steps)}: {stage.name} "
-          f"({time.monotonic() - start:.0f}s elapsed)", flush=True)
-    stages.run_stage(stage, layout.logs)
+  run_stages(main_stages(layout, args), layout, start)
   markdown = write_report(layout, [("CALRec", "calrec"), ("LIR", "lir")],
                           ["stage1", "stage2"])
   print("\n" + markdown)
@@ -211,6 +211,27 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
         f"{layout.root / 'training_curves.png'} in "
         f"{time.monotonic() - start:.0f}s.", flush=True)
   return layout
+
+
+def main_stages(layout: RunLayout, args: argparse.Namespace
+                ) -> list[stages.Stage]:
+  """Data, Stage I, Stage II, then CALRec and LIR on the test split."""
+  evaluations = [
+      commands.evaluate("eval_calrec", layout.data, args.category,
+                        layout.eval_dir("calrec"), layout.model_dir("stage2"),
+                        evaluation_flags(args)),
+      commands.evaluate("eval_lir", layout.data, args.category,
+                        layout.eval_dir("lir"), None, evaluation_flags(args)),
+  ]
+  return data_stages(layout, args) + training_stages(layout, args) + evaluations
+
+
+def run_stages(steps: Sequence[stages.Stage], layout: RunLayout,
+               start: float) -> None:
+  for number, stage in enumerate(steps, 1):
+    print(f"=== step {number}/{len(steps)}: {stage.name} "
+          f"({time.monotonic() - start:.0f}s elapsed)", flush=True)
+    stages.run_stage(stage, layout.logs)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

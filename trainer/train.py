@@ -13,7 +13,7 @@ from a Stage I checkpoint:
     --gin_file=trainer/configs/runs/stage2.gin \
     --gin_file=trainer/configs/models/base.gin \
     --gin.MODEL_DIR="'/tmp/stage2_scientific'" ... \
-    --gin.MIXTURE_OR_TASK_NAME="'calrec_industrial_and_scientific'" \
+    --gin.MIXTURE_OR_TASK_NAME="'calrec_scientific'" \
     --gin.INITIAL_CHECKPOINT_PATH="'/tmp/stage1'"
 
 `--gin.NAME=VALUE` is short for `--gin_bindings='NAME = VALUE'` (values are
