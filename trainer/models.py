@@ -7,9 +7,11 @@
 - `predict_batch_with_aux(params, batch, rng, num_decodes=..., ...)`:
   temperature sampling with a key/value cache.
 
-Training batches hold the model features of docs/contracts.md. Inference
-batches use the t5x decoder-only prompt convention, see
-`predict_batch_with_aux` and `prompt_batch`.
+Training batches hold the model features of docs/contracts.md. Attention is
+causal everywhere (as in PaLM-2), so `decoder_causal_attention` is only read
+at inference, to find each prompt's length. Inference batches use the t5x
+decoder-only prompt convention, see `predict_batch_with_aux` and
+`prompt_batch`.
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ class CALRecModel:
                beta: float = -0.025,
                temperature: float = 0.5,
                eos_id: int = 1):
-    """Args:
+    """Creates the model object.
 
+    Args:
       config: decoder sizes.
       alpha: weight of L_TT.
       beta: weight of L_UT (negative in the paper).
