@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any, Optional, Sequence
 
 import jax
@@ -48,6 +49,7 @@ class JaxGenerator:
     self._prompt_length = prompt_length
     self._batch_size = batch_size
     self._eos_id = model.eos_id
+    self._progress = _Progress()
 
     def sample_one_user(params, tokens, causal_attention, key):
       decodes, aux = model.predict_batch_with_aux(
@@ -96,7 +98,25 @@ class JaxGenerator:
         outputs.append([] if prompt is None else [
             (self._text(tokens), float(score))
             for tokens, score in zip(decodes[row], scores[row])])
+      self._progress.add(len(chunk))
     return outputs
+
+
+class _Progress:
+  """Logs the users generated on this worker at most every `period` seconds."""
+
+  def __init__(self, period: float = 30.0):
+    self._period = period
+    self._start = self._last_log = time.monotonic()
+    self._users = 0
+
+  def add(self, users: int) -> None:
+    self._users += users
+    now = time.monotonic()
+    if now - self._last_log >= self._period:
+      self._last_log = now
+      logging.info("Generated for %d users on this worker (%.2f users/s).",
+                   self._users, self._users / (now - self._start))
 
 
 @dataclasses.dataclass(frozen=True)
