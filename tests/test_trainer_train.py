@@ -185,10 +185,10 @@ def test_shipped_gin_configs_bind_the_paper_settings():
   try:
     gin.parse_config_files_and_bindings(
         ["trainer/configs/runs/stage2.gin", "trainer/configs/models/base.gin"],
-        ["MODEL_DIR = '/tmp/unused'", "DATA_DIR = 'unused'",
+        ["MODEL_DIR = 'unused'", "DATA_DIR = 'unused'",
          "VOCABULARY = 'unused'",
          "MIXTURE_OR_TASK_NAME = 'calrec_industrial_and_scientific'",
-         "INITIAL_CHECKPOINT_PATH = '/tmp/stage1'"])
+         "INITIAL_CHECKPOINT_PATH = 'stage1_model_dir'"])
     model = gin.query_parameter("%MODEL").scoped_configurable_fn()
     assert (model.alpha, model.beta, model.temperature) == (0.125, -0.025,
                                                             0.5)
@@ -196,7 +196,7 @@ def test_shipped_gin_configs_bind_the_paper_settings():
     assert gin.query_parameter("%BATCH_SIZE") == 512
     assert gin.query_parameter("%LEARNING_RATE") == 1e-4
     assert gin.query_parameter("%TASK_FEATURE_LENGTHS")["inputs"] == 1024
-    assert gin.query_parameter("%INITIAL_CHECKPOINT_PATH") == "/tmp/stage1"
+    assert gin.query_parameter("%INITIAL_CHECKPOINT_PATH") == "stage1_model_dir"
   finally:
     gin.clear_config()
 

@@ -6,15 +6,15 @@ from a Stage I checkpoint:
   python -m trainer.train \
     --gin_file=trainer/configs/runs/stage1.gin \
     --gin_file=trainer/configs/models/base.gin \
-    --gin.MODEL_DIR="'/tmp/stage1'" --gin.DATA_DIR="'/data/calrec'" \
-    --gin.VOCABULARY="'/data/calrec/vocab.model'"
+    --gin.MODEL_DIR="'models/stage1'" --gin.DATA_DIR="'preprocessed'" \
+    --gin.VOCABULARY="'vocab/calrec.model'"
 
   python -m trainer.train \
     --gin_file=trainer/configs/runs/stage2.gin \
     --gin_file=trainer/configs/models/base.gin \
-    --gin.MODEL_DIR="'/tmp/stage2_scientific'" ... \
+    --gin.MODEL_DIR="'models/stage2_scientific'" ... \
     --gin.MIXTURE_OR_TASK_NAME="'calrec_scientific'" \
-    --gin.INITIAL_CHECKPOINT_PATH="'/tmp/stage1'"
+    --gin.INITIAL_CHECKPOINT_PATH="'models/stage1'"
 
 `--gin.NAME=VALUE` is short for `--gin_bindings='NAME = VALUE'` (values are
 gin literals: quote strings). Gin files are found from the working directory,
