@@ -18,7 +18,6 @@ paired t-test of the full model against the one without contrastive terms
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Sequence
 
@@ -87,10 +86,7 @@ def run(argv: Sequence[str] | None = None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  try:
-    run(argv)
-  except stages.StageError as error:
-    sys.exit(f"error: {error}")
+  stages.main_exiting_on_stage_error(run, argv)
 
 
 if __name__ == "__main__":

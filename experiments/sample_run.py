@@ -44,7 +44,6 @@ import dataclasses
 import json
 import pathlib
 import shutil
-import sys
 import time
 from typing import Sequence
 
@@ -235,10 +234,7 @@ def run_stages(steps: Sequence[stages.Stage], layout: RunLayout,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  try:
-    run(argv)
-  except stages.StageError as error:
-    sys.exit(f"error: {error}")
+  stages.main_exiting_on_stage_error(run, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import re
 import subprocess
 import sys
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 
 class StageError(RuntimeError):
@@ -33,6 +33,15 @@ class Stage:
 
   def command(self) -> list[str]:
     return [sys.executable, "-m", self.module, *self.args]
+
+
+def main_exiting_on_stage_error(run: Callable[[Sequence[str] | None], object],
+                                argv: Sequence[str] | None = None) -> None:
+  """Runs a multi-stage command; a failed stage exits with its message."""
+  try:
+    run(argv)
+  except StageError as error:
+    sys.exit(f"error: {error}")
 
 
 def _log(message: str) -> None:

@@ -7,9 +7,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import preprocess
+import pipelines_testdata
 from tasks import templates
 
-tf = pytest.importorskip("tensorflow")
 
 META_2018 = [
     {"asin": "B1", "title": "Star Saga I", "brand": "Nova",
@@ -61,19 +61,6 @@ def _write_fixture(folder):
   return path
 
 
-def _read_split(folder, split):
-  out = {}
-  for path in sorted(folder.glob(f"{split}-*.tfrecord")):
-    for record in tf.data.TFRecordDataset(str(path)):
-      f = tf.train.Example.FromString(record.numpy()).features.feature
-      out[f["user_id"].bytes_list.value[0].decode()] = (
-          [v.decode() for v in f["item_ids"].bytes_list.value],
-          list(f["timestamps"].int64_list.value),
-          [v.decode() for v in f["item_texts"].bytes_list.value],
-          f["category"].bytes_list.value[0].decode())
-  return out
-
-
 @pytest.fixture(scope="module")
 def run_output(tmp_path_factory):
   folder = tmp_path_factory.mktemp("fixture")
@@ -86,18 +73,18 @@ def run_output(tmp_path_factory):
 
 def test_sequences_are_ordered_deduplicated_and_split(run_output):
   output, _ = run_output
-  test = _read_split(output / "Games", "test")
+  test = pipelines_testdata.read_split(output / "Games", "test")
   # U2 is left with 3 events, below the 4 an eval user needs.
   assert sorted(test) == ["U1", "U3"]
   assert test["U1"][:2] == (["B1", "B2", "B3", "B4"], [10, 20, 30, 40])
   # Same timestamp: ordered by asin.
   assert test["U3"][:2] == (["B2", "B3", "B4", "B1"], [50, 50, 100, 200])
   assert test["U3"][3] == "Games"
-  validation = _read_split(output / "Games", "validation")
-  train = _read_split(output / "Games", "train")
+  validation = pipelines_testdata.read_split(output / "Games", "validation")
+  train = pipelines_testdata.read_split(output / "Games", "train")
   assert validation["U3"][0] == ["B2", "B3", "B4"]
   assert train["U3"][0] == ["B2", "B3"]
-  stage1 = _read_split(output / "Stage1", "train")
+  stage1 = pipelines_testdata.read_split(output / "Stage1", "train")
   assert sorted(stage1) == ["U1", "U2", "U3"]
   assert stage1["U2"][0] == ["B5", "B6", "B5"]  # Genuine repeat kept.
   assert stage1["U2"][3] == "Stage1"
@@ -105,7 +92,9 @@ def test_sequences_are_ordered_deduplicated_and_split(run_output):
 
 def test_item_texts_use_cleaned_meta_and_the_shared_template(run_output):
   output, _ = run_output
-  texts = dict(zip(*_read_split(output / "Games", "test")["U1"][0:3:2]))
+  ids, _, item_texts, _ = pipelines_testdata.read_split(output / "Games",
+                                                        "test")["U1"]
+  texts = dict(zip(ids, item_texts))
   assert texts == {
       # The complete one of the two B1 rows wins.
       "B1": templates.item_text("Star Saga I", "Video Games", "Nova",

@@ -9,8 +9,8 @@ import conftest
 import pytest
 
 from pipelines import preprocess
+import pipelines_testdata
 
-tf = pytest.importorskip("tensorflow")
 
 GIFT_REVIEWS = conftest.SHARED_DATA / "Gift_Cards_5.json.gz"
 GIFT_META = conftest.SHARED_DATA / "meta_Gift_Cards.json.gz"
@@ -66,17 +66,6 @@ def run(tmp_path_factory):
   return output, stats
 
 
-def _test_split(folder, split):
-  out = {}
-  for path in sorted(folder.glob(f"{split}-*.tfrecord")):
-    for record in tf.data.TFRecordDataset(str(path)):
-      f = tf.train.Example.FromString(record.numpy()).features.feature
-      out[f["user_id"].bytes_list.value[0].decode()] = (
-          [v.decode() for v in f["item_ids"].bytes_list.value],
-          list(f["timestamps"].int64_list.value))
-  return out
-
-
 def test_gift_cards_counts_and_sequences_match_independent_computation(run):
   output, stats = run
   meta_asins = {m["asin"] for m in _rows(GIFT_META)}
@@ -90,11 +79,13 @@ def test_gift_cards_counts_and_sequences_match_independent_computation(run):
   assert gift["total_purchases"] == purchases
   assert gift["users_before_dedup"] == users_before
   assert gift["counts"]["duplicate_purchases"] == duplicates
-  test = _test_split(output / "Gift_Cards", "test")
+  test = {user: record[:2] for user, record in
+          pipelines_testdata.read_split(output / "Gift_Cards", "test").items()}
   assert test == {user: ([e[1] for e in events], [e[0] for e in events])
                   for user, events in expected.items()}
-  validation = _test_split(output / "Gift_Cards", "validation")
-  assert {u: ids for u, (ids, _) in validation.items()} == {
+  validation = pipelines_testdata.read_split(output / "Gift_Cards",
+                                             "validation")
+  assert {u: record[0] for u, record in validation.items()} == {
       u: [e[1] for e in events[:-1]] for u, events in expected.items()}
 
 
