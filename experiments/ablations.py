@@ -18,6 +18,7 @@ paired t-test of the full model against the one without contrastive terms
 
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Sequence
 
@@ -25,6 +26,7 @@ from evaluator import report
 from experiments import commands
 from experiments import sample_run
 from experiments import stages
+from experiments.layout import RunLayout
 
 NO_CONTRASTIVE_BINDINGS = ("models.CALRecModel.alpha=0.0",
                            "models.CALRecModel.beta=0.0")
@@ -34,7 +36,7 @@ COLUMNS = (("CALRec", "calrec"), ("w/o Stage I", "no_stage1"),
            ("LIR", "lir"))
 
 
-def ablation_stages(layout: sample_run.RunLayout, args) -> list[stages.Stage]:
+def ablation_stages(layout: RunLayout, args: argparse.Namespace) -> list[stages.Stage]:
   """Training and evaluation of the three variants."""
   flags = sample_run.evaluation_flags(args)
 
@@ -55,7 +57,7 @@ def ablation_stages(layout: sample_run.RunLayout, args) -> list[stages.Stage]:
   ]
 
 
-def ablation_report(layout: sample_run.RunLayout) -> str:
+def ablation_report(layout: RunLayout) -> str:
   """Table 3 layout over every column, then Table 4 for the contrastive terms."""
   table_3 = report.table_2([
       (name, report.load_summary(str(layout.eval_dir(folder))))

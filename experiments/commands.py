@@ -77,3 +77,10 @@ def evaluate(name: str, data_dir: pathlib.Path, category: str,
             "--split=test", f"--output_dir={output_dir}", *model_args, *flags,
             *BEAM_FLAGS],
       done_marker=output_dir / "metrics.json")
+
+
+def report(run_dir: pathlib.Path) -> Stage:
+  """`experiments.report`: Table 1, Table 2 and the training curves."""
+  return Stage(name="report", module="experiments.report",
+               args=[f"--output_dir={run_dir}"], done_marker=None,
+               show_plain=True)

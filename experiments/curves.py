@@ -38,6 +38,16 @@ def read_scalars(summary_dir: str | pathlib.Path) -> dict[str, Curve]:
           for tag, points in by_tag.items()}
 
 
+def last_step(curves: Mapping[str, Curve]) -> int:
+  return max((steps[-1] for steps, _ in curves.values() if steps), default=0)
+
+
+def shifted(curves: Mapping[str, Curve], offset: int) -> dict[str, Curve]:
+  """The curves with `offset` added to every step (Stage II after Stage I)."""
+  return {tag: ([step + offset for step in steps], values)
+          for tag, (steps, values) in curves.items()}
+
+
 def plot_losses(runs: Mapping[str, Mapping[str, Curve]],
                 tags: Sequence[str], output: str | pathlib.Path) -> None:
   """One panel per loss tag, one line per run, loss against training step."""

@@ -40,49 +40,17 @@ continues where it stopped; `--force` reruns every step.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import pathlib
 import shutil
 import time
 from typing import Sequence
 
-from evaluator import report
 from experiments import commands
-from experiments import curves
+from experiments import report
 from experiments import stages
-from pipelines import stats as stats_lib
+from experiments.layout import RunLayout
+from tasks import names
 
-LOSS_TAGS = ("nig_loss", "tt_loss")
-
-
-@dataclasses.dataclass(frozen=True)
-class RunLayout:
-  """Where every artifact of a sample run lives."""
-
-  root: pathlib.Path
-
-  @property
-  def raw(self) -> pathlib.Path:
-    return self.root / "raw"
-
-  @property
-  def data(self) -> pathlib.Path:
-    return self.root / "data"
-
-  @property
-  def vocabulary(self) -> pathlib.Path:
-    return self.root / "vocab" / "spm.model"
-
-  @property
-  def logs(self) -> pathlib.Path:
-    return self.root / "logs"
-
-  def model_dir(self, name: str) -> pathlib.Path:
-    return self.root / name
-
-  def eval_dir(self, name: str) -> pathlib.Path:
-    return self.root / "eval" / name
 
 
 def parse_args(argv: Sequence[str] | None, prog: str = "experiments.sample_run",
@@ -143,7 +111,7 @@ def training_stages(layout: RunLayout, args: argparse.Namespace,
       "stage2" + name_suffix, commands.TINY_STAGE2_GIN,
       layout.model_dir("stage2" + name_suffix), layout.data,
       layout.vocabulary, stage2_steps,
-      [seed_binding, f"MIXTURE_OR_TASK_NAME={_task(args.category)!r}", *init,
+      [seed_binding, f"MIXTURE_OR_TASK_NAME={names.task_name(args.category)!r}", *init,
        *extra_bindings]))
   return result
 
@@ -151,11 +119,6 @@ def training_stages(layout: RunLayout, args: argparse.Namespace,
 def evaluation_flags(args: argparse.Namespace) -> list[str]:
   return [f"--seed={args.seed}", f"--num_generations={args.num_generations}",
           f"--max_decode_length={args.max_decode_length}"]
-
-
-def _task(category: str) -> str:
-  from tasks import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
-  return tasks_lib.task_name(category)
 
 
 def data_stages(layout: RunLayout, args: argparse.Namespace
@@ -166,28 +129,6 @@ def data_stages(layout: RunLayout, args: argparse.Namespace
       commands.build_vocabulary(layout.data, layout.vocabulary,
                                 args.vocab_size),
   ]
-
-
-def read_dataset_stats(data_dir: pathlib.Path) -> dict[str, dict]:
-  manifest = json.loads((data_dir / "manifest.json").read_text())
-  names = [category["name"] for category in manifest["config"]["categories"]]
-  return {name: json.loads((data_dir / name / "stats.json").read_text())
-          for name in names}
-
-
-def write_report(layout: RunLayout, runs: Sequence[tuple[str, str]],
-                 curve_runs: Sequence[str]) -> str:
-  """Writes results.md and training_curves.png; returns the Markdown."""
-  table_1 = stats_lib.format_table(read_dataset_stats(layout.data))
-  table_2 = report.table_2([(name, report.load_summary(str(layout.eval_dir(d))))
-                            for name, d in runs])
-  curves.plot_losses(
-      {name: curves.read_scalars(layout.model_dir(name) / "train")
-       for name in curve_runs}, LOSS_TAGS, layout.root / "training_curves.png")
-  markdown = (f"## Dataset statistics (paper Table 1 columns)\n\n```\n{table_1}"
-              f"\n```\n\n## Test results (paper Table 2 layout)\n\n{table_2}")
-  (layout.root / "results.md").write_text(markdown)
-  return markdown
 
 
 def open_layout(args: argparse.Namespace) -> RunLayout:
@@ -202,12 +143,10 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
   args = parse_args(argv)
   layout = open_layout(args)
   start = time.monotonic()
-  run_stages(main_stages(layout, args), layout, start)
-  markdown = write_report(layout, [("CALRec", "calrec"), ("LIR", "lir")],
-                          ["stage1", "stage2"])
-  print("\n" + markdown)
-  print(f"Wrote {layout.root / 'results.md'} and "
-        f"{layout.root / 'training_curves.png'} in "
+  run_stages(main_stages(layout, args) + [commands.report(layout.root)],
+             layout, start)
+  print(f"Wrote {layout.root / report.RESULTS_FILE} and "
+        f"{layout.root / report.CURVES_FILE} in "
         f"{time.monotonic() - start:.0f}s.", flush=True)
   return layout
 

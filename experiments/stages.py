@@ -24,12 +24,17 @@ class StageError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One command of a run and the file whose presence means it completed."""
+  """One command of a run and the file whose presence means it completed.
+
+  A stage without `done_marker` always runs (it is cheap and reads what the
+  others wrote). `show_plain` shows its output without the `[name]` prefix.
+  """
 
   name: str
   module: str
   args: Sequence[str]
-  done_marker: pathlib.Path
+  done_marker: pathlib.Path | None
+  show_plain: bool = False
 
   def command(self) -> list[str]:
     return [sys.executable, "-m", self.module, *self.args]
@@ -54,7 +59,7 @@ def run_stage(stage: Stage, log_dir: pathlib.Path, force: bool = False) -> float
   The command's output is streamed with a `[name]` prefix and kept in
   `log_dir/{name}.log`. Raises StageError naming the log on failure.
   """
-  if stage.done_marker.exists() and not force:
+  if stage.done_marker and stage.done_marker.exists() and not force:
     _log(f"[{stage.name}] already complete ({stage.done_marker}), skipped")
     return 0.0
   log_dir.mkdir(parents=True, exist_ok=True)
@@ -71,13 +76,13 @@ def run_stage(stage: Stage, log_dir: pathlib.Path, force: bool = False) -> float
       log_file.write(line)
       shown = _display_line(line)
       if shown is not None:
-        _log(f"[{stage.name}] {shown}")
+        _log(shown if stage.show_plain else f"[{stage.name}] {shown}")
     returncode = process.wait()
   seconds = time.monotonic() - start
   if returncode != 0:
     raise StageError(f"Stage {stage.name!r} failed with exit code {returncode}"
                      f" after {seconds:.0f}s; its full output is in {log_path}.")
-  if not stage.done_marker.exists():
+  if stage.done_marker and not stage.done_marker.exists():
     raise StageError(f"Stage {stage.name!r} exited cleanly but did not write "
                      f"{stage.done_marker}; see {log_path}.")
   _log(f"[{stage.name}] done in {seconds:.0f}s")

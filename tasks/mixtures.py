@@ -24,9 +24,10 @@ import os
 import gin
 import seqio
 
+from tasks import names
 from tasks import tasks
 
-STAGE1_MIXTURE = "calrec_stage1"
+STAGE1_MIXTURE = names.STAGE1_MIXTURE
 # Paper section 3.3, after Xue et al. (2021).
 RATE_EXPONENT = 0.3
 

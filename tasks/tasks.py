@@ -1,8 +1,7 @@
 """One seqio Task per category of a preprocessing output (paper section 3.3).
 
-Task names: `calrec_{category}`, the category folder name lowercased with every
-run of other characters than letters and digits replaced by "_" (`task_name`),
-e.g. `Industrial_and_Scientific` -> `calrec_industrial_and_scientific`.
+Task names: `calrec_{category}` (`tasks.names.task_name`), e.g.
+`Industrial_and_Scientific` -> `calrec_industrial_and_scientific`.
 Splits: those of train / validation / test present on disk (stage1_only
 categories have only train). Stage II trains on `calrec_{category}` itself.
 
@@ -23,11 +22,11 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-import re
 
 import seqio
 import tensorflow as tf
 
+from tasks import names
 from tasks import preprocessors
 from tasks import templates
 from tasks import vocab
@@ -48,14 +47,6 @@ _PROBE_HISTORY = (
                         "Geocel", "$11.22"),
     templates.item_text("Wire Nail (260-Pack)", None, "Hillman", None),
 )
-
-
-def task_name(category: str) -> str:
-  """`calrec_{category}`, lowercased, non-alphanumeric runs -> "_"."""
-  slug = re.sub(r"[^0-9a-z]+", "_", category.lower()).strip("_")
-  if not slug:
-    raise ValueError(f"Category {category!r} has no letters or digits.")
-  return f"calrec_{slug}"
 
 
 class UserRecordSource(seqio.TFExampleDataSource):
@@ -125,10 +116,10 @@ def register_tasks(data_dir: str | os.PathLike[str],
   vocabulary = vocab.get_vocabulary(vocabulary_path)
   vocab.check_prompt_additivity(vocabulary, _PROBE_HISTORY)
   features = output_features(vocabulary)
-  names = {}
+  task_names = {}
   for category, splits in find_categories(data_dir).items():
-    name = task_name(category)
-    if name in names.values():
+    name = names.task_name(category)
+    if name in task_names.values():
       raise ValueError(f"Two category folders of {os.fspath(data_dir)!r} map "
                        f"to the task name {name!r}; rename one.")
     seqio.TaskRegistry.remove(name)
@@ -145,5 +136,5 @@ def register_tasks(data_dir: str | os.PathLike[str],
             seqio.preprocessors.append_eos_after_trim,
         ],
         output_features=features)
-    names[category] = name
-  return names
+    task_names[category] = name
+  return task_names

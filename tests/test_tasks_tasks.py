@@ -7,6 +7,7 @@ import seqio
 
 from tasks import feature_converters
 from tasks import mixtures
+from tasks import names
 from tasks import tasks
 from tasks import test_utils
 from tasks import vocab
@@ -103,6 +104,6 @@ def test_rejects_folder_without_records(tmp_path, data):
 
 
 def test_task_name_slugs():
-  assert tasks.task_name("Industrial_and_Scientific") == (
+  assert names.task_name("Industrial_and_Scientific") == (
       "calrec_industrial_and_scientific")
-  assert tasks.task_name("CDs & Vinyl") == "calrec_cds_vinyl"
+  assert names.task_name("CDs & Vinyl") == "calrec_cds_vinyl"
