@@ -93,7 +93,7 @@ def run_stage(stage: Stage, log_dir: pathlib.Path, force: bool = False) -> float
 # log file).
 _LIBRARY_NOISE = re.compile(
     r"apache_beam|sdk_worker|harness|data_plane|orbax|checkpoint_manager|"
-    r"logging_writer|"
+    r"logging_writer|Pipeline_options|semi_persistent_directory|"
     r"checkpoint_handler|checkpointer|xla_bridge|cuda|oneDNN|cpu_feature_guard|"
     r"rebuild TensorFlow|AVX|absl::InitializeLog|apitools|port\.cc|util\.cc|"
     r"^\s*$")
