@@ -106,7 +106,7 @@ def training_stages(layout: RunLayout, args: argparse.Namespace,
     init = [f"INITIAL_CHECKPOINT_PATH={str(stage1_dir)!r}"]
     stage2_steps = args.stage2_steps
   else:
-    init = []
+    init = ["INITIAL_CHECKPOINT_PATH=None"]  # Stage II's gin requires a choice.
     stage2_steps = args.stage1_steps + args.stage2_steps
   result.append(commands.train(
       "stage2" + name_suffix, commands.TINY_STAGE2_GIN,
