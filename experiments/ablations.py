@@ -36,7 +36,8 @@ COLUMNS = (("CALRec", "calrec"), ("w/o Stage I", "no_stage1"),
            ("LIR", "lir"))
 
 
-def ablation_stages(layout: RunLayout, args: argparse.Namespace) -> list[stages.Stage]:
+def ablation_stages(layout: RunLayout,
+                    args: argparse.Namespace) -> list[stages.Stage]:
   """Training and evaluation of the three variants."""
   flags = sample_run.evaluation_flags(args)
 
@@ -58,7 +59,7 @@ def ablation_stages(layout: RunLayout, args: argparse.Namespace) -> list[stages.
 
 
 def ablation_report(layout: RunLayout) -> str:
-  """Table 3 layout over every column, then Table 4 for the contrastive terms."""
+  """Table 3 layout over every column, then Table 4 for contrastive terms."""
   table_3 = report.table_2([
       (name, report.load_summary(str(layout.eval_dir(folder))))
       for name, folder in COLUMNS])

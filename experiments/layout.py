@@ -28,6 +28,14 @@ class RunLayout:
   def logs(self) -> pathlib.Path:
     return self.root / "logs"
 
+  @property
+  def results(self) -> pathlib.Path:
+    return self.root / "results.md"
+
+  @property
+  def training_curves(self) -> pathlib.Path:
+    return self.root / "training_curves.png"
+
   def model_dir(self, name: str) -> pathlib.Path:
     return self.root / name
 

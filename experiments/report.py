@@ -22,8 +22,6 @@ from experiments.layout import RunLayout
 from pipelines import stats as stats_lib
 
 LOSS_TAGS = ("nig_loss", "tt_loss")
-RESULTS_FILE = "results.md"
-CURVES_FILE = "training_curves.png"
 # Table 2 columns: name, evaluation folder under eval/.
 RUNS = (("CALRec", "calrec"), ("LIR", "lir"))
 
@@ -43,7 +41,7 @@ def plot_training_curves(layout: RunLayout) -> None:
   curves.plot_losses(
       {"Stage I": stage1,
        "Stage II": curves.shifted(stage2, curves.last_step(stage1))},
-      LOSS_TAGS, layout.root / CURVES_FILE)
+      LOSS_TAGS, layout.training_curves)
 
 
 def write_report(layout: RunLayout) -> str:
@@ -55,7 +53,7 @@ def write_report(layout: RunLayout) -> str:
   plot_training_curves(layout)
   markdown = (f"## Dataset statistics (paper Table 1 columns)\n\n```\n{table_1}"
               f"\n```\n\n## Test results (paper Table 2 layout)\n\n{table_2}")
-  (layout.root / RESULTS_FILE).write_text(markdown)
+  layout.results.write_text(markdown)
   return markdown
 
 

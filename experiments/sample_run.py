@@ -46,11 +46,9 @@ import time
 from typing import Sequence
 
 from experiments import commands
-from experiments import report
 from experiments import stages
 from experiments.layout import RunLayout
 from tasks import names
-
 
 
 def parse_args(argv: Sequence[str] | None, prog: str = "experiments.sample_run",
@@ -112,7 +110,8 @@ def training_stages(layout: RunLayout, args: argparse.Namespace,
       "stage2" + name_suffix, commands.TINY_STAGE2_GIN,
       layout.model_dir("stage2" + name_suffix), layout.data,
       layout.vocabulary, stage2_steps,
-      [seed_binding, f"MIXTURE_OR_TASK_NAME={names.task_name(args.category)!r}", *init,
+      [seed_binding,
+       f"MIXTURE_OR_TASK_NAME={names.task_name(args.category)!r}", *init,
        *extra_bindings]))
   return result
 
@@ -146,8 +145,7 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
   start = time.monotonic()
   run_stages(main_stages(layout, args) + [commands.report(layout.root)],
              layout, start)
-  print(f"Wrote {layout.root / report.RESULTS_FILE} and "
-        f"{layout.root / report.CURVES_FILE} in "
+  print(f"Wrote {layout.results} and {layout.training_curves} in "
         f"{time.monotonic() - start:.0f}s.", flush=True)
   return layout
 

@@ -53,13 +53,13 @@ def _log(message: str) -> None:
   print(message, flush=True)
 
 
-def run_stage(stage: Stage, log_dir: pathlib.Path, force: bool = False) -> float:
+def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
   """Runs `stage` unless already complete; returns its wall time in seconds.
 
   The command's output is streamed with a `[name]` prefix and kept in
   `log_dir/{name}.log`. Raises StageError naming the log on failure.
   """
-  if stage.done_marker and stage.done_marker.exists() and not force:
+  if stage.done_marker and stage.done_marker.exists():
     _log(f"[{stage.name}] already complete ({stage.done_marker}), skipped")
     return 0.0
   log_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,8 @@ def run_stage(stage: Stage, log_dir: pathlib.Path, force: bool = False) -> float
   seconds = time.monotonic() - start
   if returncode != 0:
     raise StageError(f"Stage {stage.name!r} failed with exit code {returncode}"
-                     f" after {seconds:.0f}s; its full output is in {log_path}.")
+                     f" after {seconds:.0f}s; its full output is in "
+                     f"{log_path}.")
   if stage.done_marker and not stage.done_marker.exists():
     raise StageError(f"Stage {stage.name!r} exited cleanly but did not write "
                      f"{stage.done_marker}; see {log_path}.")
