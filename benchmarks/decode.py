@@ -40,8 +40,9 @@ def full_prefix_sampler(model: models.CALRecModel, num_decodes: int,
     def step(index, carry):
       sequences, key = carry
       key, sample_key = jax.random.split(key)
-      logits, _, _ = model.module.apply({"params": params}, sequences,
-                                        logits_at=lengths + index - 1)
+      logits, _, _ = model.module.apply(
+          {"params": params}, sequences,
+          logits_at=(lengths + index - 1)[:, None])
       token = jax.random.categorical(sample_key, logits[:, 0] / temperature)
       return sequences.at[rows, lengths + index].set(token), key
 

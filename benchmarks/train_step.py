@@ -69,14 +69,18 @@ def random_batch(rng: np.random.RandomState, batch_size: int, vocab_size: int,
 def model_flops_per_step(config: network.TransformerConfig, batch_size: int,
                          length: int, item_length: int,
                          item_tower: bool) -> float:
-  """Training FLOPs of one step (forward + backward = 3x forward)."""
-  weights = 6.0 * config.num_params()
+  """Training FLOPs of one step (forward + backward = 3x forward).
+
+  The output projection counts only where the step computes logits: the
+  target span of the joint pass (item_length positions per row).
+  """
+  projection = 6.0 * config.vocab_size * config.emb_dim
+  body = 6.0 * config.num_params() - projection
   attention = 12.0 * config.num_layers * config.num_heads * config.head_dim
-  flops = batch_size * length * (weights + attention * length)
+  flops = batch_size * (length * (body + attention * length) +
+                        item_length * projection)
   if item_tower:
-    logits = 6.0 * config.vocab_size * config.emb_dim  # Not computed there.
-    flops += batch_size * item_length * (weights - logits +
-                                         attention * item_length)
+    flops += batch_size * item_length * (body + attention * item_length)
   return flops
 
 

@@ -29,6 +29,20 @@ def test_next_item_loss_is_per_target_token_mean():
   np.testing.assert_allclose(float(loss), sum(expected_terms) / 3, rtol=1e-6)
 
 
+def test_loss_positions_lists_weighted_positions_first_in_order():
+  weights = np.array([[0, 0, 1, 1, 1, 0],    # a target span in the middle
+                      [1, 0, 1, 0, 0, 1],    # scattered weights
+                      [0, 0, 0, 0, 0, 0]])   # a padding example
+  positions = np.asarray(losses.loss_positions(jnp.asarray(weights), 3))
+  np.testing.assert_array_equal(positions, [[2, 3, 4], [0, 2, 5], [0, 1, 2]])
+  gathered = np.take_along_axis(weights, positions, axis=1)
+  np.testing.assert_array_equal(gathered.sum(1), weights.sum(1))
+  # Fewer weights than count: padded with unweighted positions in order.
+  np.testing.assert_array_equal(
+      np.asarray(losses.loss_positions(jnp.asarray(weights[:1]), 4)),
+      [[2, 3, 4, 0]])
+
+
 def test_mean_pool_averages_weighted_positions_only():
   hidden = np.arange(2 * 3 * 2, dtype=np.float32).reshape(2, 3, 2)
   weights = np.array([[1, 0, 1], [0, 0, 0]])

@@ -60,17 +60,22 @@ def _numpy_pool(hidden, weights):
   return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdims=True)
 
 
+def _numpy_next_item_loss(logits, targets, weights):
+  """Equation 1 from full-sequence logits, per target token."""
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  target_log_probs = np.take_along_axis(log_probs, targets[..., None],
+                                        -1)[..., 0]
+  return -(target_log_probs * weights).sum() / weights.sum()
+
+
 def test_loss_fn_matches_independent_computation(loss_fn, apply, params,
                                                 batch):
   loss, metrics = loss_fn(params, batch)
   logits, hidden, _ = apply(params, batch["decoder_input_tokens"])
   _, item_hidden, _ = apply(params, batch["item_input_tokens"])
   logits, hidden, item_hidden = map(np.asarray, (logits, hidden, item_hidden))
-  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-  target_log_probs = np.take_along_axis(
-      log_probs, batch["decoder_target_tokens"][..., None], -1)[..., 0]
   weights = batch["decoder_loss_weights"]
-  nig = -(target_log_probs * weights).sum() / weights.sum()
+  nig = _numpy_next_item_loss(logits, batch["decoder_target_tokens"], weights)
   item = _numpy_pool(item_hidden, batch["item_pool_weights"])
   tt = _numpy_info_nce(item, _numpy_pool(hidden, batch["target_pool_weights"]),
                        TAU)
@@ -83,6 +88,22 @@ def test_loss_fn_matches_independent_computation(loss_fn, apply, params,
       float(loss), (1 - ALPHA - BETA) * nig + ALPHA * tt + BETA * ut,
       rtol=1e-5)
   assert float(metrics["target_tokens"]) == weights.sum()
+
+
+def test_target_span_logits_give_the_full_sequence_loss(model, apply, params):
+  """Padding rows and target spans at every offset, up to Li tokens long."""
+  batch = trainer_batches.random_batch(seed=4, batch_size=6,
+                                       vocab_size=CONFIG.vocab_size,
+                                       inputs_length=10, targets_length=4)
+  batch = {name: np.concatenate([value, np.zeros_like(value[:2])])
+           for name, value in batch.items()}
+  _, metrics = jax.jit(lambda p, b: model.loss_fn(p, b, None))(params, batch)
+  logits, _, _ = apply(params, batch["decoder_input_tokens"])
+  np.testing.assert_allclose(
+      float(metrics["nig_loss"]),
+      _numpy_next_item_loss(np.asarray(logits),
+                            batch["decoder_target_tokens"],
+                            batch["decoder_loss_weights"]), rtol=1e-5)
 
 
 def test_score_batch_agrees_with_training_cross_entropy(model, loss_fn, params,

@@ -28,6 +28,18 @@ def token_log_probs(logits: Array, targets: Array) -> Array:
   return jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
 
 
+def loss_positions(weights: Array, count: int) -> Array:
+  """Positions of each row's non-zero weights, in order: [B, L] -> [B, count].
+
+  Rows with fewer than `count` weighted positions are padded with unweighted
+  ones, so gathering `weights` at the result keeps every weight as long as no
+  row has more than `count` of them (the feature converter's target span holds
+  at most Li = targets length tokens, docs/contracts.md).
+  """
+  unweighted = (weights == 0).astype(jnp.int32)
+  return jnp.argsort(unweighted, axis=-1, stable=True)[:, :count]
+
+
 def next_item_loss(logits: Array, targets: Array,
                    weights: Array) -> tuple[Array, Array]:
   """L_NIG (equation 1), normalised per target token.

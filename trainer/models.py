@@ -83,18 +83,22 @@ class CALRecModel:
     return self.module.init(rng, tokens)
 
   def _forward(self, params: PyTree, tokens: Array, *,
-               dropout_rng: Optional[Array] = None, compute_logits=True):
+               dropout_rng: Optional[Array] = None, compute_logits=True,
+               logits_at: Optional[Array] = None):
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
     return self.module.apply({"params": params}, tokens,
                              deterministic=dropout_rng is None,
-                             compute_logits=compute_logits, rngs=rngs)
+                             compute_logits=compute_logits,
+                             logits_at=logits_at, rngs=rngs)
 
   def loss_fn(self, params: PyTree, batch: Batch,
               dropout_rng: Optional[Array]) -> tuple[Array, dict[str, Array]]:
     """The CALRec loss (1-a-b) L_NIG + a L_TT + b L_UT on one global batch.
 
-    L_NIG is normalised per target token of the batch. Padding examples (no
-    item tokens) count in no term. v^{T|U} and v^U are mean-pooled final
+    L_NIG is normalised per target token of the batch; the output projection
+    runs on the target span only (at most Li positions per row, Li =
+    item_input_tokens' length). Padding examples (no item tokens) count in no
+    term. v^{T|U} and v^U are mean-pooled final
     hidden states of the joint pass over `target_pool_weights` and
     `history_pool_weights`; v^T of the item-alone pass over
     `item_pool_weights`.
@@ -106,11 +110,20 @@ class CALRecModel:
     item_rng = joint_rng = None
     if dropout_rng is not None:
       joint_rng, item_rng = jax.random.split(dropout_rng)
+    # Logits only where L_NIG reads them: the target span, at most Li
+    # positions per row.
+    positions = losses.loss_positions(batch["decoder_loss_weights"],
+                                      batch["item_input_tokens"].shape[1])
+
+    def at_targets(feature):
+      return jnp.take_along_axis(batch[feature], positions, axis=1)
+
     logits, hidden, _ = self._forward(params, batch["decoder_input_tokens"],
-                                      dropout_rng=joint_rng)
-    nig, num_tokens = losses.next_item_loss(logits,
-                                            batch["decoder_target_tokens"],
-                                            batch["decoder_loss_weights"])
+                                      dropout_rng=joint_rng,
+                                      logits_at=positions)
+    nig, num_tokens = losses.next_item_loss(
+        logits, at_targets("decoder_target_tokens"),
+        at_targets("decoder_loss_weights"))
     tt = ut = jnp.float32(0.0)
     if self.uses_item_tower:
       _, item_hidden, _ = self._forward(params, batch["item_input_tokens"],
@@ -193,7 +206,8 @@ class CALRecModel:
     cache = network.init_cache(self.config, batch_size,
                                prompt_length + max_decode_length)
     logits, _, cache = self.module.apply(
-        {"params": params}, tokens, cache=cache, logits_at=prompt_lengths - 1)
+        {"params": params}, tokens, cache=cache,
+        logits_at=(prompt_lengths - 1)[:, None])
 
     def repeat(x):
       return jnp.repeat(x, num_decodes, axis=0)

@@ -260,13 +260,14 @@ class Decoder(nn.Module):
       cache: per-layer key/value cache (see `init_cache`), or None for plain
         causal attention over `tokens`.
       deterministic: disables dropout.
-      logits_at: optional [B] indices; logits are then computed only there
-        (shape [B, 1, V]).
+      logits_at: optional [B, K] positions; logits are then computed only
+        there (shape [B, K, V]), which saves the output projection and the
+        softmax elsewhere (training needs them on target positions only).
       compute_logits: False skips the output projection (logits is None).
 
     Returns:
-      (logits [B, T, V] float32 or None, final hidden states [B, T, E] after
-      the final norm, updated cache or None).
+      (logits [B, T, V] (or [B, K, V]) float32 or None, final hidden states
+      [B, T, E] after the final norm, updated cache or None).
     """
     cfg = self.config
     if positions is None:
@@ -295,7 +296,7 @@ class Decoder(nn.Module):
     if compute_logits:
       projected = hidden
       if logits_at is not None:
-        projected = jnp.take_along_axis(hidden, logits_at[:, None, None],
+        projected = jnp.take_along_axis(hidden, logits_at[:, :, None],
                                         axis=1)
       # Tied embedding; 1/sqrt(E) keeps initial logits at unit scale.
       logits = embedding.attend(projected).astype(jnp.float32)
