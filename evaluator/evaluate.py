@@ -207,6 +207,8 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
         users
         | "Requests" >> beam.Map(lambda user: (user, generation.GenerationRequest(
             user.history_texts, generation.user_seed(seed, user.user_id))))
+        # A split file is read by one worker; spread the users over all.
+        | "Spread" >> beam.Reshuffle()
         | "Generate" >> inference.RunInference(handler)
         | "Samples" >> beam.MapTuple(lambda user, result: (user,
                                                            result.inference)))

@@ -3,6 +3,7 @@
 import glob
 import json
 import math
+import os
 
 import evaluator_testdata
 import numpy as np
@@ -159,6 +160,37 @@ def test_generator_pipeline_through_run_inference_and_lucene(data_dir,
                               report.load_user_ranks(str(lir_dir)))
   assert test["num_users"] == 4
   assert all(row["p_value"] == 1.0 for row in test["metrics"].values())
+
+
+class ProcessIdGenerator:
+  """Answers each request with the last history item and its process id."""
+
+  def generate(self, requests):
+    return [[(request.history_texts[-1], -1.0), (f"pid{os.getpid()}", -2.0)]
+            for request in requests]
+
+
+def test_generation_is_spread_over_the_workers(tmp_path, monkeypatch):
+  """The split is one file, read by one worker; generation uses both."""
+  # Worker processes unpickle ProcessIdGenerator from this module.
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+      [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+  data_dir, output_dir = tmp_path / "data", tmp_path / "eval"
+  evaluator_testdata.write_corpus(data_dir / CATEGORY,
+                                  [_item(i) for i in ITEMS])
+  users = [(f"{user}_{copy}", [_item(i) for i in items])
+           for user, (items, _) in USERS.items() for copy in range(10)]
+  evaluator_testdata.write_split(data_dir / CATEGORY, "test", CATEGORY, users)
+  summary = _run(data_dir, output_dir, "--model=calrec", "--model_dir=unused",
+                 "--direct_num_workers=2",
+                 "--direct_running_mode=multi_processing",
+                 load_generator=ProcessIdGenerator)
+  assert summary["num_users"] == len(users)
+  rows = pq.read_table(glob.glob(str(output_dir / "users-*.parquet")),
+                       columns=["kept_texts"]).to_pylist()
+  process_ids = {text for row in rows for text in row["kept_texts"]
+                 if text.startswith("pid")}
+  assert len(process_ids) == 2
 
 
 def test_user_seeds_depend_on_user_and_run_seed_only():
