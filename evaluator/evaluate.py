@@ -291,7 +291,9 @@ def run(argv: Sequence[str],
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+  # force: an import-time warning may already have configured the root logger.
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                      force=True)
   summary = run(sys.argv[1:] if argv is None else argv)
   sys.stdout.write(report.table_2([(summary["model"], summary)]))
 
