@@ -8,8 +8,13 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
+import jax
 import numpy as np
+import pytest
+
+from trainer import partitioning
 
 _NUM_DEVICES = 8
 
@@ -20,7 +25,7 @@ def _run_steps(output_path: str) -> None:
   import optax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, str(pathlib.Path(__file__).parent))
   import trainer_batches  # pylint: disable=g-import-not-at-top
-  from trainer import models, network, partitioning, train_lib  # pylint: disable=g-import-not-at-top
+  from trainer import models, network, train_lib  # pylint: disable=g-import-not-at-top
 
   assert jax.device_count() == _NUM_DEVICES, jax.devices()
   config = network.TransformerConfig(vocab_size=64, emb_dim=32, num_heads=4,
@@ -57,9 +62,9 @@ def _run_steps(output_path: str) -> None:
 
 def test_sharded_step_equals_single_device_step(tmp_path):
   output = tmp_path / "steps.npz"
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={_NUM_DEVICES}")
   repo_root = pathlib.Path(__file__).resolve().parent.parent
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(repo_root),
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={_NUM_DEVICES}")
   subprocess.run([sys.executable, __file__, str(output)], check=True, env=env,
                  cwd=repo_root, timeout=300)
   results = np.load(output)
@@ -79,6 +84,50 @@ def test_sharded_step_equals_single_device_step(tmp_path):
                                atol=1e-6, err_msg=name)
 
 
+def _grid(process_indices):
+  """A (data, model) grid of stand-in devices of the given processes."""
+  return np.vectorize(
+      lambda i: types.SimpleNamespace(process_index=int(i)),
+      otypes=[object])(np.asarray(process_indices))
+
+
+@pytest.mark.parametrize("grid, process_index, shard_id, num_shards", [
+    ([[0], [0], [0], [0]], 0, 0, 1),
+    ([[0], [0], [1], [1]], 1, 1, 2),
+    # 'model' spans both processes: they hold the same rows, one shard.
+    ([[0, 1], [0, 1]], 1, 0, 1),
+    ([[0, 0], [1, 1], [2, 2]], 2, 2, 3),
+])
+def test_data_layout(grid, process_index, shard_id, num_shards):
+  layout = partitioning.data_layout(_grid(grid), process_index)
+  assert (layout.shard_id, layout.num_shards) == (shard_id, num_shards)
+
+
+@pytest.mark.parametrize("grid, process_index, message", [
+    ([[0], [1], [0], [1]], 0, "equal, contiguous block"),
+    ([[0], [0], [0], [1]], 1, "equal, contiguous block"),
+    ([[0], [1]], 2, "no device in the mesh"),
+])
+def test_data_layout_rejects(grid, process_index, message):
+  with pytest.raises(ValueError, match=message):
+    partitioning.data_layout(_grid(grid), process_index)
+
+
+def test_local_batch_size():
+  layout = partitioning.DataLayout(shard_id=1, num_shards=4)
+  assert layout.local_batch_size(512) == 128
+  with pytest.raises(ValueError, match="multiple of the 4 data shards"):
+    layout.local_batch_size(510)
+
+
+def test_shard_batch_on_one_process_is_the_whole_batch():
+  partitioner = partitioning.Partitioner()
+  batch = {"x": np.arange(12, dtype=np.int32).reshape(len(jax.devices()) * 2,
+                                                      -1)}
+  sharded = partitioner.shard_batch(batch)
+  assert sharded["x"].sharding == partitioner.data_sharding()
+  np.testing.assert_array_equal(np.asarray(sharded["x"]), batch["x"])
+
+
 if __name__ == "__main__":
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
   _run_steps(sys.argv[1])

@@ -1,9 +1,11 @@
 """The training loop end to end on a tiny in-memory seqio task."""
 
 import pathlib
+import shutil
 import subprocess
 import sys
 
+from etils import epath
 import gin
 import jax
 from jax.experimental.compilation_cache import compilation_cache
@@ -23,6 +25,7 @@ from trainer import train_loop
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 TASK = "trainer_test_task"
+STATEFUL_TASK = "trainer_test_stateful_task"
 LENGTHS = {"inputs": 32, "targets": 32}
 # Short prompts: they must stay distinct within the 32-token input budget.
 PROMPTS = [
@@ -79,8 +82,23 @@ def task(vocabulary_path):
       preprocessors=[seqio.preprocessors.tokenize,
                      seqio.preprocessors.append_eos_after_trim],
       output_features=calrec_tasks.output_features(vocabulary))
+
+  def stateful_shuffle_of_targets(dataset):
+    # Stateful randomness: tf.data cannot checkpoint it.
+    return dataset.map(lambda ex: {**ex, "targets": tf.random.shuffle(
+        ex["targets"])})
+
+  seqio.TaskRegistry.remove(STATEFUL_TASK)
+  seqio.TaskRegistry.add(
+      STATEFUL_TASK,
+      source=seqio.FunctionDataSource(dataset_fn,
+                                      splits=["train", "validation"]),
+      preprocessors=[seqio.preprocessors.tokenize, stateful_shuffle_of_targets,
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features=calrec_tasks.output_features(vocabulary))
   yield
   seqio.TaskRegistry.remove(TASK)
+  seqio.TaskRegistry.remove(STATEFUL_TASK)
 
 
 def _model(**kwargs):
@@ -120,6 +138,55 @@ def test_kill_and_resume_equals_straight_run(straight_run, tmp_path):
   assert int(resumed.step) == 6
   _assert_trees_equal(resumed.params, straight.params)
   _assert_trees_equal(resumed.opt_state, straight.opt_state)
+
+
+def _training_batches():
+  """The training input of `_train`, read the way `train_loop.train` does."""
+  return train_loop._dataset(  # pylint: disable=protected-access
+      TASK, LENGTHS, train_loop.default_feature_converter_cls()(pack=False),
+      "train", shuffle=True, seed=3, num_epochs=None, batch_size=4,
+      shard_info=seqio.ShardInfo(0, 1)).as_numpy_iterator()
+
+
+def test_checkpoint_holds_the_input_state_of_its_step(straight_run):
+  """Restoring the saved state gives the next batch without replaying."""
+  model_dir, _ = straight_run
+  batches = _training_batches()
+  straight = [next(batches) for _ in range(4)]
+  restored = _training_batches()
+  checkpoints.DatasetIteratorHandler().restore(
+      epath.Path(model_dir / "checkpoints" / "3" / "dataset"),
+      checkpoints.DatasetIteratorRestore(restored))
+  batch = next(restored)
+  # The test data repeats 4 examples, so make sure batch 4 is not batch 1.
+  assert any(np.any(straight[0][k] != straight[3][k]) for k in batch)
+  for k in batch:
+    np.testing.assert_array_equal(batch[k], straight[3][k], err_msg=k)
+
+
+def test_resume_without_input_state_fails_clearly(straight_run, tmp_path):
+  model_dir, _ = straight_run
+  shutil.copytree(model_dir, tmp_path, dirs_exist_ok=True)
+  shutil.rmtree(tmp_path / "checkpoints" / "6")
+  shutil.rmtree(tmp_path / "checkpoints" / "3" / "dataset")
+  with pytest.raises(FileNotFoundError, match="holds no input state"):
+    _train(tmp_path, train_steps=6)
+
+
+def test_uncheckpointable_input_fails_before_training(tmp_path):
+  with pytest.raises(ValueError, match="cannot be checkpointed.*stateful"):
+    _train(tmp_path, train_steps=3, mixture_or_task_name=STATEFUL_TASK)
+  assert checkpoints.CheckpointManager(tmp_path).all_steps() == []
+
+
+def test_padded_batches_pad_the_last_batch_and_stop():
+  examples = [{"x": np.full(2, i)} for i in range(1, 6)]
+  padding = {"x": np.zeros(2, np.int64)}
+  batches = list(train_loop._padded_batches(  # pylint: disable=protected-access
+      iter(examples), padding, 2, None))
+  assert [b["x"][:, 0].tolist() for b in batches] == [[1, 2], [3, 4], [5, 0]]
+  assert len(list(train_loop._padded_batches(  # pylint: disable=protected-access
+      iter(examples), padding, 2, 2))) == 2
 
 
 def test_stage2_starts_from_stage1_parameters(straight_run, tmp_path):

@@ -2,13 +2,15 @@
 
 A model directory holds
   checkpoints/{step}/params, checkpoints/{step}/optimizer   (orbax)
+  checkpoints/{step}/dataset  the training input's tf.data iterator state,
+                    one `process_{i}-of-{n}` checkpoint per process
   model.json        model config, loss settings, feature lengths
   vocabulary.model  the SentencePiece model the run trained with
   config.gin        the full gin configuration of the run
   train/, validation/  TensorBoard summaries
 
 The last `keep` checkpoints are kept, plus the best one by a validation
-metric when one is configured.
+metric when one is configured; a step's input state goes with its step.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import dataclasses
 import json
 import os
 import pathlib
+import tempfile
 from typing import Any, Mapping, Optional
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 import seqio
+import tensorflow as tf
 
 from trainer import models
 from trainer import network
@@ -32,6 +37,72 @@ PyTree = Any
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_JSON = "model.json"
 VOCABULARY_FILE = "vocabulary.model"
+DATASET_ITEM = "dataset"
+
+
+def _process_prefix() -> str:
+  return f"process_{jax.process_index()}-of-{jax.process_count()}"
+
+
+def _iterator_checkpoint(iterator: Any) -> tf.train.Checkpoint:
+  return tf.train.Checkpoint(iterator=iterator)
+
+
+def check_iterator_checkpointable(iterator: Any) -> None:
+  """Raises ValueError if a tf.data iterator's state cannot be saved.
+
+  tf.data refuses to save pipelines with stateful ops (e.g. tf.random.uniform
+  or tf.py_function in a map); checking before training fails fast instead
+  of at the first checkpoint.
+  """
+  with tempfile.TemporaryDirectory() as directory:
+    _write_iterator(iterator, os.path.join(directory, "probe"))
+
+
+def _write_iterator(iterator: Any, prefix: str) -> None:
+  try:
+    _iterator_checkpoint(iterator).write(prefix)
+  except tf.errors.FailedPreconditionError as e:
+    raise ValueError(
+        f"The training input pipeline cannot be checkpointed: {e.message}. "
+        "Use stateless ops in its preprocessors (e.g. tf.random.stateless_*"
+        " instead of tf.random.*; no tf.py_function).") from e
+
+
+class DatasetIteratorHandler(ocp.CheckpointHandler):
+  """Saves this process's tf.data iterator state; restores it in place.
+
+  Every process writes its own `process_{i}-of-{n}` checkpoint into the item
+  directory; restoring needs the same number of processes.
+  """
+
+  def save(self, directory: epath.Path, args: "DatasetIteratorSave") -> None:
+    _write_iterator(args.iterator, os.fspath(directory / _process_prefix()))
+
+  def restore(self, directory: epath.Path,
+              args: "DatasetIteratorRestore") -> Any:
+    prefix = directory / _process_prefix()
+    if not (directory / f"{prefix.name}.index").exists():
+      saved = sorted(path.name.removesuffix(".index")
+                     for path in directory.glob("*.index"))
+      raise ValueError(
+          f"{directory} holds no input state for {prefix.name}, only for "
+          f"{saved}: resume with the number of processes that saved it.")
+    _iterator_checkpoint(args.iterator).read(
+        os.fspath(prefix)).assert_consumed()
+    return args.iterator
+
+
+@ocp.args.register_with_handler(DatasetIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DatasetIteratorSave(ocp.args.CheckpointArgs):
+  iterator: Any
+
+
+@ocp.args.register_with_handler(DatasetIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DatasetIteratorRestore(ocp.args.CheckpointArgs):
+  iterator: Any
 
 
 class CheckpointManager:
@@ -58,23 +129,36 @@ class CheckpointManager:
         enable_async_checkpointing=False, create=True)
     directory = pathlib.Path(model_dir).absolute() / CHECKPOINTS_DIR
     self._manager = ocp.CheckpointManager(
-        directory, options=options, item_names=("params", "optimizer"))
+        directory, options=options,
+        item_names=("params", "optimizer", DATASET_ITEM))
 
   def save(self, state: train_lib.TrainState,
-           metrics: Optional[Mapping[str, float]] = None) -> int:
-    """Writes `state` at its step (with validation metrics, if any)."""
+           metrics: Optional[Mapping[str, float]] = None,
+           dataset_iterator: Optional[Any] = None) -> int:
+    """Writes `state` at its step.
+
+    Args:
+      state: the train state.
+      metrics: validation metrics, if any.
+      dataset_iterator: the training input's tf.data iterator, positioned
+        after the step's batch, to resume the data where it stopped.
+
+    Returns:
+      The step written.
+    """
     step = int(state.step)
     if self.best_metric and metrics is not None and (
         self.best_metric not in metrics):
       raise KeyError(f"best_metric {self.best_metric!r} is not among the "
                      f"validation metrics {sorted(metrics)}.")
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardSave(state.params),
-            optimizer=ocp.args.StandardSave({"step": state.step,
-                                             "opt_state": state.opt_state})),
-        metrics=dict(metrics) if metrics else None, force=True)
+    items = dict(
+        params=ocp.args.StandardSave(state.params),
+        optimizer=ocp.args.StandardSave({"step": state.step,
+                                         "opt_state": state.opt_state}))
+    if dataset_iterator is not None:
+      items[DATASET_ITEM] = DatasetIteratorSave(dataset_iterator)
+    self._manager.save(step, args=ocp.args.Composite(**items),
+                       metrics=dict(metrics) if metrics else None, force=True)
     self._manager.wait_until_finished()
     return step
 
@@ -88,16 +172,31 @@ class CheckpointManager:
     return sorted(self._manager.all_steps())
 
   def restore(self, abstract_state: train_lib.TrainState,
-              step: Optional[int] = None) -> train_lib.TrainState:
-    """Restores a full state (default: latest) onto the target shardings."""
+              step: Optional[int] = None,
+              dataset_iterator: Optional[Any] = None) -> train_lib.TrainState:
+    """Restores a full state (default: latest) onto the target shardings.
+
+    Args:
+      abstract_state: shapes, dtypes and shardings of the state.
+      step: the checkpoint; the latest when None.
+      dataset_iterator: a fresh iterator of the training input, set in place
+        to where the saved one stood.
+    """
     step = self.latest_step() if step is None else step
-    restored = self._manager.restore(
-        step,
-        args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_state.params),
-            optimizer=ocp.args.StandardRestore({
-                "step": abstract_state.step,
-                "opt_state": abstract_state.opt_state})))
+    items = dict(
+        params=ocp.args.StandardRestore(abstract_state.params),
+        optimizer=ocp.args.StandardRestore({
+            "step": abstract_state.step,
+            "opt_state": abstract_state.opt_state}))
+    if dataset_iterator is not None:
+      step_dir = self._manager.directory / str(step)
+      if not (step_dir / DATASET_ITEM).is_dir():
+        raise FileNotFoundError(
+            f"{step_dir} holds no input state ({DATASET_ITEM}/), so the run "
+            "cannot resume its data where it stopped; start a new MODEL_DIR "
+            "with initial_checkpoint_path to reuse the parameters.")
+      items[DATASET_ITEM] = DatasetIteratorRestore(dataset_iterator)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return train_lib.TrainState(step=restored.optimizer["step"],
                                 params=restored.params,
                                 opt_state=restored.optimizer["opt_state"])

@@ -4,11 +4,17 @@ Batches are split along 'data'; attention heads, MLP features and the
 vocabulary along 'model'; everything else is replicated. Functions are
 compiled with `jax.jit` under the mesh and the logical axis rules, so the
 activation constraints of `trainer.network` apply.
+
+Across several processes (hosts), each process feeds only the rows of the
+global batch that its own devices hold: `Partitioner.data_layout` says which
+part of the data that is, and `shard_batch` assembles the global arrays from
+the processes' local batches.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from typing import Any, Callable, Optional, Sequence
 
@@ -49,6 +55,51 @@ def create_mesh(num_partitions: int = 1,
   return Mesh(grid, ("data", "model"), axis_types=(AxisType.Auto,) * 2)
 
 
+@dataclasses.dataclass(frozen=True)
+class DataLayout:
+  """This process's part of the input data.
+
+  Attributes:
+    shard_id: which of the `num_shards` data shards this process reads.
+    num_shards: distinct data shards; processes whose devices hold the same
+      rows of the batch (model parallelism across hosts) read the same shard.
+  """
+
+  shard_id: int
+  num_shards: int
+
+  def local_batch_size(self, batch_size: int) -> int:
+    """Rows of a global batch of `batch_size` that this process feeds."""
+    if batch_size % self.num_shards:
+      raise ValueError(f"batch_size {batch_size} must be a multiple of the "
+                       f"{self.num_shards} data shards (processes feeding "
+                       "distinct data).")
+    return batch_size // self.num_shards
+
+
+def data_layout(device_grid: np.ndarray, process_index: int) -> DataLayout:
+  """The `DataLayout` of a process on a (data, model) grid of devices.
+
+  Each process must hold a contiguous block of the 'data' rows, all blocks of
+  one size, so that its local batch is one slice of the global batch.
+  """
+  rows_by_process: dict[int, set[int]] = {}
+  for (row, _), device in np.ndenumerate(device_grid):
+    rows_by_process.setdefault(device.process_index, set()).add(row)
+  if process_index not in rows_by_process:
+    raise ValueError(f"Process {process_index} has no device in the mesh.")
+  blocks = sorted({tuple(sorted(rows)) for rows in rows_by_process.values()})
+  sizes = {len(block) for block in blocks}
+  rows = [row for block in blocks for row in block]
+  if (rows != list(range(device_grid.shape[0])) or len(sizes) != 1 or any(
+      block[-1] - block[0] + 1 != len(block) for block in blocks)):
+    raise ValueError(
+        "Every process must hold an equal, contiguous block of the mesh's "
+        f"'data' rows; got rows {sorted(rows_by_process.items())} by process.")
+  own = tuple(sorted(rows_by_process[process_index]))
+  return DataLayout(shard_id=blocks.index(own), num_shards=len(blocks))
+
+
 @gin.configurable
 class Partitioner:
   """Holds the mesh and the logical axis rules; compiles sharded functions."""
@@ -63,6 +114,11 @@ class Partitioner:
   @property
   def data_partitions(self) -> int:
     return self.mesh.shape["data"]
+
+  @functools.cached_property
+  def data_layout(self) -> DataLayout:
+    """The data shard this process reads (one shard on one process)."""
+    return data_layout(self.mesh.devices, jax.process_index())
 
   @contextlib.contextmanager
   def context(self):
@@ -88,14 +144,25 @@ class Partitioner:
     return NamedSharding(self.mesh, PartitionSpec())
 
   def shard_batch(self, batch: PyTree) -> PyTree:
-    """Places a host batch on the mesh, batch axis over 'data'."""
+    """The global batch, batch axis over 'data', from this process's rows.
+
+    `batch` holds this process's `data_layout` shard: all of the batch on
+    one process, 1/num_shards of it on each of several.
+    """
+    num_shards = self.data_layout.num_shards
+    sharding = self.data_sharding()
+    arrays = {}
     for name, value in batch.items():
-      if np.shape(value)[0] % self.data_partitions:
+      value = np.asarray(value)
+      global_shape = (value.shape[0] * num_shards,) + value.shape[1:]
+      if global_shape[0] % self.data_partitions:
         raise ValueError(
-            f"Batch feature {name!r} has {np.shape(value)[0]} rows; the batch "
+            f"Batch feature {name!r} has {global_shape[0]} rows; the batch "
             f"size must be a multiple of the {self.data_partitions} data "
             "partitions.")
-    return jax.device_put(batch, self.data_sharding())
+      arrays[name] = jax.make_array_from_process_local_data(
+          sharding, value, global_shape)
+    return arrays
 
   def partition(self, fn: Callable[..., Any], in_shardings: Any,
                 out_shardings: Any,

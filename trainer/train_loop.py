@@ -3,12 +3,21 @@
 `train()` is bound by the gin files of trainer/configs and run by
 `python -m trainer.train`. A run in a MODEL_DIR that already holds checkpoints
 resumes from the latest one and continues exactly as if never interrupted:
-same data order (the deterministic input pipeline is fast-forwarded to the
-restored step), same dropout keys, same losses.
+every checkpoint also stores the state of the training input's tf.data
+iterator (shuffle buffers, mixture sampling, position in the files), which
+is restored instead of replaying the data, so the same batches follow; the
+dropout keys derive from the step, so the losses are the same too.
+
+On several processes (hosts; `jax.distributed.initialize` first), every
+process reads its own shard of the data and feeds its rows of each global
+batch (`partitioning.Partitioner.data_layout`); validation runs the same
+number of batches on all of them, and only process 0 writes the config and
+the summaries.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import pathlib
 import time
@@ -18,6 +27,7 @@ from absl import logging
 from clu import metric_writers
 import gin
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import optax
 import seqio
@@ -43,11 +53,12 @@ def _dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
                                                                       int],
              converter: seqio.FeatureConverter, split: str, *, shuffle: bool,
              seed: int, num_epochs: Optional[int],
-             batch_size: Optional[int]):
+             batch_size: Optional[int], shard_info: seqio.ShardInfo):
   ds = seqio.get_dataset(
       mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
       feature_converter=converter, dataset_split=split, shuffle=shuffle,
-      num_epochs=num_epochs, seed=seed, batch_size=batch_size, verbose=False)
+      num_epochs=num_epochs, seed=seed, batch_size=batch_size,
+      shard_info=shard_info, verbose=False)
   missing = set(models.TRAIN_FEATURES) - set(ds.element_spec)
   if missing:
     raise ValueError(f"The feature converter's output lacks {sorted(missing)};"
@@ -55,21 +66,27 @@ def _dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
   return ds.map(lambda ex: {k: ex[k] for k in models.TRAIN_FEATURES})
 
 
-def _padded_batches(examples: Iterator[Batch], batch_size: int,
+def _any_process(flag: bool) -> bool:
+  """Whether `flag` is true on some process (a collective on several)."""
+  return bool(np.any(multihost_utils.process_allgather(np.bool_(flag))))
+
+
+def _padded_batches(examples: Iterator[Batch], padding: Batch,
+                    batch_size: int,
                     max_batches: Optional[int]) -> Iterator[Batch]:
-  """Fixed-size batches; the last one is padded with all-zero examples.
+  """Fixed-size batches, padded with the all-zero example `padding`.
 
   All-zero examples have no target or item tokens and count in no loss term.
+  Every process yields the same number of batches: batches continue while
+  any process has examples left (at most max_batches), so that all of them
+  run the same sharded steps.
   """
-  count = 0
-  while max_batches is None or count < max_batches:
-    rows = [example for _, example in zip(range(batch_size), examples)]
-    if not rows:
+  for _ in itertools.count() if max_batches is None else range(max_batches):
+    rows = list(itertools.islice(examples, batch_size))
+    if not _any_process(bool(rows)):
       return
-    rows += [{k: np.zeros_like(v) for k, v in rows[0].items()}] * (
-        batch_size - len(rows))
-    yield {k: np.stack([row[k] for row in rows]) for k in rows[0]}
-    count += 1
+    rows += [padding] * (batch_size - len(rows))
+    yield {k: np.stack([row[k] for row in rows]) for k in padding}
 
 
 def _mean_metrics(metric_list: Sequence[Mapping[str, Any]]) -> dict[str,
@@ -124,12 +141,13 @@ def train(
     mixture_or_task_name: seqio training mixture or task.
     task_feature_lengths: {'inputs': ..., 'targets': ...} token budgets.
     train_steps: total steps (a resumed run counts the restored ones).
-    batch_size: global batch size (examples per step, all devices).
+    batch_size: global batch size (examples per step, all devices and
+      processes); each process reads batch_size / data shards of them.
     random_seed: seeds initialisation, data order and dropout.
     initial_checkpoint_path: Stage II: parameters to start from (a step
       directory or a model directory, see `checkpoints.resolve_checkpoint`);
-      the optimizer starts fresh at step 0. Ignored when model_dir already
-      holds checkpoints (the run resumes instead).
+      the optimizer and the data start fresh at step 0. Ignored when
+      model_dir already holds checkpoints (the run resumes instead).
     optimizer: defaults to `train_lib.create_optimizer()`.
     partitioner: defaults to all devices on the 'data' axis.
     feature_converter_cls: defaults to tasks' CALRecFeatureConverter.
@@ -146,6 +164,8 @@ def train(
     log_period: steps between progress lines and train summaries.
 
   Raises:
+    ValueError: bad arguments, or an input pipeline whose state cannot be
+      checkpointed (a stateful op in a preprocessor).
     NonFiniteLossError: a step's loss or updated parameters were NaN or
       infinite; nothing of that step is saved, the last good checkpoint stays
       in model_dir.
@@ -174,6 +194,9 @@ def train(
   if batch_size % partitioner.data_partitions:
     raise ValueError(f"batch_size {batch_size} must be a multiple of the "
                      f"{partitioner.data_partitions} data partitions.")
+  layout = partitioner.data_layout
+  local_batch_size = layout.local_batch_size(batch_size)
+  shard_info = seqio.ShardInfo(layout.shard_id, layout.num_shards)
   trainer = train_lib.Trainer(model, optimizer or train_lib.create_optimizer(),
                               partitioner, input_shapes, random_seed)
 
@@ -182,31 +205,37 @@ def train(
   if not validate:
     best_metric = None
   model_dir = pathlib.Path(model_dir)
-  checkpoints.write_model_metadata(model_dir, model, vocabulary,
-                                   task_feature_lengths, best_metric,
-                                   best_mode)
-  (model_dir / "config.gin").write_text(gin.config_str())
+  if jax.process_index() == 0:
+    checkpoints.write_model_metadata(model_dir, model, vocabulary,
+                                     task_feature_lengths, best_metric,
+                                     best_mode)
+    (model_dir / "config.gin").write_text(gin.config_str())
   manager = checkpoints.CheckpointManager(model_dir, keep_checkpoints,
                                           best_metric, best_mode)
 
-  state = _initial_state(trainer, manager, initial_checkpoint_path)
+  train_batches = _dataset(
+      mixture_or_task_name, task_feature_lengths, converter, "train",
+      shuffle=True, seed=random_seed, num_epochs=None,
+      batch_size=local_batch_size,
+      shard_info=shard_info).as_numpy_iterator()
+  state = _initial_state(trainer, manager, initial_checkpoint_path,
+                         train_batches)
   start_step = int(state.step)
   if start_step >= train_steps:
     logging.info("Step %d already reached; nothing to train.", start_step)
     manager.close()
     return state
-
-  train_batches = _dataset(
-      mixture_or_task_name, task_feature_lengths, converter, "train",
-      shuffle=True, seed=random_seed, num_epochs=None,
-      batch_size=batch_size).skip(start_step).as_numpy_iterator()
+  checkpoints.check_iterator_checkpointable(train_batches)
 
   def run_validation(params) -> dict[str, float]:
-    examples = _dataset(validation_name, task_feature_lengths, converter,
-                        validation_split, shuffle=False, seed=random_seed,
-                        num_epochs=1, batch_size=None).as_numpy_iterator()
+    dataset = _dataset(validation_name, task_feature_lengths, converter,
+                       validation_split, shuffle=False, seed=random_seed,
+                       num_epochs=1, batch_size=None, shard_info=shard_info)
+    padding = {k: np.zeros(spec.shape, spec.dtype.as_numpy_dtype)
+               for k, spec in dataset.element_spec.items()}
     results = [trainer.eval_step(params, batch) for batch in _padded_batches(
-        examples, batch_size, validation_batches)]
+        dataset.as_numpy_iterator(), padding, local_batch_size,
+        validation_batches)]
     if not results:
       raise ValueError(f"The {validation_split!r} split of "
                        f"{validation_name!r} is empty.")
@@ -260,7 +289,7 @@ def train(
         validation_writer.write_scalars(step, validation)
         logging.info("step %d validation: %s", step, "  ".join(
             f"{k} {v:.4f}" for k, v in validation.items()))
-      manager.save(state, validation)
+      manager.save(state, validation, train_batches)
       # Validation and saving do not count in the training speed.
       paused = time.time() - pause_start
       window_start += paused
@@ -273,12 +302,17 @@ def train(
 
 def _initial_state(trainer: train_lib.Trainer,
                    manager: checkpoints.CheckpointManager,
-                   initial_checkpoint_path: Optional[str]
-                  ) -> train_lib.TrainState:
-  """Resume > Stage-II initialisation > fresh initialisation."""
+                   initial_checkpoint_path: Optional[str],
+                   train_batches: Iterator[Batch]) -> train_lib.TrainState:
+  """Resume > Stage-II initialisation > fresh initialisation.
+
+  On resume, the fresh `train_batches` iterator is set to where the
+  checkpoint's left off.
+  """
   if manager.latest_step() is not None:
     logging.info("Resuming from checkpoint step %d.", manager.latest_step())
-    return manager.restore(trainer.abstract_state)
+    return manager.restore(trainer.abstract_state,
+                           dataset_iterator=train_batches)
   if initial_checkpoint_path:
     step_dir = checkpoints.resolve_checkpoint(initial_checkpoint_path)
     logging.info("Initialising parameters from %s.", step_dir)

@@ -1,0 +1,68 @@
+"""The training input of the real tasks checkpoints and resumes exactly.
+
+The Stage-I mixture (sample_from_datasets over two categories' TFRecords),
+the shuffle buffers and the stateless augmentation of
+`tasks.preprocessors.cut_last_items`, read as one of two processes.
+"""
+
+from etils import epath
+import numpy as np
+import pytest
+import seqio
+import tensorflow as tf
+
+from tasks import mixtures
+from tasks import test_utils as tasks_test_utils
+from trainer import checkpoints
+from trainer import train_loop
+
+LENGTHS = {"inputs": 256, "targets": 64}
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp("data")
+  for seed, category in enumerate(["Tools", "Pets"]):
+    tasks_test_utils.write_category(data_dir, category, num_users=30,
+                                    seed=seed, num_shards=2)
+  mixtures.register_mixtures(
+      data_dir, tasks_test_utils.train_test_vocabulary(data_dir / "v.model"))
+
+
+def _batches():
+  return train_loop._dataset(  # pylint: disable=protected-access
+      mixtures.STAGE1_MIXTURE, LENGTHS,
+      train_loop.default_feature_converter_cls()(pack=False), "train",
+      shuffle=True, seed=1, num_epochs=None, batch_size=4,
+      shard_info=seqio.ShardInfo(1, 2)).as_numpy_iterator()
+
+
+def test_restored_input_continues_the_straight_stream(registered, tmp_path):
+  del registered
+  batches = _batches()
+  straight = [next(batches) for _ in range(12)]
+
+  saved = _batches()
+  for _ in range(5):
+    next(saved)
+  handler = checkpoints.DatasetIteratorHandler()
+  directory = epath.Path(tmp_path)
+  handler.save(directory, checkpoints.DatasetIteratorSave(saved))
+  assert (directory / "process_0-of-1.index").exists()
+  restored = _batches()
+  handler.restore(directory, checkpoints.DatasetIteratorRestore(restored))
+  for expected in straight[5:]:
+    batch = next(restored)
+    for k in expected:
+      np.testing.assert_array_equal(batch[k], expected[k], err_msg=k)
+
+
+def test_restore_needs_the_saving_process_count(tmp_path):
+  iterator = iter(tf.data.Dataset.range(5))
+  handler = checkpoints.DatasetIteratorHandler()
+  directory = epath.Path(tmp_path)
+  handler.save(directory, checkpoints.DatasetIteratorSave(iterator))
+  for path in directory.glob("process_0-of-1.*"):
+    path.rename(directory / path.name.replace("-of-1", "-of-2"))
+  with pytest.raises(ValueError, match=r"only for \['process_0-of-2'\]"):
+    handler.restore(directory, checkpoints.DatasetIteratorRestore(iterator))
