@@ -10,7 +10,7 @@ import pytest
 from trainer import losses
 
 
-def test_next_item_loss_is_per_target_token_mean():
+def test_negative_log_likelihood_sums_weighted_positions():
   # Two examples, three positions, vocab of 3.
   logits = np.array([
       [[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [5.0, 0.0, 0.0]],
@@ -24,9 +24,8 @@ def test_next_item_loss_is_per_target_token_mean():
       math.log(math.exp(5) + 2) - 0.0,              # ex 0, pos 2, token 1
       math.log(math.exp(2) + 2) - 2.0,              # ex 1, pos 0, token 0
   ]
-  loss, count = losses.next_item_loss(jnp.asarray(logits), targets, weights)
-  assert float(count) == 3
-  np.testing.assert_allclose(float(loss), sum(expected_terms) / 3, rtol=1e-6)
+  total = losses.negative_log_likelihood(jnp.asarray(logits), targets, weights)
+  np.testing.assert_allclose(float(total), sum(expected_terms), rtol=1e-6)
 
 
 def test_loss_positions_lists_weighted_positions_first_in_order():
@@ -112,7 +111,7 @@ def test_gradients_match_finite_differences(which):
     weights = np.array([[1, 1, 0], [0, 1, 1]])
 
     def f(x):
-      return losses.next_item_loss(x, targets, weights)[0]
+      return losses.negative_log_likelihood(x, targets, weights)
 
     x0 = rng.randn(2, 3, 5)
   with jax.enable_x64(True):

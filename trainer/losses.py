@@ -40,21 +40,11 @@ def loss_positions(weights: Array, count: int) -> Array:
   return jnp.argsort(unweighted, axis=-1, stable=True)[:, :count]
 
 
-def next_item_loss(logits: Array, targets: Array,
-                   weights: Array) -> tuple[Array, Array]:
-  """L_NIG (equation 1), normalised per target token.
-
-  The sum over the batch of -log P(t_j | t_<j) over target tokens (weights 1,
-  EOS included) divided by the number of target tokens in the batch.
-
-  Returns:
-    (loss, number of target tokens).
-  """
+def negative_log_likelihood(logits: Array, targets: Array,
+                            weights: Array) -> Array:
+  """The sum of -log P(t_j | t_<j) over weighted positions (equation 1)."""
   log_probs = token_log_probs(logits, targets)
-  weights = weights.astype(log_probs.dtype)
-  num_tokens = jnp.sum(weights)
-  total = -jnp.sum(log_probs * weights)
-  return total / jnp.maximum(num_tokens, 1.0), num_tokens
+  return -jnp.sum(log_probs * weights.astype(log_probs.dtype))
 
 
 def mean_pool(hidden: Array, weights: Array) -> Array:

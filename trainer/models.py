@@ -16,7 +16,7 @@ decoder-only prompt convention, see `predict_batch_with_aux` and
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import gin
@@ -37,6 +37,23 @@ TRAIN_FEATURES = (
     "decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
     "decoder_causal_attention", "history_pool_weights", "target_pool_weights",
     "item_input_tokens", "item_pool_weights")
+
+
+class PooledVectors(NamedTuple):
+  """Mean-pooled final hidden states of a batch (paper section 3.4), [B, E]."""
+
+  item: Array     # v^T: the item-alone pass over item_pool_weights
+  target: Array   # v^{T|U}: the joint pass over target_pool_weights
+  history: Array  # v^U: the joint pass over history_pool_weights
+  mask: Array     # [B] bool: False for padding examples
+
+
+class LossTerms(NamedTuple):
+  """Parts of the loss that add up over the examples of a batch."""
+
+  nig_total: Array      # sum of -log P(t_j | t_<j) over target tokens
+  target_tokens: Array  # number of target tokens
+  vectors: Optional[PooledVectors]  # None without the item tower
 
 
 @gin.configurable
@@ -91,56 +108,80 @@ class CALRecModel:
                              compute_logits=compute_logits,
                              logits_at=logits_at, rngs=rngs)
 
-  def loss_fn(self, params: PyTree, batch: Batch,
-              dropout_rng: Optional[Array]) -> tuple[Array, dict[str, Array]]:
-    """The CALRec loss (1-a-b) L_NIG + a L_TT + b L_UT on one global batch.
+  def loss_terms(self, params: PyTree, batch: Batch,
+                 dropout_rng: Optional[Array], *,
+                 with_nig: bool = True) -> LossTerms:
+    """The additive parts of the loss of one (micro)batch.
 
-    L_NIG is normalised per target token of the batch; the output projection
-    runs on the target span only (at most Li positions per row, Li =
-    item_input_tokens' length). Padding examples (no item tokens) count in no
-    term. v^{T|U} and v^U are mean-pooled final
-    hidden states of the joint pass over `target_pool_weights` and
-    `history_pool_weights`; v^T of the item-alone pass over
-    `item_pool_weights`.
-
-    Returns:
-      (loss, metrics) where metrics holds 'loss', 'nig_loss', 'tt_loss',
-      'ut_loss' and 'target_tokens'.
+    The output projection runs on the target span only (at most Li positions
+    per row, Li = item_input_tokens' length); `with_nig=False` skips it (and
+    L_NIG) altogether. v^{T|U} and v^U are mean-pooled final hidden states of
+    the joint pass over `target_pool_weights` and `history_pool_weights`; v^T
+    of the item-alone pass over `item_pool_weights`.
     """
     item_rng = joint_rng = None
     if dropout_rng is not None:
       joint_rng, item_rng = jax.random.split(dropout_rng)
-    # Logits only where L_NIG reads them: the target span, at most Li
-    # positions per row.
     positions = losses.loss_positions(batch["decoder_loss_weights"],
                                       batch["item_input_tokens"].shape[1])
 
     def at_targets(feature):
       return jnp.take_along_axis(batch[feature], positions, axis=1)
 
-    logits, hidden, _ = self._forward(params, batch["decoder_input_tokens"],
-                                      dropout_rng=joint_rng,
-                                      logits_at=positions)
-    nig, num_tokens = losses.next_item_loss(
-        logits, at_targets("decoder_target_tokens"),
-        at_targets("decoder_loss_weights"))
-    tt = ut = jnp.float32(0.0)
+    logits, hidden, _ = self._forward(
+        params, batch["decoder_input_tokens"], dropout_rng=joint_rng,
+        compute_logits=with_nig, logits_at=positions)
+    nig_total = jnp.float32(0.0)
+    if with_nig:
+      nig_total = losses.negative_log_likelihood(
+          logits, at_targets("decoder_target_tokens"),
+          at_targets("decoder_loss_weights"))
+    vectors = None
     if self.uses_item_tower:
       _, item_hidden, _ = self._forward(params, batch["item_input_tokens"],
                                         dropout_rng=item_rng,
                                         compute_logits=False)
-      item_vectors = losses.mean_pool(item_hidden, batch["item_pool_weights"])
-      target_vectors = losses.mean_pool(hidden, batch["target_pool_weights"])
-      history_vectors = losses.mean_pool(hidden, batch["history_pool_weights"])
-      example_mask = jnp.sum(batch["item_pool_weights"], axis=-1) > 0
-      tt = losses.info_nce(item_vectors, target_vectors, self.temperature,
-                           example_mask)
-      ut = losses.info_nce(item_vectors, history_vectors, self.temperature,
-                           example_mask)
+      vectors = PooledVectors(
+          item=losses.mean_pool(item_hidden, batch["item_pool_weights"]),
+          target=losses.mean_pool(hidden, batch["target_pool_weights"]),
+          history=losses.mean_pool(hidden, batch["history_pool_weights"]),
+          mask=jnp.sum(batch["item_pool_weights"], axis=-1) > 0)
+    return LossTerms(nig_total=nig_total,
+                     target_tokens=jnp.sum(batch["decoder_loss_weights"]),
+                     vectors=vectors)
+
+  def contrastive_losses(self, vectors: PooledVectors) -> tuple[Array, Array]:
+    """(L_TT, L_UT), equations 2 and 3, over every example of `vectors`."""
+    return (losses.info_nce(vectors.item, vectors.target, self.temperature,
+                            vectors.mask),
+            losses.info_nce(vectors.item, vectors.history, self.temperature,
+                            vectors.mask))
+
+  def loss_from_terms(self, terms: LossTerms
+                     ) -> tuple[Array, dict[str, Array]]:
+    """Equation 4 from the terms of a whole batch (see `loss_fn`)."""
+    num_tokens = terms.target_tokens.astype(jnp.float32)
+    nig = terms.nig_total / jnp.maximum(num_tokens, 1.0)
+    tt = ut = jnp.float32(0.0)
+    if terms.vectors is not None:
+      tt, ut = self.contrastive_losses(terms.vectors)
     loss = losses.calrec_loss(nig, tt, ut, self.alpha, self.beta)
     metrics = {"loss": loss, "nig_loss": nig, "tt_loss": tt, "ut_loss": ut,
                "target_tokens": num_tokens}
     return loss, metrics
+
+  def loss_fn(self, params: PyTree, batch: Batch,
+              dropout_rng: Optional[Array]) -> tuple[Array, dict[str, Array]]:
+    """The CALRec loss (1-a-b) L_NIG + a L_TT + b L_UT on one global batch.
+
+    L_NIG is normalised per target token of the batch. Padding examples (no
+    item tokens) count in no term. See `loss_terms` for the pooled vectors.
+
+    Returns:
+      (loss, metrics) where metrics holds 'loss', 'nig_loss', 'tt_loss',
+      'ut_loss' and 'target_tokens'.
+    """
+    return self.loss_from_terms(self.loss_terms(params, batch, dropout_rng))
 
   def score_batch(self, params: PyTree, batch: Batch,
                   return_intermediates: bool = False):
