@@ -23,6 +23,10 @@ on the Python path (trainer/configs/... works from anywhere) and in
 and tiny_stage2.gin. A run in a MODEL_DIR that already holds checkpoints
 resumes from the latest one (see `trainer.train_loop`). A non-finite loss
 stops the run with exit status 1, keeping the last good checkpoint.
+
+On several hosts, run the same command on every host with `--distributed`
+(Cloud TPU, SLURM and Open MPI are detected; elsewhere also pass
+--coordinator_address=HOST0:PORT --num_processes=N --process_id=I).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import gin
+import jax
 
 from trainer import train_loop
 
@@ -58,6 +63,16 @@ _GIN_BINDINGS = flags.DEFINE_multi_string(
     "Gin bindings, e.g. \"TRAIN_STEPS = 1000\"; --gin.NAME=VALUE also works.")
 _GIN_SEARCH_PATHS = flags.DEFINE_multi_string(
     "gin_search_paths", [], "Extra folders to look up gin files in.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Join a multi-process (multi-host) run: jax.distributed.initialize().")
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None,
+    "With --distributed: HOST:PORT of process 0, where it is not detected.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --distributed: the number of processes.")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --distributed: this process's index.")
 
 
 def _hide_library_info_logs() -> None:
@@ -75,6 +90,9 @@ def main(argv: Sequence[str]) -> None:
         "Give at least one --gin_file, e.g. "
         "--gin_file=trainer/configs/runs/tiny_stage1.gin.")
   _hide_library_info_logs()
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize(_COORDINATOR_ADDRESS.value,
+                               _NUM_PROCESSES.value, _PROCESS_ID.value)
   for path in _GIN_SEARCH_PATHS.value:
     gin.add_config_file_search_path(path)
   try:
