@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> None:
   trainers = {
       variant: train_lib.Trainer(
           models.CALRecModel(config, alpha=alpha, beta=beta),
-          train_lib.create_optimizer(1e-4), partitioner, shapes, seed=0)
+          train_lib.create_optimizer(1e-4), partitioner, shapes, seed=0,
+          num_microbatches=args.num_microbatches)
       for variant, (alpha, beta) in [("calrec", (0.125, -0.025)),
                                      ("nig_only", (0.0, 0.0))]}
   seconds = seconds_per_step(trainers, batch, args.steps, args.rounds)
@@ -182,12 +183,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="jax.nn.dot_product_attention implementation.")
   parser.add_argument("--num_partitions", type=int, default=1,
                       help="Devices on the 'model' mesh axis.")
+  parser.add_argument("--num_microbatches", type=int, default=1,
+                      help="Gradient over this many microbatches (MFU counts "
+                      "the model FLOPs of the batch, not the extra pass).")
   parser.add_argument("--peak_tflops", type=float,
                       help="Peak TFLOP/s per device for MFU (default: known "
                       "GPUs only).")
   args = parser.parse_args(argv)
   for name in ("batch_size", "inputs_length", "targets_length", "steps",
-               "rounds"):
+               "rounds", "num_microbatches"):
     if getattr(args, name) < 1:
       parser.error(f"--{name} must be >= 1.")
   return args

@@ -23,6 +23,7 @@ COMMANDS = {
     "benchmarks.preprocess": "--num_reviews",
     "benchmarks.input_pipeline": "--num_batches",
     "benchmarks.train_step": "--peak_tflops",
+    "benchmarks.train_memory": "--num_microbatches",
     "benchmarks.decode": "--num_decodes",
     "benchmarks.retrieval": "--num_items",
 }

@@ -2,12 +2,15 @@
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 import trainer_batches
 from trainer import microbatching
 from trainer import models
 from trainer import network
+from trainer import partitioning
+from trainer import train_lib
 
 CONFIG = network.TransformerConfig(vocab_size=64, emb_dim=32, num_heads=4,
                                    num_kv_heads=2, head_dim=8, mlp_dim=64,
@@ -75,3 +78,11 @@ def test_split_interleaves_rows_and_rejects_uneven_batches():
       [[0, 3], [1, 4], [2, 5]])
   with pytest.raises(ValueError, match="does not split into 4"):
     microbatching.split(rows, 4)
+
+
+def test_trainer_refuses_microbatches_that_do_not_split_the_batch(batch):
+  shapes = {name: value.shape for name, value in batch.items()}
+  with pytest.raises(ValueError, match="multiple of num_microbatches"):
+    train_lib.Trainer(models.CALRecModel(CONFIG), optax.sgd(0.1),
+                      partitioning.Partitioner(), shapes, seed=0,
+                      num_microbatches=3)

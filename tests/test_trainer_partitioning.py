@@ -20,7 +20,8 @@ _NUM_DEVICES = 8
 
 
 def _run_steps(output_path: str) -> None:
-  """Child: 2 train steps on 1 device and on a (4 data x 2 model) mesh."""
+  """Child: 2 train steps on 1 device and on a (4 data x 2 model) mesh, the
+  latter whole and in 2 microbatches."""
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -35,14 +36,15 @@ def _run_steps(output_path: str) -> None:
   batch = trainer_batches.random_batch(seed=0, batch_size=8, vocab_size=64)
   shapes = {k: v.shape for k, v in batch.items()}
   results = {}
-  for name, partitioner in [
-      ("single", partitioning.Partitioner(devices=jax.devices()[:1])),
-      ("sharded", partitioning.Partitioner(num_partitions=2)),
+  for name, partitioner, num_microbatches in [
+      ("single", partitioning.Partitioner(devices=jax.devices()[:1]), 1),
+      ("sharded", partitioning.Partitioner(num_partitions=2), 1),
+      ("microbatched", partitioning.Partitioner(num_partitions=2), 2),
   ]:
     # Plain SGD keeps updates linear in the gradients, so float rounding
     # differences stay at rounding size (Adam normalises them up to +-lr).
     trainer = train_lib.Trainer(model, optax.sgd(0.5), partitioner, shapes,
-                                seed=0)
+                                seed=0, num_microbatches=num_microbatches)
     state = trainer.initial_state()
     losses = []
     for _ in range(2):
@@ -72,16 +74,17 @@ def test_sharded_step_equals_single_device_step(tmp_path):
   np.testing.assert_array_equal(results["sharded_embedding_shard_shape"],
                                 [32, 32])
   # Equal contrastive terms: the negatives are the global batch of 8, not a
-  # data shard's 2 examples.
-  np.testing.assert_allclose(results["sharded/losses"],
-                             results["single/losses"], rtol=1e-5)
+  # data shard's 2 examples nor a microbatch's 4.
   names = [k[len("single/"):] for k in results.files
            if k.startswith("single/") and k != "single/losses"]
   assert len(names) > 10
-  for name in names:
-    np.testing.assert_allclose(results[f"sharded/{name}"],
-                               results[f"single/{name}"], rtol=1e-4,
-                               atol=1e-6, err_msg=name)
+  for variant in ("sharded", "microbatched"):
+    np.testing.assert_allclose(results[f"{variant}/losses"],
+                               results["single/losses"], rtol=1e-5)
+    for name in names:
+      np.testing.assert_allclose(results[f"{variant}/{name}"],
+                                 results[f"single/{name}"], rtol=1e-4,
+                                 atol=1e-6, err_msg=f"{variant}/{name}")
 
 
 def _grid(process_indices):

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from trainer import microbatching
 from trainer import models
 from trainer import partitioning
 
@@ -56,11 +57,32 @@ class Trainer:
   def __init__(self, model: models.CALRecModel,
                optimizer: optax.GradientTransformation,
                partitioner: partitioning.Partitioner,
-               input_shapes: Mapping[str, Sequence[int]], seed: int):
+               input_shapes: Mapping[str, Sequence[int]], seed: int,
+               num_microbatches: int = 1):
+    """Compiles the steps.
+
+    Args:
+      model: the model object.
+      optimizer: optax transformation of the gradients.
+      partitioner: mesh and logical axis rules.
+      input_shapes: global batch shapes of the training features.
+      seed: seeds initialisation and the per-step dropout keys.
+      num_microbatches: the train step computes the gradient over this many
+        microbatches, one at a time, with the whole batch's loss (see
+        `trainer.microbatching`); each must split over the data partitions.
+    """
+    batch_size = next(iter(input_shapes.values()))[0]
+    if num_microbatches < 1 or batch_size % (
+        num_microbatches * partitioner.data_partitions):
+      raise ValueError(
+          f"num_microbatches={num_microbatches} must be positive and the "
+          f"batch size {batch_size} a multiple of num_microbatches times the "
+          f"{partitioner.data_partitions} data partitions.")
     self.model = model
     self.optimizer = optimizer
     self.partitioner = partitioner
     self.seed = seed
+    self.num_microbatches = num_microbatches
     self._input_shapes = dict(input_shapes)
 
     boxed = jax.eval_shape(self._boxed_initial_state, jax.random.PRNGKey(0))
@@ -111,8 +133,8 @@ class Trainer:
     if self.model.config.dropout_rate > 0:
       dropout_rng = jax.random.fold_in(jax.random.PRNGKey(self.seed),
                                        state.step)
-    grad_fn = jax.value_and_grad(self.model.loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch, dropout_rng)
+    (_, metrics), grads = microbatching.value_and_grad(
+        self.model, state.params, batch, dropout_rng, self.num_microbatches)
     updates, opt_state = self.optimizer.update(grads, state.opt_state,
                                                state.params)
     params = optax.apply_updates(state.params, updates)

@@ -122,6 +122,7 @@ def train(
     initial_checkpoint_path: Optional[str] = None,
     optimizer: Optional[optax.GradientTransformation] = None,
     partitioner: Optional[partitioning.Partitioner] = None,
+    num_microbatches: int = 1,
     feature_converter_cls: Optional[type[seqio.FeatureConverter]] = None,
     register_tasks: Optional[Callable[[], Any]] = None,
     validation_mixture_or_task_name: Optional[str] = None,
@@ -150,6 +151,9 @@ def train(
       model_dir already holds checkpoints (the run resumes instead).
     optimizer: defaults to `train_lib.create_optimizer()`.
     partitioner: defaults to all devices on the 'data' axis.
+    num_microbatches: gradient over this many microbatches of the batch, one
+      at a time (less memory, one extra forward pass), with the loss of the
+      whole batch: the contrastive negatives stay all `batch_size` examples.
     feature_converter_cls: defaults to tasks' CALRecFeatureConverter.
     register_tasks: called first, to register seqio tasks and mixtures.
     validation_mixture_or_task_name: defaults to mixture_or_task_name.
@@ -198,7 +202,8 @@ def train(
   local_batch_size = layout.local_batch_size(batch_size)
   shard_info = seqio.ShardInfo(layout.shard_id, layout.num_shards)
   trainer = train_lib.Trainer(model, optimizer or train_lib.create_optimizer(),
-                              partitioner, input_shapes, random_seed)
+                              partitioner, input_shapes, random_seed,
+                              num_microbatches)
 
   validation_name = validation_mixture_or_task_name or mixture_or_task_name
   validate = validation_batches != 0
