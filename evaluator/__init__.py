@@ -12,5 +12,6 @@ RunInference handler), `model_handler` (the JAX model as a generator),
 `baselines` (Last Item Repeater), `lucene` (JVM, analyzer, Lucene BM25),
 `bm25` (exact vectorized BM25), `retrieval` (Algorithm 1, hierarchical
 match), `metrics` (optimistic/pessimistic ranks), `transforms` (the job's
-steps), `evaluate`, `report`, `select_checkpoint`.
+steps), `files` (local or remote paths through Beam's FileSystems),
+`evaluate`, `report`, `select_checkpoint`.
 """

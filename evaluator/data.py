@@ -8,11 +8,10 @@ rest the history; `{category}/corpus.parquet` holds every item of a category.
 from __future__ import annotations
 
 import dataclasses
-import os
-import pathlib
 
 import numpy as np
-import pyarrow.parquet as pq
+
+from evaluator import files
 
 CORPUS_COLUMNS = ("item_id", "text")
 
@@ -93,12 +92,12 @@ class Corpus:
     return [self.item_ids[row] for row in rows]
 
 
-def load_corpus(path: str | os.PathLike[str]) -> Corpus:
-  """Reads `corpus.parquet` (item_id, text, ...)."""
-  if not pathlib.Path(path).exists():
+def load_corpus(path: files.Path) -> Corpus:
+  """Reads `corpus.parquet` (item_id, text, ...), local or remote."""
+  if not files.exists(path):
     raise FileNotFoundError(f"No corpus at {path}; run the preprocessing "
                             "pipeline first (docs/contracts.md).")
-  table = pq.read_table(path, columns=list(CORPUS_COLUMNS))
+  table = files.read_parquet(path, CORPUS_COLUMNS)
   item_ids = table.column("item_id").to_pylist()
   texts = table.column("text").to_pylist()
   if any(value is None for value in item_ids + texts):

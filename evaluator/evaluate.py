@@ -24,7 +24,6 @@ Algorithm 1 (or hierarchical exact match, paper section 6) and writes to
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from apache_beam.ml.inference import base as inference
 from apache_beam.options import pipeline_options
 
 from evaluator import baselines
+from evaluator import files
 from evaluator import generation
 from evaluator import report
 from evaluator import transforms
@@ -114,21 +114,19 @@ OUTPUT_PATTERNS = (report.METRICS_FILE, "results.md",
 def earlier_outputs(output_dir: str) -> list[str]:
   """Files of an earlier evaluation in `output_dir`."""
   return sorted(path for pattern in OUTPUT_PATTERNS
-                for path in glob.glob(os.path.join(output_dir, pattern)))
+                for path in files.glob(os.path.join(output_dir, pattern)))
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   """Evaluation flags and the remaining (Beam) flags; validates both."""
   parser = _parser()
   args, beam_argv = parser.parse_known_args(argv)
-  category_dir = os.path.join(args.data_dir, args.category)
-  if not os.path.isdir(category_dir):
-    parser.error(f"--data_dir/--category: {category_dir} is not a folder.")
-  if not glob.glob(split_pattern(args)):
+  if not files.exists(corpus_path(args)):
+    parser.error(f"--data_dir/--category: missing {corpus_path(args)}; is "
+                 f"{args.category} a category of the preprocessing output?")
+  if not files.glob(split_pattern(args)):
     parser.error(f"No {args.split} records match {split_pattern(args)}; is "
                  f"{args.category} an evaluated category?")
-  if not os.path.exists(corpus_path(args)):
-    parser.error(f"Missing {corpus_path(args)}.")
   if args.model == "calrec" and not args.model_dir:
     parser.error("--model=calrec needs --model_dir (or use --model=lir).")
   for name in ("num_generations", "max_decode_length", "num_preds",
@@ -174,15 +172,12 @@ def write_summary(summary: dict[str, Any], num_rejected: int,
                   run: dict[str, Any], output_dir: str) -> None:
   """Writes metrics.json and results.md (Table 2 and Table 7 layouts)."""
   summary = {**run, **summary, "num_rejected": num_rejected}
-  with beam.io.filesystems.FileSystems.create(
-      os.path.join(output_dir, report.METRICS_FILE)) as f:
-    f.write(json.dumps(summary, indent=2).encode("utf-8"))
+  files.write_text(os.path.join(output_dir, report.METRICS_FILE),
+                   json.dumps(summary, indent=2))
   column = [(f"{run['model']} ({run['retrieval']})", summary)]
-  markdown = (report.table_2(column) + "\nOutputs that match an item (paper "
-              "Table 7):\n\n" + report.table_7_matches(column))
-  with beam.io.filesystems.FileSystems.create(
-      os.path.join(output_dir, "results.md")) as f:
-    f.write(markdown.encode("utf-8"))
+  files.write_text(os.path.join(output_dir, "results.md"),
+                   report.table_2(column) + "\nOutputs that match an item "
+                   "(paper Table 7):\n\n" + report.table_7_matches(column))
 
 
 def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
@@ -276,9 +271,8 @@ def run(argv: Sequence[str],
   args, beam_argv = parse_args(argv)
   if args.model == "calrec" and load_generator is None:
     load_generator = calrec_generator_loader(args)
-  os.makedirs(args.output_dir, exist_ok=True)
-  for path in earlier_outputs(args.output_dir):
-    os.remove(path)
+  files.make_dirs(args.output_dir)
+  files.delete(earlier_outputs(args.output_dir))
   options = pipeline_options.PipelineOptions(flags=beam_argv)
   logging.info("Evaluating %s/%s (%s, %s retrieval) into %s", args.category,
                args.split, args.model, args.retrieval, args.output_dir)

@@ -10,16 +10,15 @@ t-test (scipy.stats.ttest_rel) on every metric, laid out like Table 4.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
 from typing import Any, Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 import scipy.stats
 
+from evaluator import files
 from evaluator import metrics
 
 METRICS_FILE = "metrics.json"
@@ -67,22 +66,21 @@ def table_7_matches(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
 
 def load_summary(run_dir: str) -> dict[str, Any]:
   path = os.path.join(run_dir, METRICS_FILE)
-  if not os.path.exists(path):
+  if not files.exists(path):
     raise FileNotFoundError(f"No {METRICS_FILE} in {run_dir}: is it the "
                             "--output_dir of a finished evaluation?")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return files.read_json(path)
 
 
 def load_user_ranks(run_dir: str) -> dict[str, tuple[int, int]]:
   """user id -> (optimistic rank, pessimistic rank) of one run."""
-  paths = sorted(glob.glob(os.path.join(run_dir, f"{USERS_PREFIX}-*.parquet")))
+  paths = files.glob(os.path.join(run_dir, f"{USERS_PREFIX}-*.parquet"))
   if not paths:
     raise FileNotFoundError(f"No {USERS_PREFIX}-*.parquet in {run_dir}.")
   ranks = {}
   for path in paths:
-    table = pq.read_table(path, columns=["user_id", "rank_optimistic",
-                                         "rank_pessimistic"]).to_pydict()
+    table = files.read_parquet(path, ["user_id", "rank_optimistic",
+                                      "rank_pessimistic"]).to_pydict()
     for user_id, opt, pes in zip(table["user_id"], table["rank_optimistic"],
                                  table["rank_pessimistic"]):
       ranks[user_id] = (opt, pes)
@@ -147,8 +145,9 @@ def _named_run(value: str) -> tuple[str, str]:
   if not separator or not name or not run_dir:
     raise argparse.ArgumentTypeError(
         f"expected NAME=DIR (e.g. CALRec=/runs/scientific), got {value!r}")
-  if not os.path.isdir(run_dir):
-    raise argparse.ArgumentTypeError(f"{run_dir} is not a directory")
+  if not files.exists(os.path.join(run_dir, METRICS_FILE)):
+    raise argparse.ArgumentTypeError(
+        f"{run_dir} holds no {METRICS_FILE} of a finished evaluation")
   return name, run_dir
 
 

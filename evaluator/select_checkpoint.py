@@ -25,9 +25,11 @@ import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
+from etils import epath
 import orbax.checkpoint as ocp
 
 from evaluator import evaluate
+from evaluator import files
 from evaluator import generation
 from evaluator import metrics
 from evaluator import report
@@ -78,9 +80,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   """Selection flags, and the flags passed on to each evaluation."""
   parser = _parser()
   args, passed_on = parser.parse_known_args(argv)
-  checkpoint_dir = os.path.join(args.model_dir, CHECKPOINTS_DIR)
+  checkpoint_dir = epath.Path(args.model_dir) / CHECKPOINTS_DIR
   available = (ocp.utils.checkpoint_steps(checkpoint_dir)
-               if os.path.isdir(checkpoint_dir) else [])
+               if checkpoint_dir.exists() else [])
   if not available:
     parser.error(f"No checkpoints in {checkpoint_dir}.")
   if args.steps is None:
@@ -114,7 +116,7 @@ def evaluate_step(args: argparse.Namespace, passed_on: Sequence[str],
       f"--checkpoint_step={step}", f"--output_dir={step_dir}", "--overwrite",
       *passed_on]
   settings = vars(evaluate.parse_args(step_argv)[0])
-  if os.path.exists(os.path.join(step_dir, report.METRICS_FILE)):
+  if files.exists(os.path.join(step_dir, report.METRICS_FILE)):
     summary = report.load_summary(step_dir)
     if all(summary[key] == value for key, value in settings.items()
            if key in summary):
@@ -129,7 +131,7 @@ def select(args: argparse.Namespace, passed_on: Sequence[str],
            generator_for_step: Optional[GeneratorFactory] = None
           ) -> dict[str, Any]:
   """Evaluates args.steps and writes selection.json; returns its contents."""
-  os.makedirs(args.output_dir, exist_ok=True)
+  files.make_dirs(args.output_dir)
   scores = {}
   for step in args.steps:
     summary = evaluate_step(
@@ -142,13 +144,17 @@ def select(args: argparse.Namespace, passed_on: Sequence[str],
       "category": args.category, "split": args.split, "metric": args.metric,
       "scores": {str(step): score for step, score in scores.items()},
       "best_step": best_step,
-      "best_checkpoint": os.path.join(os.path.abspath(args.model_dir),
+      "best_checkpoint": os.path.join(_absolute(args.model_dir),
                                       CHECKPOINTS_DIR, str(best_step)),
   }
-  with open(os.path.join(args.output_dir, SELECTION_FILE), "w",
-            encoding="utf-8") as f:
-    json.dump(selection, f, indent=2)
+  files.write_text(os.path.join(args.output_dir, SELECTION_FILE),
+                   json.dumps(selection, indent=2))
   return selection
+
+
+def _absolute(path: str) -> str:
+  """Local paths made absolute; URLs (gs://...) as they are."""
+  return path if "://" in path else os.path.abspath(path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -4,7 +4,9 @@ import glob
 import json
 import math
 import os
+import shutil
 
+import beam_testfs
 import evaluator_testdata
 import numpy as np
 import pyarrow.parquet as pq
@@ -162,6 +164,26 @@ def test_generator_pipeline_through_run_inference_and_lucene(data_dir,
   assert all(row["p_value"] == 1.0 for row in test["metrics"].values())
 
 
+def test_remote_paths_through_beam_filesystems(data_dir, tmp_path):
+  """gs:// on Dataflow: data, outputs and reports only through FileSystems."""
+  shutil.copytree(data_dir, tmp_path / "remote" / "data")
+  beam_testfs.set_root(tmp_path / "remote")
+  remote_data, remote_out = beam_testfs.url("data"), beam_testfs.url("eval")
+  assert not os.path.exists(remote_data)  # Local file access would fail.
+  local = _run(data_dir, tmp_path / "local", "--model=calrec",
+               "--model_dir=unused", load_generator=EchoGenerator)
+  remote = _run(remote_data, remote_out, "--model=calrec", "--model_dir=unused",
+                load_generator=EchoGenerator)
+  assert remote["metrics"] == local["metrics"]
+  assert report.load_summary(remote_out) == remote
+  assert report.load_user_ranks(remote_out) == report.load_user_ranks(
+      str(tmp_path / "local"))
+  # A rerun replaces the earlier outputs in place.
+  assert evaluate.earlier_outputs(remote_out)
+  _run(remote_data, remote_out, "--overwrite", "--model=lir")
+  assert report.load_summary(remote_out)["model"] == "lir"
+
+
 class ProcessIdGenerator:
   """Answers each request with the last history item and its process id."""
 
@@ -207,7 +229,8 @@ def test_bad_flags_say_what_to_fix(data_dir, tmp_path, capsys):
   with pytest.raises(SystemExit):
     evaluate.parse_args([f"--data_dir={data_dir}", "--category=Nope",
                          f"--output_dir={tmp_path}", "--model=lir"])
-  assert "is not a folder" in capsys.readouterr().err
+  assert "is Nope a category of the preprocessing output" in (
+      capsys.readouterr().err)
   (tmp_path / "metrics.json").write_text("{}")
   with pytest.raises(SystemExit):
     evaluate.parse_args([f"--data_dir={data_dir}", f"--category={CATEGORY}",

@@ -3,10 +3,12 @@
 import json
 import math
 
+import beam_testfs
 import evaluator_testdata
 import pytest
 
 from evaluator import evaluate
+from evaluator import files
 from evaluator import report
 from evaluator import select_checkpoint
 
@@ -106,6 +108,15 @@ def test_ties_go_to_the_earlier_step_and_metric_is_selectable(data_dir,
   assert list(selection["scores"]) == ["200", "300"]
   assert selection["metric"] == "Recall@10/opt"
   assert selection["best_step"] == 200
+
+
+def test_selection_written_to_a_remote_folder(data_dir, model_dir, tmp_path):
+  beam_testfs.set_root(tmp_path)
+  output_dir = beam_testfs.url("selection")
+  selection = _select(data_dir, model_dir, {100: LastItemGenerator},
+                      "--steps=100", f"--output_dir={output_dir}")
+  assert files.read_json(f"{output_dir}/selection.json") == selection
+  assert report.load_summary(f"{output_dir}/100")["checkpoint_step"] == 100
 
 
 @pytest.mark.parametrize("flags,message", [
