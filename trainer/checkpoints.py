@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 import tempfile
 from typing import Any, Mapping, Optional
 
@@ -38,6 +37,16 @@ CHECKPOINTS_DIR = "checkpoints"
 MODEL_JSON = "model.json"
 VOCABULARY_FILE = "vocabulary.model"
 DATASET_ITEM = "dataset"
+
+
+def model_path(path: str | os.PathLike[str]) -> epath.Path:
+  """A local path made absolute, or a URL such as gs://... as it is.
+
+  Model directories may live on any file system orbax and tf.io.gfile reach
+  (GCS for TPU training and Dataflow evaluation).
+  """
+  path = os.fspath(path)
+  return epath.Path(path if "://" in path else os.path.abspath(path))
 
 
 def _process_prefix() -> str:
@@ -127,7 +136,7 @@ class CheckpointManager:
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(
             policies),
         enable_async_checkpointing=False, create=True)
-    directory = pathlib.Path(model_dir).absolute() / CHECKPOINTS_DIR
+    directory = model_path(model_dir) / CHECKPOINTS_DIR
     self._manager = ocp.CheckpointManager(
         directory, options=options,
         item_names=("params", "optimizer", DATASET_ITEM))
@@ -205,14 +214,14 @@ class CheckpointManager:
     self._manager.close()
 
 
-def resolve_checkpoint(path: str | os.PathLike[str]) -> pathlib.Path:
+def resolve_checkpoint(path: str | os.PathLike[str]) -> epath.Path:
   """The step directory a checkpoint path names.
 
   Accepts a step directory (MODEL_DIR/checkpoints/1000) or a model directory,
   in which case its best checkpoint by the run's validation metric is used
   (the latest when none was tracked).
   """
-  path = pathlib.Path(path).absolute()
+  path = model_path(path)
   if (path / "params").is_dir():
     return path
   if (path / CHECKPOINTS_DIR).is_dir():
@@ -242,7 +251,7 @@ def write_model_metadata(model_dir: str | os.PathLike[str],
                          best_metric: Optional[str],
                          best_mode: str) -> None:
   """Writes model.json and the vocabulary so the directory loads alone."""
-  model_dir = pathlib.Path(model_dir)
+  model_dir = model_path(model_dir)
   model_dir.mkdir(parents=True, exist_ok=True)
   if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
     raise TypeError("Only SentencePiece vocabularies can be stored with the "
@@ -261,7 +270,7 @@ def write_model_metadata(model_dir: str | os.PathLike[str],
   (model_dir / MODEL_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def _read_metadata(model_dir: pathlib.Path) -> dict[str, Any]:
+def _read_metadata(model_dir: epath.Path) -> dict[str, Any]:
   path = model_dir / MODEL_JSON
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: {model_dir} is not a model "
@@ -269,7 +278,7 @@ def _read_metadata(model_dir: pathlib.Path) -> dict[str, Any]:
   return json.loads(path.read_text())
 
 
-def _best_metric_of(model_dir: pathlib.Path) -> dict[str, Any]:
+def _best_metric_of(model_dir: epath.Path) -> dict[str, Any]:
   metadata = _read_metadata(model_dir)
   return {"best_metric": metadata.get("best_metric"),
           "best_mode": metadata.get("best_mode", "min")}
@@ -300,7 +309,7 @@ def load_for_inference(model_dir: str | os.PathLike[str],
     step: checkpoint step; None picks the best checkpoint by the run's
       validation metric, or the latest when none was tracked.
   """
-  model_dir = pathlib.Path(model_dir).absolute()
+  model_dir = model_path(model_dir)
   metadata = _read_metadata(model_dir)
   config = network.TransformerConfig(**metadata["network"])
   model = models.CALRecModel(config, eos_id=metadata["eos_id"],

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import pathlib
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
@@ -209,7 +208,7 @@ def train(
   validate = validation_batches != 0
   if not validate:
     best_metric = None
-  model_dir = pathlib.Path(model_dir)
+  model_dir = checkpoints.model_path(model_dir)
   if jax.process_index() == 0:
     checkpoints.write_model_metadata(model_dir, model, vocabulary,
                                      task_feature_lengths, best_metric,
