@@ -94,7 +94,7 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
 # forwarded copies of worker log lines (they stay in the log file).
 _LIBRARY_NOISE = re.compile(
     r"apache_beam|sdk_worker|harness|data_plane|orbax|checkpoint_manager|"
-    r"Worker: severity:|"
+    r"Worker: severity:|Resource module is not available|"
     r"logging_writer|Pipeline_options|semi_persistent_directory|"
     r"checkpoint_handler|checkpointer|xla_bridge|cuda|oneDNN|cpu_feature_guard|"
     r"rebuild TensorFlow|AVX|absl::InitializeLog|apitools|port\.cc|util\.cc|"
