@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import random
-from typing import Sequence
+from typing import Callable, Sequence
 
+import seqio
 import tensorflow as tf
 
 from tasks import templates
@@ -93,3 +94,28 @@ def train_test_vocabulary(output: str | os.PathLike[str],
   """A tiny SentencePiece model trained on random item texts; its path."""
   texts = random_item_texts(random.Random(seed), 300, "Tools & Home")
   return vocab.train_sentencepiece(texts, output, vocab_size, seed)
+
+
+def register_in_memory_task(
+    name: str, dataset_fn: Callable[..., tf.data.Dataset],
+    vocabulary_path: str | os.PathLike[str],
+    preprocessors_after_tokenize: Sequence[Callable[..., tf.data.Dataset]] = (),
+) -> None:
+  """(Re-)registers a seqio task of in-memory 'inputs'/'targets' texts.
+
+  `dataset_fn(split, shuffle_files, seed=None)` serves the 'train' and
+  'validation' splits; texts are tokenized and EOS-terminated like the
+  CALRec tasks' (tasks.tasks.output_features), with any given preprocessors
+  run in between.
+  """
+  from tasks import tasks  # pylint: disable=g-import-not-at-top
+  seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(dataset_fn,
+                                      splits=["train", "validation"]),
+      preprocessors=[seqio.preprocessors.tokenize,
+                     *preprocessors_after_tokenize,
+                     seqio.preprocessors.append_eos_after_trim],
+      output_features=tasks.output_features(
+          seqio.SentencePieceVocabulary(os.fspath(vocabulary_path))))

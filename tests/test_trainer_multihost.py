@@ -19,7 +19,6 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from tasks import tasks as calrec_tasks
 from tasks import test_utils as tasks_test_utils
 from trainer import models
 from trainer import network
@@ -47,15 +46,7 @@ def _register_task(vocabulary_path: str) -> None:
         "inputs": [f"Title: {item}. Category: Tools." for item in items],
         "targets": [f"Title: {item} Pack." for item in items]})
 
-  seqio.TaskRegistry.remove(_TASK)
-  seqio.TaskRegistry.add(
-      _TASK,
-      source=seqio.FunctionDataSource(dataset_fn,
-                                      splits=["train", "validation"]),
-      preprocessors=[seqio.preprocessors.tokenize,
-                     seqio.preprocessors.append_eos_after_trim],
-      output_features=calrec_tasks.output_features(
-          seqio.SentencePieceVocabulary(vocabulary_path)))
+  tasks_test_utils.register_in_memory_task(_TASK, dataset_fn, vocabulary_path)
 
 
 def _model():

@@ -14,7 +14,6 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from tasks import tasks as calrec_tasks
 from tasks import test_utils as tasks_test_utils
 from trainer import checkpoints
 from trainer import models
@@ -67,35 +66,21 @@ def vocabulary_path(tmp_path_factory):
 
 @pytest.fixture(scope="module", autouse=True)
 def task(vocabulary_path):
-  vocabulary = seqio.SentencePieceVocabulary(vocabulary_path)
 
   def dataset_fn(split, shuffle_files, seed=None):
     del split, shuffle_files, seed
     return tf.data.Dataset.from_tensor_slices({"inputs": PROMPTS,
                                                "targets": TARGETS})
 
-  seqio.TaskRegistry.remove(TASK)
-  seqio.TaskRegistry.add(
-      TASK,
-      source=seqio.FunctionDataSource(dataset_fn,
-                                      splits=["train", "validation"]),
-      preprocessors=[seqio.preprocessors.tokenize,
-                     seqio.preprocessors.append_eos_after_trim],
-      output_features=calrec_tasks.output_features(vocabulary))
-
   def stateful_shuffle_of_targets(dataset):
     # Stateful randomness: tf.data cannot checkpoint it.
     return dataset.map(lambda ex: {**ex, "targets": tf.random.shuffle(
         ex["targets"])})
 
-  seqio.TaskRegistry.remove(STATEFUL_TASK)
-  seqio.TaskRegistry.add(
-      STATEFUL_TASK,
-      source=seqio.FunctionDataSource(dataset_fn,
-                                      splits=["train", "validation"]),
-      preprocessors=[seqio.preprocessors.tokenize, stateful_shuffle_of_targets,
-                     seqio.preprocessors.append_eos_after_trim],
-      output_features=calrec_tasks.output_features(vocabulary))
+  tasks_test_utils.register_in_memory_task(TASK, dataset_fn, vocabulary_path)
+  tasks_test_utils.register_in_memory_task(
+      STATEFUL_TASK, dataset_fn, vocabulary_path,
+      preprocessors_after_tokenize=[stateful_shuffle_of_targets])
   yield
   seqio.TaskRegistry.remove(TASK)
   seqio.TaskRegistry.remove(STATEFUL_TASK)
