@@ -9,11 +9,12 @@ run with `evaluator.evaluate` and names the best one:
       --data_dir=DATA --category=CDs [--metric=NDCG@10/pes] \
       [--steps=45000,135000] [any evaluator.evaluate or Beam flag]
 
-Writes `{output_dir}/{step}/` (the evaluation of each step; a step evaluated
-before is reused) and `{output_dir}/selection.json` with every step's score,
-the best step and its checkpoint path, which is what Stage II's
-INITIAL_CHECKPOINT_PATH and `evaluator.evaluate --checkpoint_step` take. Ties go
-to the earlier step.
+Writes `{output_dir}/{step}/`, the evaluation of each step (a step evaluated
+before with the same settings is reused, so clear `output_dir` after training
+again into the same MODEL_DIR), and `{output_dir}/selection.json` with every
+step's score, the best step and its checkpoint path, which is what Stage II's
+INITIAL_CHECKPOINT_PATH and `evaluator.evaluate --checkpoint_step` take. Ties
+go to the earlier step.
 """
 
 from __future__ import annotations
@@ -164,10 +165,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   args, passed_on = parse_args(sys.argv[1:] if argv is None else argv)
   selection = select(args, passed_on)
   lines = [f"| step | {args.metric} |", "|---|---|"]
-  lines += [f"| {step}{' (best)' if int(step) == selection['best_step'] else ''}"
-            f" | {score:.4f} |" for step, score in selection["scores"].items()]
-  sys.stdout.write("\n".join(lines) + f"\n\nBest: {selection['best_checkpoint']}"
-                   "\n")
+  for step, score in selection["scores"].items():
+    best = " (best)" if int(step) == selection["best_step"] else ""
+    lines.append(f"| {step}{best} | {score:.4f} |")
+  lines.append(f"\nBest: {selection['best_checkpoint']}")
+  sys.stdout.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

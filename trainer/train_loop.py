@@ -268,8 +268,9 @@ def train(
           f"Non-finite loss or parameters at step {step}: " + ", ".join(
               f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())) +
           f". Stopped; the last good checkpoint is step "
-          f"{manager.latest_step()} in {model_dir / checkpoints.CHECKPOINTS_DIR}"
-          ". Lower the learning rate or check the data.")
+          f"{manager.latest_step()} in "
+          f"{model_dir / checkpoints.CHECKPOINTS_DIR}. Lower the learning "
+          "rate or check the data.")
     window.append(metrics)
     if step % log_period == 0 or step == train_steps:
       now = time.time()
