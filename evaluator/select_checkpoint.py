@@ -26,7 +26,6 @@ import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from etils import epath
 import orbax.checkpoint as ocp
 
 from evaluator import evaluate
@@ -34,9 +33,9 @@ from evaluator import files
 from evaluator import generation
 from evaluator import metrics
 from evaluator import report
+from trainer import checkpoints
 
 SELECTION_FILE = "selection.json"
-CHECKPOINTS_DIR = "checkpoints"  # trainer.checkpoints.CHECKPOINTS_DIR
 # A generator loader per checkpoint step (tests); None loads the JAX model.
 GeneratorFactory = Callable[[int], Callable[[], generation.TextGenerator]]
 
@@ -81,7 +80,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   """Selection flags, and the flags passed on to each evaluation."""
   parser = _parser()
   args, passed_on = parser.parse_known_args(argv)
-  checkpoint_dir = epath.Path(args.model_dir) / CHECKPOINTS_DIR
+  checkpoint_dir = checkpoints.model_path(
+      args.model_dir) / checkpoints.CHECKPOINTS_DIR
   available = (ocp.utils.checkpoint_steps(checkpoint_dir)
                if checkpoint_dir.exists() else [])
   if not available:
@@ -145,17 +145,13 @@ def select(args: argparse.Namespace, passed_on: Sequence[str],
       "category": args.category, "split": args.split, "metric": args.metric,
       "scores": {str(step): score for step, score in scores.items()},
       "best_step": best_step,
-      "best_checkpoint": os.path.join(_absolute(args.model_dir),
-                                      CHECKPOINTS_DIR, str(best_step)),
+      "best_checkpoint": str(checkpoints.model_path(args.model_dir) /
+                             checkpoints.CHECKPOINTS_DIR / str(best_step)),
   }
   files.write_text(os.path.join(args.output_dir, SELECTION_FILE),
                    json.dumps(selection, indent=2))
   return selection
 
-
-def _absolute(path: str) -> str:
-  """Local paths made absolute; URLs (gs://...) as they are."""
-  return path if "://" in path else os.path.abspath(path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -325,8 +325,7 @@ def load_for_inference(model_dir: str | os.PathLike[str],
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
       abstract)
-  with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(step_dir / "params", abstract)
+  params = restore_params(step_dir, abstract)
   vocabulary = seqio.SentencePieceVocabulary(
       str(model_dir / VOCABULARY_FILE), extra_ids=metadata["extra_ids"])
   return LoadedModel(model=model, params=params, vocabulary=vocabulary,

@@ -194,9 +194,6 @@ def train(
   lengths = converter.get_model_feature_lengths(task_feature_lengths)
   input_shapes = {k: (batch_size, lengths[k]) for k in models.TRAIN_FEATURES}
   partitioner = partitioner or partitioning.Partitioner()
-  if batch_size % partitioner.data_partitions:
-    raise ValueError(f"batch_size {batch_size} must be a multiple of the "
-                     f"{partitioner.data_partitions} data partitions.")
   layout = partitioner.data_layout
   local_batch_size = layout.local_batch_size(batch_size)
   shard_info = seqio.ShardInfo(layout.shard_id, layout.num_shards)
