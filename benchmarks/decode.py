@@ -14,7 +14,6 @@ Prints one JSON line per figure: {"name", "value", "unit", "baseline",
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Optional, Sequence
 
@@ -22,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import figures
 from benchmarks import train_step
 from trainer import models
 
@@ -88,12 +88,9 @@ def run(args: argparse.Namespace) -> None:
       lambda: naive(params, batch["decoder_input_tokens"],
                     batch["decoder_causal_attention"], key,
                     args.temperature), args.rounds)
-  print(json.dumps({
-      "name": f"decode/{args.model}/{jax.devices()[0].platform}/"
-              "sampled_tokens_per_second",
-      "value": round(cached_rate, 2), "unit": "tokens/s",
-      "baseline": round(naive_rate, 2),
-      "ratio": round(cached_rate / naive_rate, 3)}), flush=True)
+  figures.emit(
+      f"decode/{args.model}/{jax.devices()[0].platform}/"
+      "sampled_tokens_per_second", cached_rate, "tokens/s", naive_rate)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -13,7 +13,6 @@ same kind of examples built one by one in plain Python
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -23,6 +22,7 @@ import time
 import seqio
 import tensorflow as tf
 
+from benchmarks import figures
 from pipelines import preprocess
 from pipelines import sample_data
 
@@ -101,10 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     mixture = _mixture_rate(args.num_batches)
     baseline = _python_rate(_train_records(data_dir),
                             vocab.get_vocabulary(model), 2000)
-  print(json.dumps({"name": "stage1_mixture_feature_converter_batch64",
-                    "value": round(mixture, 1), "unit": "examples/s",
-                    "baseline": round(baseline, 1),
-                    "ratio": round(mixture / baseline, 2)}))
+  figures.emit("stage1_mixture_feature_converter_batch64", mixture,
+               "examples/s", baseline)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import filecmp
-import json
 import math
 import os
 import subprocess
@@ -35,6 +34,7 @@ from typing import Sequence
 
 import psutil
 
+from benchmarks import figures
 from pipelines import config as config_lib
 from pipelines import outputs
 from pipelines import preprocess
@@ -149,12 +149,6 @@ def _same_outputs(first: str, second: str) -> None:
         sys.exit(f"outputs differ: {path} vs {other}")
 
 
-def _figure(name: str, value: float, unit: str, baseline: float) -> str:
-  return json.dumps({"name": name, "value": round(value, 3), "unit": unit,
-                     "baseline": round(baseline, 3),
-                     "ratio": round(value / baseline, 3)})
-
-
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m benchmarks.preprocess",
                                    description=__doc__.split("\n\n")[1])
@@ -215,11 +209,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
   prefix = f"preprocess_beam_{args.workers}workers"
   beam, plain = best["beam"], best["plain"]
-  print(_figure(f"{prefix}_reviews_per_s", num_reviews / beam[0], "reviews/s",
-                num_reviews / plain[0]))
-  print(_figure(f"{prefix}_wall", beam[0], "s", plain[0]))
-  print(_figure(f"{prefix}_cpu", beam[1], "s", plain[1]))
-  print(_figure(f"{prefix}_peak_rss", beam[2], "MiB", plain[2]))
+  figures.emit(f"{prefix}_reviews_per_s", num_reviews / beam[0], "reviews/s",
+               num_reviews / plain[0])
+  figures.emit(f"{prefix}_wall", beam[0], "s", plain[0])
+  figures.emit(f"{prefix}_cpu", beam[1], "s", plain[1])
+  figures.emit(f"{prefix}_peak_rss", beam[2], "MiB", plain[2])
 
 
 if __name__ == "__main__":

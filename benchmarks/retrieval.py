@@ -22,13 +22,13 @@ shared machine), and pyserini's seconds per query.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 
 import numpy as np
 
+from benchmarks import figures
 from evaluator import bm25
 from evaluator import data
 from evaluator import lucene
@@ -138,16 +138,12 @@ def main() -> None:
   for clock, users_per_s, query_seconds in zip(("wall", "cpu"), fast,
                                                seconds_per_query):
     baseline = 1.0 / (query_seconds * TEXTS_PER_USER)
-    print(json.dumps({
-        "name": f"retrieval_and_metrics_{args.num_items}_items_1_core_{clock}",
-        "value": round(users_per_s, 1), "unit": "users/s",
-        "baseline": round(baseline, 4),
-        "ratio": round(users_per_s / baseline, 1)}))
-  print(json.dumps({
-      "name": "pyserini_full_corpus_query_1_core_wall",
-      "value": round(seconds_per_query[0], 4), "unit": "s/query",
-      "baseline": round(1.0 / (fast[0] * TEXTS_PER_USER), 7),
-      "ratio": round(seconds_per_query[0] * fast[0] * TEXTS_PER_USER, 1)}))
+    figures.emit(
+        f"retrieval_and_metrics_{args.num_items}_items_1_core_{clock}",
+        users_per_s, "users/s", baseline)
+  figures.emit("pyserini_full_corpus_query_1_core_wall",
+               seconds_per_query[0], "s/query",
+               1.0 / (fast[0] * TEXTS_PER_USER))
 
 
 if __name__ == "__main__":

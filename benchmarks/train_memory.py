@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from benchmarks import figures
 from benchmarks import train_step
 from trainer import microbatching
 from trainer import models
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> None:
   baseline = temp_bytes(model, batch, 1) / 2**30
   for count in args.num_microbatches:
     value = baseline if count == 1 else temp_bytes(model, batch, count) / 2**30
-    train_step.emit(
+    figures.emit(
         f"train_memory/{args.model}/{jax.devices()[0].platform}/"
         f"batch{args.batch_size}/microbatches{count}", value, "GiB", baseline)
 

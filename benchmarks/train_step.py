@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from typing import Optional, Sequence
 
@@ -30,6 +29,7 @@ import gin
 import jax
 import numpy as np
 
+from benchmarks import figures
 from trainer import models
 from trainer import network
 from trainer import partitioning
@@ -125,15 +125,6 @@ def peak_flops(override_tflops: Optional[float]) -> Optional[float]:
   return None
 
 
-def emit(name: str, value: float, unit: str, baseline: Optional[float]):
-  ratio = value / baseline if baseline else None
-  print(json.dumps({"name": name, "value": round(value, 4), "unit": unit,
-                    "baseline": None if baseline is None else round(
-                        baseline, 4),
-                    "ratio": None if ratio is None else round(ratio, 4)}),
-        flush=True)
-
-
 def run(args: argparse.Namespace) -> None:
   overrides = {"attention_implementation": args.attention}
   if args.dtype:
@@ -156,15 +147,15 @@ def run(args: argparse.Namespace) -> None:
   tokens = {"calrec": args.batch_size * (length + args.targets_length),
             "nig_only": args.batch_size * length}
   prefix = f"train_step/{args.model}/{jax.devices()[0].platform}"
-  emit(f"{prefix}/steps_per_second", 1 / seconds["calrec"], "steps/s",
+  figures.emit(f"{prefix}/steps_per_second", 1 / seconds["calrec"], "steps/s",
        1 / seconds["nig_only"])
-  emit(f"{prefix}/tokens_per_second", tokens["calrec"] / seconds["calrec"],
+  figures.emit(f"{prefix}/tokens_per_second", tokens["calrec"] / seconds["calrec"],
        "tokens/s", tokens["nig_only"] / seconds["nig_only"])
   peak = peak_flops(args.peak_tflops)
   if peak:
     used = model_flops_per_step(config, args.batch_size, length,
                                 args.targets_length, True) / seconds["calrec"]
-    emit(f"{prefix}/model_flops_utilisation", 100 * used / peak, "%", 40.0)
+    figures.emit(f"{prefix}/model_flops_utilisation", 100 * used / peak, "%", 40.0)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
