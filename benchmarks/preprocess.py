@@ -1,10 +1,14 @@
 r"""Throughput and peak memory of the preprocessing job on generated reviews.
 
   python -m benchmarks.preprocess [--num_reviews=1000000] [--workers=2]
-      [--data_dir=DIR] [--repeats=1]
+      [--extra_meta_items=0] [--data_dir=DIR] [--repeats=1]
 
 Generates about `--num_reviews` review lines with `pipelines.sample_data`
-(plain JSON, so files split into ranges), then runs, each in its own process:
+(plain JSON, so files split into ranges), plus `--extra_meta_items` meta rows
+of items no review mentions, spread over the categories (real meta files list
+every item of a category, far more than its 5-core reviews use, and the meta
+is what a worker could be tempted to hold whole). Then runs, each in its own
+process:
 
 - the Beam job on FnApiRunner with `--workers` worker processes;
 - the baseline: the same transformation as a plain single-process loop over
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import filecmp
+import json
 import math
 import os
 import subprocess
@@ -68,7 +73,7 @@ def plain_loop(config: config_lib.Config, output_dir: str) -> None:
     category = next(c for c in config.categories if c.name == name)
     chunk = processing.parse_review_lines(
         textio.read_lines(textio.FileRange(path, start, end)), path, category,
-        config.sampling_seed, meta.get(name, {}))
+        config.sampling_seed, processing.AsinIndex(meta.get(name, {})))
     for shard, users in chunk.shards.items():
       shard_parts[(name, shard)].append(users)
     counts[name].update(chunk.counts)
@@ -91,6 +96,23 @@ def plain_loop(config: config_lib.Config, output_dir: str) -> None:
         output_dir, category, item_ids, rejects[name], counts[name],
         meta.get(name, {}))
   outputs.write_manifest(output_dir, config, shard_files, summaries)
+
+
+def add_unreviewed_meta(config: config_lib.Config, count: int) -> None:
+  """Appends `count` meta rows, of items no review mentions, to the meta
+  files of `config`'s categories (round robin; generated configs name
+  one plain file each)."""
+  files = [category.meta[0] for category in config.categories]
+  for index, path in enumerate(files):
+    rows = range(index, count, len(files))
+    with open(path, "a", encoding="utf-8") as f:
+      f.writelines(json.dumps({
+          "asin": f"Z{index}{i:09d}",
+          "title": f"Unreviewed Accessory Kit {i} with Carrying Case",
+          "brand": f"Brand {i % 997}", "price": f"${i % 90 + 9}.99",
+          "category": [config.categories[index].name, "Accessories"],
+          "main_cat": config.categories[index].name, "description": [],
+          "feature": []}) + "\n" for i in rows)
 
 
 def _run_measured(command: Sequence[str]) -> tuple[float, float, float]:
@@ -156,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="review lines to generate (default 1,000,000)")
   parser.add_argument("--workers", type=int, default=2,
                       help="Beam worker processes (default 2)")
+  parser.add_argument("--extra_meta_items", type=int, default=0,
+                      help=("meta rows of unreviewed items added when "
+                            "generating (default 0)"))
   parser.add_argument("--repeats", type=int, default=1,
                       help="alternating runs of each; best figure is kept")
   parser.add_argument("--data_dir", default=None,
@@ -168,9 +193,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.plain_loop:
     plain_loop(config_lib.load_config(args.config), args.plain_loop)
     return
-  if args.num_reviews < 1000 or args.workers < 1 or args.repeats < 1:
+  if (args.num_reviews < 1000 or args.workers < 1 or args.repeats < 1 or
+      args.extra_meta_items < 0):
     parser.error("--num_reviews must be >= 1000, --workers and --repeats "
-                 ">= 1")
+                 ">= 1, --extra_meta_items >= 0")
 
   with tempfile.TemporaryDirectory() as scratch:
     data_dir = args.data_dir or os.path.join(scratch, "data")
@@ -181,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> None:
       sample_data.generate(
           data_dir, seed=0, compress=False,
           num_users=math.ceil(args.num_reviews / _LINES_PER_USER))
+      add_unreviewed_meta(config_lib.load_config(config_path),
+                          args.extra_meta_items)
     config = config_lib.load_config(config_path)
     num_reviews = _count_lines(config)
     print(f"{num_reviews} review lines", file=sys.stderr)

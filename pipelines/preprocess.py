@@ -46,17 +46,17 @@ def build_pipeline(pipeline: beam.Pipeline, config: config_lib.Config,
                    review_tasks: Sequence[transforms.RangeTask],
                    meta_tasks: Sequence[transforms.RangeTask]) -> None:
   """Adds the whole job to `pipeline`."""
-  meta, meta_rejects, meta_counts = (
-      pipeline | "ReadMeta" >> transforms.ReadMeta(meta_tasks))
-  shard_files, item_ids, review_rejects, review_counts = (
+  meta_rows, meta_index, meta_rejects, meta_counts = (
+      pipeline | "ReadMeta" >> transforms.ReadMeta(meta_tasks, config))
+  shard_files, item_rows, review_rejects, review_counts = (
       pipeline | "BuildShards" >> transforms.BuildShards(
-          review_tasks, config, output_dir, meta))
+          review_tasks, config, output_dir, meta_rows, meta_index))
   summaries = ({
       "counts": (meta_counts, review_counts) | "Counts" >> beam.Flatten(),
-      "items": item_ids,
+      "items": item_rows,
       "rejects": (meta_rejects, review_rejects) | "Rejects" >> beam.Flatten(),
   } | "FinalizeCategories" >> transforms.FinalizeCategories(
-      config, output_dir, meta))
+      config, output_dir))
   _ = ((shard_files, summaries)
        | "WriteManifest" >> transforms.WriteManifest(config, output_dir))
 

@@ -59,14 +59,14 @@ def sampled(user_id: str, category: str, fraction: float, seed: int) -> bool:
   return int.from_bytes(digest, "big") / _HASH_SCALE < fraction
 
 
-def user_hash(user_id: str) -> int:
-  """A stable 32-bit hash of a user id for bucket and shard assignment."""
-  return zlib.crc32(user_id.encode("utf-8"))
+def id_hash(key: str) -> int:
+  """A stable 32-bit hash of a user or item id for shards and buckets."""
+  return zlib.crc32(key.encode("utf-8"))
 
 
 def shard_of(user_id: str, num_shards: int) -> int:
   """The output shard of a user: independent of runner and bundle order."""
-  return user_hash(user_id) % num_shards
+  return id_hash(user_id) % num_shards
 
 
 def dedup_consecutive(

@@ -5,7 +5,11 @@ call and leaves as one dict of user events per output shard; shards are
 grouped once, and each shard's files are written by the call that builds them,
 from records in user id order. No file's bytes depend on runner order, bundle
 split or worker count. Per category, one more grouping gathers the counts,
-item ids and rejects that the corpus, rejects and statistics files need.
+item rows and rejects that the corpus, rejects and statistics files need.
+
+Meta joins reviews by key, never as a whole-category side input: workers hold
+only a compact index of asins (`processing.AsinIndex`), one meta bucket while
+joining, and one shard's item rows while building it.
 """
 
 from __future__ import annotations
@@ -31,10 +35,10 @@ def _read_range(task: RangeTask) -> Iterable[tuple[int, bytes]]:
   return textio.read_lines(textio.FileRange(path, start, end))
 
 
-def _pack(users: processing.UserEvents) -> bytes:
-  """User events travel through the shuffle as one opaque pickle: the runner
-  then groups bytes instead of decoding and re-encoding every event."""
-  return pickle.dumps(users, protocol=pickle.HIGHEST_PROTOCOL)
+def _pack(value: dict) -> bytes:
+  """User events and meta rows travel through the shuffle as one opaque
+  pickle: the runner then groups bytes instead of coding every element."""
+  return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _category(config: config_lib.Config,
@@ -50,69 +54,80 @@ def _side_outputs(name: str, rejects: Sequence[processing.Reject],
   yield beam.pvalue.TaggedOutput("counts", (name, dict(counts)))
 
 
-class _MergeMeta(beam.CombineFn):
-  """Collapses repeated asin rows with the order-free `parse.prefer_meta`."""
-
-  def create_accumulator(self) -> dict:
-    return {}
-
-  def add_input(self, accumulator, items):
-    processing.add_meta_rows(accumulator, items)
-    return accumulator
-
-  def merge_accumulators(self, accumulators):
-    return processing.merge_meta(accumulators)
-
-  def extract_output(self, accumulator):
-    return accumulator
-
-
 class _ParseMetaFn(beam.DoFn):
+  """A meta range -> its rows per meta bucket, and the index of its asins."""
+
+  def __init__(self, config: config_lib.Config):
+    self._config = config
 
   def process(self, task: RangeTask):
     name = task[0]
     chunk = processing.parse_meta_lines(_read_range(task), task[1])
     logging.info("meta of %s: %d lines from %s[%d:%d]", name,
                  chunk.counts["meta_lines"], *task[1:])
-    yield name, chunk.items
+    num_buckets = _category(self._config, name).num_shards
+    for bucket, items in sorted(
+        processing.bucket_meta(chunk.items, num_buckets).items()):
+      yield (name, bucket), _pack(items)
+    yield beam.pvalue.TaggedOutput(
+        "asins", (name, processing.AsinIndex(chunk.items)))
     yield from _side_outputs(name, chunk.rejects, chunk.counts)
 
 
 class ReadMeta(beam.PTransform):
-  """Meta ranges -> (category, {asin: cleaned meta}); rejects; counts."""
+  """Meta ranges -> packed rows keyed by (category, meta bucket), not yet
+  collapsed; (category, AsinIndex); rejects; counts."""
 
-  def __init__(self, tasks: Sequence[RangeTask]):
+  def __init__(self, tasks: Sequence[RangeTask], config: config_lib.Config):
     super().__init__()
     self._tasks = list(tasks)
+    self._config = config
 
   def expand(self, pbegin):
     parsed = (pbegin
               | "Ranges" >> beam.Create(self._tasks)
-              | "Parse" >> beam.ParDo(_ParseMetaFn()).with_outputs(
-                  "rejects", "counts", main="items"))
-    items = parsed.items | "Collapse" >> beam.CombinePerKey(_MergeMeta())
-    item_counts = items | "CountItems" >> beam.MapTuple(
-        lambda name, meta: (name, {"meta_items": len(meta)}))
-    counts = ((parsed.counts, item_counts)
-              | "FlattenCounts" >> beam.Flatten())
-    return items, parsed.rejects, counts
+              | "Parse" >> beam.ParDo(_ParseMetaFn(self._config)).with_outputs(
+                  "asins", "rejects", "counts", main="rows"))
+    index = parsed.asins | "Index" >> beam.CombinePerKey(
+        processing.AsinIndex.union)
+    return parsed.rows, index, parsed.rejects, parsed.counts
 
 
 class _ParseReviewsFn(beam.DoFn):
+  """A review range -> packed user events per shard, and the asins each shard
+  wants from each meta bucket."""
 
   def __init__(self, config: config_lib.Config):
     self._config = config
 
-  def process(self, task: RangeTask, meta: dict[str, dict]):
+  def process(self, task: RangeTask, index: dict[str, processing.AsinIndex]):
     name = task[0]
+    category = _category(self._config, name)
     chunk = processing.parse_review_lines(
-        _read_range(task), task[1], _category(self._config, name),
-        self._config.sampling_seed, meta.get(name, {}))
+        _read_range(task), task[1], category, self._config.sampling_seed,
+        index.get(name, processing.AsinIndex()))
     logging.info("reviews of %s: %d lines from %s[%d:%d]", name,
                  chunk.counts["review_lines"], *task[1:])
     for shard, users in sorted(chunk.shards.items()):
       yield (name, shard), _pack(users)
+    for bucket, wanted in sorted(processing.wanted_asins(
+        chunk.shards, category.num_shards).items()):
+      yield beam.pvalue.TaggedOutput("wanted", ((name, bucket),
+                                                _pack(wanted)))
     yield from _side_outputs(name, chunk.rejects, chunk.counts)
+
+
+class _JoinMetaBucketFn(beam.DoFn):
+  """One meta bucket: collapses its rows and sends each shard its items'."""
+
+  def process(self, keyed):
+    (name, _), grouped = keyed
+    meta = processing.merge_meta(map(pickle.loads, grouped["rows"]))
+    yield beam.pvalue.TaggedOutput("counts",
+                                   (name, {"meta_items": len(meta)}))
+    for shard, rows in processing.meta_for_shards(
+        meta, map(pickle.loads, grouped["wanted"])).items():
+      yield (name, shard), _pack(rows)
 
 
 class _BuildShardFn(beam.DoFn):
@@ -121,57 +136,71 @@ class _BuildShardFn(beam.DoFn):
     self._config = config
     self._output_dir = output_dir
 
-  def process(self, keyed_parts, meta: dict[str, dict]):
-    (name, shard), parts = keyed_parts
+  def process(self, keyed):
+    (name, shard), grouped = keyed
     category = _category(self._config, name)
+    meta = {}
+    for rows in grouped["meta"]:
+      meta.update(pickle.loads(rows))
     result = processing.build_shard(
-        processing.merge_user_events(map(pickle.loads, parts)), category,
-        meta.get(name, {}))
+        processing.merge_user_events(map(pickle.loads, grouped["users"])),
+        category, meta)
     yield from outputs.write_shard(self._output_dir, category, shard,
                                    result.records)
     logging.info("%s shard %d: %d users", name, shard,
                  result.counts["users"])
-    yield beam.pvalue.TaggedOutput("items", (name, result.item_ids))
+    yield beam.pvalue.TaggedOutput("items", (name, _pack(
+        {asin: meta[asin] for asin in result.item_ids})))
     yield from _side_outputs(name, result.rejects, result.counts)
 
 
 class BuildShards(beam.PTransform):
-  """Review ranges -> every shard file of every split, written.
+  """Review ranges and meta -> every shard file of every split, written.
 
-  Returns ((category, split, file name, records) per file, item ids used per
-  shard, rejects, counts).
+  The join of reviews with meta (see `processing`): reviews of asins missing
+  from the index are rejected while parsing; each meta bucket then sends every
+  shard the rows of its users' items, and each shard is built from its users'
+  events and those rows. Returns ((category, split, file name, records) per
+  file, (category, packed meta rows of the items a shard's records use),
+  rejects, counts).
   """
 
   def __init__(self, tasks: Sequence[RangeTask], config: config_lib.Config,
-               output_dir: str, meta: beam.PCollection):
+               output_dir: str, meta_rows: beam.PCollection,
+               meta_index: beam.PCollection):
     super().__init__()
     self._tasks = list(tasks)
     self._config = config
     self._output_dir = output_dir
-    self._meta = meta
+    self._meta_rows = meta_rows
+    self._meta_index = meta_index
 
   def expand(self, pbegin):
-    meta_view = beam.pvalue.AsDict(self._meta)
     parsed = (pbegin
               | "Ranges" >> beam.Create(self._tasks)
-              | "Parse" >> beam.ParDo(_ParseReviewsFn(self._config),
-                                      meta=meta_view).with_outputs(
-                                          "rejects", "counts", main="users"))
+              | "Parse" >> beam.ParDo(
+                  _ParseReviewsFn(self._config),
+                  index=beam.pvalue.AsDict(self._meta_index)).with_outputs(
+                      "wanted", "rejects", "counts", main="users"))
+    joined = ({"rows": self._meta_rows, "wanted": parsed.wanted}
+              | "GroupMetaBuckets" >> beam.CoGroupByKey()
+              | "JoinMeta" >> beam.ParDo(_JoinMetaBucketFn()).with_outputs(
+                  "counts", main="rows"))
     # Every shard is built, and its files written, even when no user has it.
     every_shard = pbegin | "EveryShard" >> beam.Create(
         [((c.name, shard), _pack({})) for c in self._config.categories
          for shard in range(c.num_shards)])
-    built = ((parsed.users, every_shard)
-             | "FlattenUsers" >> beam.Flatten()
-             | "GroupShards" >> beam.GroupByKey()
-             | "Build" >> beam.ParDo(_BuildShardFn(self._config,
-                                                   self._output_dir),
-                                     meta=meta_view).with_outputs(
-                                         "items", "rejects", "counts",
-                                         main="files"))
+    users = ((parsed.users, every_shard)
+             | "FlattenUsers" >> beam.Flatten())
+    built = ({"users": users, "meta": joined.rows}
+             | "GroupShards" >> beam.CoGroupByKey()
+             | "Build" >> beam.ParDo(_BuildShardFn(
+                 self._config, self._output_dir)).with_outputs(
+                     "items", "rejects", "counts", main="files"))
     rejects = ((parsed.rejects, built.rejects)
                | "FlattenRejects" >> beam.Flatten())
-    counts = (parsed.counts, built.counts) | "FlattenCounts" >> beam.Flatten()
+    counts = ((parsed.counts, joined.counts, built.counts)
+              | "FlattenCounts" >> beam.Flatten())
     return built.files, built.items, rejects, counts
 
 
@@ -182,30 +211,31 @@ class _FinalizeCategoryFn(beam.DoFn):
     self._config = config
     self._output_dir = output_dir
 
-  def process(self, keyed, meta: dict[str, dict]):
+  def process(self, keyed):
     name, grouped = keyed
     counts = collections.Counter()
     for part in grouped["counts"]:
       counts.update(part)
+    items = {}
+    for rows in grouped["items"]:
+      items.update(pickle.loads(rows))
     yield name, outputs.write_category_files(
-        self._output_dir, _category(self._config, name),
-        set().union(*grouped["items"]),
+        self._output_dir, _category(self._config, name), items,
         [reject for part in grouped["rejects"] for reject in part], counts,
-        meta.get(name, {}))
+        items)
 
 
 class FinalizeCategories(beam.PTransform):
   """{"counts", "items", "rejects"} keyed by category -> files written.
 
+  "items" holds packed meta rows of the items the written records use.
   Returns (category, {"stats": ..., "rejects": count}).
   """
 
-  def __init__(self, config: config_lib.Config, output_dir: str,
-               meta: beam.PCollection):
+  def __init__(self, config: config_lib.Config, output_dir: str):
     super().__init__()
     self._config = config
     self._output_dir = output_dir
-    self._meta = meta
 
   def expand(self, inputs):
     # Categories left without users or rejects still get their files.
@@ -216,8 +246,7 @@ class FinalizeCategories(beam.PTransform):
     return (dict(inputs, counts=counts)
             | "Group" >> beam.CoGroupByKey()
             | "Write" >> beam.ParDo(
-                _FinalizeCategoryFn(self._config, self._output_dir),
-                meta=beam.pvalue.AsDict(self._meta)))
+                _FinalizeCategoryFn(self._config, self._output_dir)))
 
 
 class WriteManifest(beam.PTransform):

@@ -62,6 +62,52 @@ def test_merge_meta_is_independent_of_chunk_order():
       "B1": ("T", "C", None, None), "B2": ("X", "C", None, None)}
 
 
+def test_asin_index_matches_whole_asins_only():
+  index = processing.AsinIndex(["B12", "B3", "Ä7", "B3"])
+  assert len(index) == 3
+  queries = ["B12", "B1", "B123", "B3", "B", "Ä7", "A7", "", "C9"]
+  assert index.contains(queries).tolist() == [q in {"B12", "B3", "Ä7"}
+                                              for q in queries]
+  assert processing.AsinIndex().contains(["B1"]).tolist() == [False]
+  assert index.contains([]).tolist() == []
+
+
+def test_asin_index_union_is_order_free():
+  parts = [processing.AsinIndex(["B1", "B20"]), processing.AsinIndex([]),
+           processing.AsinIndex(["B20", "B300"])]
+  queries = ["B1", "B20", "B300", "B2", "B30"]
+  expected = [True, True, True, False, False]
+  for order in (parts, parts[::-1]):
+    union = processing.AsinIndex.union(order)
+    assert len(union) == 3
+    assert union.contains(queries).tolist() == expected
+
+
+def test_meta_join_gives_each_shard_exactly_its_items_rows():
+  """The keyed join equals looking every bought item up in the whole meta."""
+  meta = {f"B{i}": (f"Item {i}", "Games", None, None) for i in range(40)}
+  shards = {
+      0: {"U1": [(1, "B1", 5.0, b""), (2, "B7", 5.0, b"")], "U2": []},
+      2: {"U3": [(1, "B7", 5.0, b""), (2, "B39", 5.0, b""),
+                 (3, "B1", 5.0, b"")]},
+  }
+  num_buckets = 3
+  buckets = processing.bucket_meta(meta, num_buckets)
+  assert {asin for rows in buckets.values() for asin in rows} == set(meta)
+  wanted = processing.wanted_asins(shards, num_buckets)
+  joined = {}
+  for bucket, rows in buckets.items():
+    assert all(processing.meta_bucket(asin, num_buckets) == bucket
+               for asin in rows)
+    # Two parse ranges may ask a bucket for the same shard's items.
+    parts = [wanted.get(bucket, {}), wanted.get(bucket, {})]
+    for shard, shard_rows in processing.meta_for_shards(rows, parts).items():
+      assert not joined.get(shard, {}).keys() & shard_rows.keys()
+      joined.setdefault(shard, {}).update(shard_rows)
+  assert joined == {0: {a: meta[a] for a in ("B1", "B7")},
+                    2: {a: meta[a] for a in ("B1", "B7", "B39")}}
+
+
 def test_parse_review_lines_groups_by_shard_and_rejects():
   lines = _lines([
       _review("U1", "B1", 10),
@@ -73,7 +119,7 @@ def test_parse_review_lines_groups_by_shard_and_rejects():
   ])
   chunk = processing.parse_review_lines(
       lines, "reviews.json", _category(shards=4), sampling_seed=0,
-      known_asins={"B1", "B2"})
+      known_asins=processing.AsinIndex(["B1", "B2"]))
   users = processing.merge_user_events(chunk.shards.values())
   assert sorted(users) == ["U1", "U2"]
   assert [e[1] for e in users["U1"]] == ["B1", "B2"]
@@ -81,7 +127,7 @@ def test_parse_review_lines_groups_by_shard_and_rejects():
   for shard, shard_users in chunk.shards.items():
     for user in shard_users:
       assert sequences.shard_of(user, 4) == shard
-  assert [(r.source, r.offset, r.reason) for r in chunk.rejects] == [
+  assert sorted((r.source, r.offset, r.reason) for r in chunk.rejects) == [
       ("reviews.json", lines[2][0], "unknown_asin"),
       ("reviews.json", lines[3][0], "missing_reviewerID"),
       ("reviews.json", lines[5][0], "malformed_line")]
@@ -95,7 +141,8 @@ def test_unsampled_users_are_kept_as_ids_without_events():
   users = [f"U{i}" for i in range(200)]
   lines = _lines([_review(u, "B1", 1) for u in users])
   chunk = processing.parse_review_lines(
-      lines, "r", _category(fraction=0.3, shards=2), 3, {"B1"})
+      lines, "r", _category(fraction=0.3, shards=2), 3,
+      processing.AsinIndex(["B1"]))
   merged = processing.merge_user_events(chunk.shards.values())
   assert sorted(merged) == sorted(users)
   sampled = {u for u in users if sequences.sampled(u, "Games", 0.3, 3)}
