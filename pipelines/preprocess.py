@@ -48,12 +48,13 @@ def build_pipeline(pipeline: beam.Pipeline, config: config_lib.Config,
   """Adds the whole job to `pipeline`."""
   meta_rows, meta_index, meta_rejects, meta_counts = (
       pipeline | "ReadMeta" >> transforms.ReadMeta(meta_tasks, config))
-  shard_files, item_rows, review_rejects, review_counts = (
+  shard_files, item_ids, bought_rows, review_rejects, review_counts = (
       pipeline | "BuildShards" >> transforms.BuildShards(
           review_tasks, config, output_dir, meta_rows, meta_index))
   summaries = ({
       "counts": (meta_counts, review_counts) | "Counts" >> beam.Flatten(),
-      "items": item_rows,
+      "items": item_ids,
+      "bought": bought_rows,
       "rejects": (meta_rejects, review_rejects) | "Rejects" >> beam.Flatten(),
   } | "FinalizeCategories" >> transforms.FinalizeCategories(
       config, output_dir))

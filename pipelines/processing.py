@@ -239,13 +239,15 @@ def parse_review_lines(lines: Iterable[tuple[int, bytes]], source: str,
 def wanted_asins(shards: Mapping[int, UserEvents],
                  num_buckets: int) -> dict[int, dict[int, list[str]]]:
   """Meta bucket -> shard -> the sorted asins its users bought."""
-  wanted = collections.defaultdict(lambda: collections.defaultdict(set))
+  wanted = collections.defaultdict(dict)
   for shard, users in shards.items():
-    for events in users.values():
-      for event in events:
-        wanted[meta_bucket(event[1], num_buckets)][shard].add(event[1])
-  return {bucket: {shard: sorted(asins) for shard, asins in by_shard.items()}
-          for bucket, by_shard in wanted.items()}
+    by_bucket = collections.defaultdict(list)
+    for asin in sorted({event[1] for events in users.values()
+                        for event in events}):
+      by_bucket[meta_bucket(asin, num_buckets)].append(asin)
+    for bucket, asins in by_bucket.items():
+      wanted[bucket][shard] = asins
+  return dict(wanted)
 
 
 def meta_for_shards(meta: Mapping[str, parse.ItemMeta],

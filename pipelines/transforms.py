@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import logging
 import pickle
+import typing
 from typing import Iterable, Sequence
 
 import apache_beam as beam
@@ -118,16 +119,20 @@ class _ParseReviewsFn(beam.DoFn):
 
 
 class _JoinMetaBucketFn(beam.DoFn):
-  """One meta bucket: collapses its rows and sends each shard its items'."""
+  """One meta bucket: collapses its rows and sends each shard its items';
+  the rows of every item bought go on to the category's corpus."""
 
   def process(self, keyed):
     (name, _), grouped = keyed
     meta = processing.merge_meta(map(pickle.loads, grouped["rows"]))
     yield beam.pvalue.TaggedOutput("counts",
                                    (name, {"meta_items": len(meta)}))
+    bought = {}
     for shard, rows in processing.meta_for_shards(
         meta, map(pickle.loads, grouped["wanted"])).items():
       yield (name, shard), _pack(rows)
+      bought.update(rows)
+    yield beam.pvalue.TaggedOutput("bought", (name, _pack(bought)))
 
 
 class _BuildShardFn(beam.DoFn):
@@ -149,8 +154,7 @@ class _BuildShardFn(beam.DoFn):
                                    result.records)
     logging.info("%s shard %d: %d users", name, shard,
                  result.counts["users"])
-    yield beam.pvalue.TaggedOutput("items", (name, _pack(
-        {asin: meta[asin] for asin in result.item_ids})))
+    yield beam.pvalue.TaggedOutput("items", (name, result.item_ids))
     yield from _side_outputs(name, result.rejects, result.counts)
 
 
@@ -161,8 +165,8 @@ class BuildShards(beam.PTransform):
   from the index are rejected while parsing; each meta bucket then sends every
   shard the rows of its users' items, and each shard is built from its users'
   events and those rows. Returns ((category, split, file name, records) per
-  file, (category, packed meta rows of the items a shard's records use),
-  rejects, counts).
+  file, (category, ids of the items a shard's records use), (category, packed
+  meta rows of the items sampled users bought, per bucket), rejects, counts).
   """
 
   def __init__(self, tasks: Sequence[RangeTask], config: config_lib.Config,
@@ -185,14 +189,16 @@ class BuildShards(beam.PTransform):
     joined = ({"rows": self._meta_rows, "wanted": parsed.wanted}
               | "GroupMetaBuckets" >> beam.CoGroupByKey()
               | "JoinMeta" >> beam.ParDo(_JoinMetaBucketFn()).with_outputs(
-                  "counts", main="rows"))
+                  "bought", "counts", main="rows"))
     # Every shard is built, and its files written, even when no user has it.
+    # The grouping spreads them: no reshuffle (and stage) here.
     every_shard = pbegin | "EveryShard" >> beam.Create(
-        [((c.name, shard), _pack({})) for c in self._config.categories
-         for shard in range(c.num_shards)])
-    users = ((parsed.users, every_shard)
-             | "FlattenUsers" >> beam.Flatten())
-    built = ({"users": users, "meta": joined.rows}
+        [((c.name, shard), None) for c in self._config.categories
+         for shard in range(c.num_shards)],
+        reshuffle=False).with_output_types(typing.Any)
+    # One grouping of all three, so the events are flattened once.
+    built = ({"users": parsed.users, "meta": joined.rows,
+              "shard": every_shard}
              | "GroupShards" >> beam.CoGroupByKey()
              | "Build" >> beam.ParDo(_BuildShardFn(
                  self._config, self._output_dir)).with_outputs(
@@ -201,7 +207,7 @@ class BuildShards(beam.PTransform):
                | "FlattenRejects" >> beam.Flatten())
     counts = ((parsed.counts, joined.counts, built.counts)
               | "FlattenCounts" >> beam.Flatten())
-    return built.files, built.items, rejects, counts
+    return built.files, built.items, joined.bought, rejects, counts
 
 
 class _FinalizeCategoryFn(beam.DoFn):
@@ -216,20 +222,21 @@ class _FinalizeCategoryFn(beam.DoFn):
     counts = collections.Counter()
     for part in grouped["counts"]:
       counts.update(part)
-    items = {}
-    for rows in grouped["items"]:
-      items.update(pickle.loads(rows))
+    bought = {}
+    for rows in grouped["bought"]:
+      bought.update(pickle.loads(rows))
     yield name, outputs.write_category_files(
-        self._output_dir, _category(self._config, name), items,
+        self._output_dir, _category(self._config, name),
+        set().union(*grouped["items"]),
         [reject for part in grouped["rejects"] for reject in part], counts,
-        items)
+        bought)
 
 
 class FinalizeCategories(beam.PTransform):
-  """{"counts", "items", "rejects"} keyed by category -> files written.
+  """{"counts", "items", "bought", "rejects"} keyed by category -> files.
 
-  "items" holds packed meta rows of the items the written records use.
-  Returns (category, {"stats": ..., "rejects": count}).
+  "items" holds the ids of the items the written records use, "bought" packed
+  meta rows of (at least) those items. Returns (category, {"stats": ..., "rejects": count}).
   """
 
   def __init__(self, config: config_lib.Config, output_dir: str):
@@ -240,7 +247,7 @@ class FinalizeCategories(beam.PTransform):
   def expand(self, inputs):
     # Categories left without users or rejects still get their files.
     every_category = inputs["counts"].pipeline | "EveryCategory" >> beam.Create(
-        [(c.name, {}) for c in self._config.categories])
+        [(c.name, {}) for c in self._config.categories], reshuffle=False)
     counts = ((inputs["counts"], every_category)
               | "FlattenCounts" >> beam.Flatten())
     return (dict(inputs, counts=counts)
