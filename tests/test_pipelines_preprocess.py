@@ -3,9 +3,11 @@
 import gzip
 import json
 
+import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines import config as config_lib
 from pipelines import preprocess
 import pipelines_testdata
 from tasks import templates
@@ -187,3 +189,30 @@ def test_non_empty_output_dir_needs_overwrite(tmp_path, capsys):
                     "--overwrite"])
   assert "refusing to delete" in capsys.readouterr().err
   assert (tmp_path / "out" / "keep.txt").exists()
+
+
+def test_no_worker_is_given_the_whole_meta(tmp_path):
+  """Meta reaches the shards by key; the only side input of the review and
+  shard steps is the asin index, and the corpus step has none."""
+  config_path = _write_fixture(tmp_path / "data")
+  config = config_lib.load_config(str(config_path))
+  review_tasks, meta_tasks = preprocess.plan_tasks(config)
+  pipeline = beam.Pipeline()
+  preprocess.build_pipeline(pipeline, config, str(tmp_path / "out"),
+                            review_tasks, meta_tasks)
+  side_inputs = {}
+
+  class Visitor(beam.pipeline.PipelineVisitor):
+
+    def visit_transform(self, applied):
+      for side_input in getattr(applied.transform, "side_inputs", ()):
+        side_inputs.setdefault(applied.full_label, []).append(
+            side_input.pvalue.producer.full_label)
+
+  pipeline.visit(Visitor())
+  meta_steps = [(label, producer.split("/")[:2])
+                for label, producers in side_inputs.items()
+                for producer in producers
+                if not label.startswith("WriteManifest/")]
+  assert meta_steps == [("BuildShards/Parse/ParDo(_ParseReviewsFn)",
+                         ["ReadMeta", "Index"])]
