@@ -1,6 +1,6 @@
 """The per-element work of the preprocessing job, free of Beam.
 
-The job (paper section 4) runs in four steps, each a function here that the
+The job (paper section 4) runs in five steps, each a function here that the
 DoFns of `transforms.py` wrap (and that a plain single-process loop can call):
 
 1. `parse_meta_lines` / `merge_meta`: meta rows to one cleaned row per asin;
