@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import logging
 import pickle
-import typing
 from typing import Iterable, Sequence
 
 import apache_beam as beam
@@ -194,8 +193,7 @@ class BuildShards(beam.PTransform):
     # The grouping spreads them: no reshuffle (and stage) here.
     every_shard = pbegin | "EveryShard" >> beam.Create(
         [((c.name, shard), None) for c in self._config.categories
-         for shard in range(c.num_shards)],
-        reshuffle=False).with_output_types(typing.Any)
+         for shard in range(c.num_shards)], reshuffle=False)
     # One grouping of all three, so the events are flattened once.
     built = ({"users": parsed.users, "meta": joined.rows,
               "shard": every_shard}
