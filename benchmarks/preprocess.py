@@ -17,15 +17,17 @@ process:
 Both outputs must be byte-identical, or the benchmark fails. Prints one JSON
 line per figure of the Beam job, each with the plain loop's figure as
 baseline: reviews/s, wall seconds, CPU seconds (user + system of the process
-and its children) and peak resident memory (summed over the process and its
-children, sampled every 20 ms). With `--repeats`, each time figure is the
-best, and the memory figure the worst, of that many alternating runs.
+and its children), peak resident memory summed over the process and its
+children, and the peak of the largest single process (what one worker must
+fit; memory sampled every 20 ms). With `--repeats`, each time figure is the
+best, and each memory figure the worst, of that many alternating runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import filecmp
 import json
 import math
@@ -115,9 +117,17 @@ def add_unreviewed_meta(config: config_lib.Config, count: int) -> None:
           "feature": []}) + "\n" for i in rows)
 
 
-def _run_measured(command: Sequence[str]) -> tuple[float, float, float]:
-  """(wall s, CPU s, peak summed RSS MiB) of a command and its children."""
-  peak = 0
+@dataclasses.dataclass
+class _Measured:
+  wall_s: float
+  cpu_s: float
+  peak_total_mib: float  # Summed over the process and its children.
+  peak_process_mib: float  # The largest single process.
+
+
+def _run_measured(command: Sequence[str]) -> _Measured:
+  """Time, CPU and memory of a command and its children."""
+  peak_total = peak_process = 0
   with tempfile.TemporaryFile() as stderr:
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
@@ -125,14 +135,15 @@ def _run_measured(command: Sequence[str]) -> tuple[float, float, float]:
     done = threading.Event()
 
     def sample():
-      nonlocal peak
+      nonlocal peak_total, peak_process
       parent = psutil.Process(process.pid)
       while not done.is_set():
         try:
-          rss = parent.memory_info().rss + sum(
+          rss = [parent.memory_info().rss] + [
               child.memory_info().rss
-              for child in parent.children(recursive=True))
-          peak = max(peak, rss)
+              for child in parent.children(recursive=True)]
+          peak_total = max(peak_total, sum(rss))
+          peak_process = max(peak_process, *rss)
         except psutil.Error:
           pass
         time.sleep(0.02)
@@ -149,7 +160,8 @@ def _run_measured(command: Sequence[str]) -> tuple[float, float, float]:
       stderr.seek(0)
       sys.exit(f"{' '.join(command)} failed:\n"
                f"{stderr.read().decode()[-3000:]}")
-  return wall, usage.ru_utime + usage.ru_stime, peak / 2**20
+  return _Measured(wall, usage.ru_utime + usage.ru_stime,
+                   peak_total / 2**20, peak_process / 2**20)
 
 
 def _count_lines(config: config_lib.Config) -> int:
@@ -213,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     num_reviews = _count_lines(config)
     print(f"{num_reviews} review lines", file=sys.stderr)
 
-    best = {"beam": [math.inf] * 2 + [0.0], "plain": [math.inf] * 2 + [0.0]}
+    best = {name: _Measured(math.inf, math.inf, 0.0, 0.0)
+            for name in ("beam", "plain")}
     for repeat in range(args.repeats):
       beam_out = os.path.join(scratch, f"beam{repeat}")
       plain_out = os.path.join(scratch, f"plain{repeat}")
@@ -227,21 +240,29 @@ def main(argv: Sequence[str] | None = None) -> None:
               sys.executable, "-m", "benchmarks.preprocess",
               f"--config={config_path}", f"--plain_loop={plain_out}"]),
       }
-      for name, (wall, cpu, rss) in runs.items():
-        print(f"run {repeat} {name}: {wall:.1f} s wall, {cpu:.1f} s CPU, "
-              f"{rss:.0f} MiB", file=sys.stderr)
-        best[name] = [min(best[name][0], wall), min(best[name][1], cpu),
-                      max(best[name][2], rss)]
+      for name, run in runs.items():
+        print(f"run {repeat} {name}: {run.wall_s:.1f} s wall, "
+              f"{run.cpu_s:.1f} s CPU, {run.peak_total_mib:.0f} MiB "
+              f"(largest process {run.peak_process_mib:.0f} MiB)",
+              file=sys.stderr)
+        kept = best[name]
+        best[name] = _Measured(
+            min(kept.wall_s, run.wall_s), min(kept.cpu_s, run.cpu_s),
+            max(kept.peak_total_mib, run.peak_total_mib),
+            max(kept.peak_process_mib, run.peak_process_mib))
       _same_outputs(beam_out, plain_out)
       _same_outputs(plain_out, beam_out)
 
   prefix = f"preprocess_beam_{args.workers}workers"
   beam, plain = best["beam"], best["plain"]
-  figures.emit(f"{prefix}_reviews_per_s", num_reviews / beam[0], "reviews/s",
-               num_reviews / plain[0])
-  figures.emit(f"{prefix}_wall", beam[0], "s", plain[0])
-  figures.emit(f"{prefix}_cpu", beam[1], "s", plain[1])
-  figures.emit(f"{prefix}_peak_rss", beam[2], "MiB", plain[2])
+  figures.emit(f"{prefix}_reviews_per_s", num_reviews / beam.wall_s,
+               "reviews/s", num_reviews / plain.wall_s)
+  figures.emit(f"{prefix}_wall", beam.wall_s, "s", plain.wall_s)
+  figures.emit(f"{prefix}_cpu", beam.cpu_s, "s", plain.cpu_s)
+  figures.emit(f"{prefix}_peak_rss", beam.peak_total_mib, "MiB",
+               plain.peak_total_mib)
+  figures.emit(f"{prefix}_peak_rss_largest_process", beam.peak_process_mib,
+               "MiB", plain.peak_process_mib)
 
 
 if __name__ == "__main__":
