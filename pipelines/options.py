@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines import textio
 
 DEFAULT_RUNNER = "FnApiRunner"
+DEFAULT_LINES_PER_CALL = 250_000
 
 _EPILOG = """\
 Any other flag is a Beam pipeline option, e.g. --runner=FnApiRunner
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
       "--read_range_mb", type=_positive_int,
       default=textio.DEFAULT_RANGE_BYTES >> 20,
       help="plain input files are read in ranges of this size in MiB")
+  parser.add_argument(
+      "--lines_per_call", type=_positive_int, default=DEFAULT_LINES_PER_CALL,
+      help=("lines parsed before their results are handed on; bounds a "
+            "worker's memory on a gzip file, which is read as one range "
+            f"(default {DEFAULT_LINES_PER_CALL:,})"))
   return parser
 
 

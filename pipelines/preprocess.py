@@ -44,13 +44,17 @@ def plan_tasks(config: config_lib.Config, range_bytes: int = (
 def build_pipeline(pipeline: beam.Pipeline, config: config_lib.Config,
                    output_dir: str,
                    review_tasks: Sequence[transforms.RangeTask],
-                   meta_tasks: Sequence[transforms.RangeTask]) -> None:
+                   meta_tasks: Sequence[transforms.RangeTask],
+                   lines_per_call: int = options.DEFAULT_LINES_PER_CALL
+                   ) -> None:
   """Adds the whole job to `pipeline`."""
   meta_rows, meta_index, meta_rejects, meta_counts = (
-      pipeline | "ReadMeta" >> transforms.ReadMeta(meta_tasks, config))
+      pipeline | "ReadMeta" >> transforms.ReadMeta(meta_tasks, config,
+                                                   lines_per_call))
   shard_files, item_ids, bought_rows, review_rejects, review_counts = (
       pipeline | "BuildShards" >> transforms.BuildShards(
-          review_tasks, config, output_dir, meta_rows, meta_index))
+          review_tasks, config, lines_per_call, output_dir, meta_rows,
+          meta_index))
   summaries = ({
       "counts": (meta_counts, review_counts) | "Counts" >> beam.Flatten(),
       "items": item_ids,
@@ -101,7 +105,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
                args.output_dir)
   with beam.Pipeline(options=options.beam_options(beam_args)) as pipeline:
     build_pipeline(pipeline, config, args.output_dir, review_tasks,
-                   meta_tasks)
+                   meta_tasks, args.lines_per_call)
   stats = outputs.read_stats(args.output_dir, config)
   for name, category_stats in stats.items():
     if not category_stats["num_users"]:

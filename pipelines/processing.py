@@ -180,11 +180,13 @@ class ReviewChunk:
 _LOOKUP_BATCH = 4096
 
 
-def _batches(lines: Iterable[tuple[int, bytes]],
-             size: int) -> Iterator[list[tuple[int, bytes]]]:
+def parts(lines: Iterable[tuple[int, bytes]],
+          size: int) -> Iterator[Iterator[tuple[int, bytes]]]:
+  """Consecutive parts of at most `size` lines, streamed: each part must be
+  read to its end before the next is asked for."""
   iterator = iter(lines)
-  while batch := list(itertools.islice(iterator, size)):
-    yield batch
+  for first in iterator:
+    yield itertools.chain([first], itertools.islice(iterator, size - 1))
 
 
 def parse_review_lines(lines: Iterable[tuple[int, bytes]], source: str,
@@ -201,7 +203,7 @@ def parse_review_lines(lines: Iterable[tuple[int, bytes]], source: str,
     rejects.append(_line_reject(source, offset, reason, line))
 
   num_lines = 0
-  for batch in _batches(lines, _LOOKUP_BATCH):
+  for batch in map(list, parts(lines, _LOOKUP_BATCH)):
     num_lines += len(batch)
     parsed = []
     for offset, line in batch:

@@ -30,9 +30,13 @@ from pipelines import textio
 RangeTask = tuple[str, str, int, int]
 
 
-def _read_range(task: RangeTask) -> Iterable[tuple[int, bytes]]:
+def _range_parts(task: RangeTask, lines_per_call: int
+                 ) -> Iterable[tuple[int, Iterable[tuple[int, bytes]]]]:
+  """(part number, lines) of a range, streamed `lines_per_call` at a time: a
+  gzip file is one range, and its results leave part by part, not at once."""
   _, path, start, end = task
-  return textio.read_lines(textio.FileRange(path, start, end))
+  return enumerate(processing.parts(
+      textio.read_lines(textio.FileRange(path, start, end)), lines_per_call))
 
 
 def _pack(value: dict) -> bytes:
@@ -57,37 +61,43 @@ def _side_outputs(name: str, rejects: Sequence[processing.Reject],
 class _ParseMetaFn(beam.DoFn):
   """A meta range -> its rows per meta bucket, and the index of its asins."""
 
-  def __init__(self, config: config_lib.Config):
+  def __init__(self, config: config_lib.Config, lines_per_call: int):
     self._config = config
+    self._lines_per_call = lines_per_call
 
   def process(self, task: RangeTask):
     name = task[0]
-    chunk = processing.parse_meta_lines(_read_range(task), task[1])
-    logging.info("meta of %s: %d lines from %s[%d:%d]", name,
-                 chunk.counts["meta_lines"], *task[1:])
     num_buckets = _category(self._config, name).num_shards
-    for bucket, items in sorted(
-        processing.bucket_meta(chunk.items, num_buckets).items()):
-      yield (name, bucket), _pack(items)
-    yield beam.pvalue.TaggedOutput(
-        "asins", (name, processing.AsinIndex(chunk.items)))
-    yield from _side_outputs(name, chunk.rejects, chunk.counts)
+    for part, lines in _range_parts(task, self._lines_per_call):
+      chunk = processing.parse_meta_lines(lines, task[1])
+      logging.info("meta of %s: %d lines in part %d of %s[%d:%d]", name,
+                   chunk.counts["meta_lines"], part, *task[1:])
+      for bucket, items in sorted(
+          processing.bucket_meta(chunk.items, num_buckets).items()):
+        yield (name, bucket), _pack(items)
+      yield beam.pvalue.TaggedOutput(
+          "asins", (name, processing.AsinIndex(chunk.items)))
+      yield from _side_outputs(name, chunk.rejects, chunk.counts)
 
 
 class ReadMeta(beam.PTransform):
   """Meta ranges -> packed rows keyed by (category, meta bucket), not yet
   collapsed; (category, AsinIndex); rejects; counts."""
 
-  def __init__(self, tasks: Sequence[RangeTask], config: config_lib.Config):
+  def __init__(self, tasks: Sequence[RangeTask], config: config_lib.Config,
+               lines_per_call: int):
     super().__init__()
     self._tasks = list(tasks)
     self._config = config
+    self._lines_per_call = lines_per_call
 
   def expand(self, pbegin):
     parsed = (pbegin
               | "Ranges" >> beam.Create(self._tasks)
-              | "Parse" >> beam.ParDo(_ParseMetaFn(self._config)).with_outputs(
-                  "asins", "rejects", "counts", main="rows"))
+              | "Parse" >> beam.ParDo(
+                  _ParseMetaFn(self._config,
+                               self._lines_per_call)).with_outputs(
+                                   "asins", "rejects", "counts", main="rows"))
     index = parsed.asins | "Index" >> beam.CombinePerKey(
         processing.AsinIndex.union)
     return parsed.rows, index, parsed.rejects, parsed.counts
@@ -97,24 +107,26 @@ class _ParseReviewsFn(beam.DoFn):
   """A review range -> packed user events per shard, and the asins each shard
   wants from each meta bucket."""
 
-  def __init__(self, config: config_lib.Config):
+  def __init__(self, config: config_lib.Config, lines_per_call: int):
     self._config = config
+    self._lines_per_call = lines_per_call
 
   def process(self, task: RangeTask, index: dict[str, processing.AsinIndex]):
     name = task[0]
     category = _category(self._config, name)
-    chunk = processing.parse_review_lines(
-        _read_range(task), task[1], category, self._config.sampling_seed,
-        index.get(name, processing.AsinIndex()))
-    logging.info("reviews of %s: %d lines from %s[%d:%d]", name,
-                 chunk.counts["review_lines"], *task[1:])
-    for shard, users in sorted(chunk.shards.items()):
-      yield (name, shard), _pack(users)
-    for bucket, wanted in sorted(processing.wanted_asins(
-        chunk.shards, category.num_shards).items()):
-      yield beam.pvalue.TaggedOutput("wanted", ((name, bucket),
-                                                _pack(wanted)))
-    yield from _side_outputs(name, chunk.rejects, chunk.counts)
+    known_asins = index.get(name, processing.AsinIndex())
+    for part, lines in _range_parts(task, self._lines_per_call):
+      chunk = processing.parse_review_lines(
+          lines, task[1], category, self._config.sampling_seed, known_asins)
+      logging.info("reviews of %s: %d lines in part %d of %s[%d:%d]", name,
+                   chunk.counts["review_lines"], part, *task[1:])
+      for shard, users in sorted(chunk.shards.items()):
+        yield (name, shard), _pack(users)
+      for bucket, wanted in sorted(processing.wanted_asins(
+          chunk.shards, category.num_shards).items()):
+        yield beam.pvalue.TaggedOutput("wanted", ((name, bucket),
+                                                  _pack(wanted)))
+      yield from _side_outputs(name, chunk.rejects, chunk.counts)
 
 
 class _JoinMetaBucketFn(beam.DoFn):
@@ -169,11 +181,12 @@ class BuildShards(beam.PTransform):
   """
 
   def __init__(self, tasks: Sequence[RangeTask], config: config_lib.Config,
-               output_dir: str, meta_rows: beam.PCollection,
-               meta_index: beam.PCollection):
+               lines_per_call: int, output_dir: str,
+               meta_rows: beam.PCollection, meta_index: beam.PCollection):
     super().__init__()
     self._tasks = list(tasks)
     self._config = config
+    self._lines_per_call = lines_per_call
     self._output_dir = output_dir
     self._meta_rows = meta_rows
     self._meta_index = meta_index
@@ -182,7 +195,7 @@ class BuildShards(beam.PTransform):
     parsed = (pbegin
               | "Ranges" >> beam.Create(self._tasks)
               | "Parse" >> beam.ParDo(
-                  _ParseReviewsFn(self._config),
+                  _ParseReviewsFn(self._config, self._lines_per_call),
                   index=beam.pvalue.AsDict(self._meta_index)).with_outputs(
                       "wanted", "rejects", "counts", main="users"))
     joined = ({"rows": self._meta_rows, "wanted": parsed.wanted}

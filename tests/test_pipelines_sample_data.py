@@ -111,7 +111,9 @@ def test_next_item_follows_from_history_but_is_not_the_last_item(
   assert repeats / len(tests) < 0.06
 
 
-def test_output_is_byte_identical_across_workers_and_range_splits(sample):
+def test_output_is_byte_identical_across_workers_ranges_and_parts(sample):
+  """2 workers, ranges of 50 kB and calls of 40 lines write what 1 worker
+  with whole files and the default part size wrote."""
   folder, _ = sample
   config = config_lib.load_config(str(folder / "data" / "config.json"))
   review_tasks, meta_tasks = preprocess.plan_tasks(config, range_bytes=50_000)
@@ -121,7 +123,7 @@ def test_output_is_byte_identical_across_workers_and_range_splits(sample):
       ["--direct_num_workers=2",
        "--direct_running_mode=multi_processing"])) as pipeline:
     preprocess.build_pipeline(pipeline, config, str(output), review_tasks,
-                              meta_tasks)
+                              meta_tasks, lines_per_call=40)
   names = _files(folder / "out1")
   assert names == _files(output)
   assert any(name.suffix == ".tfrecord" for name in names)
