@@ -32,13 +32,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.ml.inference import base as inference
-from apache_beam.options import pipeline_options
 
 from evaluator import baselines
 from evaluator import files
 from evaluator import generation
 from evaluator import report
 from evaluator import transforms
+from pipelines import options as beam_flags
 
 MODELS = ("calrec", "lir")
 SPLITS = ("test", "validation")
@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m evaluator.evaluate", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog="Other flags go to Beam's PipelineOptions.")
+      epilog=("Other flags go to Beam's PipelineOptions; the runner is "
+              "FnApiRunner unless --runner says otherwise."))
   parser.add_argument("--data_dir", required=True,
                       help="Output folder of the preprocessing pipeline.")
   parser.add_argument("--category", required=True,
@@ -273,7 +274,7 @@ def run(argv: Sequence[str],
     load_generator = calrec_generator_loader(args)
   files.make_dirs(args.output_dir)
   files.delete(earlier_outputs(args.output_dir))
-  options = pipeline_options.PipelineOptions(flags=beam_argv)
+  options = beam_flags.beam_options(beam_argv)
   logging.info("Evaluating %s/%s (%s, %s retrieval) into %s", args.category,
                args.split, args.model, args.retrieval, args.output_dir)
   with beam.Pipeline(options=options) as root:
@@ -288,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   # force: an import-time warning may already have configured the root logger.
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                       force=True)
+  # Beam's own INFO lines (type hints, servers) bury the progress lines.
+  logging.getLogger("apache_beam").setLevel(logging.WARNING)
   summary = run(sys.argv[1:] if argv is None else argv)
   sys.stdout.write(report.table_2([(summary["model"], summary)]))
 

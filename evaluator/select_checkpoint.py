@@ -158,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   # force: an import-time warning may already have configured the root logger.
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                       force=True)
+  # Beam's own INFO lines (type hints, servers) bury the progress lines.
+  logging.getLogger("apache_beam").setLevel(logging.WARNING)
   args, passed_on = parse_args(sys.argv[1:] if argv is None else argv)
   selection = select(args, passed_on)
   lines = [f"| step | {args.metric} |", "|---|---|"]

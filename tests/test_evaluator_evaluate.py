@@ -2,6 +2,7 @@
 
 import glob
 import json
+import logging
 import math
 import os
 import shutil
@@ -114,13 +115,18 @@ def data_dir(tmp_path_factory):
 
 
 def _run(data_dir, output_dir, *flags, load_generator=None):
+  """Without --runner: the job must pick FnApiRunner itself."""
   return evaluate.run([f"--data_dir={data_dir}", f"--category={CATEGORY}",
                        "--split=test", f"--output_dir={output_dir}",
-                       "--runner=FnApiRunner", *flags], load_generator)
+                       *flags], load_generator)
 
 
-def test_lir_pipeline_writes_metrics_users_and_rejects(data_dir, tmp_path):
+def test_lir_pipeline_writes_metrics_users_and_rejects(data_dir, tmp_path,
+                                                       caplog):
+  caplog.set_level(logging.INFO)
   summary = _run(data_dir, tmp_path, "--model=lir")
+  # Beam's default DirectRunner would first try to download Prism.
+  assert not [r for r in caplog.records if "prism" in r.getMessage().lower()]
   assert summary["num_users"] == 4 and summary["num_rejected"] == 2
   assert summary["metrics"] == pytest.approx(_expected_means())
   assert json.loads((tmp_path / "metrics.json").read_text()) == summary
