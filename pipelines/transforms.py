@@ -30,6 +30,12 @@ from pipelines import textio
 RangeTask = tuple[str, str, int, int]
 
 
+def _describe(task: RangeTask) -> str:
+  """`path` for a whole file, `path[start:end]` for a byte range of one."""
+  _, path, start, end = task
+  return path if end < 0 else f"{path}[{start}:{end}]"
+
+
 def _range_parts(task: RangeTask, lines_per_call: int
                  ) -> Iterable[tuple[int, Iterable[tuple[int, bytes]]]]:
   """(part number, lines) of a range, streamed `lines_per_call` at a time: a
@@ -70,8 +76,8 @@ class _ParseMetaFn(beam.DoFn):
     num_buckets = _category(self._config, name).num_shards
     for part, lines in _range_parts(task, self._lines_per_call):
       chunk = processing.parse_meta_lines(lines, task[1])
-      logging.info("meta of %s: %d lines in part %d of %s[%d:%d]", name,
-                   chunk.counts["meta_lines"], part, *task[1:])
+      logging.info("meta of %s: %d lines in part %d of %s", name,
+                   chunk.counts["meta_lines"], part, _describe(task))
       for bucket, items in sorted(
           processing.bucket_meta(chunk.items, num_buckets).items()):
         yield (name, bucket), _pack(items)
@@ -118,8 +124,8 @@ class _ParseReviewsFn(beam.DoFn):
     for part, lines in _range_parts(task, self._lines_per_call):
       chunk = processing.parse_review_lines(
           lines, task[1], category, self._config.sampling_seed, known_asins)
-      logging.info("reviews of %s: %d lines in part %d of %s[%d:%d]", name,
-                   chunk.counts["review_lines"], part, *task[1:])
+      logging.info("reviews of %s: %d lines in part %d of %s", name,
+                   chunk.counts["review_lines"], part, _describe(task))
       for shard, users in sorted(chunk.shards.items()):
         yield (name, shard), _pack(users)
       for bucket, wanted in sorted(processing.wanted_asins(
