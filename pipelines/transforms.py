@@ -5,7 +5,8 @@ call and leaves as one dict of user events per output shard; shards are
 grouped once, and each shard's files are written by the call that builds them,
 from records in user id order. No file's bytes depend on runner order, bundle
 split or worker count. Per category, one more grouping gathers the counts,
-item rows and rejects that the corpus, rejects and statistics files need.
+item ids, meta rows of bought items and rejects that the corpus, rejects and
+statistics files need.
 
 Meta joins reviews by key, never as a whole-category side input: workers hold
 only a compact index of asins (`processing.AsinIndex`), one meta bucket while
@@ -253,7 +254,8 @@ class FinalizeCategories(beam.PTransform):
   """{"counts", "items", "bought", "rejects"} keyed by category -> files.
 
   "items" holds the ids of the items the written records use, "bought" packed
-  meta rows of (at least) those items. Returns (category, {"stats": ..., "rejects": count}).
+  meta rows of (at least) those items. Returns (category, {"stats": ...,
+  "rejects": count}).
   """
 
   def __init__(self, config: config_lib.Config, output_dir: str):
