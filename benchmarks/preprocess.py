@@ -67,6 +67,7 @@ def plain_loop(config: config_lib.Config, output_dir: str) -> None:
     rejects[name].extend(chunk.rejects)
   meta = {name: processing.merge_meta(parts)
           for name, parts in meta_parts.items()}
+  indexes = {name: processing.AsinIndex(items) for name, items in meta.items()}
   for name, items in meta.items():
     counts[name]["meta_items"] = len(items)
 
@@ -75,7 +76,7 @@ def plain_loop(config: config_lib.Config, output_dir: str) -> None:
     category = next(c for c in config.categories if c.name == name)
     chunk = processing.parse_review_lines(
         textio.read_lines(textio.FileRange(path, start, end)), path, category,
-        config.sampling_seed, processing.AsinIndex(meta.get(name, {})))
+        config.sampling_seed, indexes.get(name, processing.AsinIndex()))
     for shard, users in chunk.shards.items():
       shard_parts[(name, shard)].append(users)
     counts[name].update(chunk.counts)

@@ -147,15 +147,17 @@ def run(args: argparse.Namespace) -> None:
   tokens = {"calrec": args.batch_size * (length + args.targets_length),
             "nig_only": args.batch_size * length}
   prefix = f"train_step/{args.model}/{jax.devices()[0].platform}"
-  figures.emit(f"{prefix}/steps_per_second", 1 / seconds["calrec"], "steps/s",
-       1 / seconds["nig_only"])
-  figures.emit(f"{prefix}/tokens_per_second", tokens["calrec"] / seconds["calrec"],
-       "tokens/s", tokens["nig_only"] / seconds["nig_only"])
+  figures.emit(f"{prefix}/steps_per_second", 1 / seconds["calrec"],
+               "steps/s", 1 / seconds["nig_only"])
+  figures.emit(f"{prefix}/tokens_per_second",
+               tokens["calrec"] / seconds["calrec"], "tokens/s",
+               tokens["nig_only"] / seconds["nig_only"])
   peak = peak_flops(args.peak_tflops)
   if peak:
     used = model_flops_per_step(config, args.batch_size, length,
                                 args.targets_length, True) / seconds["calrec"]
-    figures.emit(f"{prefix}/model_flops_utilisation", 100 * used / peak, "%", 40.0)
+    figures.emit(f"{prefix}/model_flops_utilisation", 100 * used / peak, "%",
+                 40.0)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

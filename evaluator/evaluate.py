@@ -286,11 +286,7 @@ def run(argv: Sequence[str],
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  # force: an import-time warning may already have configured the root logger.
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                      force=True)
-  # Beam's own INFO lines (type hints, servers) bury the progress lines.
-  logging.getLogger("apache_beam").setLevel(logging.WARNING)
+  beam_flags.configure_logging()
   summary = run(sys.argv[1:] if argv is None else argv)
   sys.stdout.write(report.table_2([(summary["model"], summary)]))
 

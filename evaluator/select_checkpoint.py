@@ -33,6 +33,7 @@ from evaluator import files
 from evaluator import generation
 from evaluator import metrics
 from evaluator import report
+from pipelines import options as beam_flags
 from trainer import checkpoints
 
 SELECTION_FILE = "selection.json"
@@ -153,13 +154,8 @@ def select(args: argparse.Namespace, passed_on: Sequence[str],
   return selection
 
 
-
 def main(argv: Sequence[str] | None = None) -> None:
-  # force: an import-time warning may already have configured the root logger.
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                      force=True)
-  # Beam's own INFO lines (type hints, servers) bury the progress lines.
-  logging.getLogger("apache_beam").setLevel(logging.WARNING)
+  beam_flags.configure_logging()
   args, passed_on = parse_args(sys.argv[1:] if argv is None else argv)
   selection = select(args, passed_on)
   lines = [f"| step | {args.metric} |", "|---|---|"]

@@ -8,6 +8,7 @@ runs on FnApiRunner: Beam's DirectRunner would first try to download Prism.
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -71,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
             "worker's memory on a gzip file, which is read as one range "
             f"(default {DEFAULT_LINES_PER_CALL:,})"))
   return parser
+
+
+def configure_logging() -> None:
+  """INFO progress lines with times; Beam's own INFO lines (type hints,
+  servers) hidden, since they bury them."""
+  # force: an import-time warning may already have configured the root logger.
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                      force=True)
+  logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
 
 def beam_options(beam_args: Sequence[str]) -> PipelineOptions:

@@ -119,9 +119,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                      force=True)
-  logging.getLogger("apache_beam").setLevel(logging.WARNING)
+  options.configure_logging()
   stats = run(sys.argv[1:] if argv is None else argv)
   print(stats_lib.format_table(stats))
 

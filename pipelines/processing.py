@@ -101,15 +101,9 @@ def merge_meta(chunks: Iterable[Mapping[str, parse.ItemMeta]]
   """One row per asin over all ranges, independent of their order."""
   merged: dict[str, parse.ItemMeta] = {}
   for items in chunks:
-    add_meta_rows(merged, items)
+    for asin, meta in items.items():
+      _add_meta(merged, asin, meta)
   return merged
-
-
-def add_meta_rows(into: dict[str, parse.ItemMeta],
-                  items: Mapping[str, parse.ItemMeta]) -> None:
-  """Adds rows to `into` in place, collapsing repeated asins."""
-  for asin, meta in items.items():
-    _add_meta(into, asin, meta)
 
 
 def meta_bucket(asin: str, num_buckets: int) -> int:

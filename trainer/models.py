@@ -122,20 +122,19 @@ class CALRecModel:
     item_rng = joint_rng = None
     if dropout_rng is not None:
       joint_rng, item_rng = jax.random.split(dropout_rng)
-    positions = losses.loss_positions(batch["decoder_loss_weights"],
-                                      batch["item_input_tokens"].shape[1])
-
-    def at_targets(feature):
-      return jnp.take_along_axis(batch[feature], positions, axis=1)
-
+    positions = None
+    if with_nig:
+      positions = losses.loss_positions(batch["decoder_loss_weights"],
+                                        batch["item_input_tokens"].shape[1])
     logits, hidden, _ = self._forward(
         params, batch["decoder_input_tokens"], dropout_rng=joint_rng,
         compute_logits=with_nig, logits_at=positions)
     nig_total = jnp.float32(0.0)
     if with_nig:
       nig_total = losses.negative_log_likelihood(
-          logits, at_targets("decoder_target_tokens"),
-          at_targets("decoder_loss_weights"))
+          logits,
+          jnp.take_along_axis(batch["decoder_target_tokens"], positions, 1),
+          jnp.take_along_axis(batch["decoder_loss_weights"], positions, 1))
     vectors = None
     if self.uses_item_tower:
       _, item_hidden, _ = self._forward(params, batch["item_input_tokens"],
