@@ -23,6 +23,7 @@ import numpy as np
 
 from benchmarks import figures
 from benchmarks import train_step
+from pipelines import options as flags
 from trainer import models
 
 
@@ -96,18 +97,14 @@ def run(args: argparse.Namespace) -> None:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", choices=train_step.MODELS, default="tiny")
-  parser.add_argument("--num_prompts", type=int, default=4)
-  parser.add_argument("--num_decodes", type=int, default=8)
-  parser.add_argument("--prompt_length", type=int, default=256,
+  parser.add_argument("--num_prompts", type=flags.positive_int, default=4)
+  parser.add_argument("--num_decodes", type=flags.positive_int, default=8)
+  parser.add_argument("--prompt_length", type=flags.positive_int, default=256,
                       help="Prompt tokens (all prompts full length).")
-  parser.add_argument("--max_decode_length", type=int, default=64)
+  parser.add_argument("--max_decode_length", type=flags.positive_int, default=64)
   parser.add_argument("--temperature", type=float, default=0.5)
-  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--rounds", type=flags.positive_int, default=3)
   args = parser.parse_args(argv)
-  for name in ("num_prompts", "num_decodes", "prompt_length",
-               "max_decode_length", "rounds"):
-    if getattr(args, name) < 1:
-      parser.error(f"--{name} must be >= 1.")
   if args.temperature <= 0:
     parser.error("--temperature must be > 0.")
   return args

@@ -23,6 +23,7 @@ import seqio
 import tensorflow as tf
 
 from benchmarks import figures
+from pipelines import options as flags
 from pipelines import preprocess
 from pipelines import sample_data
 
@@ -81,15 +82,12 @@ def _python_rate(records: list, vocabulary: seqio.Vocabulary,
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline",
                                    description=__doc__.splitlines()[0])
-  parser.add_argument("--num_batches", type=int, default=200,
+  parser.add_argument("--num_batches", type=flags.positive_int, default=200,
                       help="timed batches of 64")
-  parser.add_argument("--num_users", type=int, default=4000,
+  parser.add_argument("--num_users", type=flags.positive_int, default=4000,
                       help="users of the generated sample")
   parser.add_argument("--vocab_size", type=int, default=4000)
   args = parser.parse_args(argv)
-  for name in ("num_batches", "num_users"):
-    if getattr(args, name) < 1:
-      parser.error(f"--{name} must be positive.")
   with tempfile.TemporaryDirectory() as tmp:
     print("Generating and preprocessing the sample...", file=sys.stderr)
     data_dir = _prepare_sample(tmp, args.num_users)

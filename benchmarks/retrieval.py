@@ -34,6 +34,7 @@ from evaluator import data
 from evaluator import lucene
 from evaluator import retrieval
 from evaluator import transforms
+from pipelines import options as flags
 from tasks import templates
 
 TEXTS_PER_USER = 10
@@ -116,14 +117,11 @@ def measure_pyserini(corpus, queries, index_dir) -> tuple[float, float]:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawTextHelpFormatter)
-  parser.add_argument("--num_items", type=int, default=20000)
-  parser.add_argument("--num_users", type=int, default=2000)
-  parser.add_argument("--num_baseline_queries", type=int, default=20)
+  parser.add_argument("--num_items", type=flags.positive_int, default=20000)
+  parser.add_argument("--num_users", type=flags.positive_int, default=2000)
+  parser.add_argument("--num_baseline_queries", type=flags.positive_int, default=20)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
-  if min(args.num_items, args.num_users, args.num_baseline_queries) < 1:
-    parser.error("--num_items, --num_users and --num_baseline_queries must be "
-                 "positive.")
 
   if hasattr(os, "sched_setaffinity"):  # One core, the JVM's threads included.
     os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})

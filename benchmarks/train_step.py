@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from benchmarks import figures
+from pipelines import options as flags
 from trainer import models
 from trainer import network
 from trainer import partitioning
@@ -163,12 +164,12 @@ def run(args: argparse.Namespace) -> None:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", choices=MODELS, default="tiny")
-  parser.add_argument("--batch_size", type=int, default=16)
-  parser.add_argument("--inputs_length", type=int, default=256)
-  parser.add_argument("--targets_length", type=int, default=64)
-  parser.add_argument("--steps", type=int, default=3,
+  parser.add_argument("--batch_size", type=flags.positive_int, default=16)
+  parser.add_argument("--inputs_length", type=flags.positive_int, default=256)
+  parser.add_argument("--targets_length", type=flags.positive_int, default=64)
+  parser.add_argument("--steps", type=flags.positive_int, default=3,
                       help="Timed steps per variant and round.")
-  parser.add_argument("--rounds", type=int, default=3,
+  parser.add_argument("--rounds", type=flags.positive_int, default=3,
                       help="Rounds; the best round counts.")
   parser.add_argument("--dtype", choices=["float32", "bfloat16"],
                       help="Activation dtype (default: the model's).")
@@ -176,17 +177,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="jax.nn.dot_product_attention implementation.")
   parser.add_argument("--num_partitions", type=int, default=1,
                       help="Devices on the 'model' mesh axis.")
-  parser.add_argument("--num_microbatches", type=int, default=1,
+  parser.add_argument("--num_microbatches", type=flags.positive_int, default=1,
                       help="Gradient over this many microbatches (MFU counts "
                       "the model FLOPs of the batch, not the extra pass).")
   parser.add_argument("--peak_tflops", type=float,
                       help="Peak TFLOP/s per device for MFU (default: known "
                       "GPUs only).")
   args = parser.parse_args(argv)
-  for name in ("batch_size", "inputs_length", "targets_length", "steps",
-               "rounds", "num_microbatches"):
-    if getattr(args, name) < 1:
-      parser.error(f"--{name} must be >= 1.")
   return args
 
 

@@ -79,24 +79,24 @@ def _parser() -> argparse.ArgumentParser:
                       help="fast: vectorized scorer equal to Lucene; lucene: "
                       "Lucene's searcher, one query at a time (default: "
                       "%(default)s).")
-  parser.add_argument("--num_generations", type=int,
+  parser.add_argument("--num_generations", type=beam_flags.positive_int,
                       default=generation.NUM_GENERATIONS,
                       help="N_gen samples per user (default: %(default)s).")
   parser.add_argument("--temperature", type=float,
                       default=generation.TEMPERATURE,
                       help="Sampling temperature (default: %(default)s).")
-  parser.add_argument("--max_decode_length", type=int,
+  parser.add_argument("--max_decode_length", type=beam_flags.positive_int,
                       default=generation.MAX_DECODE_LENGTH,
                       help="New tokens per sample at most (default: "
                       "%(default)s).")
-  parser.add_argument("--num_preds", type=int, default=10,
+  parser.add_argument("--num_preds", type=beam_flags.positive_int, default=10,
                       help="N_preds unique samples kept (default: %(default)s).")
   parser.add_argument("--epsilon", type=float, default=1 / 5000,
                       help="Log-prob modulation epsilon (default: %(default)s).")
   parser.add_argument("--seed", type=int, default=0,
                       help="Run seed; each user's sampling seed derives from "
                       "it and the user id (default: %(default)s).")
-  parser.add_argument("--batch_size", type=int, default=32,
+  parser.add_argument("--batch_size", type=beam_flags.positive_int, default=32,
                       help="Users per generation batch (default: %(default)s).")
   parser.add_argument("--recommendations_k", type=int, default=0,
                       help="Also write the top K items per user (default: "
@@ -130,10 +130,6 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                  f"{args.category} an evaluated category?")
   if args.model == "calrec" and not args.model_dir:
     parser.error("--model=calrec needs --model_dir (or use --model=lir).")
-  for name in ("num_generations", "max_decode_length", "num_preds",
-               "batch_size"):
-    if getattr(args, name) < 1:
-      parser.error(f"--{name} must be positive.")
   if args.temperature < 0 or args.epsilon < 0:
     parser.error("--temperature and --epsilon must be >= 0.")
   if args.recommendations_k < 0:

@@ -48,6 +48,7 @@ from typing import Sequence
 from experiments import commands
 from experiments import stages
 from experiments.layout import RunLayout
+from pipelines import options as flags
 from tasks import names
 
 
@@ -61,26 +62,22 @@ def parse_args(argv: Sequence[str] | None, prog: str = "experiments.sample_run",
                       help="folder for every artifact (default %(default)s)")
   parser.add_argument("--seed", type=int, default=0,
                       help="seed of the sample, training and sampling")
-  parser.add_argument("--num_users", type=int, default=4000,
+  parser.add_argument("--num_users", type=flags.positive_int, default=4000,
                       help="users of the generated sample over all categories")
   parser.add_argument("--category", default="Games",
                       help="eval category for Stage II and the test metrics")
-  parser.add_argument("--vocab_size", type=int, default=1000,
+  parser.add_argument("--vocab_size", type=flags.positive_int, default=1000,
                       help="SentencePiece pieces")
-  parser.add_argument("--stage1_steps", type=int, default=400)
-  parser.add_argument("--stage2_steps", type=int, default=200)
-  parser.add_argument("--num_generations", type=int, default=16,
+  parser.add_argument("--stage1_steps", type=flags.positive_int, default=400)
+  parser.add_argument("--stage2_steps", type=flags.positive_int, default=200)
+  parser.add_argument("--num_generations", type=flags.positive_int, default=16,
                       help="N_gen samples per test user (paper: 32; 16 keeps "
                       "the sample run short on 2 CPU cores)")
-  parser.add_argument("--max_decode_length", type=int, default=80,
+  parser.add_argument("--max_decode_length", type=flags.positive_int, default=80,
                       help="new tokens per sample at most (paper: 80)")
   parser.add_argument("--force", action="store_true",
                       help="delete --output_dir first and rerun every step")
   args = parser.parse_args(argv)
-  for name in ("num_users", "vocab_size", "stage1_steps", "stage2_steps",
-               "num_generations", "max_decode_length"):
-    if getattr(args, name) < 1:
-      parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
   return args
 
 

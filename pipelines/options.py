@@ -33,7 +33,8 @@ manifest.json, written last.
 """
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+  """argparse type: an integer >= 1."""
   value = int(text)
   if value < 1:
     raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
@@ -63,11 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
       "--overwrite", action="store_true",
       help="replace the output of an earlier run in --output_dir")
   parser.add_argument(
-      "--read_range_mb", type=_positive_int,
+      "--read_range_mb", type=positive_int,
       default=textio.DEFAULT_RANGE_BYTES >> 20,
       help="plain input files are read in ranges of this size in MiB")
   parser.add_argument(
-      "--lines_per_call", type=_positive_int, default=DEFAULT_LINES_PER_CALL,
+      "--lines_per_call", type=positive_int, default=DEFAULT_LINES_PER_CALL,
       help=("lines parsed before their results are handed on; bounds a "
             "worker's memory on a gzip file, which is read as one range "
             f"(default {DEFAULT_LINES_PER_CALL:,})"))
