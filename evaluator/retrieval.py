@@ -67,43 +67,42 @@ def select_predictions(samples: Sequence[tuple[str, float]],
 
 
 def min_max_scale(scores: np.ndarray,
-                  multipliers: np.ndarray | None = None,
-                  in_place: bool = False) -> np.ndarray:
-  """Scales each row to [0, 1], then times its multiplier (float32).
+                  multipliers: np.ndarray | None = None) -> np.ndarray:
+  """Scales each row to [0, 1], then times its multiplier (float64).
 
   A constant row (an empty text, or one whose terms no corpus item holds)
   ranks nothing above anything else, so it becomes all 0 and contributes
-  nothing to the pool. Equal inputs give equal outputs, so ties survive;
-  scores are float32 like Lucene's. `in_place` reuses a float32 `scores`.
+  nothing to the pool. Equal inputs give equal outputs, so ties survive.
+  The arithmetic is float64: in float32, log-probs a few 1e-4 apart get the
+  same exp(epsilon * logprob) and nearby distinct scores can round together,
+  which would add ties that neither the texts nor BM25 made.
   """
-  scores = np.asarray(scores, np.float32)
-  low = scores.min(axis=1)
-  spread = scores.max(axis=1) - low
-  scaled = scores if in_place else scores.copy()
+  scaled = np.array(scores, np.float64)
+  low = scaled.min(axis=1)
+  spread = scaled.max(axis=1) - low
   scaled -= low[:, None]
   # The best item of a row scales to exactly 1; constant rows stay 0.
-  scaled /= np.where(spread > 0, spread, np.float32(1))[:, None]
+  scaled /= np.where(spread > 0, spread, 1.0)[:, None]
   if multipliers is not None:
-    scaled *= np.asarray(multipliers, np.float32)[:, None]
+    scaled *= np.asarray(multipliers, np.float64)[:, None]
   return scaled
 
 
 def fuse(match_scores: np.ndarray, logprobs: Sequence[float],
-         epsilon: float = EPSILON, in_place: bool = False) -> np.ndarray:
+         epsilon: float = EPSILON) -> np.ndarray:
   """Candidate scores [num_docs] from [num_texts, num_docs] match scores.
 
   Algorithm 1, lines 12-19: scale each row, modulate it by
   exp(epsilon * logprob), max-pool over rows. No rows gives all zeros.
-  `in_place` lets a float32 `match_scores` hold the intermediate values.
   """
   match_scores = np.asarray(match_scores)
   if match_scores.ndim != 2 or match_scores.shape[0] != len(logprobs):
     raise ValueError(f"Expected [{len(logprobs)}, num_docs] match scores, got "
                      f"{match_scores.shape}.")
   if match_scores.shape[0] == 0:
-    return np.zeros(match_scores.shape[1], np.float32)
+    return np.zeros(match_scores.shape[1], np.float64)
   modulation = np.exp(epsilon * np.asarray(logprobs, np.float64))
-  return min_max_scale(match_scores, modulation, in_place).max(axis=0)
+  return min_max_scale(match_scores, modulation).max(axis=0)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -97,7 +97,7 @@ def evaluate_users(batch: Sequence[tuple[data.UserExample, generation.Samples]],
   for (user, samples, target_row, predictions), match_scores in zip(
       kept, scorer.score_groups(groups)):
     fused = retrieval_lib.fuse(match_scores, predictions.logprobs,
-                               options.epsilon, in_place=True)
+                               options.epsilon)
     ranks = metrics.target_ranks(fused, target_row)
     top = retrieval_lib.top_k(fused, max(TOP_ITEMS, options.recommendations_k))
     counts = matcher.count([text for text, _ in samples])

@@ -56,12 +56,24 @@ def test_round_robin_top_item_of_each_prediction_first_in_logprob_order():
   assert kept.texts == tuple(f"text {i}" for i in range(num_texts))
   match_scores = np.stack([vectors[text] for text in kept.texts])
 
-  # Epsilon near 0; float32 still separates exp(-1e-5 * i) for i = 0..5.
+  # Epsilon near 0 still separates exp(-1e-5 * i) for i = 0..5.
   fused = retrieval.fuse(match_scores, kept.logprobs, epsilon=1e-5)
   assert list(retrieval.top_k(fused, num_texts)) == list(best_items)
   # Without modulation every prediction's best item ties at 1.
   unmodulated = retrieval.fuse(match_scores, kept.logprobs, epsilon=0.0)
   assert np.count_nonzero(unmodulated == unmodulated.max()) == num_texts
+
+
+def test_fuse_separates_close_logprobs_and_close_scores():
+  # exp(-1.0 / 5000) and exp(-1.0001 / 5000) differ by 2e-8 (relative): they
+  # round to the same float32, which would tie the two texts' best items.
+  match_scores = np.array([[0.0, 7.0, 1.0], [0.0, 1.0, 7.0]])
+  fused = retrieval.fuse(match_scores, [-1.0, -1.0001], epsilon=1 / 5000)
+  assert metrics.target_ranks(fused, 1) == metrics.TargetRanks(1, 1)
+  assert metrics.target_ranks(fused, 2) == metrics.TargetRanks(2, 2)
+  # Distinct BM25 scores 1e-9 apart relative to the spread stay distinct.
+  scaled = retrieval.min_max_scale(np.array([[0.0, 1e6, 1e6 - 1e-3]]))
+  assert scaled[0, 1] > scaled[0, 2]
 
 
 def test_fuse_without_texts_or_with_empty_texts_gives_zeros_not_nans():
