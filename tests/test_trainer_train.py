@@ -186,7 +186,8 @@ def test_stage2_starts_from_stage1_parameters(straight_run, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-  with pytest.raises(train_loop.NonFiniteLossError, match="Non-finite loss"):
+  with pytest.raises(train_loop.NonFiniteLossError,
+                     match=r"Non-finite loss.*last good checkpoint is step \d+"):
     _train(tmp_path, train_steps=30, learning_rate=1e30, checkpoint_period=1,
            optimizer=train_lib.create_optimizer(1e30,
                                                 clip_gradient_norm=None))
@@ -199,6 +200,91 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
           _model().get_initial_variables(jax.random.PRNGKey(0),
                                          {"decoder_input_tokens": (1, 4)}))))
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(trainer_params))
+
+
+def _summaries(directory: pathlib.Path) -> dict[str, dict[int, float]]:
+  """{tag: {step: value}} of the TensorBoard event files in `directory`."""
+  values = {}
+  for path in directory.glob("events.out.tfevents.*"):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        values.setdefault(value.tag, {})[event.step] = float(
+            tf.make_ndarray(value.tensor))
+  return values
+
+
+def test_summaries_log_each_loss_term_and_real_tokens_per_step(straight_run):
+  model_dir, _ = straight_run
+  train_values = _summaries(model_dir / "train")
+  for tag in ("loss", "nig_loss", "tt_loss", "ut_loss", "gradient_norm",
+              "steps_per_second", "tokens_per_second"):
+    assert sorted(train_values[tag]) == [3, 6], tag
+  # input_tokens: the mean non-padding tokens of the window's batches.
+  batches = _training_batches()
+  for step in (3, 6):
+    window = [next(batches) for _ in range(3)]
+    expected = np.mean([np.count_nonzero(b["decoder_target_tokens"]) +
+                        np.count_nonzero(b["item_input_tokens"])
+                        for b in window])
+    assert train_values["input_tokens"][step] == pytest.approx(expected)
+  assert expected < 4 * sum(LENGTHS.values())  # Padding is not counted.
+  validation_values = _summaries(model_dir / "validation")
+  for tag in ("loss", "nig_loss", "tt_loss", "ut_loss", "target_tokens",
+              "contrastive_examples"):
+    assert sorted(validation_values[f"validation/{tag}"]) == [3, 6], tag
+  assert validation_values["validation/contrastive_examples"][6] == 4
+
+
+def test_split_metrics_weigh_batches_by_tokens_and_examples():
+  model = _model(alpha=0.125, beta=-0.025)
+  full = {"nig_loss": 1.0, "tt_loss": 2.0, "ut_loss": 3.0,
+          "target_tokens": 10.0, "contrastive_examples": 4.0}
+  padded = {"nig_loss": 4.0, "tt_loss": 1.0, "ut_loss": 0.5,
+            "target_tokens": 2.0, "contrastive_examples": 1.0}
+  metrics = train_loop._split_metrics(model, [full, padded])  # pylint: disable=protected-access
+  nig = (10 * 1.0 + 2 * 4.0) / 12
+  tt = (4 * 2.0 + 1 * 1.0) / 5
+  ut = (4 * 3.0 + 1 * 0.5) / 5
+  assert metrics == pytest.approx({
+      "loss": 0.9 * nig + 0.125 * tt - 0.025 * ut, "nig_loss": nig,
+      "tt_loss": tt, "ut_loss": ut, "target_tokens": 12.0,
+      "contrastive_examples": 5.0})
+
+
+def test_keep_period_keeps_every_nth_checkpoint(tmp_path):
+  _train(tmp_path, train_steps=6, checkpoint_period=1, keep_checkpoints=1,
+         keep_period=2, validation_batches=0)
+  assert checkpoints.CheckpointManager(tmp_path).all_steps() == [2, 4, 6]
+
+
+def test_a_non_finite_validation_metric_never_ranks_best(tmp_path):
+  manager = checkpoints.CheckpointManager(tmp_path, keep=1,
+                                          best_metric="validation/loss")
+  for step, loss in ((1, 2.0), (2, float("nan")), (3, 3.0)):
+    manager.save(train_lib.TrainState(
+        step=np.int32(step), params={"w": np.ones(2, np.float32)},
+        opt_state={"m": np.zeros(2, np.float32)}), {"validation/loss": loss})
+  assert manager.best_step() == 1
+  assert manager.all_steps() == [1, 3]
+  manager.close()
+
+
+def test_cli_reports_configuration_errors_without_a_traceback(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "trainer.train",
+       "--gin_file=trainer/configs/runs/tiny_stage1.gin",
+       f"--gin.MODEL_DIR='{tmp_path}'", "--gin.TRAIN_STEPS=-1",
+       "--gin.DATA_DIR='unused'", "--gin.VOCABULARY='unused'"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert "ValueError: train_steps must be >= 0, got -1." in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_unknown_task_names_the_registered_ones(tmp_path):
+  with pytest.raises(ValueError, match=f"No seqio task or mixture 'calrec_x'"
+                     f".*{TASK}"):
+    _train(tmp_path, train_steps=3, mixture_or_task_name="calrec_x")
 
 
 def test_overfits_and_generates_its_training_targets(tmp_path):
@@ -235,6 +321,18 @@ def test_overfits_and_generates_its_training_targets(tmp_path):
 def test_shipped_gin_configs_bind_the_paper_settings():
   gin.clear_config()
   try:
+    gin.parse_config_files_and_bindings(
+        ["trainer/configs/runs/stage1.gin", "trainer/configs/models/base.gin"],
+        ["MODEL_DIR = 'unused'", "DATA_DIR = 'unused'",
+         "VOCABULARY = 'unused'"])
+    assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "calrec_stage1"
+    assert gin.query_parameter("%VALIDATION_TASK_NAME") == "calrec_cds"
+    assert gin.query_parameter("%TRAIN_STEPS") == 150000
+    assert gin.query_parameter("train.keep_period") == 15000
+    stage1_model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    assert (stage1_model.alpha, stage1_model.beta) == (0.125, -0.025)
+    assert gin.query_parameter("%BATCH_SIZE") == 512
+    gin.clear_config()
     gin.parse_config_files_and_bindings(
         ["trainer/configs/runs/stage2.gin", "trainer/configs/models/base.gin"],
         ["MODEL_DIR = 'unused'", "DATA_DIR = 'unused'",

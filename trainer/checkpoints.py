@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from typing import Any, Mapping, Optional
@@ -118,19 +119,31 @@ class CheckpointManager:
   """Saves and restores `TrainState`s under MODEL_DIR/checkpoints."""
 
   def __init__(self, model_dir: str | os.PathLike[str], keep: int = 3,
-               best_metric: Optional[str] = None, best_mode: str = "min"):
+               best_metric: Optional[str] = None, best_mode: str = "min",
+               keep_period: Optional[int] = None):
+    """Keeps the last `keep` checkpoints, the best by `best_metric` (a
+    non-finite value ranks last) and every `keep_period`-th step."""
     if keep < 1:
       raise ValueError(f"keep must be >= 1, got {keep}.")
+    if keep_period is not None and keep_period < 1:
+      raise ValueError(f"keep_period must be >= 1, got {keep_period}.")
     if best_mode not in ("min", "max"):
       raise ValueError(f"best_mode must be 'min' or 'max', got {best_mode!r}.")
     self.best_metric = best_metric
     policies = [checkpoint_managers.LatestN(n=keep)]
     best_fn = None
     if best_metric:
-      best_fn = lambda metrics: float(metrics[best_metric])
+      worst = math.inf if best_mode == "min" else -math.inf
+
+      def best_fn(metrics: Mapping[str, float]) -> float:
+        value = float(metrics[best_metric])
+        return value if math.isfinite(value) else worst
+
       policies.append(checkpoint_managers.BestN(
           get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
           keep_checkpoints_without_metrics=False))
+    if keep_period:
+      policies.append(checkpoint_managers.EveryNSteps(keep_period))
     options = ocp.CheckpointManagerOptions(
         best_fn=best_fn, best_mode=best_mode,
         preservation_policy=checkpoint_managers.AnyPreservationPolicy(

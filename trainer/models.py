@@ -167,6 +167,10 @@ class CALRecModel:
     loss = losses.calrec_loss(nig, tt, ut, self.alpha, self.beta)
     metrics = {"loss": loss, "nig_loss": nig, "tt_loss": tt, "ut_loss": ut,
                "target_tokens": num_tokens}
+    if terms.vectors is not None:
+      # The examples L_TT and L_UT average over (padding excluded).
+      metrics["contrastive_examples"] = jnp.sum(
+          terms.vectors.mask.astype(jnp.float32))
     return loss, metrics
 
   def loss_fn(self, params: PyTree, batch: Batch,
@@ -178,9 +182,17 @@ class CALRecModel:
 
     Returns:
       (loss, metrics) where metrics holds 'loss', 'nig_loss', 'tt_loss',
-      'ut_loss' and 'target_tokens'.
+      'ut_loss', 'target_tokens' and, with the item tower,
+      'contrastive_examples'.
     """
     return self.loss_from_terms(self.loss_terms(params, batch, dropout_rng))
+
+  def count_input_tokens(self, batch: Batch) -> Array:
+    """Non-padding positions the training passes process (for tokens/s)."""
+    count = jnp.count_nonzero(batch["decoder_target_tokens"])
+    if self.uses_item_tower:
+      count += jnp.count_nonzero(batch["item_input_tokens"])
+    return count
 
   def score_batch(self, params: PyTree, batch: Batch,
                   return_intermediates: bool = False):

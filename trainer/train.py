@@ -101,8 +101,11 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Bad gin configuration: {error}") from error
   try:
     train_loop.train()
-  except train_loop.NonFiniteLossError as error:
-    logging.error("%s", error)
+  except (train_loop.NonFiniteLossError, ValueError, FileNotFoundError) as error:
+    # Configuration and data mistakes: the message says what to change; the
+    # traceback stays available with --verbosity=1.
+    logging.error("%s: %s", type(error).__name__, error)
+    logging.debug("Traceback:", exc_info=True)
     sys.exit(1)
 
 

@@ -141,7 +141,8 @@ class Trainer:
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
                                 for x in jax.tree.leaves(params)]))
     metrics = dict(metrics, gradient_norm=optax.tree.norm(grads),
-                   parameters_finite=finite)
+                   parameters_finite=finite,
+                   input_tokens=self.model.count_input_tokens(batch))
     return TrainState(step=state.step + 1, params=params,
                       opt_state=opt_state), metrics
 

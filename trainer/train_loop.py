@@ -32,6 +32,7 @@ import optax
 import seqio
 
 from trainer import checkpoints
+from trainer import losses
 from trainer import models
 from trainer import partitioning
 from trainer import train_lib
@@ -94,12 +95,46 @@ def _mean_metrics(metric_list: Sequence[Mapping[str, Any]]) -> dict[str,
           for k in metric_list[0]}
 
 
+def _split_metrics(model: models.CALRecModel,
+                   batch_metrics: Sequence[Mapping[str, Any]]
+                  ) -> dict[str, float]:
+  """The loss terms of a whole split from its batches' `loss_fn` metrics.
+
+  L_NIG is normalised per target token of the split and L_TT, L_UT are
+  averaged per example, so a padded last batch weighs by what it holds. Its
+  contrastive terms still have fewer in-batch negatives than a full batch's.
+  """
+  tokens = np.array([float(m["target_tokens"]) for m in batch_metrics])
+  nig = float(np.sum([float(m["nig_loss"]) for m in batch_metrics] * tokens) /
+              max(tokens.sum(), 1.0))
+  totals = {"target_tokens": float(tokens.sum())}
+  tt = ut = 0.0
+  if "contrastive_examples" in batch_metrics[0]:
+    examples = np.array(
+        [float(m["contrastive_examples"]) for m in batch_metrics])
+    denominator = max(examples.sum(), 1.0)
+    tt, ut = (float(np.sum([float(m[k]) for m in batch_metrics] * examples) /
+                    denominator) for k in ("tt_loss", "ut_loss"))
+    totals["contrastive_examples"] = float(examples.sum())
+  loss = float(losses.calrec_loss(nig, tt, ut, model.alpha, model.beta))
+  return {"loss": loss, "nig_loss": nig, "tt_loss": tt, "ut_loss": ut,
+          **totals}
+
+
 def _format_duration(seconds: float) -> str:
   if not math.isfinite(seconds):
     return "?"
   minutes, seconds = divmod(int(seconds), 60)
   hours, minutes = divmod(minutes, 60)
   return f"{hours}:{minutes:02d}:{seconds:02d}"
+
+
+def _check_registered(name: str) -> None:
+  registered = sorted(set(seqio.TaskRegistry.names()) |
+                      set(seqio.MixtureRegistry.names()))
+  if name not in registered:
+    raise ValueError(f"No seqio task or mixture {name!r}; registered: "
+                     f"{', '.join(registered) or 'none'}.")
 
 
 def _check_positive(**values: Optional[int]) -> None:
@@ -129,6 +164,7 @@ def train(
     validation_batches: Optional[int] = 20,
     checkpoint_period: int = 1000,
     keep_checkpoints: int = 3,
+    keep_period: Optional[int] = None,
     best_metric: Optional[str] = "validation/loss",
     best_mode: str = "min",
     log_period: int = 100,
@@ -162,6 +198,9 @@ def train(
     checkpoint_period: steps between checkpoints; validation runs at each
       checkpoint and its metrics are stored with it.
     keep_checkpoints: the last K checkpoints are kept (plus the best one).
+    keep_period: also keep every checkpoint whose step is a multiple of this
+      (candidates for model selection by validation NDCG@10, paper section
+      4, with `evaluator.select_checkpoint`); None keeps no extra ones.
     best_metric: validation metric that selects the best checkpoint.
     best_mode: 'min' or 'max' for best_metric.
     log_period: steps between progress lines and train summaries.
@@ -174,11 +213,14 @@ def train(
       in model_dir.
   """
   _check_positive(batch_size=batch_size, checkpoint_period=checkpoint_period,
-                  log_period=log_period, keep_checkpoints=keep_checkpoints)
+                  log_period=log_period, keep_checkpoints=keep_checkpoints,
+                  keep_period=keep_period)
   if train_steps < 0:
     raise ValueError(f"train_steps must be >= 0, got {train_steps}.")
   if register_tasks is not None:
     register_tasks()
+  for name in {mixture_or_task_name, validation_mixture_or_task_name} - {None}:
+    _check_registered(name)
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
   vocabulary = provider.output_features["targets"].vocabulary
   if vocabulary.vocab_size > model.config.vocab_size:
@@ -212,7 +254,7 @@ def train(
                                      best_mode)
     (model_dir / "config.gin").write_text(gin.config_str())
   manager = checkpoints.CheckpointManager(model_dir, keep_checkpoints,
-                                          best_metric, best_mode)
+                                          best_metric, best_mode, keep_period)
 
   train_batches = _dataset(
       mixture_or_task_name, task_feature_lengths, converter, "train",
@@ -240,10 +282,9 @@ def train(
     if not results:
       raise ValueError(f"The {validation_split!r} split of "
                        f"{validation_name!r} is empty.")
-    return {f"validation/{k}": v for k, v in _mean_metrics(results).items()}
+    return {f"validation/{k}": v
+            for k, v in _split_metrics(model, results).items()}
 
-  tokens_per_step = batch_size * (lengths["decoder_input_tokens"] + (
-      lengths["item_input_tokens"] if model.uses_item_tower else 0))
   train_writer = metric_writers.create_default_writer(
       str(model_dir / "train"), just_logging=jax.process_index() > 0)
   validation_writer = metric_writers.create_default_writer(
@@ -260,6 +301,8 @@ def train(
     metrics = jax.device_get(metrics)
     parameters_finite = bool(metrics.pop("parameters_finite"))
     if not (parameters_finite and np.isfinite(metrics["loss"])):
+      train_writer.flush()
+      validation_writer.flush()
       manager.close()
       raise NonFiniteLossError(
           f"Non-finite loss or parameters at step {step}: " + ", ".join(
@@ -273,8 +316,10 @@ def train(
       now = time.time()
       steps_per_second = len(window) / max(now - window_start, 1e-9)
       averages = _mean_metrics(window)
-      averages.update(steps_per_second=steps_per_second,
-                      tokens_per_second=steps_per_second * tokens_per_step)
+      # input_tokens: non-padding positions of the joint and item passes.
+      averages.update(
+          steps_per_second=steps_per_second,
+          tokens_per_second=steps_per_second * averages["input_tokens"])
       train_writer.write_scalars(step, averages)
       overall_rate = (step - run_start_step) / max(now - run_start, 1e-9)
       logging.info(
