@@ -15,7 +15,8 @@ Algorithm 1 (or hierarchical exact match, paper section 6) and writes to
   users-SSSSS-of-NNNNN.parquet  per user: user_id, target_id, kept_texts,
                                 kept_logprobs, top_item_ids (10),
                                 rank_optimistic, rank_pessimistic
-  metrics.json                  mean metrics (opt/pes), counts, Table 7 shares
+  metrics.json                  mean metrics (opt/pes) over every test user,
+                                unranked ones as misses; counts; Table 7 shares
   results.md                    the metrics in the layout of paper Table 2
   rejects-*.jsonl               every record or user not evaluated, with why
   recommendations-*.jsonl       with --recommendations_k=K: top-K per user
@@ -36,6 +37,7 @@ from apache_beam.ml.inference import base as inference
 from evaluator import baselines
 from evaluator import files
 from evaluator import generation
+from evaluator import metrics
 from evaluator import report
 from evaluator import transforms
 from pipelines import options as beam_flags
@@ -166,9 +168,18 @@ def _user_schema():
 
 
 def write_summary(summary: dict[str, Any], num_rejected: int,
-                  run: dict[str, Any], output_dir: str) -> None:
-  """Writes metrics.json and results.md (Table 2 and Table 7 layouts)."""
-  summary = {**run, **summary, "num_rejected": num_rejected}
+                  num_unranked: int, run: dict[str, Any],
+                  output_dir: str) -> None:
+  """Writes metrics.json and results.md (Table 2 and Table 7 layouts).
+
+  The metrics average over every test user: the `num_users` ranked ones and
+  the `num_unranked` ones, which count as misses (`metrics.with_misses`).
+  """
+  summary = {**run, **summary, "num_unranked": num_unranked,
+             "num_rejected": num_rejected}
+  if summary["num_users"] + num_unranked:
+    summary["metrics"] = metrics.with_misses(
+        summary["metrics"], summary["num_users"], num_unranked)
   files.write_text(os.path.join(output_dir, report.METRICS_FILE),
                    json.dumps(summary, indent=2))
   column = [(f"{run['model']} ({run['retrieval']})", summary)]
@@ -235,6 +246,8 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
        | "WriteRejects" >> beam.io.WriteToText(
            os.path.join(output_dir, "rejects"), file_name_suffix=".jsonl"))
   num_rejected = rejects | "CountRejects" >> beam.combiners.Count.Globally()
+  num_unranked = (evaluated[transforms.REJECTS]
+                  | "CountUnranked" >> beam.combiners.Count.Globally())
 
   run = {"category": args.category, "split": args.split, "model": args.model,
          "retrieval": args.retrieval, "bm25_backend": args.bm25_backend,
@@ -248,6 +261,7 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
        | "MeanMetrics" >> beam.CombineGlobally(transforms.MeanMetrics())
        | "WriteSummary" >> beam.Map(
            write_summary, num_rejected=beam.pvalue.AsSingleton(num_rejected),
+           num_unranked=beam.pvalue.AsSingleton(num_unranked),
            run=run, output_dir=output_dir))
 
 
@@ -276,7 +290,8 @@ def run(argv: Sequence[str],
   with beam.Pipeline(options=options) as root:
     build_pipeline(root, args, load_generator)
   summary = report.load_summary(args.output_dir)
-  logging.info("Done: %d users, %d rejected.", summary["num_users"],
+  logging.info("Done: %d users ranked, %d unranked (counted as misses), %d "
+               "rejects.", summary["num_users"], summary["num_unranked"],
                summary["num_rejected"])
   return summary
 

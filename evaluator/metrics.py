@@ -73,3 +73,19 @@ def mean_metrics(per_user: Iterable[Mapping[str, float]]) -> dict[str, float]:
   if count == 0:
     raise ValueError("No users to average metrics over.")
   return {key: total / count for key, total in totals.items()}
+
+
+def with_misses(means: Mapping[str, float], num_ranked: int,
+                num_missed: int) -> dict[str, float]:
+  """Means over ranked and missed users; a miss scores 0 on every metric.
+
+  A test user the evaluation could not rank (no generated samples, NaN
+  log-probabilities, a target outside the corpus) is a miss, as its target
+  is not recommended at any rank: leaving it out would raise the averages.
+  """
+  total = num_ranked + num_missed
+  if total == 0:
+    raise ValueError("No users to average metrics over.")
+  return {key: means.get(key, 0.0) * num_ranked / total
+          for key in metric_keys()}
+

@@ -51,7 +51,8 @@ def _user(user_id):
                           ITEMS[items[-1]])
 
 
-def _expected_means():
+def _expected_means(num_missed):
+  """Means over USERS plus `num_missed` unranked users, which score 0."""
   ranks = [expected for _, expected in USERS.values()]
   opt = [r[0] for r in ranks]
   pes = [r[1] for r in ranks]
@@ -59,7 +60,7 @@ def _expected_means():
   def ndcg(rank):
     return 1 / math.log2(rank + 1)
 
-  return {
+  means = {
       "Recall@1/opt": 0.5, "Recall@1/pes": 0.25,
       "Recall@10/opt": 1.0, "Recall@10/pes": 1.0,
       "MRR/opt": np.mean([1 / r for r in opt]),
@@ -67,6 +68,8 @@ def _expected_means():
       "NDCG@10/opt": np.mean([ndcg(r) for r in opt]),
       "NDCG@10/pes": np.mean([ndcg(r) for r in pes]),
   }
+  share = len(USERS) / (len(USERS) + num_missed)
+  return {key: value * share for key, value in means.items()}
 
 
 def _split_words(texts):
@@ -128,7 +131,10 @@ def test_lir_pipeline_writes_metrics_users_and_rejects(data_dir, tmp_path,
   # Beam's default DirectRunner would first try to download Prism.
   assert not [r for r in caplog.records if "prism" in r.getMessage().lower()]
   assert summary["num_users"] == 4 and summary["num_rejected"] == 2
-  assert summary["metrics"] == pytest.approx(_expected_means())
+  # "lost" (target outside the corpus) is a test user: a miss, not dropped;
+  # "short" is a bad record, not a user.
+  assert summary["num_unranked"] == 1
+  assert summary["metrics"] == pytest.approx(_expected_means(num_missed=1))
   assert json.loads((tmp_path / "metrics.json").read_text()) == summary
   assert "| Toys | NDCG@10 |" in (tmp_path / "results.md").read_text()
 
@@ -154,7 +160,7 @@ def test_generator_pipeline_through_run_inference_and_lucene(data_dir,
                  "--bm25_backend=lucene", "--recommendations_k=3",
                  load_generator=EchoGenerator)
   # Unmatchable and empty texts add all-zero columns: LIR's ranks again.
-  assert summary["metrics"] == pytest.approx(_expected_means())
+  assert summary["metrics"] == pytest.approx(_expected_means(num_missed=1))
   users = pq.read_table(glob.glob(str(model_dir / "users-*.parquet")))
   u1 = [u for u in users.to_pylist() if u["user_id"] == "u1"][0]
   assert u1["kept_texts"] == ["", "qqqq zzzz", "alpha beta"]

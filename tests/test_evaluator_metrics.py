@@ -59,3 +59,16 @@ def test_bad_inputs_raise_clear_errors():
     metrics.metrics_at_rank(0)
   with pytest.raises(ValueError, match="No users"):
     metrics.mean_metrics([])
+
+
+def test_with_misses_scores_unranked_users_zero():
+  ranked = [metrics.user_metrics(metrics.TargetRanks(1, 3)),
+            metrics.user_metrics(metrics.TargetRanks(2, 2))]
+  missed = dict.fromkeys(metrics.metric_keys(), 0.0)
+  expected = metrics.mean_metrics(ranked + [missed])
+  assert metrics.with_misses(metrics.mean_metrics(ranked), 2, 1) == (
+      pytest.approx(expected))
+  # Nobody ranked: every metric is 0, not missing.
+  assert metrics.with_misses({}, 0, 3) == missed
+  with pytest.raises(ValueError, match="No users"):
+    metrics.with_misses({}, 0, 0)
