@@ -23,6 +23,7 @@ import os
 
 import gin
 import seqio
+import tensorflow as tf
 
 from tasks import names
 from tasks import tasks
@@ -39,9 +40,9 @@ def num_users(data_dir: str | os.PathLike[str], category: str) -> int:
   """|U| of a category, from its stats.json."""
   path = os.path.join(os.fspath(data_dir), category, "stats.json")
   try:
-    with open(path, encoding="utf-8") as f:
+    with tf.io.gfile.GFile(path) as f:
       users = json.load(f)["num_users"]
-  except FileNotFoundError as e:
+  except tf.errors.NotFoundError as e:
     raise FileNotFoundError(
         f"{path} is missing; the Stage-I rates need every category's "
         "stats.json (written by `python -m pipelines.preprocess`).") from e

@@ -10,7 +10,8 @@ next item's text, ending in EOS); `CALRecFeatureConverter` turns them into
 model features. Training records are augmented (`preprocessors.cut_last_items`),
 validation and test records are not.
 
-Register for a folder and a SentencePiece model:
+Register for a folder and a SentencePiece model (local paths or any filesystem
+of `tf.io.gfile`, e.g. gs://):
 
   tasks.tasks.register_tasks(data_dir, vocabulary_path)
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pathlib
 
 import seqio
 import tensorflow as tf
@@ -75,13 +75,15 @@ class UserRecordSource(seqio.TFExampleDataSource):
 
 def find_categories(data_dir: str | os.PathLike[str]) -> dict[str, tuple[str,
                                                                           ...]]:
-  """Category folder name -> splits with TFRecords, for a preprocessing output."""
-  categories = {}
-  for category_dir in sorted(pathlib.Path(data_dir).iterdir()):
-    splits = tuple(split for split in SPLITS
-                   if any(category_dir.glob(f"{split}-*-of-*.tfrecord")))
-    if splits:
-      categories[category_dir.name] = splits
+  """Category folder -> splits with TFRecords, for a preprocessing output."""
+  found = {
+      (os.path.basename(os.path.dirname(path)), split)
+      for split in SPLITS
+      for path in tf.io.gfile.glob(os.path.join(
+          os.fspath(data_dir), "*", f"{split}-*-of-*.tfrecord"))}
+  categories = {
+      category: tuple(split for split in SPLITS if (category, split) in found)
+      for category in sorted({category for category, _ in found})}
   if not categories:
     raise FileNotFoundError(
         f"No {{category}}/{{split}}-SSSSS-of-NNNNN.tfrecord under "

@@ -1,12 +1,18 @@
-"""Small preprocessing outputs (docs/contracts.md) for tests and benchmarks."""
+"""Small preprocessing outputs (docs/contracts.md) for tests and benchmarks.
+
+Folders may be local or on any filesystem of `tf.io.gfile` (e.g. ram://).
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
 from typing import Callable, Sequence
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import seqio
 import tensorflow as tf
 
@@ -50,7 +56,7 @@ def write_split(data_dir: str | os.PathLike[str], category: str, split: str,
                 num_shards: int = 1) -> None:
   """Writes (user_id, item_texts) records as `{category}/{split}-*.tfrecord`."""
   category_dir = os.path.join(os.fspath(data_dir), category)
-  os.makedirs(category_dir, exist_ok=True)
+  tf.io.gfile.makedirs(category_dir)
   for shard in range(num_shards):
     path = os.path.join(category_dir,
                         f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord")
@@ -63,10 +69,23 @@ def write_stats(data_dir: str | os.PathLike[str], category: str,
                 num_users: int) -> None:
   """Writes `{category}/stats.json` with its `num_users`."""
   category_dir = os.path.join(os.fspath(data_dir), category)
-  os.makedirs(category_dir, exist_ok=True)
-  with open(os.path.join(category_dir, "stats.json"), "w",
-            encoding="utf-8") as f:
+  tf.io.gfile.makedirs(category_dir)
+  with tf.io.gfile.GFile(os.path.join(category_dir, "stats.json"), "w") as f:
     json.dump({"num_users": num_users}, f)
+
+
+def write_corpus(data_dir: str | os.PathLike[str], category: str,
+                 texts: Sequence[str]) -> None:
+  """Writes `{category}/corpus.parquet` with item_id and text columns."""
+  category_dir = os.path.join(os.fspath(data_dir), category)
+  tf.io.gfile.makedirs(category_dir)
+  # pyarrow cannot write to a GFile (no `closed`); write the bytes instead.
+  parquet = io.BytesIO()
+  pq.write_table(pa.table({"item_id": [f"B{i}" for i in range(len(texts))],
+                           "text": list(texts)}), parquet)
+  with tf.io.gfile.GFile(os.path.join(category_dir, "corpus.parquet"),
+                         "wb") as f:
+    f.write(parquet.getvalue())
 
 
 def write_category(data_dir: str | os.PathLike[str], category: str,

@@ -9,7 +9,9 @@ Use an existing model (e.g. the tokenizer of a pretrained LM):
 or train one on the item corpora and prompt strings of a preprocessing output:
 
   python -m tasks.vocab --data_dir=OUTPUT_DIR --output=vocab/calrec.model \
-      --vocab_size=8000
+      --vocab_size=8192
+
+Paths may be local or any filesystem of `tf.io.gfile` (e.g. gs://).
 
 The prompt's token sequence is built from separately tokenized pieces (user
 prefix, item prefixes, item texts; see `tasks.preprocessors`), so a vocabulary
@@ -22,8 +24,8 @@ never merges pieces across spaces.
 from __future__ import annotations
 
 import argparse
+import io
 import os
-import pathlib
 import tempfile
 from typing import Iterable, Iterator, Sequence
 
@@ -31,6 +33,7 @@ from absl import logging
 import pyarrow.parquet as pq
 import seqio
 import sentencepiece as spm
+import tensorflow as tf
 
 from tasks import templates
 
@@ -41,6 +44,8 @@ UNK_ID = 2
 # SentencePiece reads at most this many sentences (item texts) for training.
 _MAX_TRAINING_SENTENCES = 2_000_000
 _MIN_VOCAB_SIZE = 300
+# TransformerConfig.vocab_size of trainer/configs/models/base.gin and large.gin.
+DEFAULT_VOCAB_SIZE = 8192
 
 
 def get_vocabulary(model_path: str | os.PathLike[str]) -> seqio.Vocabulary:
@@ -51,7 +56,7 @@ def get_vocabulary(model_path: str | os.PathLike[str]) -> seqio.Vocabulary:
     ValueError: the model's special ids are not pad=0, eos=1, unk=2.
   """
   model_path = os.fspath(model_path)
-  if not os.path.exists(model_path):
+  if not tf.io.gfile.exists(model_path):
     raise FileNotFoundError(
         f"SentencePiece model {model_path!r} not found; train one with "
         "`python -m tasks.vocab --data_dir=... --output=...`.")
@@ -94,17 +99,75 @@ def check_prompt_additivity(vocabulary: seqio.Vocabulary,
         "'\\n' to a space (e.g. one trained by `python -m tasks.vocab`).")
 
 
-def read_corpus_texts(data_dir: str | os.PathLike[str]) -> Iterator[str]:
-  """Yields the item texts of every `{category}/corpus.parquet` in data_dir."""
-  corpora = sorted(pathlib.Path(data_dir).glob("*/corpus.parquet"))
+class _GFileReader(io.RawIOBase):
+  """A binary `tf.io.gfile` file opened for reading, as a Python file object.
+
+  pyarrow reads Python file objects but needs `closed`, which GFile lacks.
+  """
+
+  def __init__(self, path: str):
+    super().__init__()
+    self._file = tf.io.gfile.GFile(path, "rb")
+
+  def readable(self) -> bool:
+    return True
+
+  def seekable(self) -> bool:
+    return True
+
+  def readinto(self, buffer: memoryview) -> int:
+    data = self._file.read(len(buffer))
+    buffer[:len(data)] = data
+    return len(data)
+
+  def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+    self._file.seek(offset, whence)
+    return self._file.tell()
+
+  def tell(self) -> int:
+    return self._file.tell()
+
+  def close(self) -> None:
+    self._file.close()
+    super().close()
+
+
+def find_corpora(data_dir: str | os.PathLike[str]) -> list[str]:
+  """The `{category}/corpus.parquet` files of a preprocessing output.
+
+  Raises:
+    FileNotFoundError: data_dir has none.
+  """
+  data_dir = os.fspath(data_dir)
+  corpora = sorted(tf.io.gfile.glob(
+      os.path.join(data_dir, "*", "corpus.parquet")))
   if not corpora:
     raise FileNotFoundError(
-        f"No {{category}}/corpus.parquet under {os.fspath(data_dir)!r}; pass "
-        "the output folder of `python -m pipelines.preprocess`.")
+        f"No {{category}}/corpus.parquet under {data_dir!r}. Pass the output "
+        "folder of `python -m pipelines.preprocess`, which holds "
+        "{category}/corpus.parquet, {category}/stats.json, "
+        "{category}/{split}-SSSSS-of-NNNNN.tfrecord and manifest.json "
+        "(docs/contracts.md).")
+  return corpora
+
+
+def read_corpus_texts(data_dir: str | os.PathLike[str]) -> Iterator[str]:
+  """The item texts of every `{category}/corpus.parquet` in data_dir.
+
+  Raises:
+    FileNotFoundError: data_dir has no corpora (raised by this call, not
+      when iterating).
+  """
+  return _read_texts(find_corpora(data_dir))
+
+
+def _read_texts(corpora: Sequence[str]) -> Iterator[str]:
+  """Yields the non-empty `text` column values of the corpora."""
   for corpus in corpora:
     logging.info("Reading %s", corpus)
-    for batch in pq.ParquetFile(corpus).iter_batches(columns=["text"]):
-      yield from (text for text in batch.column(0).to_pylist() if text)
+    with _GFileReader(corpus) as f:
+      for batch in pq.ParquetFile(f).iter_batches(columns=["text"]):
+        yield from (text for text in batch.column(0).to_pylist() if text)
 
 
 def train_sentencepiece(texts: Iterable[str],
@@ -115,8 +178,8 @@ def train_sentencepiece(texts: Iterable[str],
 
   Args:
     texts: training sentences (item texts), one per element.
-    output: path of the model file to write, ending in ".model"; the ".vocab"
-      file is written beside it.
+    output: path of the model file to write, ending in ".model" (local or any
+      `tf.io.gfile` filesystem); the ".vocab" file is written beside it.
     vocab_size: number of pieces, special and byte-fallback pieces included.
     seed: seed of SentencePiece's sentence sampling.
 
@@ -128,7 +191,6 @@ def train_sentencepiece(texts: Iterable[str],
     raise ValueError(f"--output must end in '.model', got {output!r}.")
   prompt_strings = [templates.USER_PREFIX, templates.FIRST_ITEM_PREFIX,
                     templates.NEXT_ITEM_PREFIX.strip()]
-  os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
   spm.set_random_generator_seed(seed)
   with tempfile.TemporaryDirectory() as tmp:
     sentences = os.path.join(tmp, "sentences.txt")
@@ -143,9 +205,10 @@ def train_sentencepiece(texts: Iterable[str],
       raise ValueError("No training texts: the item corpora are empty.")
     logging.info("Training a %d-piece SentencePiece model on %d texts",
                  vocab_size, num_sentences)
+    model_prefix = os.path.join(tmp, "model")
     spm.SentencePieceTrainer.train(
         input=sentences,
-        model_prefix=output[:-len(".model")],
+        model_prefix=model_prefix,
         vocab_size=vocab_size,
         model_type="unigram",
         pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
@@ -156,6 +219,10 @@ def train_sentencepiece(texts: Iterable[str],
         hard_vocab_limit=False,
         num_threads=os.cpu_count() or 1,
         minloglevel=2)
+    tf.io.gfile.makedirs(os.path.dirname(output) or ".")
+    for suffix in (".model", ".vocab"):
+      tf.io.gfile.copy(model_prefix + suffix,
+                       output[:-len(".model")] + suffix, overwrite=True)
   return output
 
 
@@ -168,12 +235,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="output folder of `python -m pipelines.preprocess`")
   parser.add_argument("--output", required=True,
                       help="model file to write, ending in '.model'")
-  parser.add_argument("--vocab_size", type=int, default=32000,
-                      help="number of pieces, special and byte pieces included")
+  parser.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE,
+                      help="number of pieces, special and byte pieces "
+                      "included; must not exceed TransformerConfig.vocab_size "
+                      "of the model gin (default: %(default)s)")
   parser.add_argument("--seed", type=int, default=0,
-                      help="seed of SentencePiece's sentence sampling")
+                      help="seed of SentencePiece's sentence sampling "
+                      "(default: %(default)s)")
   args = parser.parse_args(argv)
-  if not os.path.isdir(args.data_dir):
+  if not tf.io.gfile.isdir(args.data_dir):
     parser.error(f"--data_dir {args.data_dir!r} is not a folder; pass the "
                  "output folder of `python -m pipelines.preprocess`.")
   if not args.output.endswith(".model"):
@@ -182,6 +252,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   if args.vocab_size < _MIN_VOCAB_SIZE:
     parser.error(f"--vocab_size must be at least {_MIN_VOCAB_SIZE}, got "
                  f"{args.vocab_size}.")
+  try:
+    find_corpora(args.data_dir)
+  except FileNotFoundError as e:
+    parser.error(str(e))
   return args
 
 

@@ -103,6 +103,12 @@ def test_rejects_folder_without_records(tmp_path, data):
     tasks.register_tasks(tmp_path, model)
 
 
+def test_stage1_rates_need_stats_json(tmp_path):
+  test_utils.write_split(tmp_path, "Arts", "train", [("user", ["item"])])
+  with pytest.raises(FileNotFoundError, match="stats.json"):
+    mixtures.stage1_rates(tmp_path, ["Arts"])
+
+
 def test_task_name_slugs():
   assert names.task_name("Industrial_and_Scientific") == (
       "calrec_industrial_and_scientific")

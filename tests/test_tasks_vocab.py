@@ -1,31 +1,25 @@
 """The SentencePiece vocabulary: special ids, CLI, prompt additivity."""
 
 import random
+import re
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import seqio
 import sentencepiece as spm
 
+from conftest import REPO_ROOT
 from tasks import templates
 from tasks import test_utils
 from tasks import vocab
 
 
-def _write_corpus(data_dir, category, texts):
-  (data_dir / category).mkdir(parents=True)
-  pq.write_table(pa.table({"item_id": [f"B{i}" for i in range(len(texts))],
-                           "text": texts}),
-                 data_dir / category / "corpus.parquet")
-
-
 def test_cli_trains_model_with_t5_special_ids(tmp_path):
   rng = random.Random(0)
-  _write_corpus(tmp_path / "data", "Arts",
-                test_utils.random_item_texts(rng, 200, "Arts"))
-  _write_corpus(tmp_path / "data", "Pet",
-                test_utils.random_item_texts(rng, 200, "Pet Supplies"))
+  test_utils.write_corpus(tmp_path / "data", "Arts",
+                          test_utils.random_item_texts(rng, 200, "Arts"))
+  test_utils.write_corpus(
+      tmp_path / "data", "Pet",
+      test_utils.random_item_texts(rng, 200, "Pet Supplies"))
   output = tmp_path / "out" / "calrec.model"
   vocab.main([f"--data_dir={tmp_path / 'data'}", f"--output={output}",
               "--vocab_size=400"])
@@ -47,6 +41,9 @@ def test_cli_trains_model_with_t5_special_ids(tmp_path):
     (["--data_dir={tmp}", "--output=x.bin"], "must end in '.model'"),
     (["--data_dir={tmp}", "--output=x.model", "--vocab_size=100"],
      "at least 300"),
+    # A folder, but no preprocessing output: name the expected layout.
+    (["--data_dir={tmp}", "--output=x.model"],
+     "{category}/corpus.parquet, {category}/stats.json"),
 ])
 def test_cli_validates_arguments(tmp_path, capsys, args, message):
   args = [a.format(missing=tmp_path / "missing", tmp=tmp_path) for a in args]
@@ -55,9 +52,18 @@ def test_cli_validates_arguments(tmp_path, capsys, args, message):
   assert message in capsys.readouterr().err
 
 
-def test_cli_explains_folder_without_corpora(tmp_path):
-  with pytest.raises(FileNotFoundError, match="corpus.parquet"):
-    vocab.main([f"--data_dir={tmp_path}", f"--output={tmp_path / 'v.model'}"])
+def test_cli_default_vocab_size_fits_the_shipped_models(capsys):
+  with pytest.raises(SystemExit):
+    vocab.main(["--help"])
+  help_text = " ".join(capsys.readouterr().out.split())
+  default = re.search(r"--vocab_size VOCAB_SIZE [^()]*\(default: (\d+)\)",
+                      help_text)
+  assert default, help_text
+  for model in ("base", "large"):
+    gin_text = (REPO_ROOT / "trainer" / "configs" / "models" /
+                f"{model}.gin").read_text()
+    model_size = re.search(r"TransformerConfig\.vocab_size = (\d+)", gin_text)
+    assert int(default[1]) <= int(model_size[1]), model
 
 
 def test_rejects_model_with_other_special_ids(tmp_path):
