@@ -95,13 +95,15 @@ def run(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(
+      allow_abbrev=False, description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", choices=train_step.MODELS, default="tiny")
   parser.add_argument("--num_prompts", type=flags.positive_int, default=4)
   parser.add_argument("--num_decodes", type=flags.positive_int, default=8)
   parser.add_argument("--prompt_length", type=flags.positive_int, default=256,
                       help="Prompt tokens (all prompts full length).")
-  parser.add_argument("--max_decode_length", type=flags.positive_int, default=64)
+  parser.add_argument("--max_decode_length", type=flags.positive_int,
+                      default=64)
   parser.add_argument("--temperature", type=float, default=0.5)
   parser.add_argument("--rounds", type=flags.positive_int, default=3)
   args = parser.parse_args(argv)

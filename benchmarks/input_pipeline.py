@@ -80,8 +80,9 @@ def _python_rate(records: list, vocabulary: seqio.Vocabulary,
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.input_pipeline",
-                                   description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      allow_abbrev=False, prog="python -m benchmarks.input_pipeline",
+      description=__doc__.splitlines()[0])
   parser.add_argument("--num_batches", type=flags.positive_int, default=200,
                       help="timed batches of 64")
   parser.add_argument("--num_users", type=flags.positive_int, default=4000,

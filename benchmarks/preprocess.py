@@ -185,8 +185,9 @@ def _same_outputs(first: str, second: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.preprocess",
-                                   description=__doc__.split("\n\n")[1])
+  parser = argparse.ArgumentParser(
+      allow_abbrev=False, prog="python -m benchmarks.preprocess",
+      description=__doc__.split("\n\n")[1])
   parser.add_argument("--num_reviews", type=int, default=1_000_000,
                       help="review lines to generate (default 1,000,000)")
   parser.add_argument("--workers", type=int, default=2,

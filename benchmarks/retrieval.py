@@ -115,11 +115,13 @@ def measure_pyserini(corpus, queries, index_dir) -> tuple[float, float]:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawTextHelpFormatter)
+  parser = argparse.ArgumentParser(
+      allow_abbrev=False, description=__doc__,
+      formatter_class=argparse.RawTextHelpFormatter)
   parser.add_argument("--num_items", type=flags.positive_int, default=20000)
   parser.add_argument("--num_users", type=flags.positive_int, default=2000)
-  parser.add_argument("--num_baseline_queries", type=flags.positive_int, default=20)
+  parser.add_argument("--num_baseline_queries", type=flags.positive_int,
+                      default=20)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
 

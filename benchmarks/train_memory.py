@@ -63,6 +63,7 @@ def _counts(value: str) -> list[int]:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
+      allow_abbrev=False,
       prog="python -m benchmarks.train_memory",
       description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", choices=train_step.MODELS, default="tiny")

@@ -50,10 +50,12 @@ USER_SCHEMA_FIELDS = ("user_id", "target_id", "kept_texts", "kept_logprobs",
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
+      allow_abbrev=False,
       prog="python -m evaluator.evaluate", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog=("Other flags go to Beam's PipelineOptions; the runner is "
-              "FnApiRunner unless --runner says otherwise."))
+      epilog=("Other flags go to Beam's PipelineOptions (a flag that is "
+              "neither is an error); the runner is FnApiRunner unless "
+              "--runner says otherwise."))
   parser.add_argument("--data_dir", required=True,
                       help="Output folder of the preprocessing pipeline.")
   parser.add_argument("--category", required=True,
@@ -120,10 +122,15 @@ def earlier_outputs(output_dir: str) -> list[str]:
                 for path in files.glob(os.path.join(output_dir, pattern)))
 
 
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-  """Evaluation flags and the remaining (Beam) flags; validates both."""
+def parse_args(argv: Sequence[str], check_model: bool = True
+              ) -> tuple[argparse.Namespace, list[str]]:
+  """Evaluation flags and the remaining (Beam) flags; validates both.
+
+  `check_model`: for --model=calrec, that --model_dir holds the checkpoint
+  (False when the caller supplies the generator itself).
+  """
   parser = _parser()
-  args, beam_argv = parser.parse_known_args(argv)
+  args, beam_argv = beam_flags.parse_job_args(parser, argv)
   if not files.exists(corpus_path(args)):
     parser.error(f"--data_dir/--category: missing {corpus_path(args)}; is "
                  f"{args.category} a category of the preprocessing output?")
@@ -132,6 +139,13 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                  f"{args.category} an evaluated category?")
   if args.model == "calrec" and not args.model_dir:
     parser.error("--model=calrec needs --model_dir (or use --model=lir).")
+  if args.model == "calrec" and check_model:
+    # Checked here, not first on the workers; JAX loads only for CALRec runs.
+    from trainer import checkpoints  # pylint: disable=g-import-not-at-top
+    try:
+      checkpoints.inference_checkpoint(args.model_dir, args.checkpoint_step)
+    except FileNotFoundError as error:
+      parser.error(str(error))
   if args.temperature < 0 or args.epsilon < 0:
     parser.error("--temperature and --epsilon must be >= 0.")
   if args.recommendations_k < 0:
@@ -279,7 +293,7 @@ def run(argv: Sequence[str],
         load_generator: Optional[Callable[[], generation.TextGenerator]] = None
         ) -> dict[str, Any]:
   """Runs the evaluation; returns the contents of metrics.json."""
-  args, beam_argv = parse_args(argv)
+  args, beam_argv = parse_args(argv, check_model=load_generator is None)
   if args.model == "calrec" and load_generator is None:
     load_generator = calrec_generator_loader(args)
   files.make_dirs(args.output_dir)

@@ -52,10 +52,11 @@ def _steps(value: str) -> list[int]:
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
+      allow_abbrev=False,
       prog="python -m evaluator.select_checkpoint", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog="Other flags go to evaluator.evaluate (e.g. --num_generations) "
-      "and to Beam.")
+      "and to Beam; they are checked before the first step.")
   parser.add_argument("--model_dir", required=True,
                       help="Training output folder of trainer.train.")
   parser.add_argument("--data_dir", required=True,
@@ -100,7 +101,24 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   for flag in ("--output_dir", "--checkpoint_step", "--model", "--overwrite"):
     if any(arg.split("=")[0] == flag for arg in passed_on):
       parser.error(f"{flag} of evaluator.evaluate is set per step here.")
+  # The evaluator checks the flags passed on (its own and Beam's) now, not
+  # after the first steps have run.
+  evaluate.parse_args(step_argv(args, passed_on, args.steps[0]),
+                      check_model=False)
   return args, passed_on
+
+
+def step_argv(args: argparse.Namespace, passed_on: Sequence[str],
+              step: int) -> list[str]:
+  """evaluator.evaluate's flags for one step."""
+  return [f"--data_dir={args.data_dir}", f"--category={args.category}",
+          f"--split={args.split}", f"--model_dir={args.model_dir}",
+          f"--checkpoint_step={step}", f"--output_dir={step_dir(args, step)}",
+          "--overwrite", *passed_on]
+
+
+def step_dir(args: argparse.Namespace, step: int) -> str:
+  return os.path.join(args.output_dir, str(step))
 
 
 def evaluate_step(args: argparse.Namespace, passed_on: Sequence[str],
@@ -111,22 +129,18 @@ def evaluate_step(args: argparse.Namespace, passed_on: Sequence[str],
   An earlier evaluation in the step's folder is reused when every setting it
   recorded equals this run's; otherwise it is replaced.
   """
-  step_dir = os.path.join(args.output_dir, str(step))
-  step_argv = [
-      f"--data_dir={args.data_dir}", f"--category={args.category}",
-      f"--split={args.split}", f"--model_dir={args.model_dir}",
-      f"--checkpoint_step={step}", f"--output_dir={step_dir}", "--overwrite",
-      *passed_on]
-  settings = vars(evaluate.parse_args(step_argv)[0])
-  if files.exists(os.path.join(step_dir, report.METRICS_FILE)):
-    summary = report.load_summary(step_dir)
+  argv = step_argv(args, passed_on, step)
+  output_dir = step_dir(args, step)
+  settings = vars(evaluate.parse_args(argv, check_model=False)[0])
+  if files.exists(os.path.join(output_dir, report.METRICS_FILE)):
+    summary = report.load_summary(output_dir)
     if all(summary[key] == value for key, value in settings.items()
            if key in summary):
-      logging.info("Step %d: reusing %s.", step, step_dir)
+      logging.info("Step %d: reusing %s.", step, output_dir)
       return summary
   logging.info("Step %d: evaluating %s/%s into %s.", step, args.category,
-               args.split, step_dir)
-  return evaluate.run(step_argv, load_generator)
+               args.split, output_dir)
+  return evaluate.run(argv, load_generator)
 
 
 def select(args: argparse.Namespace, passed_on: Sequence[str],

@@ -8,9 +8,11 @@ runs on FnApiRunner: Beam's DirectRunner would first try to download Prism.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 from typing import Sequence
 
+from apache_beam.options import pipeline_options
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import textio
@@ -20,7 +22,8 @@ DEFAULT_LINES_PER_CALL = 250_000
 
 _EPILOG = """\
 Any other flag is a Beam pipeline option, e.g. --runner=FnApiRunner
---direct_num_workers=2 --direct_running_mode=multi_processing.
+--direct_num_workers=2 --direct_running_mode=multi_processing; a flag that
+is neither is an error, not ignored.
 
 Example, on the generated sample:
   python -m pipelines.sample_data --output_dir=/tmp/sample
@@ -43,6 +46,7 @@ def positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
+      allow_abbrev=False,
       prog="python -m pipelines.preprocess",
       description=("Turns raw Amazon review and meta JSON into deduplicated,\n"
                    "templated TFRecords per category and split, an item\n"
@@ -82,6 +86,39 @@ def configure_logging() -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                       force=True)
   logging.getLogger("apache_beam").setLevel(logging.WARNING)
+
+
+def _beam_flag_parser() -> argparse.ArgumentParser:
+  """A parser of every Beam pipeline option, built as PipelineOptions does
+  (it discards, with only a log line, any flag this parser does not know)."""
+  # pylint: disable-next=protected-access
+  parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)
+  classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+  for cls in classes.values():
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  return parser
+
+
+def parse_job_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None
+                  ) -> tuple[argparse.Namespace, list[str]]:
+  """The job's flags and Beam's; a flag that is neither is a usage error.
+
+  Beam would otherwise drop a misspelt flag (say --recomendations_k) with a
+  warning in the log, and the job would run with the default.
+  """
+  args, beam_args = parser.parse_known_args(argv)
+  beam_parser = _beam_flag_parser()
+  _, unknown = beam_parser.parse_known_args(beam_args)
+  if unknown:
+    # pylint: disable-next=protected-access
+    actions = parser._actions + beam_parser._actions
+    known = [option for action in actions for option in action.option_strings]
+    hints = [f"{flag} (did you mean {match[0]}?)" if (match := (
+        difflib.get_close_matches(flag.split("=")[0], known, n=1))) else flag
+             for flag in unknown]
+    parser.error(f"unrecognized arguments, neither {parser.prog}'s nor Beam "
+                 f"pipeline options: {', '.join(hints)}")
+  return args, beam_args
 
 
 def beam_options(beam_args: Sequence[str]) -> PipelineOptions:

@@ -93,7 +93,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
 def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
   """Runs the job; returns the statistics of every category."""
   parser = options.build_parser()
-  args, beam_args = parser.parse_known_args(argv)
+  args, beam_args = options.parse_job_args(parser, argv)
   try:
     config = config_lib.load_config(args.config, args.data_dir)
     review_tasks, meta_tasks = plan_tasks(config, args.read_range_mb << 20)

@@ -419,6 +419,7 @@ def generate(output_dir: str, seed: int = 0, num_users: int = 4000,
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
+      allow_abbrev=False,
       prog="python -m pipelines.sample_data",
       description=("Writes a deterministic sample of Amazon-2018-format "
                    "review and meta files for four categories (one per "

@@ -228,6 +228,7 @@ def train_sentencepiece(texts: Iterable[str],
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
+      allow_abbrev=False,
       prog="python -m tasks.vocab",
       description="Trains the SentencePiece vocabulary of the CALRec tasks on "
       "the item corpora of a preprocessing output.")

@@ -248,3 +248,41 @@ def test_bad_flags_say_what_to_fix(data_dir, tmp_path, capsys):
     evaluate.parse_args([f"--data_dir={data_dir}", f"--category={CATEGORY}",
                          f"--output_dir={tmp_path}", "--model=lir"])
   assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,message", [
+    # Beam alone would drop it with a log line and run without recommendations.
+    (["--model=lir", "--recomendations_k=5"],
+     "--recomendations_k=5 (did you mean --recommendations_k?)"),
+    # An abbreviation of --model_dir must not pass for --model.
+    (["--mod=lir"], "unrecognized arguments"),
+    (["--model_dir=MISSING"], "is not a model directory written by "
+     "trainer.train"),
+])
+def test_unknown_flags_and_models_are_refused_up_front(data_dir, tmp_path,
+                                                       capsys, flags, message):
+  flags = [flag.replace("MISSING", str(tmp_path / "none")) for flag in flags]
+  with pytest.raises(SystemExit):
+    evaluate.parse_args([f"--data_dir={data_dir}", f"--category={CATEGORY}",
+                         f"--output_dir={tmp_path}", *flags])
+  assert message in capsys.readouterr().err
+
+
+def test_a_missing_checkpoint_step_lists_the_steps(data_dir, tmp_path,
+                                                   capsys):
+  model_dir = tmp_path / "model"
+  (model_dir / "checkpoints" / "100" / "params").mkdir(parents=True)
+  (model_dir / "model.json").write_text("{}")
+  with pytest.raises(SystemExit):
+    evaluate.parse_args([f"--data_dir={data_dir}", f"--category={CATEGORY}",
+                         f"--output_dir={tmp_path / 'out'}",
+                         f"--model_dir={model_dir}", "--checkpoint_step=999"])
+  assert "has steps [100]" in capsys.readouterr().err
+  args, beam_argv = evaluate.parse_args([
+      f"--data_dir={data_dir}", f"--category={CATEGORY}",
+      f"--output_dir={tmp_path / 'out'}", f"--model_dir={model_dir}",
+      "--checkpoint_step=100", "--runner=FnApiRunner",
+      "--direct_num_workers=2"])
+  assert args.checkpoint_step == 100
+  assert beam_argv == ["--runner=FnApiRunner", "--direct_num_workers=2"]
+

@@ -139,3 +139,14 @@ def test_a_run_without_checkpoints_is_refused(data_dir, tmp_path, capsys):
                                   f"--data_dir={data_dir}",
                                   f"--category={CATEGORY}"])
   assert "No checkpoints in" in capsys.readouterr().err
+
+
+def test_flags_passed_on_are_checked_before_any_step(data_dir, model_dir,
+                                                     capsys):
+  with pytest.raises(SystemExit):
+    select_checkpoint.parse_args([f"--model_dir={model_dir}",
+                                  f"--data_dir={data_dir}",
+                                  f"--category={CATEGORY}",
+                                  "--num_generation=8"])
+  assert "--num_generation=8 (did you mean --num_generations?)" in (
+      capsys.readouterr().err)

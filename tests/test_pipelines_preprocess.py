@@ -216,3 +216,13 @@ def test_no_worker_is_given_the_whole_meta(tmp_path):
                 if not label.startswith("WriteManifest/")]
   assert meta_steps == [("BuildShards/Parse/ParDo(_ParseReviewsFn)",
                          ["ReadMeta", "Index"])]
+
+
+def test_a_flag_neither_the_job_nor_beam_knows_is_refused(tmp_path, capsys):
+  config = _write_fixture(tmp_path / "data")
+  with pytest.raises(SystemExit):
+    preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/o",
+                    "--direct_num_worker=2"])
+  assert "--direct_num_worker=2 (did you mean --direct_num_workers?)" in (
+      capsys.readouterr().err)
+  assert not (tmp_path / "o").exists()

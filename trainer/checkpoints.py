@@ -313,6 +313,28 @@ class LoadedModel:
     return int(self.task_feature_lengths["inputs"]) + 1
 
 
+def inference_checkpoint(model_dir: str | os.PathLike[str],
+                         step: Optional[int] = None) -> epath.Path:
+  """The step directory `load_for_inference` reads (see there).
+
+  Raises:
+    FileNotFoundError: model_dir is not a MODEL_DIR of `trainer.train`, or
+      has no such checkpoint (the message lists the steps it has).
+  """
+  model_dir = model_path(model_dir)
+  _read_metadata(model_dir)
+  if step is None:
+    return resolve_checkpoint(model_dir)
+  step_dir = model_dir / CHECKPOINTS_DIR / str(step)
+  if not (step_dir / "params").is_dir():
+    checkpoint_dir = model_dir / CHECKPOINTS_DIR
+    steps = (sorted(ocp.utils.checkpoint_steps(checkpoint_dir))
+             if checkpoint_dir.is_dir() else [])
+    raise FileNotFoundError(f"No checkpoint at {step_dir}; {model_dir} has "
+                            f"steps {steps}.")
+  return step_dir
+
+
 def load_for_inference(model_dir: str | os.PathLike[str],
                        step: Optional[int] = None) -> LoadedModel:
   """Loads model, parameters (on the default device) and vocabulary.
@@ -322,15 +344,12 @@ def load_for_inference(model_dir: str | os.PathLike[str],
     step: checkpoint step; None picks the best checkpoint by the run's
       validation metric, or the latest when none was tracked.
   """
+  step_dir = inference_checkpoint(model_dir, step)
   model_dir = model_path(model_dir)
   metadata = _read_metadata(model_dir)
   config = network.TransformerConfig(**metadata["network"])
   model = models.CALRecModel(config, eos_id=metadata["eos_id"],
                              **metadata["loss"])
-  step_dir = (model_dir / CHECKPOINTS_DIR / str(step) if step is not None
-              else resolve_checkpoint(model_dir))
-  if not (step_dir / "params").is_dir():
-    raise FileNotFoundError(f"No checkpoint at {step_dir}.")
   abstract = jax.eval_shape(
       lambda: models.unboxed_params(model.get_initial_variables(
           jax.random.PRNGKey(0), {"decoder_input_tokens": (1, 1)})))
