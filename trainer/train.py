@@ -101,7 +101,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"Bad gin configuration: {error}") from error
   try:
     train_loop.train()
-  except (train_loop.NonFiniteLossError, ValueError, FileNotFoundError) as error:
+  except (train_loop.NonFiniteLossError, ValueError,
+          FileNotFoundError) as error:
     # Configuration and data mistakes: the message says what to change; the
     # traceback stays available with --verbosity=1.
     logging.error("%s: %s", type(error).__name__, error)
