@@ -5,6 +5,10 @@ paper's Table 2 (a row per category and metric, a column per run, cells
 "(opt)/(pes)"). `python -m evaluator.report ttest --run_a NAME=DIR --run_b
 NAME=DIR` joins two runs' per-user results by user id and runs a paired
 t-test (scipy.stats.ttest_rel) on every metric, laid out like Table 4.
+
+A table holds one run per column name and category, and the runs of one
+category must be on one split; the t-test compares runs on the same category
+and split.
 """
 
 from __future__ import annotations
@@ -32,12 +36,22 @@ def _pair(opt: float, pes: float, digits: int = 4) -> str:
 def table_2(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
   """Markdown in Table 2's layout; `runs` are (column name, metrics.json).
 
-  Runs sharing a name fill one column, a row block per category.
+  Runs sharing a name fill one column, a row block per category. Raises
+  ValueError for two runs of one name and category, or for runs of one
+  category on different splits.
   """
   names = list(dict.fromkeys(name for name, _ in runs))
-  categories = list(dict.fromkeys(summary["category"] for _, summary in runs))
-  cells = {(name, summary["category"]): summary["metrics"]
-           for name, summary in runs}
+  cells, splits = {}, {}
+  for name, summary in runs:
+    category, split = summary["category"], summary["split"]
+    if (name, category) in cells:
+      raise ValueError(f"Two runs named {name!r} on {category}; a column "
+                       "holds one run per category.")
+    cells[name, category] = summary["metrics"]
+    if splits.setdefault(category, split) != split:
+      raise ValueError(f"The runs on {category} mix the {splits[category]} "
+                       f"and {split} splits; a row block compares one split.")
+  categories = list(splits)
   lines = ["| Dataset | Metric (opt)/(pes) | " + " | ".join(names) + " |",
            "|---|---|" + "---|" * len(names)]
   for category in categories:
@@ -70,6 +84,15 @@ def load_summary(run_dir: str) -> dict[str, Any]:
     raise FileNotFoundError(f"No {METRICS_FILE} in {run_dir}: is it the "
                             "--output_dir of a finished evaluation?")
   return files.read_json(path)
+
+
+def check_paired(summary_a: dict[str, Any], summary_b: dict[str, Any]) -> None:
+  """Raises ValueError unless both runs scored the same category and split."""
+  for key in ("category", "split"):
+    if summary_a[key] != summary_b[key]:
+      raise ValueError(f"The runs differ in {key} ({summary_a[key]} vs. "
+                       f"{summary_b[key]}); a paired t-test compares runs on "
+                       "the same users.")
 
 
 def load_user_ranks(run_dir: str) -> dict[str, tuple[int, int]]:
@@ -156,47 +179,64 @@ def _parser() -> argparse.ArgumentParser:
       prog="python -m evaluator.report", description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)
-  table = commands.add_parser(
-      "table", help="Table 2 layout over one or more evaluation runs.")
+  table_help = "Table 2 layout over one or more evaluation runs."
+  table = commands.add_parser("table", help=table_help,
+                              description=table_help)
   table.add_argument("--run", type=_named_run, action="append", required=True,
                      metavar="NAME=DIR",
                      help="A column name and an evaluation --output_dir. "
                      "Repeat for more columns; runs of one name on other "
-                     "categories fill the same column.")
-  ttest = commands.add_parser(
-      "ttest", help="Paired t-test of run A against run B (Table 4 layout).")
+                     "categories fill the same column. One run per name and "
+                     "category; the runs of a category must share a split.")
+  table.add_argument("--output", default=None,
+                     help="Also write the Markdown table to this file (its "
+                     "folder is created).")
+  ttest_help = ("Paired t-test of run A against run B (Table 4 layout); "
+                "both must be on the same category and split.")
+  ttest = commands.add_parser("ttest", help=ttest_help,
+                              description=ttest_help)
   ttest.add_argument("--run_a", type=_named_run, required=True,
                      metavar="NAME=DIR", help="The run whose gain is reported.")
   ttest.add_argument("--run_b", type=_named_run, required=True,
                      metavar="NAME=DIR", help="The reference run.")
-  for command in (table, ttest):
-    command.add_argument("--output", default=None,
-                         help="Write the Markdown here too (and a .json twin "
-                         "for ttest).")
+  ttest.add_argument("--output", default=None,
+                     help="Also write the Markdown table to this file, and "
+                     "the test's means, gains and p-values beside it as JSON "
+                     "(same name, .json extension; the folder is created).")
   return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  args = _parser().parse_args(argv)
-  if args.command == "table":
-    markdown = table_2([(name, load_summary(run_dir))
-                        for name, run_dir in args.run])
-    result = None
-  else:
-    (name_a, dir_a), (name_b, dir_b) = args.run_a, args.run_b
-    result = paired_t_test(load_user_ranks(dir_a), load_user_ranks(dir_b))
-    markdown = table_4(name_a, name_b, result)
-    print(f"Paired over {result['num_users']} users "
-          f"({result['only_in_a']} only in {name_a}, "
-          f"{result['only_in_b']} only in {name_b}).", file=sys.stderr)
+  parser = _parser()
+  args = parser.parse_args(argv)
+  try:
+    markdown, result = _run_command(args)
+  except (ValueError, FileNotFoundError) as error:
+    parser.error(str(error))
   sys.stdout.write(markdown)
   if args.output:
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as f:
       f.write(markdown)
     if result is not None:
       with open(os.path.splitext(args.output)[0] + ".json", "w",
                 encoding="utf-8") as f:
         json.dump(result, f, indent=2)
+
+
+def _run_command(args: argparse.Namespace
+                 ) -> tuple[str, dict[str, Any] | None]:
+  """The Markdown of `args.command`, and the t-test's numbers for ttest."""
+  if args.command == "table":
+    return table_2([(name, load_summary(run_dir))
+                    for name, run_dir in args.run]), None
+  (name_a, dir_a), (name_b, dir_b) = args.run_a, args.run_b
+  check_paired(load_summary(dir_a), load_summary(dir_b))
+  result = paired_t_test(load_user_ranks(dir_a), load_user_ranks(dir_b))
+  print(f"Paired over {result['num_users']} users "
+        f"({result['only_in_a']} only in {name_a}, "
+        f"{result['only_in_b']} only in {name_b}).", file=sys.stderr)
+  return table_4(name_a, name_b, result), result
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import time
 from typing import Sequence
 
 from evaluator import report
-from experiments import commands
 from experiments import sample_run
 from experiments import stages
 from experiments.layout import RunLayout
@@ -39,22 +38,20 @@ COLUMNS = (("CALRec", "calrec"), ("w/o Stage I", "no_stage1"),
 def ablation_stages(layout: RunLayout,
                     args: argparse.Namespace) -> list[stages.Stage]:
   """Training and evaluation of the three variants."""
-  flags = sample_run.evaluation_flags(args)
-
-  def evaluate(name: str, model: str) -> stages.Stage:
-    return commands.evaluate(f"eval_{name}", layout.data, args.category,
-                             layout.eval_dir(name), layout.model_dir(model),
-                             flags)
-
+  data = sample_run.data_stages(layout, args)
+  stage1 = sample_run.training_stages(layout, args, data)[0]
+  no_stage1 = sample_run.training_stages(
+      layout, args, data, name_suffix="_no_stage1", stage1=False)
+  no_contrastive = sample_run.training_stages(
+      layout, args, data, name_suffix="_no_contrastive",
+      extra_bindings=NO_CONTRASTIVE_BINDINGS)
   return [
-      *sample_run.training_stages(layout, args, name_suffix="_no_stage1",
-                                  stage1=False),
-      evaluate("no_stage1", "stage2_no_stage1"),
-      evaluate("no_stage2", "stage1"),
-      *sample_run.training_stages(layout, args,
-                                  name_suffix="_no_contrastive",
-                                  extra_bindings=NO_CONTRASTIVE_BINDINGS),
-      evaluate("no_contrastive", "stage2_no_contrastive"),
+      *no_stage1,
+      sample_run.evaluation(layout, args, data, "no_stage1", no_stage1[-1]),
+      sample_run.evaluation(layout, args, data, "no_stage2", stage1),
+      *no_contrastive,
+      sample_run.evaluation(layout, args, data, "no_contrastive",
+                            no_contrastive[-1]),
   ]
 
 

@@ -1,7 +1,8 @@
 """The system's commands as `stages.Stage`s, with their completion markers.
 
 One builder per command, shared by the sample run and the ablations so each
-command line is written once.
+command line is written once. `inputs` are the stages whose outputs the
+command reads (see `stages.Stage`).
 """
 
 from __future__ import annotations
@@ -30,29 +31,31 @@ def generate_sample(raw_dir: pathlib.Path, seed: int, num_users: int) -> Stage:
       done_marker=raw_dir / "config.json")
 
 
-def preprocess(config: pathlib.Path, data_dir: pathlib.Path) -> Stage:
+def preprocess(config: pathlib.Path, data_dir: pathlib.Path,
+               inputs: Sequence[Stage]) -> Stage:
   return Stage(
       name="preprocess", module="pipelines.preprocess",
       args=[f"--config={config}", f"--output_dir={data_dir}", "--overwrite",
             *BEAM_FLAGS],
-      done_marker=data_dir / "manifest.json")
+      done_marker=data_dir / "manifest.json", inputs=inputs)
 
 
 def build_vocabulary(data_dir: pathlib.Path, vocabulary: pathlib.Path,
-                     vocab_size: int) -> Stage:
+                     vocab_size: int, inputs: Sequence[Stage]) -> Stage:
   return Stage(
       name="vocabulary", module="tasks.vocab",
       args=[f"--data_dir={data_dir}", f"--output={vocabulary}",
             f"--vocab_size={vocab_size}"],
-      done_marker=vocabulary)
+      done_marker=vocabulary, inputs=inputs)
 
 
 def train(name: str, gin_file: str, model_dir: pathlib.Path,
           data_dir: pathlib.Path, vocabulary: pathlib.Path, train_steps: int,
-          bindings: Sequence[str] = ()) -> Stage:
+          bindings: Sequence[str], inputs: Sequence[Stage]) -> Stage:
   """`trainer.train` with t5x-style `--gin.NAME=VALUE` macros.
 
-  Complete once the checkpoint of the last step exists.
+  Complete once the checkpoint of the last step exists. An interrupted run
+  resumes from its checkpoints; one with other flags starts afresh.
   """
   return Stage(
       name=name, module="trainer.train",
@@ -62,21 +65,25 @@ def train(name: str, gin_file: str, model_dir: pathlib.Path,
             f"--gin.VOCABULARY={_gin_string(vocabulary)}",
             f"--gin.TRAIN_STEPS={train_steps}",
             *(f"--gin.{binding}" for binding in bindings)],
-      done_marker=model_dir / "checkpoints" / str(train_steps))
+      done_marker=model_dir / "checkpoints" / str(train_steps),
+      inputs=inputs, resume_dir=model_dir)
 
 
 def evaluate(name: str, data_dir: pathlib.Path, category: str,
              output_dir: pathlib.Path, model_dir: pathlib.Path | None,
-             flags: Sequence[str] = ()) -> Stage:
-  """`evaluator.evaluate` on the test split; `model_dir=None` runs LIR."""
+             flags: Sequence[str], inputs: Sequence[Stage]) -> Stage:
+  """`evaluator.evaluate` on the test split; `model_dir=None` runs LIR.
+
+  `--overwrite` replaces what an earlier (perhaps interrupted) run wrote.
+  """
   model_args = (["--model=lir"] if model_dir is None else
                 ["--model=calrec", f"--model_dir={model_dir}"])
   return Stage(
       name=name, module="evaluator.evaluate",
       args=[f"--data_dir={data_dir}", f"--category={category}",
             "--split=test", f"--output_dir={output_dir}", *model_args, *flags,
-            *BEAM_FLAGS],
-      done_marker=output_dir / "metrics.json")
+            "--overwrite", *BEAM_FLAGS],
+      done_marker=output_dir / "metrics.json", inputs=inputs)
 
 
 def report(run_dir: pathlib.Path) -> Stage:

@@ -13,6 +13,17 @@ class RunLayout:
   root: pathlib.Path
 
   @property
+  def marker(self) -> pathlib.Path:
+    """Written first by a run; only a folder holding it is reused or deleted."""
+    return self.root / ".sample_run"
+
+  def holds_other_files(self) -> bool:
+    """Whether `root` is a file or a non-empty folder no run marked."""
+    if not self.root.exists() or self.marker.is_file():
+      return False
+    return not self.root.is_dir() or any(self.root.iterdir())
+
+  @property
   def raw(self) -> pathlib.Path:
     return self.root / "raw"
 

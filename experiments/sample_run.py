@@ -22,6 +22,7 @@ Steps, each a real command of the system run as its own process (see
 
 Everything lands in `--output_dir`:
 
+  .sample_run     marks the folder as a run's, written first
   raw/            generated review + meta files and their config.json
   data/           preprocessing output (docs/contracts.md)
   vocab/          spm.model
@@ -29,12 +30,16 @@ Everything lands in `--output_dir`:
   stage2/         Stage II MODEL_DIR
   eval/calrec/    evaluation output of the Stage II model
   eval/lir/       evaluation output of the Last-Item-Repeater
-  logs/           the full output of every step
+  logs/           the full output of every step, and (NAME.json) the
+                  command and inputs it ran with
   results.md      Table 1 and Table 2
   training_curves.png
 
 A step whose output is complete is skipped, so rerunning after an interruption
-continues where it stopped; `--force` reruns every step.
+continues where it stopped; a step whose flags changed since, or that reads the
+output of one that did, runs again. `--force` reruns every step. A non-empty
+`--output_dir` without `.sample_run` is refused, so neither a run nor `--force`
+touches other files.
 """
 
 from __future__ import annotations
@@ -73,22 +78,30 @@ def parse_args(argv: Sequence[str] | None, prog: str = "experiments.sample_run",
   parser.add_argument("--num_generations", type=flags.positive_int, default=16,
                       help="N_gen samples per test user (paper: 32; 16 keeps "
                       "the sample run short on 2 CPU cores)")
-  parser.add_argument("--max_decode_length", type=flags.positive_int, default=80,
+  parser.add_argument("--max_decode_length", type=flags.positive_int,
+                      default=80,
                       help="new tokens per sample at most (paper: 80)")
   parser.add_argument("--force", action="store_true",
-                      help="delete --output_dir first and rerun every step")
+                      help="delete --output_dir (an earlier run's) first and "
+                      "rerun every step")
   args = parser.parse_args(argv)
+  layout = RunLayout(pathlib.Path(args.output_dir))
+  if layout.holds_other_files():
+    parser.error(f"--output_dir {layout.root} is not empty and holds no "
+                 f"earlier run (no {layout.marker.name}); refusing to write "
+                 "into or delete it, pick another folder.")
   return args
 
 
 def training_stages(layout: RunLayout, args: argparse.Namespace,
-                    name_suffix: str = "",
+                    data: Sequence[stages.Stage], name_suffix: str = "",
                     extra_bindings: Sequence[str] = (),
                     stage1: bool = True) -> list[stages.Stage]:
   """Stage I then Stage II from its checkpoint (paper section 3.3).
 
-  Without `stage1`, Stage II alone trains from scratch for the steps of both
-  stages, so that it sees as many batches as the two-stage model.
+  `data` are the `data_stages` they train on. Without `stage1`, Stage II alone
+  trains from scratch for the steps of both stages, so that it sees as many
+  batches as the two-stage model.
   """
   seed_binding = f"RANDOM_SEED={args.seed}"
   stage1_dir = layout.model_dir("stage1" + name_suffix)
@@ -97,7 +110,7 @@ def training_stages(layout: RunLayout, args: argparse.Namespace,
     result.append(commands.train(
         "stage1" + name_suffix, commands.TINY_STAGE1_GIN, stage1_dir,
         layout.data, layout.vocabulary, args.stage1_steps,
-        [seed_binding, *extra_bindings]))
+        [seed_binding, *extra_bindings], data))
     init = [f"INITIAL_CHECKPOINT_PATH={str(stage1_dir)!r}"]
     stage2_steps = args.stage2_steps
   else:
@@ -109,30 +122,47 @@ def training_stages(layout: RunLayout, args: argparse.Namespace,
       layout.vocabulary, stage2_steps,
       [seed_binding,
        f"MIXTURE_OR_TASK_NAME={names.task_name(args.category)!r}", *init,
-       *extra_bindings]))
+       *extra_bindings], [*data, *result]))
   return result
 
 
-def evaluation_flags(args: argparse.Namespace) -> list[str]:
-  return [f"--seed={args.seed}", f"--num_generations={args.num_generations}",
-          f"--max_decode_length={args.max_decode_length}"]
+def evaluation(layout: RunLayout, args: argparse.Namespace,
+               data: Sequence[stages.Stage], name: str,
+               model: stages.Stage | None) -> stages.Stage:
+  """`eval_{name}` of the test split into eval/{name}.
+
+  Evaluates the model that the training stage `model` wrote, or LIR if None.
+  """
+  flags = [f"--seed={args.seed}", f"--num_generations={args.num_generations}",
+           f"--max_decode_length={args.max_decode_length}"]
+  model_dir, inputs = None, list(data)
+  if model is not None:
+    model_dir = layout.model_dir(model.name)
+    inputs.append(model)
+  return commands.evaluate(f"eval_{name}", layout.data, args.category,
+                           layout.eval_dir(name), model_dir, flags, inputs)
 
 
 def data_stages(layout: RunLayout, args: argparse.Namespace
                 ) -> list[stages.Stage]:
-  return [
-      commands.generate_sample(layout.raw, args.seed, args.num_users),
-      commands.preprocess(layout.raw / "config.json", layout.data),
-      commands.build_vocabulary(layout.data, layout.vocabulary,
-                                args.vocab_size),
-  ]
+  """The sample, its preprocessing and the vocabulary, each reading the last."""
+  sample = commands.generate_sample(layout.raw, args.seed, args.num_users)
+  data = commands.preprocess(layout.raw / "config.json", layout.data, [sample])
+  return [sample, data,
+          commands.build_vocabulary(layout.data, layout.vocabulary,
+                                    args.vocab_size, [data])]
 
 
 def open_layout(args: argparse.Namespace) -> RunLayout:
-  """The run's folders; `--force` deletes an earlier run's output first."""
+  """The run's folder, marked as one; `--force` deletes an earlier run first.
+
+  `parse_args` has refused folders holding anything but a run.
+  """
   layout = RunLayout(pathlib.Path(args.output_dir))
   if args.force and layout.root.exists():
     shutil.rmtree(layout.root)
+  layout.root.mkdir(parents=True, exist_ok=True)
+  layout.marker.touch()
   return layout
 
 
@@ -150,14 +180,11 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
 def main_stages(layout: RunLayout, args: argparse.Namespace
                 ) -> list[stages.Stage]:
   """Data, Stage I, Stage II, then CALRec and LIR on the test split."""
-  evaluations = [
-      commands.evaluate("eval_calrec", layout.data, args.category,
-                        layout.eval_dir("calrec"), layout.model_dir("stage2"),
-                        evaluation_flags(args)),
-      commands.evaluate("eval_lir", layout.data, args.category,
-                        layout.eval_dir("lir"), None, evaluation_flags(args)),
-  ]
-  return data_stages(layout, args) + training_stages(layout, args) + evaluations
+  data = data_stages(layout, args)
+  training = training_stages(layout, args, data)
+  return [*data, *training,
+          evaluation(layout, args, data, "calrec", training[-1]),
+          evaluation(layout, args, data, "lir", None)]
 
 
 def run_stages(steps: Sequence[stages.Stage], layout: RunLayout,

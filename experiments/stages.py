@@ -3,19 +3,23 @@
 Each stage is a separate process (`python -m pipelines.preprocess ...`), so a
 run exercises the real command lines, and JAX, TensorFlow, Beam and the JVM
 never share one interpreter. A stage whose output is already complete is
-skipped, so an interrupted run picks up where it stopped.
+skipped, so an interrupted run picks up where it stopped, unless the stage's
+command or that of a stage it reads from changed since: each stage records
+both in `{log_dir}/{name}.json` before it runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 
 class StageError(RuntimeError):
@@ -27,17 +31,28 @@ class Stage:
   """One command of a run and the file whose presence means it completed.
 
   A stage without `done_marker` always runs (it is cheap and reads what the
-  others wrote). `show_plain` shows its output without the `[name]` prefix.
+  others wrote). `inputs` are the stages whose outputs it reads: a change in
+  their commands reruns it too. `resume_dir` is a folder the command resumes
+  from (training checkpoints), deleted before a run with another command than
+  the one that wrote it. `show_plain` shows its output without the `[name]`
+  prefix.
   """
 
   name: str
   module: str
   args: Sequence[str]
   done_marker: pathlib.Path | None
+  inputs: Sequence[Stage] = ()
+  resume_dir: pathlib.Path | None = None
   show_plain: bool = False
 
   def command(self) -> list[str]:
     return [sys.executable, "-m", self.module, *self.args]
+
+  def record(self) -> dict[str, Any]:
+    """What its output depends on: its command and its inputs' records."""
+    return {"command": [self.module, *self.args],
+            "inputs": {stage.name: stage.record() for stage in self.inputs}}
 
 
 def main_exiting_on_stage_error(run: Callable[[Sequence[str] | None], object],
@@ -56,13 +71,27 @@ def _log(message: str) -> None:
 def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
   """Runs `stage` unless already complete; returns its wall time in seconds.
 
-  The command's output is streamed with a `[name]` prefix and kept in
-  `log_dir/{name}.log`. Raises StageError naming the log on failure.
+  Complete means its `done_marker` exists and `log_dir/{name}.json` records a
+  finished run of the same `Stage.record()`. The command's output is streamed
+  with a `[name]` prefix and kept in `log_dir/{name}.log`. Raises StageError
+  naming the log on failure.
   """
+  record_path = log_dir / f"{stage.name}.json"
+  record = stage.record()
+  earlier = (json.loads(record_path.read_text()) if record_path.exists()
+             else {})
   if stage.done_marker and stage.done_marker.exists():
-    _log(f"[{stage.name}] already complete ({stage.done_marker}), skipped")
-    return 0.0
+    if earlier == {"stage": record, "complete": True}:
+      _log(f"[{stage.name}] already complete ({stage.done_marker}), skipped")
+      return 0.0
+    _log(f"[{stage.name}] {stage.done_marker} was not made with these flags "
+         f"and inputs (see {record_path}), rerunning")
+  if (earlier.get("stage") != record and stage.resume_dir and
+      stage.resume_dir.exists()):
+    _log(f"[{stage.name}] deleting {stage.resume_dir}, made with other flags")
+    shutil.rmtree(stage.resume_dir)
   log_dir.mkdir(parents=True, exist_ok=True)
+  _write_record(record_path, record, complete=False)
   log_path = log_dir / f"{stage.name}.log"
   _log(f"[{stage.name}] $ {' '.join(stage.command()[1:])}")
   env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -86,8 +115,15 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
   if stage.done_marker and not stage.done_marker.exists():
     raise StageError(f"Stage {stage.name!r} exited cleanly but did not write "
                      f"{stage.done_marker}; see {log_path}.")
+  _write_record(record_path, record, complete=True)
   _log(f"[{stage.name}] done in {seconds:.0f}s")
   return seconds
+
+
+def _write_record(path: pathlib.Path, record: dict[str, Any],
+                  complete: bool) -> None:
+  path.write_text(json.dumps({"stage": record, "complete": complete},
+                             indent=2))
 
 
 # Library chatter that says nothing about the run's progress, and Beam's

@@ -13,8 +13,8 @@ from evaluator import metrics
 from evaluator import report
 
 
-def _summary(category, value):
-  return {"category": category,
+def _summary(category, value, split="test"):
+  return {"category": category, "split": split,
           "metrics": {key: value for key in metrics.metric_keys()}}
 
 
@@ -39,14 +39,30 @@ def test_table_7_match_shares():
   assert lines[2] == "| Office | CALRec | 0.0% | 84.5% | 94.7% |"
 
 
-def _write_run(run_dir, ranks):
+def test_table_2_refuses_a_second_run_of_a_name_and_category():
+  with pytest.raises(ValueError, match="Two runs named 'A' on Office"):
+    report.table_2([("A", _summary("Office", 0.1)),
+                    ("A", _summary("Office", 0.2))])
+
+
+def test_table_2_refuses_mixed_splits_in_a_category():
+  with pytest.raises(ValueError, match="mix the test and validation splits"):
+    report.table_2([("A", _summary("Office", 0.1)),
+                    ("B", _summary("Office", 0.2, split="validation"))])
+  # Other categories may be on other splits: they are other rows.
+  report.table_2([("A", _summary("Office", 0.1)),
+                  ("A", _summary("Toys", 0.2, split="validation"))])
+
+
+def _write_run(run_dir, ranks, category="Toys", split="test"):
   run_dir.mkdir()
   pq.write_table(pa.table({
       "user_id": list(ranks),
       "rank_optimistic": [r[0] for r in ranks.values()],
       "rank_pessimistic": [r[1] for r in ranks.values()]}),
                  run_dir / "users-00000-of-00001.parquet")
-  (run_dir / "metrics.json").write_text(json.dumps(_summary("Toys", 0.5)))
+  (run_dir / "metrics.json").write_text(
+      json.dumps(_summary(category, 0.5, split)))
 
 
 def test_paired_t_test_joins_by_user(tmp_path):
@@ -87,3 +103,40 @@ def test_cli_rejects_malformed_run_argument(capsys):
   with pytest.raises(SystemExit):
     report.main(["table", "--run=no_equals_sign"])
   assert "expected NAME=DIR" in capsys.readouterr().err
+
+
+def test_cli_table_refuses_duplicate_runs(tmp_path, capsys):
+  _write_run(tmp_path / "calrec", {"u1": (1, 1)})
+  _write_run(tmp_path / "lir", {"u1": (2, 2)})
+  with pytest.raises(SystemExit):
+    report.main(["table", f"--run=A={tmp_path / 'calrec'}",
+                 f"--run=A={tmp_path / 'lir'}"])
+  assert "error: Two runs named 'A' on Toys" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("category,split", [("Office", "test"),
+                                            ("Toys", "validation")])
+def test_cli_ttest_refuses_runs_on_other_users(tmp_path, capsys, category,
+                                               split):
+  ranks = {"u1": (1, 1), "u2": (2, 3)}
+  _write_run(tmp_path / "a", ranks)
+  _write_run(tmp_path / "b", ranks, category=category, split=split)
+  with pytest.raises(SystemExit):
+    report.main(["ttest", f"--run_a=A={tmp_path / 'a'}",
+                 f"--run_b=B={tmp_path / 'b'}"])
+  assert "error: The runs differ in " in capsys.readouterr().err
+
+
+def test_cli_output_creates_its_folder(tmp_path):
+  _write_run(tmp_path / "run", {"u1": (1, 1)})
+  output = tmp_path / "new" / "folder" / "table.md"
+  report.main(["table", f"--run=A={tmp_path / 'run'}", f"--output={output}"])
+  assert output.read_text().startswith("| Dataset | Metric")
+
+
+def test_table_help_describes_only_the_table_output(capsys):
+  with pytest.raises(SystemExit):
+    report.main(["table", "--help"])
+  help_text = capsys.readouterr().out
+  assert "Table 2 layout" in help_text
+  assert ".json" not in help_text and "ttest" not in help_text

@@ -2,12 +2,14 @@
 
 import json
 import pathlib
+import re
 
 import pytest
 
 from evaluator import metrics as metrics_lib
 from experiments import ablations
 from experiments import sample_run
+from experiments import stages
 
 EXPECTED_CATEGORIES = ("Electronics", "CDs", "Games", "Pet")
 TINY_RUN_FLAGS = ("--num_users=80", "--vocab_size=400", "--stage1_steps=2",
@@ -24,6 +26,85 @@ def _table_rows(markdown: str, heading: str) -> list[list[str]]:
 def _cell(summary: dict, metric: str) -> str:
   return (f"{summary['metrics'][metric + '/opt']:.4f}/"
           f"{summary['metrics'][metric + '/pes']:.4f}")
+
+
+def _json_tool(name: str, source: pathlib.Path, output: pathlib.Path,
+               *flags: str, **fields) -> stages.Stage:
+  """A stage copying the JSON file `source` to `output`, its done marker."""
+  return stages.Stage(name=name, module="json.tool",
+                      args=[*flags, str(source), str(output)],
+                      done_marker=output, **fields)
+
+
+def _ran(capsys) -> list[str]:
+  """The stages that ran a command since the last call."""
+  return re.findall(r"^\[(\w+)\] \$ ", capsys.readouterr().out, re.MULTILINE)
+
+
+def test_a_step_reruns_when_its_or_its_inputs_flags_change(tmp_path, capsys):
+  (tmp_path / "in.json").write_text('{"b": 1, "a": 2}')
+
+  def run(*first_flags: str) -> list[str]:
+    first = _json_tool("first", tmp_path / "in.json", tmp_path / "first.json",
+                       *first_flags)
+    second = _json_tool("second", tmp_path / "first.json",
+                        tmp_path / "second.json", inputs=[first])
+    other = _json_tool("other", tmp_path / "in.json", tmp_path / "other.json")
+    for stage in (first, second, other):
+      stages.run_stage(stage, tmp_path / "logs")
+    return _ran(capsys)
+
+  assert run() == ["first", "second", "other"]
+  assert not run()  # Resumed with the same flags: every step is skipped.
+  assert run("--sort-keys") == ["first", "second"]
+  assert list(json.loads((tmp_path / "second.json").read_text())) == ["a", "b"]
+
+
+def test_an_interrupted_step_resumes_unless_its_flags_changed(tmp_path,
+                                                              capsys):
+  source, output = tmp_path / "in.json", tmp_path / "out.json"
+  model = tmp_path / "model"
+
+  def run(*flags: str) -> None:
+    stages.run_stage(_json_tool("train", source, output, *flags,
+                                resume_dir=model), tmp_path / "logs")
+
+  with pytest.raises(stages.StageError):
+    run()  # Interrupted (here: no input yet) ...
+  model.mkdir()
+  (model / "checkpoint").touch()  # ... after some progress.
+  source.write_text("{}")
+  run()
+  assert (model / "checkpoint").exists()  # Same flags: resumed.
+  source.unlink()
+  with pytest.raises(stages.StageError):
+    run("--compact")
+  assert not model.exists()  # Other flags: started afresh.
+  source.write_text("{}")
+  _ran(capsys)
+  run("--compact")
+  # The output of the first flags is no finished run with the others.
+  assert _ran(capsys) == ["train"]
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_a_folder_holding_other_files_is_refused(tmp_path, capsys, force):
+  (tmp_path / "notes.txt").write_text("keep")
+  with pytest.raises(SystemExit):
+    sample_run.open_layout(
+        sample_run.parse_args([f"--output_dir={tmp_path}", *force]))
+  assert "holds no earlier run" in capsys.readouterr().err
+  assert (tmp_path / "notes.txt").read_text() == "keep"
+
+
+def test_force_empties_an_earlier_run(tmp_path):
+  (tmp_path / "run").mkdir()  # An empty folder is accepted.
+  layout = sample_run.open_layout(
+      sample_run.parse_args([f"--output_dir={tmp_path / 'run'}"]))
+  (layout.root / "stage1").mkdir()
+  sample_run.open_layout(
+      sample_run.parse_args([f"--output_dir={layout.root}", "--force"]))
+  assert [path.name for path in layout.root.iterdir()] == [".sample_run"]
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +183,18 @@ def test_ablations_reuse_the_run_and_add_each_variant(run_dir: pathlib.Path):
     assert row[1:3] == [_cell(_summary(run_dir, "calrec"), row[0]),
                         _cell(_summary(run_dir, "no_contrastive"), row[0])]
   assert (run_dir / "ablations.md").read_text() == markdown
+
+
+def test_a_rerun_with_other_flags_reruns_what_they_change(
+    run_dir: pathlib.Path):
+  checkpoint = run_dir / "stage2" / "checkpoints" / "2"
+  before = checkpoint.stat().st_mtime_ns
+  flags = [flag for flag in TINY_RUN_FLAGS
+           if not flag.startswith("--num_generations")]
+  sample_run.run([f"--output_dir={run_dir}", "--num_generations=3", *flags])
+  assert checkpoint.stat().st_mtime_ns == before  # Training was skipped.
+  calrec = _summary(run_dir, "calrec")
+  assert calrec["num_generations"] == 3
+  rows = _table_rows((run_dir / "results.md").read_text(), "Test results")
+  for row in rows[2:]:
+    assert row[2] == _cell(calrec, row[1])
