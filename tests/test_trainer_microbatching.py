@@ -1,6 +1,9 @@
 """Microbatched gradients equal the full batch's, contrastive terms included."""
 
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -26,7 +29,10 @@ def batch():
           for name, value in batch.items()}
 
 
-def _params(model):
+@pytest.fixture(scope="module")
+def params():
+  """Initial parameters; they depend on neither the loss weights nor dropout."""
+  model = models.CALRecModel(CONFIG)
   return jax.jit(lambda rng: models.unboxed_params(
       model.get_initial_variables(rng, {"decoder_input_tokens": (2, 8)})))(
           jax.random.PRNGKey(0))
@@ -46,9 +52,8 @@ def _assert_close(a, b):
 @pytest.mark.parametrize("alpha,beta,num_microbatches", [
     (0.125, -0.025, 2), (0.125, -0.025, 4), (0.0, 0.0, 2)])
 def test_microbatched_loss_and_gradients_equal_the_full_batch(
-    batch, alpha, beta, num_microbatches):
+    batch, params, alpha, beta, num_microbatches):
   model = models.CALRecModel(CONFIG, alpha=alpha, beta=beta)
-  params = _params(model)
   (loss, metrics), grads = _value_and_grad(model, 1)(params, batch)
   (micro_loss, micro_metrics), micro_grads = _value_and_grad(
       model, num_microbatches)(params, batch)
@@ -57,11 +62,56 @@ def test_microbatched_loss_and_gradients_equal_the_full_batch(
   _assert_close(micro_grads, grads)
 
 
-def test_naive_accumulation_would_shrink_the_negatives(batch):
+def _dropout_reference(model, params, batch, dropout_rng, num_microbatches):
+  """The batch loss with microbatch m's rows run under fold_in(rng, m).
+
+  Differentiated directly (no gradient cache): every forward pass is in the
+  graph, so this is the plain gradient of that stochastic loss.
+  """
+  terms = [model.loss_terms(
+      params, {name: value[m::num_microbatches] for name, value in
+               batch.items()}, jax.random.fold_in(dropout_rng, m))
+           for m in range(num_microbatches)]
+  vectors = models.PooledVectors(*(
+      jnp.concatenate(parts) for parts in zip(*(t.vectors for t in terms))))
+  return model.loss_from_terms(models.LossTerms(
+      sum(t.nig_total for t in terms), sum(t.target_tokens for t in terms),
+      vectors))
+
+
+def test_microbatched_dropout_gradient_equals_direct_differentiation(
+    batch, params):
+  """Dropout keeps the gradient cache exact.
+
+  Microbatch m draws its dropout masks from fold_in(rng, m) in both passes
+  (`microbatching.value_and_grad`), so the cached vector gradients are taken
+  at the very vectors the second pass recomputes, and the accumulated
+  gradient is the plain gradient of the loss under those masks.
+  """
+  model = models.CALRecModel(dataclasses.replace(CONFIG, dropout_rate=0.2),
+                             alpha=0.125, beta=-0.025)
+  rng = jax.random.PRNGKey(5)
+  (loss, metrics), grads = jax.jit(
+      lambda p, b, r: microbatching.value_and_grad(model, p, b, r, 2))(
+          params, batch, rng)
+  reference = jax.jit(jax.value_and_grad(
+      lambda p, b, r: _dropout_reference(model, p, b, r, 2), has_aux=True))
+  (ref_loss, ref_metrics), ref_grads = reference(params, batch, rng)
+  np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
+  _assert_close(metrics, ref_metrics)
+  _assert_close(grads, ref_grads)
+  # Not vacuous: dropout is on, so another key gives another gradient.
+  (other_loss, _), other_grads = reference(params, batch,
+                                           jax.random.PRNGKey(6))
+  assert abs(float(other_loss) - float(loss)) > 1e-3
+  assert not np.allclose(np.asarray(jax.tree.leaves(other_grads)[0]),
+                         np.asarray(jax.tree.leaves(grads)[0]), rtol=1e-3)
+
+
+def test_naive_accumulation_would_shrink_the_negatives(batch, params):
   """Averaging per-microbatch losses is not the paper's loss (negatives = the
   whole batch), which is why the gradient is cached instead."""
   model = models.CALRecModel(CONFIG, alpha=0.5, beta=0.0)
-  params = _params(model)
   full_tt = float(_value_and_grad(model, 2)(params, batch)[0][1]["tt_loss"])
   halves = microbatching.split(batch, 2)
   naive_tt = np.mean([

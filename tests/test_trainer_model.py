@@ -68,26 +68,53 @@ def _numpy_next_item_loss(logits, targets, weights):
   return -(target_log_probs * weights).sum() / weights.sum()
 
 
-def test_loss_fn_matches_independent_computation(loss_fn, apply, params,
-                                                batch):
-  loss, metrics = loss_fn(params, batch)
+def _numpy_losses(apply, params, batch, rows):
+  """(L_NIG, L_TT, L_UT) in numpy over the examples `rows` of `batch`."""
   logits, hidden, _ = apply(params, batch["decoder_input_tokens"])
   _, item_hidden, _ = apply(params, batch["item_input_tokens"])
-  logits, hidden, item_hidden = map(np.asarray, (logits, hidden, item_hidden))
-  weights = batch["decoder_loss_weights"]
-  nig = _numpy_next_item_loss(logits, batch["decoder_target_tokens"], weights)
+  logits, hidden, item_hidden = (np.asarray(x)[rows]
+                                 for x in (logits, hidden, item_hidden))
+  batch = {name: value[rows] for name, value in batch.items()}
+  nig = _numpy_next_item_loss(logits, batch["decoder_target_tokens"],
+                              batch["decoder_loss_weights"])
   item = _numpy_pool(item_hidden, batch["item_pool_weights"])
   tt = _numpy_info_nce(item, _numpy_pool(hidden, batch["target_pool_weights"]),
                        TAU)
   ut = _numpy_info_nce(item, _numpy_pool(hidden,
                                          batch["history_pool_weights"]), TAU)
-  np.testing.assert_allclose(float(metrics["nig_loss"]), nig, rtol=1e-5)
-  np.testing.assert_allclose(float(metrics["tt_loss"]), tt, rtol=1e-5)
-  np.testing.assert_allclose(float(metrics["ut_loss"]), ut, rtol=1e-5)
+  return nig, tt, ut
+
+
+def _check_against_numpy(loss_fn, apply, params, batch, rows):
+  """loss_fn's terms and loss equal numpy's over the examples `rows`."""
+  loss, metrics = loss_fn(params, batch)
+  nig, tt, ut = _numpy_losses(apply, params, batch, rows)
+  for name, expected in (("nig_loss", nig), ("tt_loss", tt), ("ut_loss", ut)):
+    np.testing.assert_allclose(float(metrics[name]), expected, rtol=1e-5,
+                               err_msg=name)
   np.testing.assert_allclose(
       float(loss), (1 - ALPHA - BETA) * nig + ALPHA * tt + BETA * ut,
       rtol=1e-5)
-  assert float(metrics["target_tokens"]) == weights.sum()
+  return metrics
+
+
+def test_loss_fn_matches_independent_computation(loss_fn, apply, params,
+                                                batch):
+  metrics = _check_against_numpy(loss_fn, apply, params, batch, np.arange(5))
+  assert float(metrics["target_tokens"]) == batch["decoder_loss_weights"].sum()
+  assert float(metrics["contrastive_examples"]) == 5
+
+
+def test_padding_examples_count_in_no_loss_term(loss_fn, apply, params,
+                                               batch):
+  """All-zero rows are neither anchors nor in-batch negatives (eq. 2, 3)."""
+  valid = np.array([0, 2, 3, 5, 7])
+  padded = {name: np.zeros((8,) + value.shape[1:], value.dtype)
+            for name, value in batch.items()}
+  for name, value in batch.items():
+    padded[name][valid] = value
+  metrics = _check_against_numpy(loss_fn, apply, params, padded, valid)
+  assert float(metrics["contrastive_examples"]) == len(valid)
 
 
 def test_target_span_logits_give_the_full_sequence_loss(model, apply, params):
