@@ -95,6 +95,15 @@ def _mean_metrics(metric_list: Sequence[Mapping[str, Any]]) -> dict[str,
           for k in metric_list[0]}
 
 
+def _weighted_mean(batch_metrics: Sequence[Mapping[str, Any]], key: str,
+                   weight_key: str) -> tuple[float, float]:
+  """(mean of `key` weighted by `weight_key`, total weight) over batches."""
+  values = np.array([float(m[key]) for m in batch_metrics])
+  weights = np.array([float(m[weight_key]) for m in batch_metrics])
+  return float(values @ weights / max(weights.sum(), 1.0)), float(
+      weights.sum())
+
+
 def _split_metrics(model: models.CALRecModel,
                    batch_metrics: Sequence[Mapping[str, Any]]
                   ) -> dict[str, float]:
@@ -104,21 +113,17 @@ def _split_metrics(model: models.CALRecModel,
   averaged per example, so a padded last batch weighs by what it holds. Its
   contrastive terms still have fewer in-batch negatives than a full batch's.
   """
-  tokens = np.array([float(m["target_tokens"]) for m in batch_metrics])
-  nig = float(np.sum([float(m["nig_loss"]) for m in batch_metrics] * tokens) /
-              max(tokens.sum(), 1.0))
-  totals = {"target_tokens": float(tokens.sum())}
-  tt = ut = 0.0
+  split = {"tt_loss": 0.0, "ut_loss": 0.0}
+  split["nig_loss"], split["target_tokens"] = _weighted_mean(
+      batch_metrics, "nig_loss", "target_tokens")
   if "contrastive_examples" in batch_metrics[0]:
-    examples = np.array(
-        [float(m["contrastive_examples"]) for m in batch_metrics])
-    denominator = max(examples.sum(), 1.0)
-    tt, ut = (float(np.sum([float(m[k]) for m in batch_metrics] * examples) /
-                    denominator) for k in ("tt_loss", "ut_loss"))
-    totals["contrastive_examples"] = float(examples.sum())
-  loss = float(losses.calrec_loss(nig, tt, ut, model.alpha, model.beta))
-  return {"loss": loss, "nig_loss": nig, "tt_loss": tt, "ut_loss": ut,
-          **totals}
+    for term in ("tt_loss", "ut_loss"):
+      split[term], split["contrastive_examples"] = _weighted_mean(
+          batch_metrics, term, "contrastive_examples")
+  split["loss"] = float(losses.calrec_loss(
+      split["nig_loss"], split["tt_loss"], split["ut_loss"], model.alpha,
+      model.beta))
+  return split
 
 
 def _format_duration(seconds: float) -> str:
