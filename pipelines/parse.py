@@ -12,6 +12,7 @@ import ast
 import hashlib
 import html
 import json
+import math
 import re
 from typing import Any
 
@@ -23,6 +24,9 @@ Event = tuple[int, str, float, bytes]
 
 # Rating stored for a review without `overall`, below every real rating (1-5).
 MISSING_RATING = -1.0
+
+# Timestamps are written as int64: the ones outside [0, 2**63) are rejected.
+_TIMESTAMP_END = 1 << 63
 
 # Cleaned meta attributes (title, category, brand, price); None when missing.
 ItemMeta = tuple[str | None, str | None, str | None, str | None]
@@ -50,21 +54,37 @@ def load_record(line: bytes | str) -> dict[str, Any]:
     # Decoding first spares json its encoding detection on bytes.
     record = json.loads(line.decode("utf-8") if isinstance(line, bytes)
                         else line)
+  except RecursionError:  # Nested too deeply for either parser.
+    raise RejectError("malformed_line") from None
   except ValueError:
     try:
       text = line.decode("utf-8") if isinstance(line, bytes) else line
       record = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    # TypeError: a list or dict as a dict key or set member, `{[1]: 2}`.
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
       raise RejectError("malformed_line") from None
   if not isinstance(record, dict):
     raise RejectError("not_an_object")
   return record
 
 
+def _encodable(text: str) -> bool:
+  """Whether `text` has a UTF-8 encoding: no lone surrogate (JSON "\\ud800")."""
+  if text.isascii():
+    return True
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError:
+    return False
+  return True
+
+
 def _required_string(record: dict[str, Any], field: str) -> str:
   value = record.get(field)
   if not isinstance(value, str) or not value.strip():
     raise RejectError(f"missing_{field}")
+  if not _encodable(value):
+    raise RejectError("invalid_encoding")
   return value
 
 
@@ -72,14 +92,18 @@ def _timestamp(record: dict[str, Any]) -> int:
   value = record.get("unixReviewTime")
   if value is None or value == "":
     raise RejectError("missing_unixReviewTime")
-  if isinstance(value, bool):
-    raise RejectError("invalid_unixReviewTime")
-  if isinstance(value, int):
-    return value
   if isinstance(value, float) and value.is_integer():
-    return int(value)
-  if isinstance(value, str) and value.strip().isdigit():
-    return int(value)
+    value = int(value)
+  elif isinstance(value, str):
+    digits = value.strip()
+    # isdigit() alone admits digits int() refuses, such as "²"; a timestamp
+    # in range has at most 19 of them (leading zeros aside).
+    if (digits.isascii() and digits.isdigit() and
+        len(digits.lstrip("0")) <= 19):
+      value = int(digits)
+  if (isinstance(value, int) and not isinstance(value, bool) and
+      0 <= value < _TIMESTAMP_END):
+    return value
   raise RejectError("invalid_unixReviewTime")
 
 
@@ -91,7 +115,7 @@ def _rating(record: dict[str, Any]) -> float:
     raise RejectError("invalid_overall")
   try:
     rating = float(value)
-  except (TypeError, ValueError):
+  except (TypeError, ValueError, OverflowError):
     raise RejectError("invalid_overall") from None
   if rating != rating:  # NaN breaks ordering and equality.
     raise RejectError("invalid_overall")
@@ -104,16 +128,22 @@ def text_digest(text: str) -> bytes:
 
 
 def review_event(record: dict[str, Any]) -> tuple[str, Event]:
-  """Reads (reviewerID, event) from one review record."""
+  """Reads (reviewerID, event) from one review record.
+
+  Strings that UTF-8 cannot encode (a lone surrogate) are `invalid_encoding`,
+  timestamps outside int64's [0, 2**63) `invalid_unixReviewTime`.
+  """
   user_id = record.get("reviewerID")
   asin = record.get("asin")
   timestamp = record.get("unixReviewTime")
   rating = record.get("overall")
   text = record.get("reviewText")
-  if not (type(user_id) is str and user_id and not user_id.isspace() and
-          type(asin) is str and asin and not asin.isspace() and
-          type(timestamp) is int and type(rating) is float and
-          rating == rating):
+  if not (type(user_id) is str and user_id.isascii() and user_id and
+          not user_id.isspace() and
+          type(asin) is str and asin.isascii() and asin and
+          not asin.isspace() and
+          type(timestamp) is int and 0 <= timestamp < _TIMESTAMP_END and
+          type(rating) is float and rating == rating):
     # Anything but the common well-formed case takes the checked path.
     user_id = _required_string(record, "reviewerID")
     asin = _required_string(record, "asin")
@@ -121,7 +151,11 @@ def review_event(record: dict[str, Any]) -> tuple[str, Event]:
     rating = _rating(record)
   if not isinstance(text, str):
     text = ""
-  return user_id, (timestamp, asin, rating, text_digest(text))
+  try:
+    digest = text_digest(text)
+  except UnicodeEncodeError:
+    raise RejectError("invalid_encoding") from None
+  return user_id, (timestamp, asin, rating, digest)
 
 
 def clean_text(value: Any) -> str | None:
@@ -148,7 +182,11 @@ def normalize_price(value: Any) -> str | None:
   if isinstance(value, bool):
     return None
   if isinstance(value, (int, float)):
-    return f"${value:,.2f}" if value >= 0 else None
+    try:
+      amount = float(value)  # What the format below does with an int too.
+    except OverflowError:
+      return None
+    return f"${amount:,.2f}" if 0 <= amount < math.inf else None
   text = clean_text(value)
   if text is None:
     return None
@@ -180,11 +218,16 @@ def top_level_category(record: dict[str, Any]) -> str | None:
 
 
 def item_meta(record: dict[str, Any]) -> tuple[str, ItemMeta]:
-  """Reads (asin, cleaned title/category/brand/price) from one meta record."""
+  """Reads (asin, cleaned title/category/brand/price) from one meta record.
+
+  A kept string that UTF-8 cannot encode rejects the row (`invalid_encoding`).
+  """
   asin = _required_string(record, "asin")
-  return asin, (clean_text(record.get("title")), top_level_category(record),
-                clean_text(record.get("brand")),
-                normalize_price(record.get("price")))
+  meta = (clean_text(record.get("title")), top_level_category(record),
+          clean_text(record.get("brand")), normalize_price(record.get("price")))
+  if not all(value is None or _encodable(value) for value in meta):
+    raise RejectError("invalid_encoding")
+  return asin, meta
 
 
 def _meta_rank(meta: ItemMeta) -> tuple[int, tuple[str, ...]]:

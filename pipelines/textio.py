@@ -3,14 +3,19 @@
 Plain files are split into ranges read in parallel; a line belongs to the range
 its first byte lies in. Gzip files cannot be split and form one range each.
 Offsets are positions in the (decompressed) stream, so a reject can be found
-again in its source file.
+again in its source file. A file that cannot be read to its end (a corrupt or
+truncated gzip file, a folder) raises InputError naming it: the job fails
+rather than reading part of it.
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import logging
+import os
 from typing import Iterator, NamedTuple, Sequence
+import zlib
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -20,8 +25,14 @@ _GZIP_SUFFIX = ".gz"
 _PROBE_BYTES = 4096
 
 
+# What reading a corrupt, truncated or unreadable file raises (BadGzipFile
+# and IsADirectoryError are OSErrors).
+_READ_ERRORS = (OSError, EOFError, zlib.error)
+
+
 class InputError(ValueError):
-  """A missing or empty input; the message names the pattern or file."""
+  """A missing, empty or unreadable input; the message names the pattern or
+  file."""
 
 
 class FileRange(NamedTuple):
@@ -40,25 +51,50 @@ def _open(path: str) -> io.BufferedIOBase:
 
 
 def _has_content(path: str) -> bool:
+  """Whether the file holds a byte other than whitespace."""
   with _open(path) as f:
-    return bool(f.read(_PROBE_BYTES).strip())
+    while chunk := f.read(_PROBE_BYTES):
+      if chunk.strip():
+        return True
+  return False
+
+
+def _same_file_key(path: str) -> str:
+  """`path`, resolved if local: two names of one local file share a key."""
+  if FileSystems.get_scheme(path) is None:
+    return os.path.realpath(path)
+  return path
 
 
 def plan_ranges(patterns: Sequence[str], what: str,
                 range_bytes: int = DEFAULT_RANGE_BYTES) -> list[FileRange]:
   """Matches `patterns` and splits the files into ranges.
 
+  A file that several patterns match is read once, under its first name.
   Raises InputError naming the pattern that matches nothing or the file that
-  holds no data; `what` says which input it is (e.g. "reviews of Office").
+  holds no data or cannot be read; `what` says which input it is (e.g.
+  "reviews of Office").
   """
   ranges = []
+  seen = {}
   for pattern in patterns:
     files = sorted(FileSystems.match([pattern])[0].metadata_list,
                    key=lambda m: m.path)
     if not files:
       raise InputError(f"no file matches {pattern} ({what})")
     for metadata in files:
-      if metadata.size_in_bytes == 0 or not _has_content(metadata.path):
+      key = _same_file_key(metadata.path)
+      if key in seen:
+        logging.warning("%s (%s) matched again by %s: read once, as %s",
+                        metadata.path, what, pattern, seen[key])
+        continue
+      seen[key] = metadata.path
+      try:
+        empty = metadata.size_in_bytes == 0 or not _has_content(metadata.path)
+      except _READ_ERRORS as e:
+        raise InputError(f"cannot read input file {metadata.path} ({what}): "
+                         f"{e}") from e
+      if empty:
         raise InputError(f"input file {metadata.path} is empty ({what})")
       if metadata.path.endswith(_GZIP_SUFFIX):
         ranges.append(FileRange(metadata.path, 0, -1))
@@ -73,17 +109,26 @@ def plan_ranges(patterns: Sequence[str], what: str,
 
 
 def read_lines(file_range: FileRange) -> Iterator[tuple[int, bytes]]:
-  """Yields (offset, line) for every line that starts inside the range."""
+  """Yields (offset, line) for every line that starts inside the range.
+
+  Raises InputError naming the file and the offset reading failed at.
+  """
   path, start, end = file_range
-  with _open(path) as f:
-    position = 0
-    if start > 0:
-      # Skip the line that started before the range (it is the previous
-      # range's), unless the range begins right after a newline.
-      f.seek(start - 1)
-      position = start - 1 + len(f.readline())
-    for line in f:
-      if end >= 0 and position >= end:
-        break
-      yield position, line
-      position += len(line)
+  position = start
+  try:
+    with _open(path) as f:
+      if start > 0:
+        # Skip the line that started before the range (it is the previous
+        # range's), unless the range begins right after a newline.
+        f.seek(start - 1)
+        position = start - 1 + len(f.readline())
+      for line in f:
+        if end >= 0 and position >= end:
+          break
+        yield position, line
+        position += len(line)
+  except _READ_ERRORS as e:
+    stream = (" of the decompressed data" if path.endswith(_GZIP_SUFFIX)
+              else "")
+    raise InputError(f"cannot read input file {path} past byte {position}"
+                     f"{stream}: {e}") from e

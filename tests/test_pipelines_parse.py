@@ -22,6 +22,13 @@ def test_load_record_reads_strict_json_and_2014_python_literals():
     (b"not json at all", "malformed_line"),
     (b"[1, 2]", "not_an_object"),
     (b"__import__('os')", "malformed_line"),
+    # Too deep for json (RecursionError), Python literal keys that are lists.
+    pytest.param(b"[" * 100000 + b"]" * 100000, "malformed_line",
+                 id="deep-list"),
+    pytest.param(b'{"asin": ' + b"[" * 100000 + b"]" * 100000 + b"}",
+                 "malformed_line", id="deep-value"),
+    (b"{[1]: 2}", "malformed_line"),
+    (b"{'asin': 'B1', 'tags': {[1]}}", "malformed_line"),
 ])
 def test_load_record_rejects_with_reason(line, reason):
   with pytest.raises(parse.RejectError) as e:
@@ -61,6 +68,48 @@ def test_review_event_rejects_missing_or_invalid_fields(record, reason):
   assert e.value.reason == reason
 
 
+@pytest.mark.parametrize("field,value,reason", [
+    ("reviewerID", "U\ud800", "invalid_encoding"),
+    ("asin", "B\udfff1", "invalid_encoding"),
+    ("reviewText", "fine \ud800", "invalid_encoding"),
+    # Digits int() refuses, and values int64 cannot hold.
+    ("unixReviewTime", "\u00b2", "invalid_unixReviewTime"),
+    pytest.param("unixReviewTime", "1" * 5000, "invalid_unixReviewTime",
+                 id="unixReviewTime-5000-digits"),
+    ("unixReviewTime", 10**20, "invalid_unixReviewTime"),
+    ("unixReviewTime", 2**64 + 1, "invalid_unixReviewTime"),
+    ("unixReviewTime", 1e20, "invalid_unixReviewTime"),
+    pytest.param("overall", 10**400, "invalid_overall", id="overall-10**400"),
+])
+@pytest.mark.parametrize("complete", [True, False])
+def test_review_event_rejects_values_it_cannot_store(field, value, reason,
+                                                     complete):
+  # A complete record takes the fast path, one without `overall` the checked.
+  record = {"reviewerID": "U", "asin": "B1", "unixReviewTime": 1,
+            "reviewText": "ok", "overall": 5.0}
+  if not complete:
+    del record["overall"]
+  record[field] = value
+  with pytest.raises(parse.RejectError) as e:
+    parse.review_event(parse.load_record(json.dumps(record)))
+  assert e.value.reason == reason
+
+
+def test_review_event_keeps_exactly_the_timestamps_int64_holds():
+  kept = {0: 0, 2**63 - 1: 2**63 - 1, " 0001500000000 ": 1500000000,
+          str(2**63 - 1): 2**63 - 1, 1.5e9: 1500000000}
+  for value in (*kept, -1, 2**63, str(2**63), float(2**63)):
+    # With `overall` the fast path reads the record, without it the checked.
+    for rating in ({}, {"overall": 5.0}):
+      record = {"reviewerID": "U", "asin": "B1", "unixReviewTime": value,
+                **rating}
+      if value in kept:
+        assert parse.review_event(record)[1][0] == kept[value]
+      else:
+        with pytest.raises(parse.RejectError, match="invalid_unixReviewTime"):
+          parse.review_event(record)
+
+
 def test_text_digest_tells_texts_apart():
   assert parse.text_digest("a") == parse.text_digest("a")
   assert parse.text_digest("a") != parse.text_digest("a ")
@@ -94,6 +143,8 @@ def test_clean_text(raw, cleaned):
     ("Click here", None),
     ("", None),
     (True, None),
+    pytest.param(10**400, None, id="10**400"),
+    (float("inf"), None),
 ])
 def test_normalize_price(raw, price):
   assert parse.normalize_price(raw) == price
@@ -123,6 +174,19 @@ def test_item_meta_cleans_all_four_attributes():
   with pytest.raises(parse.RejectError) as e:
     parse.item_meta({"title": "no asin"})
   assert e.value.reason == "missing_asin"
+
+
+@pytest.mark.parametrize("line", [
+    '{"asin": "B\\ud800"}',
+    '{"asin": "B1", "title": "Kit \\udc00"}',
+    '{"asin": "B1", "brand": "\\ud800"}',
+    '{"asin": "B1", "category": ["\\ud800", "Tools"]}',
+    "{'asin': 'B1', 'categories': [['\\ud800']]}",
+])
+def test_item_meta_rejects_lone_surrogates(line):
+  with pytest.raises(parse.RejectError) as e:
+    parse.item_meta(parse.load_record(line.encode()))
+  assert e.value.reason == "invalid_encoding"
 
 
 def test_prefer_meta_is_order_independent():
@@ -180,3 +244,69 @@ def test_plan_ranges_names_missing_and_empty_inputs(tmp_path):
   empty.write_bytes(gzip.compress(b"\n\n"))
   with pytest.raises(textio.InputError, match="empty.json.gz is empty"):
     textio.plan_ranges([str(empty)], "reviews of X")
+
+
+def test_plan_ranges_names_unreadable_inputs(tmp_path):
+  data = gzip.compress(b'{"a": 1}\n' * 1000)
+  crc = bytearray(data)
+  crc[-6] ^= 0xFF  # The CRC-32 of the gzip trailer.
+  files = {"plain.json.gz": b'{"a": 1}\n', "cut.json.gz": data[:len(data) // 2],
+           "crc.json.gz": bytes(crc)}
+  for name, content in files.items():
+    (tmp_path / name).write_bytes(content)
+  (tmp_path / "folder.json").mkdir()
+  for name in [*files, "folder.json"]:
+    with pytest.raises(textio.InputError,
+                       match=f"cannot read input file .*{name} "
+                             r"\(reviews of X\): \S"):
+      textio.plan_ranges([str(tmp_path / name)], "reviews of X")
+
+
+def _truncated_gzip(path, num_lines):
+  """A gzip file cut in half whose first MiB still reads: only reading it
+  further fails."""
+  lines = [json.dumps({"i": i, "x": f"{i * 2654435761 % 2**32:08x}" * 4})
+           for i in range(num_lines)]
+  _write(path, lines, compress=True)
+  data = path.read_bytes()
+  path.write_bytes(data[:len(data) // 2])
+  return lines
+
+
+def test_read_lines_names_the_file_and_offset_of_a_truncated_gzip(tmp_path):
+  path = tmp_path / "reviews.json.gz"
+  _truncated_gzip(path, 100000)
+  [file_range] = textio.plan_ranges([str(path)], "reviews of X")
+  read = []
+  with pytest.raises(textio.InputError) as e:
+    read.extend(textio.read_lines(file_range))
+  offset = sum(len(line) for _, line in read)
+  assert read and str(e.value).startswith(
+      f"cannot read input file {path} past byte {offset} of the decompressed "
+      "data: Compressed file ended")
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_plan_ranges_reads_past_leading_blank_bytes(tmp_path, compress):
+  path = tmp_path / ("r.json.gz" if compress else "r.json")
+  _write(path, [" " * 5000, "\t" * 5000, "", '{"a": 1}'], compress)
+  ranges = textio.plan_ranges([str(path)], "reviews of X")
+  lines = [line for r in ranges for _, line in textio.read_lines(r)]
+  assert lines[-1] == b'{"a": 1}\n'
+  blank = tmp_path / ("b.json.gz" if compress else "b.json")
+  _write(blank, [" " * 5000] * 3, compress)
+  with pytest.raises(textio.InputError, match="is empty"):
+    textio.plan_ranges([str(blank)], "reviews of X")
+
+
+def test_plan_ranges_reads_a_file_several_patterns_match_once(tmp_path):
+  for name in ("a.json", "b.json"):
+    _write(tmp_path / name, ['{"a": 1}'] * 50, compress=False)
+  (tmp_path / "link.json").symlink_to(tmp_path / "a.json")
+  patterns = [str(tmp_path / "a.json"), str(tmp_path / "*.json"),
+              str(tmp_path / "." / "b.json")]
+  ranges = textio.plan_ranges(patterns, "reviews of X", range_bytes=100)
+  assert sorted({r.path for r in ranges}) == [str(tmp_path / "a.json"),
+                                              str(tmp_path / "b.json")]
+  assert len(ranges) == len(set(ranges)) == 2 * len(
+      textio.plan_ranges([str(tmp_path / "a.json")], "x", range_bytes=100))

@@ -177,6 +177,86 @@ def test_bad_inputs_fail_early_with_a_message_naming_them(tmp_path, capsys):
   assert "'role' must be one of" in capsys.readouterr().err
 
 
+def test_unreadable_inputs_fail_early_naming_them(tmp_path, capsys):
+  config = _write_fixture(tmp_path / "data")
+  (tmp_path / "data" / "meta_Games.json.gz").write_text('{"asin": "B1"}\n')
+  with pytest.raises(SystemExit):
+    preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/o"])
+  assert ("cannot read input file " + str(tmp_path / "data" /
+                                          "meta_Games.json.gz") +
+          " (meta of Games): Not a gzipped file") in capsys.readouterr().err
+  raw = json.loads(config.read_text())
+  raw["categories"][0]["reviews"] = "."
+  config.write_text(json.dumps(raw))
+  with pytest.raises(SystemExit):
+    preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/o"])
+  assert "(reviews of Games): [Errno 21] Is a directory" in (
+      capsys.readouterr().err)
+  assert not (tmp_path / "o").exists()
+
+
+def test_bad_lines_become_counted_rejects_without_changing_the_rest(
+    tmp_path, run_output):
+  bad_reviews = [
+      '{"reviewerID": "U1\\ud800", "asin": "B1", "unixReviewTime": 1}',
+      '{"reviewerID": "U5", "asin": "B2", "unixReviewTime": 2, '
+      '"reviewText": "\\ud800"}',
+      # Known to an index that drops trailing NULs: then missing in the join.
+      '{"reviewerID": "U1", "asin": "B1\\u0000", "unixReviewTime": 5}',
+      "[" * 100000 + "]" * 100000,
+      "{[1]: 2}",
+      '{"reviewerID": "U1", "asin": "B1", "unixReviewTime": "\u00b2"}',
+      '{"reviewerID": "U1", "asin": "B1", "unixReviewTime": 1' + "0" * 20 +
+      ', "overall": 5.0}',
+  ]
+  bad_meta = ['{"asin": "B\\ud800"}', "{[1]: 2}"]
+  config = _write_fixture(tmp_path / "data")
+  data = tmp_path / "data"
+  with open(data / "Games_5.json", "a") as f:
+    f.write("\n".join(bad_reviews) + "\n")
+  meta = gzip.decompress((data / "meta_Games.json.gz").read_bytes())
+  (data / "meta_Games.json.gz").write_bytes(gzip.compress(
+      meta + ("\n".join(bad_meta) + "\n").encode()))
+  output = tmp_path / "out"
+  stats = preprocess.run([f"--config={config}", f"--output_dir={output}",
+                          "--read_range_mb=1"])
+  clean_output, clean_stats = run_output
+  for category in ("Games", "Stage1"):
+    for split in ("train", "validation", "test"):
+      assert pipelines_testdata.read_split(output / category, split) == (
+          pipelines_testdata.read_split(clean_output / category, split))
+  dropped = dict(clean_stats["Games"]["dropped"])
+  for key, added in (("reviews_rejected_invalid_encoding", 2),
+                     ("reviews_rejected_unknown_asin", 1),
+                     ("reviews_rejected_malformed_line", 2),
+                     ("reviews_rejected_invalid_unixReviewTime", 2),
+                     ("meta_rejected_invalid_encoding", 1),
+                     ("meta_rejected_malformed_line", 1)):
+    dropped[key] = dropped.get(key, 0) + added
+  assert stats["Games"]["dropped"] == dict(sorted(dropped.items()))
+  rejects = (output / "rejects" / "Games.jsonl").read_text().splitlines()
+  records = {json.loads(line)["record"] for line in rejects}
+  assert records >= set(bad_reviews + bad_meta)
+
+
+def test_a_truncated_gzip_fails_the_job_naming_the_file(tmp_path):
+  config = _write_fixture(tmp_path / "data")
+  reviews = "\n".join(
+      _review(f"U{i}", "B1", i, text=f"{i * 2654435761 % 2**32:08x}" * 4)
+      for i in range(60000)).encode()
+  compressed = gzip.compress(reviews)
+  path = tmp_path / "data" / "Games_5.json.gz"
+  path.write_bytes(compressed[:len(compressed) // 2])
+  raw = json.loads(config.read_text())
+  raw["categories"] = raw["categories"][:1]
+  raw["categories"][0]["reviews"] = "Games_5.json.gz"
+  config.write_text(json.dumps(raw))
+  with pytest.raises(Exception,
+                     match=f"cannot read input file {path} past byte"):
+    preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/o"])
+  assert not (tmp_path / "o" / "manifest.json").exists()
+
+
 def test_non_empty_output_dir_needs_overwrite(tmp_path, capsys):
   config = _write_fixture(tmp_path / "data")
   (tmp_path / "out").mkdir()

@@ -1,5 +1,6 @@
 """Tests of the job's per-element steps and the statistics, without Beam."""
 
+import collections
 import json
 
 import pytest
@@ -72,6 +73,17 @@ def test_asin_index_matches_whole_asins_only():
   assert index.contains([]).tolist() == []
 
 
+def test_asin_index_tells_trailing_nul_bytes_apart():
+  # numpy byte strings drop trailing NULs: "B1\0" must still not be "B1".
+  index = processing.AsinIndex(["B1", "B2\0", "\0"])
+  queries = ["B1", "B1\0", "B2", "B2\0", "B2\0\0", "\0", ""]
+  assert index.contains(queries).tolist() == [
+      True, False, False, True, False, True, False]
+  union = processing.AsinIndex.union([processing.AsinIndex(["B1\0"]), index])
+  assert union.contains(["B1", "B1\0", "B1\0\0"]).tolist() == [
+      True, True, False]
+
+
 def test_asin_index_union_is_order_free():
   parts = [processing.AsinIndex(["B1", "B20"]), processing.AsinIndex([]),
            processing.AsinIndex(["B20", "B300"])]
@@ -135,6 +147,60 @@ def test_parse_review_lines_groups_by_shard_and_rejects():
                           "reviews_rejected_unknown_asin": 1,
                           "reviews_rejected_missing_reviewerID": 1,
                           "reviews_rejected_malformed_line": 1}
+
+
+BAD_LINES = {
+    # A lone surrogate in an id or the text the digest encodes.
+    '{"reviewerID": "U\\ud800", "asin": "B1", "unixReviewTime": 1}':
+        "invalid_encoding",
+    '{"reviewerID": "U1", "asin": "B1", "unixReviewTime": 1, '
+    '"reviewText": "\\ud800"}': "invalid_encoding",
+    '{"reviewerID": "U1", "asin": "B1\\ud800", "unixReviewTime": 1}':
+        "invalid_encoding",
+    "[" * 100000 + "]" * 100000: "malformed_line",
+    "{[1]: 2}": "malformed_line",
+    '{"reviewerID": "U1", "asin": "B1", "unixReviewTime": "\u00b2"}':
+        "invalid_unixReviewTime",
+    '{"reviewerID": "U1", "asin": "B1", "unixReviewTime": 1' + "0" * 20 +
+    ', "overall": 5.0}': "invalid_unixReviewTime",
+    '{"reviewerID": "U1", "asin": "B1", "unixReviewTime": ' +
+    str(2**64 + 1) + ', "overall": 5.0}': "invalid_unixReviewTime",
+    # A trailing NUL byte is part of the id: no meta row has this one.
+    '{"reviewerID": "U1", "asin": "B1\\u0000", "unixReviewTime": 1}':
+        "unknown_asin",
+}
+
+
+def test_parse_review_lines_counts_and_writes_every_bad_line():
+  lines = _lines([_review("U1", "B1", 10), *BAD_LINES])
+  chunk = processing.parse_review_lines(
+      lines, "reviews.json", _category(), 0, processing.AsinIndex(["B1"]))
+  assert processing.merge_user_events(chunk.shards.values()) == {
+      "U1": [(10, "B1", 5.0, parse.text_digest("ok"))]}
+  assert [(r.offset, r.reason, r.record) for r in chunk.rejects] == [
+      (offset, reason, line) for (offset, _), (line, reason) in zip(
+          lines[1:], BAD_LINES.items())]
+  reasons = collections.Counter(BAD_LINES.values())
+  assert chunk.counts == {
+      "review_lines": 1 + len(BAD_LINES),
+      **{f"reviews_rejected_{r}": n for r, n in reasons.items()}}
+
+
+def test_parse_meta_lines_counts_and_writes_every_bad_line():
+  bad = {"{[1]: 2}": "malformed_line",
+         "{'asin': 'B2', 'tags': {[1]}}": "malformed_line",
+         '{"asin": ' + "[" * 100000 + "]" * 100000 + "}": "malformed_line",
+         '{"asin": "B\\ud800"}': "invalid_encoding",
+         '{"asin": "B3", "title": "\\udc00"}': "invalid_encoding"}
+  lines = _lines([{"asin": "B1"}, *bad])
+  chunk = processing.parse_meta_lines(lines, "meta.json")
+  assert chunk.items == {"B1": (None, None, None, None)}
+  assert [(r.offset, r.reason, r.record) for r in chunk.rejects] == [
+      (offset, reason, line) for (offset, _), (line, reason) in zip(
+          lines[1:], bad.items())]
+  assert chunk.counts == {"meta_lines": 6, "meta_rows": 1,
+                          "meta_rejected_malformed_line": 3,
+                          "meta_rejected_invalid_encoding": 2}
 
 
 def test_unsampled_users_are_kept_as_ids_without_events():
