@@ -1,4 +1,5 @@
-"""CALRec: contrastive alignment of generative LLMs for sequential recommendation."""
+"""CALRec: contrastive alignment of generative LLMs for sequential
+recommendation."""
 
 import setuptools
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from benchmarks import figures
 from benchmarks import train_step
-from pipelines import options as flags
+from pipelines import options as cli
 from trainer import models
 
 
@@ -98,14 +98,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       allow_abbrev=False, description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", choices=train_step.MODELS, default="tiny")
-  parser.add_argument("--num_prompts", type=flags.positive_int, default=4)
-  parser.add_argument("--num_decodes", type=flags.positive_int, default=8)
-  parser.add_argument("--prompt_length", type=flags.positive_int, default=256,
+  parser.add_argument("--num_prompts", type=cli.positive_int, default=4)
+  parser.add_argument("--num_decodes", type=cli.positive_int, default=8)
+  parser.add_argument("--prompt_length", type=cli.positive_int, default=256,
                       help="Prompt tokens (all prompts full length).")
-  parser.add_argument("--max_decode_length", type=flags.positive_int,
+  parser.add_argument("--max_decode_length", type=cli.positive_int,
                       default=64)
   parser.add_argument("--temperature", type=float, default=0.5)
-  parser.add_argument("--rounds", type=flags.positive_int, default=3)
+  parser.add_argument("--rounds", type=cli.positive_int, default=3)
   args = parser.parse_args(argv)
   if args.temperature <= 0:
     parser.error("--temperature must be > 0.")

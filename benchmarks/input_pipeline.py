@@ -23,7 +23,7 @@ import seqio
 import tensorflow as tf
 
 from benchmarks import figures
-from pipelines import options as flags
+from pipelines import options as cli
 from pipelines import preprocess
 from pipelines import sample_data
 
@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
       allow_abbrev=False, prog="python -m benchmarks.input_pipeline",
       description=__doc__.splitlines()[0])
-  parser.add_argument("--num_batches", type=flags.positive_int, default=200,
+  parser.add_argument("--num_batches", type=cli.positive_int, default=200,
                       help="timed batches of 64")
-  parser.add_argument("--num_users", type=flags.positive_int, default=4000,
+  parser.add_argument("--num_users", type=cli.positive_int, default=4000,
                       help="users of the generated sample")
   parser.add_argument("--vocab_size", type=int, default=4000)
   args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """Users per second of retrieval plus metrics, against pyserini's search.
 
-  .venv/bin/python -m benchmarks.retrieval [--num_items=20000] [--num_users=2000]
+  .venv/bin/python -m benchmarks.retrieval [--num_items=20000] \
+      [--num_users=2000]
 
 A seeded synthetic corpus of templated items (Zipf-like title words,
 a few brands and prices) and users with 10 kept texts each (perturbed corpus
@@ -34,7 +35,7 @@ from evaluator import data
 from evaluator import lucene
 from evaluator import retrieval
 from evaluator import transforms
-from pipelines import options as flags
+from pipelines import options as cli
 from tasks import templates
 
 TEXTS_PER_USER = 10
@@ -118,9 +119,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(
       allow_abbrev=False, description=__doc__,
       formatter_class=argparse.RawTextHelpFormatter)
-  parser.add_argument("--num_items", type=flags.positive_int, default=20000)
-  parser.add_argument("--num_users", type=flags.positive_int, default=2000)
-  parser.add_argument("--num_baseline_queries", type=flags.positive_int,
+  parser.add_argument("--num_items", type=cli.positive_int, default=20000)
+  parser.add_argument("--num_users", type=cli.positive_int, default=2000)
+  parser.add_argument("--num_baseline_queries", type=cli.positive_int,
                       default=20)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from benchmarks import figures
-from pipelines import options as flags
+from pipelines import options as cli
 from trainer import models
 from trainer import network
 from trainer import partitioning
@@ -165,12 +165,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       allow_abbrev=False, description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", choices=MODELS, default="tiny")
-  parser.add_argument("--batch_size", type=flags.positive_int, default=16)
-  parser.add_argument("--inputs_length", type=flags.positive_int, default=256)
-  parser.add_argument("--targets_length", type=flags.positive_int, default=64)
-  parser.add_argument("--steps", type=flags.positive_int, default=3,
+  parser.add_argument("--batch_size", type=cli.positive_int, default=16)
+  parser.add_argument("--inputs_length", type=cli.positive_int, default=256)
+  parser.add_argument("--targets_length", type=cli.positive_int, default=64)
+  parser.add_argument("--steps", type=cli.positive_int, default=3,
                       help="Timed steps per variant and round.")
-  parser.add_argument("--rounds", type=flags.positive_int, default=3,
+  parser.add_argument("--rounds", type=cli.positive_int, default=3,
                       help="Rounds; the best round counts.")
   parser.add_argument("--dtype", choices=["float32", "bfloat16"],
                       help="Activation dtype (default: the model's).")
@@ -178,7 +178,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="jax.nn.dot_product_attention implementation.")
   parser.add_argument("--num_partitions", type=int, default=1,
                       help="Devices on the 'model' mesh axis.")
-  parser.add_argument("--num_microbatches", type=flags.positive_int, default=1,
+  parser.add_argument("--num_microbatches", type=cli.positive_int, default=1,
                       help="Gradient over this many microbatches (MFU counts "
                       "the model FLOPs of the batch, not the extra pass).")
   parser.add_argument("--peak_tflops", type=float,

@@ -109,7 +109,8 @@ class FastBM25:
 
     lengths = np.array([len(tokens) for tokens in doc_tokens], np.int64)
     doc_count = int(np.count_nonzero(lengths))
-    avgdl = np.float32(lengths.sum() / doc_count) if doc_count else np.float32(1)
+    avgdl = (np.float32(lengths.sum() / doc_count) if doc_count else
+             np.float32(1))
     norm_bytes = np.array([int_to_byte4(int(n)) for n in lengths], np.int64)
     norm_inverse = norm_inverse_table(avgdl, k1, b)[norm_bytes[cols]]
     # Per posting: 1 + f * n(d), the denominator of w - w / (1 + f * n(d)).

@@ -33,7 +33,8 @@ class BadRecordError(ValueError):
 
 def parse_example(serialized: bytes) -> UserExample:
   """A `tf.train.Example` of a validation/test split as a `UserExample`."""
-  from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from tensorflow.core.example import example_pb2
   example = example_pb2.Example()
   try:
     example.ParseFromString(serialized)

@@ -39,13 +39,12 @@ from evaluator import files
 from evaluator import generation
 from evaluator import metrics
 from evaluator import report
+from evaluator import retrieval
 from evaluator import transforms
-from pipelines import options as beam_flags
+from pipelines import options as cli
 
 MODELS = ("calrec", "lir")
 SPLITS = ("test", "validation")
-USER_SCHEMA_FIELDS = ("user_id", "target_id", "kept_texts", "kept_logprobs",
-                      "top_item_ids", "rank_optimistic", "rank_pessimistic")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                       "lir: the Last Item Repeater baseline, no model "
                       "(default: %(default)s).")
   parser.add_argument("--model_dir", default=None,
-                      help="Training output folder (needed for --model=calrec).")
+                      help="Training output folder (needed for "
+                      "--model=calrec).")
   parser.add_argument("--checkpoint_step", type=int, default=None,
                       help="Checkpoint step to load (default: the run's best "
                       "by its validation metric, else the latest).")
@@ -83,24 +83,27 @@ def _parser() -> argparse.ArgumentParser:
                       help="fast: vectorized scorer equal to Lucene; lucene: "
                       "Lucene's searcher, one query at a time (default: "
                       "%(default)s).")
-  parser.add_argument("--num_generations", type=beam_flags.positive_int,
+  parser.add_argument("--num_generations", type=cli.positive_int,
                       default=generation.NUM_GENERATIONS,
                       help="N_gen samples per user (default: %(default)s).")
   parser.add_argument("--temperature", type=float,
                       default=generation.TEMPERATURE,
                       help="Sampling temperature (default: %(default)s).")
-  parser.add_argument("--max_decode_length", type=beam_flags.positive_int,
+  parser.add_argument("--max_decode_length", type=cli.positive_int,
                       default=generation.MAX_DECODE_LENGTH,
                       help="New tokens per sample at most (default: "
                       "%(default)s).")
-  parser.add_argument("--num_preds", type=beam_flags.positive_int, default=10,
-                      help="N_preds unique samples kept (default: %(default)s).")
-  parser.add_argument("--epsilon", type=float, default=1 / 5000,
-                      help="Log-prob modulation epsilon (default: %(default)s).")
+  parser.add_argument("--num_preds", type=cli.positive_int,
+                      default=retrieval.NUM_PREDS,
+                      help="N_preds unique samples kept (default: "
+                      "%(default)s).")
+  parser.add_argument("--epsilon", type=float, default=retrieval.EPSILON,
+                      help="Log-prob modulation epsilon (default: "
+                      "%(default)s).")
   parser.add_argument("--seed", type=int, default=0,
                       help="Run seed; each user's sampling seed derives from "
                       "it and the user id (default: %(default)s).")
-  parser.add_argument("--batch_size", type=beam_flags.positive_int, default=32,
+  parser.add_argument("--batch_size", type=cli.positive_int, default=32,
                       help="Users per generation batch (default: %(default)s).")
   parser.add_argument("--recommendations_k", type=int, default=0,
                       help="Also write the top K items per user (default: "
@@ -130,7 +133,7 @@ def parse_args(argv: Sequence[str], check_model: bool = True
   (False when the caller supplies the generator itself).
   """
   parser = _parser()
-  args, beam_argv = beam_flags.parse_job_args(parser, argv)
+  args, beam_argv = cli.parse_job_args(parser, argv)
   if not files.exists(corpus_path(args)):
     parser.error(f"--data_dir/--category: missing {corpus_path(args)}; is "
                  f"{args.category} a category of the preprocessing output?")
@@ -171,7 +174,8 @@ def retrieval_options(args: argparse.Namespace) -> transforms.RetrievalOptions:
       recommendations_k=args.recommendations_k)
 
 
-def _user_schema():
+def _user_schema() -> "pyarrow.Schema":
+  """Columns of users-*.parquet (docs/contracts.md)."""
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   return pa.schema([
       ("user_id", pa.string()), ("target_id", pa.string()),
@@ -222,8 +226,9 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
         load_generator, max_batch_size=args.batch_size))
     with_samples = (
         users
-        | "Requests" >> beam.Map(lambda user: (user, generation.GenerationRequest(
-            user.history_texts, generation.user_seed(seed, user.user_id))))
+        | "Requests" >> beam.Map(lambda user: (
+            user, generation.GenerationRequest(
+                user.history_texts, generation.user_seed(seed, user.user_id))))
         # A split file is read by one worker; spread the users over all.
         | "Spread" >> beam.Reshuffle()
         | "Generate" >> inference.RunInference(handler)
@@ -239,11 +244,13 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
   results = evaluated.results
   output_dir = args.output_dir
 
+  user_schema = _user_schema()
+  user_columns = user_schema.names
   _ = (results
        | "UserColumns" >> beam.Map(
-           lambda r: {field: r[field] for field in USER_SCHEMA_FIELDS})
+           lambda r: {column: r[column] for column in user_columns})
        | "WriteUsers" >> beam.io.WriteToParquet(
-           os.path.join(output_dir, report.USERS_PREFIX), _user_schema(),
+           os.path.join(output_dir, report.USERS_PREFIX), user_schema,
            file_name_suffix=".parquet"))
   if args.recommendations_k:
     _ = (results
@@ -298,7 +305,7 @@ def run(argv: Sequence[str],
     load_generator = calrec_generator_loader(args)
   files.make_dirs(args.output_dir)
   files.delete(earlier_outputs(args.output_dir))
-  options = beam_flags.beam_options(beam_argv)
+  options = cli.beam_options(beam_argv)
   logging.info("Evaluating %s/%s (%s, %s retrieval) into %s", args.category,
                args.split, args.model, args.retrieval, args.output_dir)
   with beam.Pipeline(options=options) as root:
@@ -311,7 +318,7 @@ def run(argv: Sequence[str],
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  beam_flags.configure_logging()
+  cli.configure_logging()
   summary = run(sys.argv[1:] if argv is None else argv)
   sys.stdout.write(report.table_2([(summary["model"], summary)]))
 

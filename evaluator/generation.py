@@ -15,8 +15,6 @@ from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
 from apache_beam.ml.inference import base
 
-from tasks import templates
-
 # Paper section 4, "Implementation Details".
 NUM_GENERATIONS = 32
 TEMPERATURE = 0.5
@@ -31,11 +29,6 @@ class GenerationRequest:
 
   history_texts: tuple[str, ...]
   seed: int
-
-  @property
-  def prompt(self) -> str:
-    """The full prompt (paper section 3.2); generators may budget it."""
-    return templates.user_prompt(self.history_texts)
 
 
 class TextGenerator(Protocol):
@@ -59,7 +52,8 @@ class GeneratorModelHandler(base.ModelHandler[GenerationRequest, Samples,
                max_batch_size: int = 32):
     super().__init__()
     if max_batch_size < 1:
-      raise ValueError(f"max_batch_size must be positive, got {max_batch_size}.")
+      raise ValueError(
+          f"max_batch_size must be positive, got {max_batch_size}.")
     self._load_generator = load_generator
     self._max_batch_size = max_batch_size
 

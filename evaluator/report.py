@@ -215,13 +215,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.error(str(error))
   sys.stdout.write(markdown)
   if args.output:
-    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as f:
-      f.write(markdown)
+    files.make_dirs(os.path.dirname(args.output) or ".")
+    files.write_text(args.output, markdown)
     if result is not None:
-      with open(os.path.splitext(args.output)[0] + ".json", "w",
-                encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+      files.write_text(os.path.splitext(args.output)[0] + ".json",
+                       json.dumps(result, indent=2))
 
 
 def _run_command(args: argparse.Namespace

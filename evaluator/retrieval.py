@@ -123,18 +123,12 @@ MATCH_LEVELS = (4, 3, 2, 1)
 
 @dataclasses.dataclass
 class MatchCounts:
-  """Shares of generated outputs for Table 7's first columns."""
+  """Counts of generated outputs for Table 7's first columns."""
 
   outputs: int = 0
   format_errors: int = 0
   all_four: int = 0
   title_only: int = 0
-
-  def add(self, other: "MatchCounts") -> None:
-    self.outputs += other.outputs
-    self.format_errors += other.format_errors
-    self.all_four += other.all_four
-    self.title_only += other.title_only
 
   def shares(self) -> dict[str, float]:
     denominator = max(self.outputs, 1)
@@ -175,7 +169,7 @@ class HierarchicalMatcher:
     return 0, np.zeros(0, np.int64)
 
   def count(self, texts: Sequence[str]) -> MatchCounts:
-    """Table 7's counts over `texts`: format errors, 4-attribute and title hits."""
+    """Table 7's counts over `texts`: format errors, 4-attribute, title hits."""
     counts = MatchCounts(outputs=len(texts))
     for text in texts:
       level, _ = self.match(text)

@@ -26,14 +26,12 @@ import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-import orbax.checkpoint as ocp
-
 from evaluator import evaluate
 from evaluator import files
 from evaluator import generation
 from evaluator import metrics
 from evaluator import report
-from pipelines import options as beam_flags
+from pipelines import options as cli
 from trainer import checkpoints
 
 SELECTION_FILE = "selection.json"
@@ -82,19 +80,16 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   """Selection flags, and the flags passed on to each evaluation."""
   parser = _parser()
   args, passed_on = parser.parse_known_args(argv)
-  checkpoint_dir = checkpoints.model_path(
-      args.model_dir) / checkpoints.CHECKPOINTS_DIR
-  available = (ocp.utils.checkpoint_steps(checkpoint_dir)
-               if checkpoint_dir.exists() else [])
+  available = checkpoints.available_steps(args.model_dir)
   if not available:
-    parser.error(f"No checkpoints in {checkpoint_dir}.")
+    parser.error(f"No checkpoints in {args.model_dir}.")
   if args.steps is None:
-    args.steps = sorted(available)
+    args.steps = available
   missing = sorted(set(args.steps) - set(available))
   if missing:
     parser.error(f"--steps {missing} are not checkpoints of {args.model_dir} "
-                 f"(it has {sorted(available)}; older ones were deleted by "
-                 "train.keep_checkpoints).")
+                 f"(it has {available}; older ones were deleted by "
+                 "train.keep_checkpoints; train.keep_period keeps more).")
   if args.output_dir is None:
     args.output_dir = os.path.join(
         args.model_dir, f"selection_{args.category}_{args.split}")
@@ -160,8 +155,8 @@ def select(args: argparse.Namespace, passed_on: Sequence[str],
       "category": args.category, "split": args.split, "metric": args.metric,
       "scores": {str(step): score for step, score in scores.items()},
       "best_step": best_step,
-      "best_checkpoint": str(checkpoints.model_path(args.model_dir) /
-                             checkpoints.CHECKPOINTS_DIR / str(best_step)),
+      "best_checkpoint": str(checkpoints.step_path(args.model_dir,
+                                                   best_step)),
   }
   files.write_text(os.path.join(args.output_dir, SELECTION_FILE),
                    json.dumps(selection, indent=2))
@@ -169,7 +164,7 @@ def select(args: argparse.Namespace, passed_on: Sequence[str],
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  beam_flags.configure_logging()
+  cli.configure_logging()
   args, passed_on = parse_args(sys.argv[1:] if argv is None else argv)
   selection = select(args, passed_on)
   lines = [f"| step | {args.metric} |", "|---|---|"]

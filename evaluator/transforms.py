@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import shutil
 import tempfile
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -79,8 +79,8 @@ def evaluate_users(batch: Sequence[tuple[data.UserExample, generation.Samples]],
   for user, samples in batch:
     target_row = corpus.row(user.target_id)
     if target_row is None:
-      yield REJECTS, reject(user.user_id,
-                            f"target item {user.target_id} is not in the corpus")
+      yield REJECTS, reject(
+          user.user_id, f"target item {user.target_id} is not in the corpus")
       continue
     if not samples:
       yield REJECTS, reject(user.user_id, "no generated samples (the newest "
@@ -123,7 +123,8 @@ class ParseUsers(beam.DoFn):
     try:
       yield data.parse_example(serialized)
     except data.BadRecordError as error:
-      yield beam.pvalue.TaggedOutput(REJECTS, reject("", f"bad record: {error}"))
+      yield beam.pvalue.TaggedOutput(REJECTS,
+                                     reject("", f"bad record: {error}"))
 
 
 class RetrieveAndRank(beam.DoFn):
@@ -135,13 +136,14 @@ class RetrieveAndRank(beam.DoFn):
     self._evaluated = beam.metrics.Metrics.counter("evaluator", "users")
     self._rejected = beam.metrics.Metrics.counter("evaluator", "rejected")
 
-  def setup(self):
+  def setup(self) -> None:
     self._corpus = data.load_corpus(self._corpus_path)
     self._index_dir = tempfile.mkdtemp(prefix="calrec_lucene_")
     self._scorer = make_scorer(self._options, self._corpus, self._index_dir)
-    self._matcher = (self._scorer
-                     if isinstance(self._scorer, retrieval_lib.HierarchicalMatcher)
-                     else retrieval_lib.HierarchicalMatcher(self._corpus.texts))
+    if isinstance(self._scorer, retrieval_lib.HierarchicalMatcher):
+      self._matcher = self._scorer
+    else:
+      self._matcher = retrieval_lib.HierarchicalMatcher(self._corpus.texts)
     self._done = 0
     logging.info("Retrieval ready: %d corpus items, %s", len(self._corpus),
                  self._options)
@@ -161,34 +163,43 @@ class RetrieveAndRank(beam.DoFn):
     if self._done // 1000 > previous // 1000:
       logging.info("Evaluated %d users on this worker.", self._done)
 
-  def teardown(self):
+  def teardown(self) -> None:
     shutil.rmtree(getattr(self, "_index_dir", ""), ignore_errors=True)
+
+
+_MATCH_FIELDS = tuple(f.name for f in dataclasses.fields(
+    retrieval_lib.MatchCounts))
+# (users, per-metric sums, per-field match counts)
+_Accumulator = tuple[int, np.ndarray, np.ndarray]
 
 
 class MeanMetrics(beam.CombineFn):
   """Means of the per-user metrics and summed Table 7 match counts."""
 
-  def create_accumulator(self) -> tuple[int, np.ndarray, np.ndarray]:
-    return 0, np.zeros(len(metrics.metric_keys())), np.zeros(4, np.int64)
+  def create_accumulator(self) -> _Accumulator:
+    return (0, np.zeros(len(metrics.metric_keys())),
+            np.zeros(len(_MATCH_FIELDS), np.int64))
 
-  def add_input(self, accumulator, result: dict[str, Any]):
+  def add_input(self, accumulator: _Accumulator,
+                result: dict[str, Any]) -> _Accumulator:
     count, sums, matches = accumulator
     values = metrics.user_metrics(metrics.TargetRanks(
         result["rank_optimistic"], result["rank_pessimistic"]))
     counts = result["match_counts"]
     return (count + 1,
             sums + np.array([values[key] for key in metrics.metric_keys()]),
-            matches + np.array([counts[f.name] for f in dataclasses.fields(
-                retrieval_lib.MatchCounts)], np.int64))
+            matches + np.array([counts[name] for name in _MATCH_FIELDS],
+                               np.int64))
 
-  def merge_accumulators(self, accumulators):
+  def merge_accumulators(self, accumulators: Iterable[_Accumulator]
+                        ) -> _Accumulator:
     count, sums, matches = self.create_accumulator()
     for other_count, other_sums, other_matches in accumulators:
       count, sums, matches = (count + other_count, sums + other_sums,
                               matches + other_matches)
     return count, sums, matches
 
-  def extract_output(self, accumulator) -> dict[str, Any]:
+  def extract_output(self, accumulator: _Accumulator) -> dict[str, Any]:
     count, sums, matches = accumulator
     match_counts = retrieval_lib.MatchCounts(*(int(m) for m in matches))
     return {

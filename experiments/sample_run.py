@@ -53,7 +53,7 @@ from typing import Sequence
 from experiments import commands
 from experiments import stages
 from experiments.layout import RunLayout
-from pipelines import options as flags
+from pipelines import options as cli
 from tasks import names
 
 
@@ -67,18 +67,18 @@ def parse_args(argv: Sequence[str] | None, prog: str = "experiments.sample_run",
                       help="folder for every artifact (default %(default)s)")
   parser.add_argument("--seed", type=int, default=0,
                       help="seed of the sample, training and sampling")
-  parser.add_argument("--num_users", type=flags.positive_int, default=4000,
+  parser.add_argument("--num_users", type=cli.positive_int, default=4000,
                       help="users of the generated sample over all categories")
   parser.add_argument("--category", default="Games",
                       help="eval category for Stage II and the test metrics")
-  parser.add_argument("--vocab_size", type=flags.positive_int, default=1000,
+  parser.add_argument("--vocab_size", type=cli.positive_int, default=1000,
                       help="SentencePiece pieces")
-  parser.add_argument("--stage1_steps", type=flags.positive_int, default=400)
-  parser.add_argument("--stage2_steps", type=flags.positive_int, default=200)
-  parser.add_argument("--num_generations", type=flags.positive_int, default=16,
+  parser.add_argument("--stage1_steps", type=cli.positive_int, default=400)
+  parser.add_argument("--stage2_steps", type=cli.positive_int, default=200)
+  parser.add_argument("--num_generations", type=cli.positive_int, default=16,
                       help="N_gen samples per test user (paper: 32; 16 keeps "
                       "the sample run short on 2 CPU cores)")
-  parser.add_argument("--max_decode_length", type=flags.positive_int,
+  parser.add_argument("--max_decode_length", type=cli.positive_int,
                       default=80,
                       help="new tokens per sample at most (paper: 80)")
   parser.add_argument("--force", action="store_true",

@@ -1,8 +1,10 @@
-"""Command-line flags of `python -m pipelines.preprocess`.
+"""Command-line flags of `python -m pipelines.preprocess`, and the helpers
+every command line of the project shares (imported elsewhere as `cli`).
 
-The job's own flags are parsed here; every other flag is a Beam pipeline
-option and goes to `PipelineOptions` unchanged. Without `--runner` the job
-runs on FnApiRunner: Beam's DirectRunner would first try to download Prism.
+A Beam job's own flags are parsed by its parser; every other flag must be a
+Beam pipeline option (`parse_job_args`) and goes to `PipelineOptions`
+unchanged. Without `--runner` a job runs on FnApiRunner: Beam's DirectRunner
+would first try to download Prism.
 """
 
 from __future__ import annotations

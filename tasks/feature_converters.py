@@ -14,8 +14,8 @@ target item [3, 8] + EOS 1 (L = 7, Li = 3):
   decoder_input_tokens      0  9  4  6  3  8  1
   decoder_loss_weights      0  0  0  1  1  1  0   targets: NIG loss
   decoder_causal_attention  1  1  1  1  0  0  0   prompt inputs, plus one
-  history_pool_weights      0  1  1  1  0  0  0   input is a prompt token: v^U
-  target_pool_weights       0  0  0  0  1  1  1   input is a target token: v^{T|U}
+  history_pool_weights      0  1  1  1  0  0  0   a prompt input: v^U
+  target_pool_weights       0  0  0  0  1  1  1   a target input: v^{T|U}
 
   item_input_tokens         3  8  1
   item_pool_weights         1  1  1                                        v^T

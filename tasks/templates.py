@@ -1,8 +1,9 @@
 """Every text format of the system, in one place (paper section 3.2).
 
-Preprocessing writes item texts with `item_text`; training, evaluation and the
-baselines build prompts with `user_prompt`; the evaluator's hierarchical matcher
-(paper section 6, Table 7) reads generated texts back with `parse_item_text`.
+Preprocessing writes item texts with `item_text`; training and the model's
+generation build prompts with `user_prompt`; the evaluator's hierarchical
+matcher (paper section 6, Table 7) reads generated texts back with
+`parse_item_text`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class ItemAttributes:
 
 
 def truncate_words(text: str | None, max_words: int) -> str:
-  """Collapses whitespace, keeps the first `max_words` words; empty -> Unknown."""
+  """Collapses whitespace and keeps the first `max_words` words, or Unknown."""
   words = (text or "").split()
   if not words:
     return UNKNOWN

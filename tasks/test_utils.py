@@ -1,4 +1,4 @@
-"""Small preprocessing outputs (docs/contracts.md) for tests and benchmarks.
+"""Small preprocessing outputs (docs/contracts.md) for tests.
 
 Folders may be local or on any filesystem of `tf.io.gfile` (e.g. ram://).
 """
@@ -89,9 +89,10 @@ def write_corpus(data_dir: str | os.PathLike[str], category: str,
 
 
 def write_category(data_dir: str | os.PathLike[str], category: str,
-                   num_users: int, seed: int, splits: Sequence[str] = ("train",),
-                   min_items: int = 3, max_items: int = 12,
-                   num_shards: int = 1) -> dict[str, list]:
+                   num_users: int, seed: int,
+                   splits: Sequence[str] = ("train",), min_items: int = 3,
+                   max_items: int = 12, num_shards: int = 1
+                  ) -> dict[str, list]:
   """A random category: every split gets one record per user, and stats.json.
 
   Returns split -> the written (user_id, item_texts) records.

@@ -41,34 +41,25 @@ def test_footnote_9_all_zero_scores():
   assert values["MRR/pes"] == pytest.approx(0.01)
 
 
-def test_mean_metrics_averages_each_key():
-  per_user = [metrics.user_metrics(metrics.TargetRanks(1, 3)),
-              metrics.user_metrics(metrics.TargetRanks(2, 2))]
-  means = metrics.mean_metrics(per_user)
-  assert means["Recall@1/opt"] == 0.5
-  assert means["Recall@1/pes"] == 0.0
-  assert means["MRR/opt"] == pytest.approx((1 + 1 / 2) / 2)
-  assert means["NDCG@10/pes"] == pytest.approx((0.5 + 1 / math.log2(3)) / 2)
-  assert list(means) == metrics.metric_keys()
-
-
 def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="finite"):
     metrics.target_ranks(np.array([0.1, np.nan]), 0)
   with pytest.raises(ValueError, match="1-based"):
     metrics.metrics_at_rank(0)
-  with pytest.raises(ValueError, match="No users"):
-    metrics.mean_metrics([])
 
 
 def test_with_misses_scores_unranked_users_zero():
-  ranked = [metrics.user_metrics(metrics.TargetRanks(1, 3)),
-            metrics.user_metrics(metrics.TargetRanks(2, 2))]
-  missed = dict.fromkeys(metrics.metric_keys(), 0.0)
-  expected = metrics.mean_metrics(ranked + [missed])
-  assert metrics.with_misses(metrics.mean_metrics(ranked), 2, 1) == (
-      pytest.approx(expected))
+  # Two ranked users, at ranks (1, 3) and (2, 2), then one miss.
+  first = metrics.user_metrics(metrics.TargetRanks(1, 3))
+  second = metrics.user_metrics(metrics.TargetRanks(2, 2))
+  means = {key: (first[key] + second[key]) / 2 for key in first}
+  with_miss = metrics.with_misses(means, 2, 1)
+  assert with_miss["Recall@1/opt"] == pytest.approx(1 / 3)
+  assert with_miss["MRR/opt"] == pytest.approx((1 + 1 / 2) / 3)
+  assert with_miss["NDCG@10/pes"] == pytest.approx(
+      (1 / math.log2(4) + 1 / math.log2(3)) / 3)
   # Nobody ranked: every metric is 0, not missing.
-  assert metrics.with_misses({}, 0, 3) == missed
+  assert metrics.with_misses({}, 0, 3) == dict.fromkeys(
+      metrics.metric_keys(), 0.0)
   with pytest.raises(ValueError, match="No users"):
     metrics.with_misses({}, 0, 0)

@@ -10,7 +10,8 @@ A model directory holds
   train/, validation/  TensorBoard summaries
 
 The last `keep` checkpoints are kept, plus the best one by a validation
-metric when one is configured; a step's input state goes with its step.
+metric when one is configured and every `keep_period`-th step when set; a
+step's input state goes with its step.
 """
 
 from __future__ import annotations
@@ -48,6 +49,18 @@ def model_path(path: str | os.PathLike[str]) -> epath.Path:
   """
   path = os.fspath(path)
   return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
+def step_path(model_dir: str | os.PathLike[str], step: int) -> epath.Path:
+  """MODEL_DIR/checkpoints/STEP."""
+  return model_path(model_dir) / CHECKPOINTS_DIR / str(step)
+
+
+def available_steps(model_dir: str | os.PathLike[str]) -> list[int]:
+  """The steps with a checkpoint in model_dir, ascending ([] if none)."""
+  directory = model_path(model_dir) / CHECKPOINTS_DIR
+  return (sorted(ocp.utils.checkpoint_steps(directory))
+          if directory.is_dir() else [])
 
 
 def _process_prefix() -> str:
@@ -242,7 +255,7 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> epath.Path:
     step = manager.best_step()
     manager.close()
     if step is not None:
-      return path / CHECKPOINTS_DIR / str(step)
+      return step_path(path, step)
   raise FileNotFoundError(
       f"No checkpoint at {path}: give a step directory "
       f"(MODEL_DIR/{CHECKPOINTS_DIR}/STEP) or a model directory holding "
@@ -325,14 +338,11 @@ def inference_checkpoint(model_dir: str | os.PathLike[str],
   _read_metadata(model_dir)
   if step is None:
     return resolve_checkpoint(model_dir)
-  step_dir = model_dir / CHECKPOINTS_DIR / str(step)
-  if not (step_dir / "params").is_dir():
-    checkpoint_dir = model_dir / CHECKPOINTS_DIR
-    steps = (sorted(ocp.utils.checkpoint_steps(checkpoint_dir))
-             if checkpoint_dir.is_dir() else [])
-    raise FileNotFoundError(f"No checkpoint at {step_dir}; {model_dir} has "
-                            f"steps {steps}.")
-  return step_dir
+  path = step_path(model_dir, step)
+  if not (path / "params").is_dir():
+    raise FileNotFoundError(f"No checkpoint at {path}; {model_dir} has steps "
+                            f"{available_steps(model_dir)}.")
+  return path
 
 
 def load_for_inference(model_dir: str | os.PathLike[str],

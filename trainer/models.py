@@ -195,7 +195,8 @@ class CALRecModel:
     return count
 
   def score_batch(self, params: PyTree, batch: Batch,
-                  return_intermediates: bool = False):
+                  return_intermediates: bool = False
+                 ) -> Array | tuple[Array, dict[str, Array]]:
     """Sum of log P(decoder_target_tokens) weighted by decoder_loss_weights.
 
     Returns:

@@ -151,7 +151,7 @@ def _write_cache(cache: Array, update: Array, start: Array) -> Array:
 
 
 class Attention(nn.Module):
-  """Grouped-query self-attention with rotary positions and an optional cache."""
+  """Grouped-query self-attention, rotary positions, an optional cache."""
 
   config: TransformerConfig
 

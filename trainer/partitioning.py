@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import flax.linen as nn
 import gin
@@ -121,7 +121,7 @@ class Partitioner:
     return data_layout(self.mesh.devices, jax.process_index())
 
   @contextlib.contextmanager
-  def context(self):
+  def context(self) -> Iterator[None]:
     """The mesh and the logical rules, active while tracing and running."""
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(
         self.logical_axis_rules):

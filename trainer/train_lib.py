@@ -111,10 +111,8 @@ class Trainer:
     return self.abstract_state.params
 
   def _boxed_initial_state(self, rng: Array) -> TrainState:
-    variables = self.model.get_initial_variables(rng, self._input_shapes)
-    params = variables["params"]
-    return TrainState(step=jnp.int32(0), params=params,
-                      opt_state=self.optimizer.init(params))
+    return self._state_from_params(
+        self.model.get_initial_variables(rng, self._input_shapes)["params"])
 
   def _state_from_params(self, params: PyTree) -> TrainState:
     return TrainState(step=jnp.int32(0), params=params,
