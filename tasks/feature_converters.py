@@ -55,11 +55,19 @@ class CALRecFeatureConverter(seqio.FeatureConverter):
   }
   PACKING_FEATURE_DTYPES = None
 
-  def __init__(self, pack: bool = False, **kwargs):
+  def __init__(self, pack: bool = False, use_custom_packing_ops: bool = False,
+               apply_length_check: bool = True, bos_id: int = 0):
+    """seqio's arguments, less `passthrough_features` (the model reads only
+    MODEL_FEATURES)."""
     if pack:
       raise ValueError("CALRecFeatureConverter does not pack: each row must "
                        "hold one user for the in-batch contrastive losses.")
-    super().__init__(pack=False, **kwargs)
+    if bos_id != 0:
+      raise ValueError(f"bos_id must be 0, got {bos_id}: decoder inputs start "
+                       "with token 0, which the model's prompt convention "
+                       "(models.prompt_batch) expects.")
+    super().__init__(pack=False, use_custom_packing_ops=use_custom_packing_ops,
+                     apply_length_check=apply_length_check, bos_id=0)
 
   def get_model_feature_lengths(
       self, task_feature_lengths: Mapping[str, int]) -> dict[str, int]:

@@ -207,6 +207,11 @@ def to_inputs_and_targets(dataset: tf.data.Dataset,
   next-item prefix; older items are dropped whole. The token layout equals
   `budgeted_prompt(...).token_ids`.
   """
+  if not sequence_length or not sequence_length.get("inputs"):
+    raise ValueError(
+        "CALRec tasks need sequence_length={'inputs': ..., 'targets': ...}: "
+        "the prompt keeps the newest history items that fit 'inputs' tokens "
+        f"(got {sequence_length!r}).")
   max_tokens = sequence_length["inputs"]
   prefixes = _PrefixTokens.of(output_features["inputs"].vocabulary)
   head = tf.constant(prefixes.user + prefixes.first_item, tf.int32)

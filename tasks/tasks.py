@@ -10,6 +10,15 @@ next item's text, ending in EOS); `CALRecFeatureConverter` turns them into
 model features. Training records are augmented (`preprocessors.cut_last_items`),
 validation and test records are not.
 
+The tasks have no `metric_fns`: the paper's metrics need BM25 retrieval over
+the category's corpus, which `evaluator.evaluate` runs on the model's samples.
+Any seqio feature converter for decoder-only models reads them (seqio's
+`DecoderFeatureConverter` gives the prefix-LM features), but `CALRecModel`'s
+loss also needs the pooling and item-alone features only
+`CALRecFeatureConverter` adds (docs/contracts.md). Caching works with seqio's
+`cache_tasks_main` (`--module_import=tasks.mixtures`) and
+`train.use_cached_tasks`.
+
 Register for a folder and a SentencePiece model (local paths or any filesystem
 of `tf.io.gfile`, e.g. gs://):
 

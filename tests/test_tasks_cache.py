@@ -9,6 +9,9 @@ import seqio
 from tasks import mixtures
 from tasks import test_utils
 from tasks import vocab
+from trainer import models
+from trainer import network
+from trainer import train_loop
 
 CATEGORY = "Cached_Cat"
 TASK = "calrec_cached_cat"
@@ -20,11 +23,8 @@ def _by_user(ds):
           for ex in ds.as_numpy_iterator()}
 
 
-def test_cache_tasks_main_matches_uncached(tmp_path):
-  data_dir, cache_dir = tmp_path / "data", tmp_path / "cache"
-  written = test_utils.write_category(data_dir, CATEGORY, num_users=8, seed=0,
-                                      splits=("train", "validation"))
-  model = test_utils.train_test_vocabulary(tmp_path / "test.model")
+def _cache_and_register(data_dir, model, cache_dir):
+  """Runs seqio's cache script on TASK, then registers the tasks here."""
   env = dict(os.environ, **{mixtures.DATA_DIR_ENV: str(data_dir),
                             mixtures.VOCABULARY_ENV: model})
   subprocess.run(
@@ -33,9 +33,16 @@ def test_cache_tasks_main_matches_uncached(tmp_path):
        f"--output_cache_dir={cache_dir}",
        "--pipeline_options=--runner=FnApiRunner"],
       env=env, check=True, capture_output=True, timeout=300)
-
   mixtures.register_mixtures(data_dir, model)
   seqio.add_global_cache_dirs([str(cache_dir)])
+
+
+def test_cache_tasks_main_matches_uncached(tmp_path):
+  data_dir, cache_dir = tmp_path / "data", tmp_path / "cache"
+  written = test_utils.write_category(data_dir, CATEGORY, num_users=8, seed=0,
+                                      splits=("train", "validation"))
+  model = test_utils.train_test_vocabulary(tmp_path / "test.model")
+  _cache_and_register(data_dir, model, cache_dir)
   task = seqio.get_mixture_or_task(TASK)
   assert task.cache_dir == str(cache_dir / TASK)
   cached = _by_user(task.get_dataset(LENGTHS, split="validation",
@@ -51,3 +58,23 @@ def test_cache_tasks_main_matches_uncached(tmp_path):
   train = list(task.get_dataset(LENGTHS, split="train", use_cached=True,
                                 shuffle=False).as_numpy_iterator())
   assert len(train) == 8
+
+
+def test_training_reads_the_cache_not_the_records(tmp_path):
+  data_dir, cache_dir = tmp_path / "data", tmp_path / "cache"
+  test_utils.write_category(data_dir, CATEGORY, num_users=8, seed=0,
+                            splits=("train", "validation"))
+  model = test_utils.train_test_vocabulary(tmp_path / "test.model")
+  _cache_and_register(data_dir, model, cache_dir)
+  # Without the records only the cache can feed the run.
+  for record in (data_dir / CATEGORY).glob("*.tfrecord"):
+    record.unlink()
+  config = network.TransformerConfig(vocab_size=512, emb_dim=32, num_heads=2,
+                                     num_kv_heads=1, head_dim=16, mlp_dim=64,
+                                     num_layers=1)
+  state = train_loop.train(
+      model=models.CALRecModel(config), model_dir=str(tmp_path / "model"),
+      mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
+      train_steps=2, batch_size=4, checkpoint_period=2, validation_batches=1,
+      use_cached_tasks=True)
+  assert int(state.step) == 2

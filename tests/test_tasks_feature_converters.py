@@ -60,3 +60,12 @@ def test_spans_select_prompt_and_target_tokens(num_inputs, num_targets):
 def test_packing_is_refused():
   with pytest.raises(ValueError, match="does not pack"):
     feature_converters.CALRecFeatureConverter(pack=True)
+
+
+def test_settings_the_model_cannot_read_are_refused():
+  with pytest.raises(ValueError, match="bos_id must be 0"):
+    feature_converters.CALRecFeatureConverter(bos_id=5)
+  with pytest.raises(TypeError, match="passthrough_features"):
+    feature_converters.CALRecFeatureConverter(
+        passthrough_features={"user_id": None})
+

@@ -101,6 +101,15 @@ def test_pipeline_prompt_equals_whole_prompt_tokenization(vocabulary):
       assert list(python_prompt.token_ids) == tokens
 
 
+@pytest.mark.parametrize("sequence_length", [None, {"targets": 64}])
+def test_prompts_need_an_inputs_length(vocabulary, sequence_length):
+  features = _features(vocabulary)
+  ds = preprocessors.tokenize_items(
+      _records_dataset([("u0", ["Title: A.", "Title: B."])], 0), features)
+  with pytest.raises(ValueError, match="need sequence_length"):
+    preprocessors.to_inputs_and_targets(ds, sequence_length, features)
+
+
 def _cut_lengths(records, max_cut_items, seed, vocabulary, epochs=1):
   ds = preprocessors.tokenize_items(_records_dataset(records, max_cut_items),
                                     _features(vocabulary))

@@ -363,3 +363,5 @@ def test_rewrite_gin_args():
   assert train.rewrite_gin_args(
       ["prog", "--gin.TRAIN_STEPS=10", "--gin_file=x.gin"]) == [
           "prog", "--gin_bindings=TRAIN_STEPS = 10", "--gin_file=x.gin"]
+  with pytest.raises(ValueError, match="--gin.TRAIN_STEPS has no value"):
+    train.rewrite_gin_args(["prog", "--gin.TRAIN_STEPS"])

@@ -7,6 +7,13 @@
 - `predict_batch_with_aux(params, batch, rng, num_decodes=..., ...)`:
   temperature sampling with a key/value cache.
 
+The names and signatures follow t5x's `BaseModel`, not all of its interface:
+metrics are plain arrays (the training loop averages them, no `clu.metrics`),
+there is no `eval_fn` or `predict_batch`, and `predict_batch_with_aux` always
+returns all `num_decodes` samples per prompt ([B, N, T], t5x's
+`return_all_decodes=True`), with the sampling settings as keyword arguments
+rather than t5x's `decoder_params`.
+
 Training batches hold the model features of docs/contracts.md. Attention is
 causal everywhere (as in PaLM-2), so `decoder_causal_attention` is only read
 at inference, to find each prompt's length. Inference batches use the t5x
@@ -92,10 +99,14 @@ class CALRecModel:
   def uses_item_tower(self) -> bool:
     return self.alpha != 0 or self.beta != 0
 
-  def get_initial_variables(self, rng: Array,
-                            input_shapes: Mapping[str, Sequence[int]]
-                           ) -> PyTree:
-    """Variables (boxed with logical axis names) for the given input shapes."""
+  def get_initial_variables(
+      self, rng: Array, input_shapes: Mapping[str, Sequence[int]],
+      input_types: Optional[Mapping[str, Any]] = None) -> PyTree:
+    """Variables (boxed with logical axis names) for the given input shapes.
+
+    `input_types` is t5x's argument; token ids are int32 whatever it says.
+    """
+    del input_types
     tokens = jnp.ones(input_shapes["decoder_input_tokens"], jnp.int32)
     return self.module.init(rng, tokens)
 

@@ -45,10 +45,16 @@ from trainer import train_loop
 
 
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
-  """Turns t5x's `--gin.NAME=VALUE` into `--gin_bindings=NAME = VALUE`."""
+  """Turns t5x's `--gin.NAME=VALUE` into `--gin_bindings=NAME = VALUE`.
+
+  Raises:
+    ValueError: a `--gin.NAME` without `=VALUE`.
+  """
   rewritten = []
   for arg in argv:
-    if arg.startswith("--gin.") and "=" in arg:
+    if arg.startswith("--gin."):
+      if "=" not in arg:
+        raise ValueError(f"{arg} has no value: write --gin.NAME=VALUE.")
       name, value = arg[len("--gin."):].split("=", 1)
       rewritten.append(f"--gin_bindings={name} = {value}")
     else:
@@ -61,8 +67,9 @@ _GIN_FILES = flags.DEFINE_multi_string(
 _GIN_BINDINGS = flags.DEFINE_multi_string(
     "gin_bindings", [],
     "Gin bindings, e.g. \"TRAIN_STEPS = 1000\"; --gin.NAME=VALUE also works.")
-_GIN_SEARCH_PATHS = flags.DEFINE_multi_string(
-    "gin_search_paths", [], "Extra folders to look up gin files in.")
+_GIN_SEARCH_PATHS = flags.DEFINE_list(
+    "gin_search_paths", ["."],
+    "Comma-separated folders to look up gin files in (as in t5x).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Join a multi-process (multi-host) run: jax.distributed.initialize().")
@@ -111,4 +118,8 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, argv=rewrite_gin_args(sys.argv))
+  try:
+    gin_argv = rewrite_gin_args(sys.argv)
+  except ValueError as error:
+    sys.exit(f"Usage error: {error}")
+  app.run(main, argv=gin_argv)

@@ -53,12 +53,13 @@ def _dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
                                                                       int],
              converter: seqio.FeatureConverter, split: str, *, shuffle: bool,
              seed: int, num_epochs: Optional[int],
-             batch_size: Optional[int], shard_info: seqio.ShardInfo):
+             batch_size: Optional[int], shard_info: seqio.ShardInfo,
+             use_cached: bool = False):
   ds = seqio.get_dataset(
       mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
       feature_converter=converter, dataset_split=split, shuffle=shuffle,
       num_epochs=num_epochs, seed=seed, batch_size=batch_size,
-      shard_info=shard_info, verbose=False)
+      shard_info=shard_info, use_cached=use_cached, verbose=False)
   missing = set(models.TRAIN_FEATURES) - set(ds.element_spec)
   if missing:
     raise ValueError(f"The feature converter's output lacks {sorted(missing)};"
@@ -164,6 +165,7 @@ def train(
     num_microbatches: int = 1,
     feature_converter_cls: Optional[type[seqio.FeatureConverter]] = None,
     register_tasks: Optional[Callable[[], Any]] = None,
+    use_cached_tasks: bool = False,
     validation_mixture_or_task_name: Optional[str] = None,
     validation_split: str = "validation",
     validation_batches: Optional[int] = 20,
@@ -196,6 +198,8 @@ def train(
       whole batch: the contrastive negatives stay all `batch_size` examples.
     feature_converter_cls: defaults to tasks' CALRecFeatureConverter.
     register_tasks: called first, to register seqio tasks and mixtures.
+    use_cached_tasks: read the tasks' seqio cache (written by seqio's
+      `cache_tasks_main`) instead of tokenizing the records on the fly.
     validation_mixture_or_task_name: defaults to mixture_or_task_name.
     validation_split: split of the validation task.
     validation_batches: batches per validation (None: the whole split, 0: no
@@ -264,8 +268,8 @@ def train(
   train_batches = _dataset(
       mixture_or_task_name, task_feature_lengths, converter, "train",
       shuffle=True, seed=random_seed, num_epochs=None,
-      batch_size=local_batch_size,
-      shard_info=shard_info).as_numpy_iterator()
+      batch_size=local_batch_size, shard_info=shard_info,
+      use_cached=use_cached_tasks).as_numpy_iterator()
   state = _initial_state(trainer, manager, initial_checkpoint_path,
                          train_batches)
   start_step = int(state.step)
@@ -278,7 +282,8 @@ def train(
   def run_validation(params) -> dict[str, float]:
     dataset = _dataset(validation_name, task_feature_lengths, converter,
                        validation_split, shuffle=False, seed=random_seed,
-                       num_epochs=1, batch_size=None, shard_info=shard_info)
+                       num_epochs=1, batch_size=None, shard_info=shard_info,
+                       use_cached=use_cached_tasks)
     padding = {k: np.zeros(spec.shape, spec.dtype.as_numpy_dtype)
                for k, spec in dataset.element_spec.items()}
     results = [trainer.eval_step(params, batch) for batch in _padded_batches(
