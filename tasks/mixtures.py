@@ -77,15 +77,16 @@ def register_mixtures(data_dir: str | os.PathLike[str] = gin.REQUIRED,
   Returns:
     Category folder name -> task name.
   """
-  names = tasks.register_tasks(data_dir, vocabulary_path, augmentation_seed)
+  task_names = tasks.register_tasks(data_dir, vocabulary_path,
+                                    augmentation_seed)
   trained = [category for category, splits in tasks.find_categories(
       data_dir).items() if tasks.TRAIN_SPLIT in splits]
   rates = stage1_rates(data_dir, trained, rate_exponent)
   seqio.MixtureRegistry.remove(STAGE1_MIXTURE)
   seqio.MixtureRegistry.add(
       STAGE1_MIXTURE,
-      [(names[category], rate) for category, rate in rates.items()])
-  return names
+      [(task_names[category], rate) for category, rate in rates.items()])
+  return task_names
 
 
 if os.environ.get(DATA_DIR_ENV) and os.environ.get(VOCABULARY_ENV):
