@@ -1,13 +1,18 @@
 """LIR against hand-computed ranks, and the Beam job end to end."""
 
 import glob
+import hashlib
+import inspect
 import json
 import logging
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import beam_testfs
+import conftest
 import evaluator_testdata
 import numpy as np
 import pyarrow.parquet as pq
@@ -18,9 +23,11 @@ from evaluator import bm25
 from evaluator import data
 from evaluator import evaluate
 from evaluator import generation
+from evaluator import lucene
 from evaluator import report
 from evaluator import retrieval
 from evaluator import transforms
+from tasks import templates
 
 CATEGORY = "Toys"
 # Plain texts so that ranks follow from which words items share.
@@ -135,10 +142,20 @@ def test_lir_pipeline_writes_metrics_users_and_rejects(data_dir, tmp_path,
   # "short" is a bad record, not a user.
   assert summary["num_unranked"] == 1
   assert summary["metrics"] == pytest.approx(_expected_means(num_missed=1))
+  # Table 7 counts over the 4 ranked users' one sample each (not "lost"'s):
+  # plain texts follow no item template, so all are format errors.
+  assert summary["output_matches"] == {
+      "counts": {"outputs": 4, "format_errors": 4, "all_four": 0,
+                 "title_only": 0},
+      "shares": {"Format Error": 1.0, "All Four Attributes": 0.0,
+                 "Title Only": 0.0}}
   assert json.loads((tmp_path / "metrics.json").read_text()) == summary
-  assert "| Toys | NDCG@10 |" in (tmp_path / "results.md").read_text()
+  results_md = (tmp_path / "results.md").read_text()
+  assert "| Toys | NDCG@10 |" in results_md
+  assert "| Toys | lir (bm25) | 100.0% | 0.0% | 0.0% |" in results_md
 
-  users = pq.read_table(glob.glob(str(tmp_path / "users-*.parquet"))).to_pylist()
+  users = pq.read_table(
+      glob.glob(str(tmp_path / "users-*.parquet"))).to_pylist()
   by_user = {u["user_id"]: u for u in users}
   assert {u: (r["rank_optimistic"], r["rank_pessimistic"])
           for u, r in by_user.items()} == {u: e for u, (_, e) in USERS.items()}
@@ -156,11 +173,16 @@ def test_generator_pipeline_through_run_inference_and_lucene(data_dir,
   # A stale shard of an earlier run is removed with --overwrite.
   model_dir.mkdir()
   (model_dir / "users-00001-of-00002.parquet").write_text("stale")
-  summary = _run(data_dir, model_dir, "--overwrite", "--model=calrec", "--model_dir=unused",
-                 "--bm25_backend=lucene", "--recommendations_k=3",
+  summary = _run(data_dir, model_dir, "--overwrite", "--model=calrec",
+                 "--model_dir=unused", "--bm25_backend=lucene",
+                 "--recommendations_k=3",
                  load_generator=EchoGenerator)
   # Unmatchable and empty texts add all-zero columns: LIR's ranks again.
   assert summary["metrics"] == pytest.approx(_expected_means(num_missed=1))
+  # Table 7 counts all 4 samples of each ranked user, the repeated one too
+  # (3 are kept for retrieval); none follows the item template.
+  assert summary["output_matches"]["counts"] == {
+      "outputs": 16, "format_errors": 16, "all_four": 0, "title_only": 0}
   users = pq.read_table(glob.glob(str(model_dir / "users-*.parquet")))
   u1 = [u for u in users.to_pylist() if u["user_id"] == "u1"][0]
   assert u1["kept_texts"] == ["", "qqqq zzzz", "alpha beta"]
@@ -174,6 +196,107 @@ def test_generator_pipeline_through_run_inference_and_lucene(data_dir,
                               report.load_user_ranks(str(lir_dir)))
   assert test["num_users"] == 4
   assert all(row["p_value"] == 1.0 for row in test["metrics"].values())
+
+
+# Items in the item template, for exact attribute matches (paper section 6).
+TEMPLATED = {"A": ("Red Card", "Toys", "Acme", "$10.00"),
+             "B": ("Red Card", "Toys", "Acme", "$25.00"),
+             "C": ("Red Card", "Toys", "Zenith", "$10.00"),
+             "D": ("Blue Ball", "Toys", "Acme", "$5.00"),
+             "E": ("Red Card", "Books", "Acme", "$10.00")}
+
+
+def _templated_item(item_id):
+  title, category, brand, price = TEMPLATED[item_id]
+  return {"item_id": item_id,
+          "text": templates.item_text(title, category, brand, price),
+          "title": title, "category": category, "brand": brand,
+          "price": price}
+
+
+# Per user: history then target, the generator's samples for the last history
+# item, and the target's (optimistic, pessimistic) ranks, derived in
+# test_hierarchical_retrieval_ranks_and_table_7_by_hand.
+HIERARCHICAL_USERS = {
+    "h1": (["D", "A", "B"], [
+        (templates.item_text("Red Card", "Toys", "Acme", "$99.00"), -1.0),
+        ("Red Card by Acme", -0.5),  # Format error.
+        (templates.item_text("Red Card", "Garden", "Nobody", "$1.00"), -2.0),
+        (templates.item_text("Red Card", "Toys", "Acme", "$99.00"), -4.0),
+    ], (1, 2)),
+    "h2": (["A", "C", "D"], [
+        (_templated_item("C")["text"], -1.0),
+        (templates.item_text("Blue Ball", "Toys", "Zenith", "$7.00"), -3.0),
+    ], (2, 2)),
+    "h3": (["B", "E", "A"], [
+        (templates.item_text("Green Hat", "Toys", "Acme", "$10.00"), -0.1),
+        ("", -0.2),  # Format error.
+    ], (1, 5)),
+}
+
+
+class TableGenerator:
+  """The samples HIERARCHICAL_USERS lists for the request's last item."""
+
+  def generate(self, requests):
+    by_last_text = {_templated_item(items[-2])["text"]: samples
+                    for items, samples, _ in HIERARCHICAL_USERS.values()}
+    return [by_last_text[request.history_texts[-1]] for request in requests]
+
+
+def test_hierarchical_retrieval_ranks_and_table_7_by_hand(tmp_path):
+  """Paper section 6: exact matches at 4, 3, 2, then 1 attributes.
+
+  Each matched item scores exp(eps * log-prob) of its best matching sample.
+  h1: "Red Card, Toys, Acme, $99" matches A and B on 3 attributes (log-prob
+  -1); "Red Card, Garden, Nobody" matches A, B, C, E on the title (-2), so C
+  and E score exp(-2 eps) < exp(-eps); the format error and D score 0.
+  Target B ties A on top: ranks (1, 2).
+  h2: C's own text matches C on all four (-1); "Blue Ball, Toys, Zenith"
+  matches D on title and category (-3). Target D is second: (2, 2).
+  h3: an unknown title and an empty text match nothing: all five tie, (1, 5).
+  """
+  data_dir, output_dir = tmp_path / "data", tmp_path / "eval"
+  evaluator_testdata.write_corpus(data_dir / CATEGORY,
+                                  [_templated_item(i) for i in TEMPLATED])
+  evaluator_testdata.write_split(
+      data_dir / CATEGORY, "test", CATEGORY,
+      [(user, [_templated_item(i) for i in items])
+       for user, (items, _, _) in HIERARCHICAL_USERS.items()])
+  summary = _run(data_dir, output_dir, "--model=calrec", "--model_dir=unused",
+                 "--retrieval=hierarchical", load_generator=TableGenerator)
+
+  users = pq.read_table(glob.glob(str(output_dir / "users-*.parquet")))
+  by_user = {u["user_id"]: u for u in users.to_pylist()}
+  assert {u: (r["rank_optimistic"], r["rank_pessimistic"])
+          for u, r in by_user.items()} == {
+              u: ranks for u, (_, _, ranks) in HIERARCHICAL_USERS.items()}
+  assert by_user["h1"]["top_item_ids"] == ["A", "B", "C", "E", "D"]
+  assert by_user["h2"]["top_item_ids"] == ["C", "D", "A", "B", "E"]
+  assert by_user["h3"]["top_item_ids"] == ["A", "B", "C", "D", "E"]
+
+  assert summary["retrieval"] == "hierarchical"
+  assert summary["num_users"] == 3 and summary["num_unranked"] == 0
+
+  def ndcg(rank):
+    return 1 / math.log2(rank + 1)
+
+  assert summary["metrics"] == pytest.approx({
+      "NDCG@10/opt": (1 + ndcg(2) + 1) / 3,
+      "NDCG@10/pes": (ndcg(2) + ndcg(2) + ndcg(5)) / 3,
+      "Recall@1/opt": 2 / 3, "Recall@1/pes": 0.0,
+      "Recall@10/opt": 1.0, "Recall@10/pes": 1.0,
+      "MRR/opt": (1 + 1 / 2 + 1) / 3, "MRR/pes": (1 / 2 + 1 / 2 + 1 / 5) / 3})
+  # Table 7 over all 8 samples, h1's repeat included. Format errors: h1's
+  # "Red Card by Acme" and h3's "". All four: h2's C. Title matched (any
+  # level >= 1): h1's three templated samples and both of h2's.
+  assert summary["output_matches"] == {
+      "counts": {"outputs": 8, "format_errors": 2, "all_four": 1,
+                 "title_only": 5},
+      "shares": {"Format Error": 0.25, "All Four Attributes": 0.125,
+                 "Title Only": 0.625}}
+  assert "| Toys | calrec (hierarchical) | 25.0% | 12.5% | 62.5% |" in (
+      output_dir / "results.md").read_text()
 
 
 def test_remote_paths_through_beam_filesystems(data_dir, tmp_path):
@@ -205,7 +328,15 @@ class ProcessIdGenerator:
 
 
 def test_generation_is_spread_over_the_workers(tmp_path, monkeypatch):
-  """The split is one file, read by one worker; generation uses both."""
+  """The split is one file, read by one worker; generation uses both.
+
+  Not a matter of timing: for the stage after Reshuffle's GroupByKey,
+  FnApiRunner's ParallelBundleManager (apache-beam 2.77, pinned) deals the
+  grouped keys (one random key per user) round-robin into one part per
+  worker and sends the parts, as consecutive bundles, to the worker handlers
+  round-robin. Each worker gets the users of every other key, whatever the
+  load on the machine.
+  """
   # Worker processes unpickle ProcessIdGenerator from this module.
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
       [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
@@ -221,16 +352,82 @@ def test_generation_is_spread_over_the_workers(tmp_path, monkeypatch):
                  load_generator=ProcessIdGenerator)
   assert summary["num_users"] == len(users)
   rows = pq.read_table(glob.glob(str(output_dir / "users-*.parquet")),
-                       columns=["kept_texts"]).to_pylist()
+                       columns=["user_id", "kept_texts", "rank_optimistic",
+                                "rank_pessimistic"]).to_pylist()
   process_ids = {text for row in rows for text in row["kept_texts"]
                  if text.startswith("pid")}
-  assert len(process_ids) == 2
+  assert len(process_ids) == 2 and f"pid{os.getpid()}" not in process_ids
+  # "pidN" matches no item: every copy keeps its LIR ranks...
+  assert {row["user_id"]: (row["rank_optimistic"], row["rank_pessimistic"])
+          for row in rows} == {f"{user}_{copy}": ranks for user, (_, ranks)
+                               in USERS.items() for copy in range(10)}
+  # ... so the means merged from both workers' partial sums are those of one
+  # worker over USERS, and the Table 7 counts add up over both workers.
+  assert summary["metrics"] == pytest.approx(_expected_means(num_missed=0))
+  assert summary["output_matches"]["counts"] == {
+      "outputs": 80, "format_errors": 80, "all_four": 0, "title_only": 0}
+
+
+_SEED_KEYS = [(seed, user) for seed in (0, 1, 12345)
+              for user in ("u1", "u2", "A1B2C3", "Ünïcødé", "")]
+
+
+def _seeds_in_subprocess(hash_seed):
+  """`user_seed` of _SEED_KEYS in a fresh interpreter with PYTHONHASHSEED."""
+  code = ("import json, sys; from evaluator import generation; "
+          "print(json.dumps([generation.user_seed(s, u) "
+          "for s, u in json.load(sys.stdin)]))")
+  completed = subprocess.run(
+      [sys.executable, "-c", code], input=json.dumps(_SEED_KEYS),
+      capture_output=True, text=True, check=True,
+      env=dict(os.environ, PYTHONHASHSEED=str(hash_seed)),
+      cwd=conftest.REPO_ROOT)
+  return json.loads(completed.stdout)
 
 
 def test_user_seeds_depend_on_user_and_run_seed_only():
-  assert generation.user_seed(0, "u1") == generation.user_seed(0, "u1")
-  assert len({generation.user_seed(s, u) for s in (0, 1)
-              for u in ("u1", "u2")}) == 4
+  # Independent implementation of generation.user_seed: the first 4 bytes of
+  # SHA-256("{seed}:{user_id}") read little-endian, top bit cleared (31 bits).
+  def expected(seed, user_id):
+    digest = hashlib.sha256(f"{seed}:{user_id}".encode("utf-8")).hexdigest()
+    little_endian = "".join(reversed([digest[i:i + 2] for i in range(0, 8, 2)]))
+    return int(little_endian, 16) % 2**31
+
+  seeds = [generation.user_seed(seed, user) for seed, user in _SEED_KEYS]
+  assert seeds == [expected(seed, user) for seed, user in _SEED_KEYS]
+  assert len(set(seeds)) == len(_SEED_KEYS)
+  # PRNGKey takes it as uint32; the full 31 bits are used.
+  many = [generation.user_seed(0, f"u{i}") for i in range(2000)]
+  assert 0 <= min(many) and max(many) < 2**31 and max(many) >= 2**30
+  # Not Python's per-process salted hash(): other interpreters agree.
+  assert _seeds_in_subprocess(1) == seeds
+  assert _seeds_in_subprocess(2) == seeds
+
+
+def test_defaults_are_the_papers(data_dir, tmp_path):
+  """Paper section 4, "Implementation Details"."""
+  # N_gen = 32 samples at temperature 0.5, at most 80 decoded tokens.
+  assert generation.NUM_GENERATIONS == 32
+  assert generation.TEMPERATURE == 0.5
+  assert generation.MAX_DECODE_LENGTH == 80
+  # N_preds = 10 kept texts; log-prob modulation epsilon = 1/5000.
+  assert retrieval.NUM_PREDS == 10
+  assert retrieval.EPSILON == 1 / 5000
+  # BM25 with k1 = 1.5 and b = 0.75, for both backends.
+  assert (lucene.BM25_K1, lucene.BM25_B) == (1.5, 0.75)
+  for scorer in (bm25.FastBM25, bm25.FastBM25Scorer, lucene.LuceneBM25):
+    parameters = inspect.signature(scorer).parameters
+    assert (parameters["k1"].default, parameters["b"].default) == (1.5, 0.75)
+  options = transforms.RetrievalOptions()
+  assert (options.num_preds, options.epsilon) == (10, 1 / 5000)
+  # The command line's defaults.
+  args, _ = evaluate.parse_args([
+      f"--data_dir={data_dir}", f"--category={CATEGORY}",
+      f"--output_dir={tmp_path}", "--model_dir=unused"], check_model=False)
+  assert (args.num_generations, args.temperature, args.max_decode_length,
+          args.num_preds, args.epsilon) == (32, 0.5, 80, 10, 1 / 5000)
+  assert (args.model, args.retrieval, args.bm25_backend) == (
+      "calrec", "bm25", "fast")
 
 
 def test_bad_flags_say_what_to_fix(data_dir, tmp_path, capsys):

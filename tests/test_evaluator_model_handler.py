@@ -13,6 +13,7 @@ import pytest
 from evaluator import evaluate
 from evaluator import generation
 from evaluator import model_handler
+from evaluator import retrieval
 from tasks import templates
 from tasks import test_utils
 from tasks import vocab
@@ -88,30 +89,92 @@ def test_request_whose_newest_item_cannot_fit_gets_no_samples(generator_parts):
   assert all(len(samples) == NUM_GENERATIONS for samples in outputs[:-1])
 
 
-def test_evaluate_loads_a_model_dir_and_generates(generator_parts, tmp_path):
+STEPS = (7, 9)
+
+
+@pytest.fixture(scope="module")
+def model_dir(generator_parts, tmp_path_factory):
+  """A model dir with checkpoints at STEPS, each with its own parameters.
+
+  Returns the dir and {step: params}.
+  """
   model, params, vocabulary = generator_parts
-  model_dir = tmp_path / "model"
+  other_params = nn.meta.unbox(model.get_initial_variables(
+      jax.random.PRNGKey(1), {"decoder_input_tokens": (1, 8)}))["params"]
+  params_by_step = dict(zip(STEPS, (params, other_params)))
+  model_dir = tmp_path_factory.mktemp("run") / "model"
   checkpoints.write_model_metadata(
       model_dir, model, vocabulary, {"inputs": 400, "targets": 16},
       best_metric=None, best_mode="min")
   optimizer = train_lib.create_optimizer()
   manager = checkpoints.CheckpointManager(model_dir)
-  manager.save(train_lib.TrainState(step=jnp.int32(7), params=params,
-                                    opt_state=optimizer.init(params)))
+  for step, step_params in params_by_step.items():
+    manager.save(train_lib.TrainState(step=jnp.int32(step), params=step_params,
+                                      opt_state=optimizer.init(step_params)))
   manager.close()
+  return model_dir, params_by_step
 
+
+@pytest.fixture(scope="module")
+def eval_data_dir(tmp_path_factory):
+  """Tools corpus and 5 test users; returns (data dir, {user: history})."""
   items = evaluator_testdata.generated_items(30, seed=3)
-  category_dir = tmp_path / "data" / "Tools"
-  evaluator_testdata.write_corpus(category_dir, items)
-  evaluator_testdata.write_split(category_dir, "test", "Tools", [
-      (f"u{i}", items[i:i + 3]) for i in range(5)])
+  data_dir = tmp_path_factory.mktemp("data")
+  evaluator_testdata.write_corpus(data_dir / "Tools", items)
+  users = [(f"u{i}", items[i:i + 3]) for i in range(5)]
+  evaluator_testdata.write_split(data_dir / "Tools", "test", "Tools", users)
+  return data_dir, {user: tuple(item["text"] for item in user_items[:-1])
+                    for user, user_items in users}
+
+
+@pytest.fixture(scope="module")
+def expected_kept(generator_parts, model_dir, eval_data_dir):
+  """{step: {user: (kept texts, log-probs)}}, generated from memory.
+
+  The same generator settings as `evaluate` below (prompt length 400 + 1,
+  default temperature, seed 0), with the parameters saved at each step.
+  """
+  model, _, vocabulary = generator_parts
+  _, histories = eval_data_dir
+  requests = [generation.GenerationRequest(history,
+                                           generation.user_seed(0, user))
+              for user, history in histories.items()]
+  expected = {}
+  for step, params in model_dir[1].items():
+    outputs = model_handler.JaxGenerator(
+        model, params, vocabulary, prompt_length=401,
+        num_generations=NUM_GENERATIONS, max_decode_length=6,
+        batch_size=4).generate(requests)
+    kept = [retrieval.select_predictions(samples) for samples in outputs]
+    expected[step] = {user: (p.texts, p.logprobs)
+                      for user, p in zip(histories, kept)}
+  # Else the test below could not tell the steps apart.
+  assert expected[STEPS[0]] != expected[STEPS[1]]
+  return expected
+
+
+# --checkpoint_step, and the step whose parameters it must load; without
+# one, the run's best step, here the latest (no validation metric tracked).
+@pytest.mark.parametrize("flag_step, step", [(7, 7), (9, 9), (None, 9)])
+def test_evaluate_generates_with_the_checkpoint_step_asked_for(
+    model_dir, eval_data_dir, expected_kept, tmp_path, flag_step, step):
+  data_dir, _ = eval_data_dir
+  flags = [] if flag_step is None else [f"--checkpoint_step={flag_step}"]
   summary = evaluate.run([
-      f"--data_dir={tmp_path / 'data'}", "--category=Tools",
+      f"--data_dir={data_dir}", "--category=Tools",
       f"--output_dir={tmp_path / 'out'}", "--model=calrec",
-      f"--model_dir={model_dir}", f"--num_generations={NUM_GENERATIONS}",
-      "--max_decode_length=6", "--batch_size=4", "--runner=FnApiRunner"])
+      f"--model_dir={model_dir[0]}", *flags,
+      f"--num_generations={NUM_GENERATIONS}", "--max_decode_length=6",
+      "--batch_size=4", "--runner=FnApiRunner"])
   assert summary["num_users"] == 5 and summary["num_rejected"] == 0
+  assert summary["checkpoint_step"] == flag_step
   users = pq.read_table(glob.glob(str(tmp_path / "out" / "users-*.parquet")))
-  for user in users.to_pylist():
-    assert 1 <= len(user["kept_texts"]) <= NUM_GENERATIONS
-    assert user["kept_logprobs"] == sorted(user["kept_logprobs"], reverse=True)
+  kept = {user["user_id"]: (tuple(user["kept_texts"]),
+                            tuple(user["kept_logprobs"]))
+          for user in users.to_pylist()}
+  assert kept.keys() == expected_kept[step].keys()
+  for user, (texts, logprobs) in kept.items():
+    expected_texts, expected_logprobs = expected_kept[step][user]
+    assert texts == expected_texts
+    # Other batch shapes may round the log-probs differently.
+    np.testing.assert_allclose(logprobs, expected_logprobs, rtol=1e-5)

@@ -1,7 +1,13 @@
 """Tests of ordering, deduplication, sampling and role splits."""
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
+import zlib
 
+import conftest
 import pytest
 
 from pipelines import parse
@@ -77,11 +83,39 @@ def test_sampling_is_a_seeded_hash_of_category_and_user_id():
   assert all(sequences.sampled(u, "Pet", 1.0, 7) for u in users[:10])
 
 
-def test_shards_cover_range_and_do_not_depend_on_order():
-  users = [f"U{i}" for i in range(1000)]
-  shards = [sequences.shard_of(u, 4) for u in users]
-  assert set(shards) == {0, 1, 2, 3}
-  assert shards == [sequences.shard_of(u, 4) for u in users]
+# Ids with non-ASCII characters: the hash is of the UTF-8 bytes.
+_SHARD_USERS = [f"U{i}" for i in range(1000)] + ["Ünïcødé", "ユーザー", ""]
+
+
+def _shards_in_subprocess(hash_seed):
+  """`shard_of` of _SHARD_USERS in a fresh interpreter with PYTHONHASHSEED."""
+  code = ("import json, sys; from pipelines import sequences; "
+          "users = json.load(sys.stdin); "
+          "print(json.dumps([[sequences.id_hash(u), sequences.shard_of(u, 7)] "
+          "for u in users]))")
+  env = dict(os.environ, PYTHONHASHSEED=str(hash_seed))
+  completed = subprocess.run(
+      [sys.executable, "-c", code], input=json.dumps(_SHARD_USERS),
+      capture_output=True, text=True, check=True, env=env,
+      cwd=conftest.REPO_ROOT)
+  return [tuple(pair) for pair in json.loads(completed.stdout)]
+
+
+def test_shards_are_crc32_of_the_utf8_id_in_every_process():
+  # Independent implementation of the documented rule: CRC-32 of the id's
+  # UTF-8 bytes, modulo the number of shards (Python's hash() is salted per
+  # process, so shards built on it would differ from one worker to the next).
+  expected = [(zlib.crc32(u.encode("utf-8")) & 0xFFFFFFFF,
+               (zlib.crc32(u.encode("utf-8")) & 0xFFFFFFFF) % 7)
+              for u in _SHARD_USERS]
+  assert [(sequences.id_hash(u), sequences.shard_of(u, 7))
+          for u in _SHARD_USERS] == expected
+  # Golden values of the standard CRC-32 (check value of "123456789").
+  assert sequences.id_hash("123456789") == 0xCBF43926
+  assert {sequences.shard_of(u, 4) for u in _SHARD_USERS} == {0, 1, 2, 3}
+  # Other interpreters, with other string-hash salts, agree.
+  assert _shards_in_subprocess(1) == expected
+  assert _shards_in_subprocess(2) == expected
 
 
 def _events(n):
