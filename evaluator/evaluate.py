@@ -129,8 +129,9 @@ def parse_args(argv: Sequence[str], check_model: bool = True
               ) -> tuple[argparse.Namespace, list[str]]:
   """Evaluation flags and the remaining (Beam) flags; validates both.
 
-  `check_model`: for --model=calrec, that --model_dir holds the checkpoint
-  (False when the caller supplies the generator itself).
+  `check_model`: for --model=calrec, that --model_dir holds the checkpoint,
+  whose step then replaces a missing --checkpoint_step (False when the
+  caller supplies the generator itself).
   """
   parser = _parser()
   args, beam_argv = cli.parse_job_args(parser, argv)
@@ -144,9 +145,12 @@ def parse_args(argv: Sequence[str], check_model: bool = True
     parser.error("--model=calrec needs --model_dir (or use --model=lir).")
   if args.model == "calrec" and check_model:
     # Checked here, not first on the workers; JAX loads only for CALRec runs.
+    # The step is fixed now: every worker loads it, and metrics.json names
+    # it, even when the default (the run's best) changes meanwhile.
     from trainer import checkpoints  # pylint: disable=g-import-not-at-top
     try:
-      checkpoints.inference_checkpoint(args.model_dir, args.checkpoint_step)
+      args.checkpoint_step = int(checkpoints.inference_checkpoint(
+          args.model_dir, args.checkpoint_step).name)
     except FileNotFoundError as error:
       parser.error(str(error))
   if args.temperature < 0 or args.epsilon < 0:

@@ -167,7 +167,7 @@ def test_evaluate_generates_with_the_checkpoint_step_asked_for(
       f"--num_generations={NUM_GENERATIONS}", "--max_decode_length=6",
       "--batch_size=4", "--runner=FnApiRunner"])
   assert summary["num_users"] == 5 and summary["num_rejected"] == 0
-  assert summary["checkpoint_step"] == flag_step
+  assert summary["checkpoint_step"] == step
   users = pq.read_table(glob.glob(str(tmp_path / "out" / "users-*.parquet")))
   kept = {user["user_id"]: (tuple(user["kept_texts"]),
                             tuple(user["kept_logprobs"]))
