@@ -132,6 +132,7 @@ class GeneratorLoader:
 
   def __call__(self) -> JaxGenerator:
     from trainer import checkpoints  # pylint: disable=g-import-not-at-top
+    checkpoints.hide_orbax_info_logs()
     loaded = checkpoints.load_for_inference(self.model_dir, step=self.step)
     logging.info("Loaded %s at step %d.", self.model_dir, loaded.step)
     return JaxGenerator(

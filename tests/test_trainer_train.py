@@ -1,5 +1,6 @@
 """The training loop end to end on a tiny in-memory seqio task."""
 
+import logging
 import pathlib
 import shutil
 import subprocess
@@ -233,6 +234,25 @@ def test_summaries_log_each_loss_term_and_real_tokens_per_step(straight_run):
               "contrastive_examples"):
     assert sorted(validation_values[f"validation/{tag}"]) == [3, 6], tag
   assert validation_values["validation/contrastive_examples"][6] == 4
+
+
+def test_orbax_info_logs_can_be_hidden(straight_run, caplog):
+  model_dir, _ = straight_run
+
+  def orbax_info():
+    caplog.clear()
+    checkpoints.load_for_inference(model_dir, step=6)
+    return [r for r in caplog.records
+            if "/orbax/" in r.pathname and r.levelno < logging.WARNING]
+
+  caplog.set_level(logging.INFO)
+  assert orbax_info()
+  checkpoints.hide_orbax_info_logs()
+  try:
+    assert not orbax_info()
+  finally:
+    logging.getLogger("absl").removeFilter(
+        checkpoints._drop_orbax_info)  # pylint: disable=protected-access
 
 
 def test_split_metrics_weigh_batches_by_tokens_and_examples():

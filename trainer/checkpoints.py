@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import tempfile
@@ -49,6 +50,16 @@ def model_path(path: str | os.PathLike[str]) -> epath.Path:
   """
   path = os.fspath(path)
   return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
+def _drop_orbax_info(record: logging.LogRecord) -> bool:
+  return record.levelno >= logging.WARNING or "/orbax/" not in record.pathname
+
+
+def hide_orbax_info_logs() -> None:
+  """Keeps orbax's many INFO lines per save and restore out of progress
+  output (its warnings stay); a process-wide setting of the absl logger."""
+  logging.getLogger("absl").addFilter(_drop_orbax_info)
 
 
 def step_path(model_dir: str | os.PathLike[str], step: int) -> epath.Path:

@@ -31,7 +31,6 @@ On several hosts, run the same command on every host with `--distributed`
 
 from __future__ import annotations
 
-import logging as python_logging
 import sys
 from typing import Sequence
 
@@ -41,6 +40,7 @@ from absl import logging
 import gin
 import jax
 
+from trainer import checkpoints
 from trainer import train_loop
 
 
@@ -82,13 +82,6 @@ _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "With --distributed: this process's index.")
 
 
-def _hide_library_info_logs() -> None:
-  """Keeps orbax's many per-save INFO lines out of the progress output."""
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= python_logging.WARNING or
-      "/orbax/" not in record.pathname)
-
-
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -96,7 +89,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(
         "Give at least one --gin_file, e.g. "
         "--gin_file=trainer/configs/runs/tiny_stage1.gin.")
-  _hide_library_info_logs()
+  checkpoints.hide_orbax_info_logs()
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR_ADDRESS.value,
                                _NUM_PROCESSES.value, _PROCESS_ID.value)
