@@ -2,10 +2,12 @@
 
 import logging
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
 
+from clu import metric_writers
 from etils import epath
 import gin
 import jax
@@ -253,6 +255,26 @@ def test_orbax_info_logs_can_be_hidden(straight_run, caplog):
   finally:
     logging.getLogger("absl").removeFilter(
         checkpoints._drop_orbax_info)  # pylint: disable=protected-access
+
+
+def test_progress_line_reports_losses_speed_and_eta(tmp_path, caplog):
+  writer = metric_writers.create_default_writer(str(tmp_path))
+  progress = train_loop._Progress(writer, start_step=0, train_steps=10)  # pylint: disable=protected-access
+  for loss in (1.0, 3.0):
+    progress.add({"loss": loss, "nig_loss": 2.0, "tt_loss": 3.0,
+                  "ut_loss": 4.0, "input_tokens": 100.0})
+  caplog.set_level(logging.INFO)
+  progress.report(2)
+  writer.flush()
+  lines = [r.getMessage() for r in caplog.records if "step 2/10" in
+           r.getMessage()]
+  assert len(lines) == 1 and re.fullmatch(
+      r"step 2/10  loss 2\.0000  nig 2\.0000  tt 3\.0000  ut 4\.0000  \|  "
+      r"[\d.]+ steps/s  \d+ tokens/s  ETA \d+:\d\d:\d\d", lines[0]), lines
+  values = _summaries(tmp_path)
+  assert values["loss"][2] == 2.0
+  assert values["tokens_per_second"][2] == pytest.approx(
+      100 * values["steps_per_second"][2], rel=1e-6)
 
 
 def test_split_metrics_weigh_batches_by_tokens_and_examples():

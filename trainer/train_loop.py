@@ -135,6 +135,60 @@ def _format_duration(seconds: float) -> str:
   return f"{hours}:{minutes:02d}:{seconds:02d}"
 
 
+class _Progress:
+  """Train summaries and a progress line per window of steps.
+
+  steps/s, tokens/s and the ETA leave out the time of `pause` (validation
+  and saving).
+  """
+
+  def __init__(self, writer: metric_writers.MetricWriter, start_step: int,
+               train_steps: int):
+    self._writer = writer
+    self._train_steps = train_steps
+    self._window: list[Mapping[str, Any]] = []
+    self._window_start = self._run_start = time.time()
+    self._run_start_step = start_step
+
+  def add(self, metrics: Mapping[str, Any]) -> None:
+    self._window.append(metrics)
+
+  def pause(self, seconds: float) -> None:
+    self._window_start += seconds
+    self._run_start += seconds
+
+  def report(self, step: int) -> None:
+    """Writes the window's mean metrics and speed at `step`; a new window."""
+    now = time.time()
+    steps_per_second = len(self._window) / max(now - self._window_start, 1e-9)
+    averages = _mean_metrics(self._window)
+    # input_tokens: non-padding positions of the joint and item passes.
+    averages.update(
+        steps_per_second=steps_per_second,
+        tokens_per_second=steps_per_second * averages["input_tokens"])
+    self._writer.write_scalars(step, averages)
+    overall_rate = (step - self._run_start_step) / max(now - self._run_start,
+                                                       1e-9)
+    logging.info(
+        "step %d/%d  loss %.4f  nig %.4f  tt %.4f  ut %.4f  |  %.2f steps/s"
+        "  %.0f tokens/s  ETA %s", step, self._train_steps, averages["loss"],
+        averages["nig_loss"], averages["tt_loss"], averages["ut_loss"],
+        steps_per_second, averages["tokens_per_second"],
+        _format_duration((self._train_steps - step) / overall_rate))
+    self._window, self._window_start = [], time.time()
+
+
+def _check_vocabulary(vocabulary: seqio.Vocabulary,
+                      model: models.CALRecModel) -> None:
+  if vocabulary.vocab_size > model.config.vocab_size:
+    raise ValueError(
+        f"The vocabulary has {vocabulary.vocab_size} ids but the model only "
+        f"{model.config.vocab_size}: raise TransformerConfig.vocab_size.")
+  if vocabulary.eos_id != model.eos_id:
+    raise ValueError(f"Vocabulary EOS id {vocabulary.eos_id} differs from the "
+                     f"model's eos_id {model.eos_id}.")
+
+
 def _check_registered(name: str) -> None:
   registered = sorted(set(seqio.TaskRegistry.names()) |
                       set(seqio.MixtureRegistry.names()))
@@ -232,13 +286,7 @@ def train(
     _check_registered(name)
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
   vocabulary = provider.output_features["targets"].vocabulary
-  if vocabulary.vocab_size > model.config.vocab_size:
-    raise ValueError(
-        f"The vocabulary has {vocabulary.vocab_size} ids but the model only "
-        f"{model.config.vocab_size}: raise TransformerConfig.vocab_size.")
-  if vocabulary.eos_id != model.eos_id:
-    raise ValueError(f"Vocabulary EOS id {vocabulary.eos_id} differs from the "
-                     f"model's eos_id {model.eos_id}.")
+  _check_vocabulary(vocabulary, model)
 
   converter = (feature_converter_cls or default_feature_converter_cls())(
       pack=False)
@@ -303,9 +351,7 @@ def train(
                mixture_or_task_name, f"{model.config.num_params():,}",
                start_step, train_steps, model_dir)
 
-  window: list[dict[str, Any]] = []
-  window_start = time.time()
-  run_start, run_start_step = window_start, start_step
+  progress = _Progress(train_writer, start_step, train_steps)
   for step in range(start_step + 1, train_steps + 1):
     state, metrics = trainer.train_step(state, next(train_batches))
     metrics = jax.device_get(metrics)
@@ -321,24 +367,9 @@ def train(
           f"{manager.latest_step()} in "
           f"{model_dir / checkpoints.CHECKPOINTS_DIR}. Lower the learning "
           "rate or check the data.")
-    window.append(metrics)
+    progress.add(metrics)
     if step % log_period == 0 or step == train_steps:
-      now = time.time()
-      steps_per_second = len(window) / max(now - window_start, 1e-9)
-      averages = _mean_metrics(window)
-      # input_tokens: non-padding positions of the joint and item passes.
-      averages.update(
-          steps_per_second=steps_per_second,
-          tokens_per_second=steps_per_second * averages["input_tokens"])
-      train_writer.write_scalars(step, averages)
-      overall_rate = (step - run_start_step) / max(now - run_start, 1e-9)
-      logging.info(
-          "step %d/%d  loss %.4f  nig %.4f  tt %.4f  ut %.4f  |  %.2f steps/s"
-          "  %.0f tokens/s  ETA %s", step, train_steps, averages["loss"],
-          averages["nig_loss"], averages["tt_loss"], averages["ut_loss"],
-          steps_per_second, averages["tokens_per_second"],
-          _format_duration((train_steps - step) / overall_rate))
-      window, window_start = [], time.time()
+      progress.report(step)
     if step % checkpoint_period == 0 or step == train_steps:
       pause_start = time.time()
       validation = run_validation(state.params) if validate else None
@@ -347,10 +378,7 @@ def train(
         logging.info("step %d validation: %s", step, "  ".join(
             f"{k} {v:.4f}" for k, v in validation.items()))
       manager.save(state, validation, train_batches)
-      # Validation and saving do not count in the training speed.
-      paused = time.time() - pause_start
-      window_start += paused
-      run_start += paused
+      progress.pause(time.time() - pause_start)
   train_writer.flush()
   validation_writer.flush()
   manager.close()
