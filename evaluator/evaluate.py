@@ -218,62 +218,78 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
             | "ReadSplit" >> beam.io.ReadFromTFRecord(split_pattern(args))
             | "ParseUsers" >> beam.ParDo(transforms.ParseUsers()).with_outputs(
                 transforms.REJECTS, main="users"))
-  users = parsed.users
-  if args.model == "lir":
-    with_samples = users | "LastItem" >> beam.Map(
-        lambda user: (user, baselines.last_item_samples(user)))
-  else:
-    if load_generator is None:
-      raise ValueError("--model=calrec needs a generator loader.")
-    seed = args.seed
-    handler = inference.KeyedModelHandler(generation.GeneratorModelHandler(
-        load_generator, max_batch_size=args.batch_size))
-    with_samples = (
-        users
-        | "Requests" >> beam.Map(lambda user: (
-            user, generation.GenerationRequest(
-                user.history_texts, generation.user_seed(seed, user.user_id))))
-        # A split file is read by one worker; spread the users over all.
-        | "Spread" >> beam.Reshuffle()
-        | "Generate" >> inference.RunInference(handler)
-        | "Samples" >> beam.MapTuple(lambda user, result: (user,
-                                                           result.inference)))
-
   evaluated = (
-      with_samples
+      _with_samples(parsed.users, args, load_generator)
       | "BatchUsers" >> beam.BatchElements(min_batch_size=1, max_batch_size=64)
       | "RetrieveAndRank" >> beam.ParDo(transforms.RetrieveAndRank(
           corpus_path(args), retrieval_options(args))).with_outputs(
               transforms.REJECTS, main="results"))
-  results = evaluated.results
-  output_dir = args.output_dir
+  _write_users(evaluated.results, args)
+  rejects = ((parsed[transforms.REJECTS], evaluated[transforms.REJECTS])
+             | "AllRejects" >> beam.Flatten())
+  _ = (rejects
+       | "RejectLines" >> beam.Map(json.dumps)
+       | "WriteRejects" >> beam.io.WriteToText(
+           os.path.join(args.output_dir, "rejects"),
+           file_name_suffix=".jsonl"))
+  num_rejected = rejects | "CountRejects" >> beam.combiners.Count.Globally()
+  num_unranked = (evaluated[transforms.REJECTS]
+                  | "CountUnranked" >> beam.combiners.Count.Globally())
+  _ = (evaluated.results
+       | "MeanMetrics" >> beam.CombineGlobally(transforms.MeanMetrics())
+       | "WriteSummary" >> beam.Map(
+           write_summary, num_rejected=beam.pvalue.AsSingleton(num_rejected),
+           num_unranked=beam.pvalue.AsSingleton(num_unranked),
+           run=_run_settings(args), output_dir=args.output_dir))
 
+
+def _with_samples(users: beam.PCollection, args: argparse.Namespace,
+                  load_generator: Optional[Callable[
+                      [], generation.TextGenerator]]) -> beam.PCollection:
+  """(user, samples): LIR's last item, or the model's samples through
+  RunInference, each user with its own seed."""
+  if args.model == "lir":
+    return users | "LastItem" >> beam.Map(
+        lambda user: (user, baselines.last_item_samples(user)))
+  if load_generator is None:
+    raise ValueError("--model=calrec needs a generator loader.")
+  seed = args.seed
+  handler = inference.KeyedModelHandler(generation.GeneratorModelHandler(
+      load_generator, max_batch_size=args.batch_size))
+  return (
+      users
+      | "Requests" >> beam.Map(lambda user: (
+          user, generation.GenerationRequest(
+              user.history_texts, generation.user_seed(seed, user.user_id))))
+      # A split file is read by one worker; spread the users over all.
+      | "Spread" >> beam.Reshuffle()
+      | "Generate" >> inference.RunInference(handler)
+      | "Samples" >> beam.MapTuple(lambda user, result: (user,
+                                                         result.inference)))
+
+
+def _write_users(results: beam.PCollection,
+                 args: argparse.Namespace) -> None:
+  """users-*.parquet and, with --recommendations_k, recommendations-*."""
   user_schema = _user_schema()
   user_columns = user_schema.names
   _ = (results
        | "UserColumns" >> beam.Map(
            lambda r: {column: r[column] for column in user_columns})
        | "WriteUsers" >> beam.io.WriteToParquet(
-           os.path.join(output_dir, report.USERS_PREFIX), user_schema,
+           os.path.join(args.output_dir, report.USERS_PREFIX), user_schema,
            file_name_suffix=".parquet"))
   if args.recommendations_k:
     _ = (results
          | "Recommendations" >> beam.Map(lambda r: json.dumps(
              {"user_id": r["user_id"], "items": r["recommendations"]}))
          | "WriteRecommendations" >> beam.io.WriteToText(
-             os.path.join(output_dir, "recommendations"),
+             os.path.join(args.output_dir, "recommendations"),
              file_name_suffix=".jsonl"))
 
-  rejects = ((parsed[transforms.REJECTS], evaluated[transforms.REJECTS])
-             | "AllRejects" >> beam.Flatten())
-  _ = (rejects
-       | "RejectLines" >> beam.Map(json.dumps)
-       | "WriteRejects" >> beam.io.WriteToText(
-           os.path.join(output_dir, "rejects"), file_name_suffix=".jsonl"))
-  num_rejected = rejects | "CountRejects" >> beam.combiners.Count.Globally()
-  num_unranked = (evaluated[transforms.REJECTS]
-                  | "CountUnranked" >> beam.combiners.Count.Globally())
 
+def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
+  """The settings metrics.json records beside the metrics."""
   run = {"category": args.category, "split": args.split, "model": args.model,
          "retrieval": args.retrieval, "bm25_backend": args.bm25_backend,
          "num_preds": args.num_preds, "epsilon": args.epsilon}
@@ -282,12 +298,7 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
                num_generations=args.num_generations,
                temperature=args.temperature,
                max_decode_length=args.max_decode_length, seed=args.seed)
-  _ = (results
-       | "MeanMetrics" >> beam.CombineGlobally(transforms.MeanMetrics())
-       | "WriteSummary" >> beam.Map(
-           write_summary, num_rejected=beam.pvalue.AsSingleton(num_rejected),
-           num_unranked=beam.pvalue.AsSingleton(num_unranked),
-           run=run, output_dir=output_dir))
+  return run
 
 
 def calrec_generator_loader(args: argparse.Namespace
