@@ -73,7 +73,7 @@ def plain_loop(config: config_lib.Config, output_dir: str) -> None:
 
   shard_parts = collections.defaultdict(list)
   for name, path, start, end in review_tasks:
-    category = next(c for c in config.categories if c.name == name)
+    category = config.category(name)
     chunk = processing.parse_review_lines(
         textio.read_lines(textio.FileRange(path, start, end)), path, category,
         config.sampling_seed, indexes.get(name, processing.AsinIndex()))
@@ -120,6 +120,8 @@ def add_unreviewed_meta(config: config_lib.Config, count: int) -> None:
 
 @dataclasses.dataclass
 class _Measured:
+  """What one run of a command cost."""
+
   wall_s: float
   cpu_s: float
   peak_total_mib: float  # Summed over the process and its children.
@@ -135,7 +137,7 @@ def _run_measured(command: Sequence[str]) -> _Measured:
                                stderr=stderr)
     done = threading.Event()
 
-    def sample():
+    def sample() -> None:
       nonlocal peak_total, peak_process
       parent = psutil.Process(process.pid)
       while not done.is_set():

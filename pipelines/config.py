@@ -58,6 +58,7 @@ class CategoryConfig:
 
   @property
   def splits(self) -> tuple[str, ...]:
+    """The splits written for the category's role, in build order."""
     return sequences.ROLE_SPLITS[self.role]
 
   def to_json(self) -> dict[str, Any]:
@@ -68,8 +69,18 @@ class CategoryConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+  """A validated run config: its categories and the user-sampling seed."""
+
   categories: tuple[CategoryConfig, ...]
   sampling_seed: int = 0
+
+  def category(self, name: str) -> CategoryConfig:
+    """The category called `name`; raises KeyError naming the known ones."""
+    for category in self.categories:
+      if category.name == name:
+        return category
+    raise KeyError(f"no category {name!r} in the config; known: "
+                   f"{[c.name for c in self.categories]}")
 
   def to_json(self) -> dict[str, Any]:
     return {"sampling_seed": self.sampling_seed,

@@ -101,8 +101,9 @@ def _beam_flag_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def parse_job_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None
-                  ) -> tuple[argparse.Namespace, list[str]]:
+def parse_job_args(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
   """The job's flags and Beam's; a flag that is neither is a usage error.
 
   Beam would otherwise drop a misspelt flag (say --recomendations_k) with a

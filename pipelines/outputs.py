@@ -34,7 +34,7 @@ CORPUS = "corpus.parquet"
 _CORPUS_SCHEMA = pa.schema([(name, pa.string())
                             for name in processing.CORPUS_COLUMNS])
 
-# One written TFRecord file: (category, split, file name, records).
+# One written TFRecord file: (category, split, file name, record count).
 ShardFile = tuple[str, str, str, int]
 
 
@@ -50,6 +50,7 @@ def _json_bytes(value: Any) -> bytes:
 
 def shard_path(output_dir: str, category: str, split: str, shard: int,
                num_shards: int) -> str:
+  """The file of one shard of a split (docs/contracts.md)."""
   return FileSystems.join(
       output_dir, category,
       f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord")
@@ -124,6 +125,7 @@ def manifest(config: config_lib.Config, shard_files: Iterable[ShardFile],
 def write_manifest(output_dir: str, config: config_lib.Config,
                    shard_files: Iterable[ShardFile],
                    summaries: Mapping[str, Mapping[str, Any]]) -> None:
+  """Writes `manifest.json`: last, once every other file exists."""
   _write(FileSystems.join(output_dir, MANIFEST),
          _json_bytes(manifest(config, shard_files, summaries)))
 

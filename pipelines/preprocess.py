@@ -81,12 +81,12 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
                     for name in (outputs.MANIFEST, outputs.REJECTS_DIR))
   if not overwrite:
     raise OutputDirError(f"--output_dir {output_dir} is not empty; pass "
-                     "--overwrite to replace an earlier run or choose "
-                     "another folder")
+                         "--overwrite to replace an earlier run or choose "
+                         "another folder")
   if not earlier_run:
-    raise OutputDirError(f"--output_dir {output_dir} is not empty and holds no "
-                     "earlier run (no manifest.json or rejects/); refusing "
-                     "to delete it")
+    raise OutputDirError(f"--output_dir {output_dir} is not empty and holds "
+                         "no earlier run (no manifest.json or rejects/); "
+                         "refusing to delete it")
   FileSystems.delete([output_dir])
 
 
@@ -114,7 +114,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
                                              outputs.REJECTS_DIR,
                                              f"{name}.jsonl"))
   logging.info("done: %s", FileSystems.join(args.output_dir,
-                                             outputs.MANIFEST))
+                                            outputs.MANIFEST))
   return stats
 
 

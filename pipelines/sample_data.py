@@ -192,6 +192,8 @@ MIN_LINES = 40
 
 @dataclasses.dataclass
 class Item:
+  """A generated item: its meta attributes and product line."""
+
   asin: str
   title: str
   brand: str
@@ -371,8 +373,8 @@ class _Generator:
                              + " (Discontinued)", brand, 9.99, -1))
     records = [self._meta_record(item) for item in items]
     for record in rng.sample(records, int(len(records) * META_REPEAT_RATE)):
-      sparser = {k: v for k, v in record.items() if k not in ("brand",
-                                                               "price")}
+      sparser = {k: v for k, v in record.items()
+                 if k not in ("brand", "price")}
       records.append(dict(record) if rng.random() < 0.5 else sparser)
     rng.shuffle(records)
     dump = repr if self.spec.meta_2014 else json.dumps

@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import pickle
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 
@@ -29,6 +29,11 @@ from pipelines import textio
 
 # A file range to read: (category name, path, start, end).
 RangeTask = tuple[str, str, int, int]
+# What the shuffles group: a `_pack`ed value keyed by (category name, shard or
+# meta bucket).
+_Packed = tuple[tuple[str, int], bytes]
+# A key and, by input name, the values CoGroupByKey grouped under it.
+_Grouped = tuple[Any, dict[str, Iterable[Any]]]
 
 
 def _describe(task: RangeTask) -> str:
@@ -52,13 +57,9 @@ def _pack(value: dict) -> bytes:
   return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _category(config: config_lib.Config,
-              name: str) -> config_lib.CategoryConfig:
-  return next(c for c in config.categories if c.name == name)
-
-
 def _side_outputs(name: str, rejects: Sequence[processing.Reject],
-                  counts: collections.Counter):
+                  counts: collections.Counter
+                  ) -> Iterator[beam.pvalue.TaggedOutput]:
   if rejects:
     yield beam.pvalue.TaggedOutput("rejects",
                                    (name, [tuple(r) for r in rejects]))
@@ -72,9 +73,10 @@ class _ParseMetaFn(beam.DoFn):
     self._config = config
     self._lines_per_call = lines_per_call
 
-  def process(self, task: RangeTask):
+  def process(self, task: RangeTask
+              ) -> Iterator[_Packed | beam.pvalue.TaggedOutput]:
     name = task[0]
-    num_buckets = _category(self._config, name).num_shards
+    num_buckets = self._config.category(name).num_shards
     for part, lines in _range_parts(task, self._lines_per_call):
       chunk = processing.parse_meta_lines(lines, task[1])
       logging.info("meta of %s: %d lines in part %d of %s", name,
@@ -98,7 +100,8 @@ class ReadMeta(beam.PTransform):
     self._config = config
     self._lines_per_call = lines_per_call
 
-  def expand(self, pbegin):
+  def expand(self, pbegin: beam.pvalue.PBegin
+             ) -> tuple[beam.PCollection, ...]:
     parsed = (pbegin
               | "Ranges" >> beam.Create(self._tasks)
               | "Parse" >> beam.ParDo(
@@ -118,9 +121,10 @@ class _ParseReviewsFn(beam.DoFn):
     self._config = config
     self._lines_per_call = lines_per_call
 
-  def process(self, task: RangeTask, index: dict[str, processing.AsinIndex]):
+  def process(self, task: RangeTask, index: dict[str, processing.AsinIndex]
+              ) -> Iterator[_Packed | beam.pvalue.TaggedOutput]:
     name = task[0]
-    category = _category(self._config, name)
+    category = self._config.category(name)
     known_asins = index.get(name, processing.AsinIndex())
     for part, lines in _range_parts(task, self._lines_per_call):
       chunk = processing.parse_review_lines(
@@ -140,7 +144,8 @@ class _JoinMetaBucketFn(beam.DoFn):
   """One meta bucket: collapses its rows and sends each shard its items';
   the rows of every item bought go on to the category's corpus."""
 
-  def process(self, keyed):
+  def process(self, keyed: _Grouped
+              ) -> Iterator[_Packed | beam.pvalue.TaggedOutput]:
     (name, _), grouped = keyed
     meta = processing.merge_meta(map(pickle.loads, grouped["rows"]))
     yield beam.pvalue.TaggedOutput("counts",
@@ -154,14 +159,17 @@ class _JoinMetaBucketFn(beam.DoFn):
 
 
 class _BuildShardFn(beam.DoFn):
+  """One shard: builds its records from its users' events and their items'
+  meta rows, and writes its file of every split."""
 
   def __init__(self, config: config_lib.Config, output_dir: str):
     self._config = config
     self._output_dir = output_dir
 
-  def process(self, keyed):
+  def process(self, keyed: _Grouped
+              ) -> Iterator[outputs.ShardFile | beam.pvalue.TaggedOutput]:
     (name, shard), grouped = keyed
-    category = _category(self._config, name)
+    category = self._config.category(name)
     meta = {}
     for rows in grouped["meta"]:
       meta.update(pickle.loads(rows))
@@ -182,9 +190,9 @@ class BuildShards(beam.PTransform):
   The join of reviews with meta (see `processing`): reviews of asins missing
   from the index are rejected while parsing; each meta bucket then sends every
   shard the rows of its users' items, and each shard is built from its users'
-  events and those rows. Returns ((category, split, file name, records) per
-  file, (category, ids of the items a shard's records use), (category, packed
-  meta rows of the items sampled users bought, per bucket), rejects, counts).
+  events and those rows. Returns (`outputs.ShardFile` per file, (category, ids
+  of the items a shard's records use), (category, packed meta rows of the
+  items sampled users bought, per bucket), rejects, counts).
   """
 
   def __init__(self, tasks: Sequence[RangeTask], config: config_lib.Config,
@@ -198,7 +206,8 @@ class BuildShards(beam.PTransform):
     self._meta_rows = meta_rows
     self._meta_index = meta_index
 
-  def expand(self, pbegin):
+  def expand(self, pbegin: beam.pvalue.PBegin
+             ) -> tuple[beam.PCollection, ...]:
     parsed = (pbegin
               | "Ranges" >> beam.Create(self._tasks)
               | "Parse" >> beam.ParDo(
@@ -235,7 +244,7 @@ class _FinalizeCategoryFn(beam.DoFn):
     self._config = config
     self._output_dir = output_dir
 
-  def process(self, keyed):
+  def process(self, keyed: _Grouped) -> Iterator[tuple[str, dict[str, Any]]]:
     name, grouped = keyed
     counts = collections.Counter()
     for part in grouped["counts"]:
@@ -244,7 +253,7 @@ class _FinalizeCategoryFn(beam.DoFn):
     for rows in grouped["bought"]:
       bought.update(pickle.loads(rows))
     yield name, outputs.write_category_files(
-        self._output_dir, _category(self._config, name),
+        self._output_dir, self._config.category(name),
         set().union(*grouped["items"]),
         [reject for part in grouped["rejects"] for reject in part], counts,
         bought)
@@ -263,7 +272,7 @@ class FinalizeCategories(beam.PTransform):
     self._config = config
     self._output_dir = output_dir
 
-  def expand(self, inputs):
+  def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
     # Categories left without users or rejects still get their files.
     every_category = inputs["counts"].pipeline | "EveryCategory" >> beam.Create(
         [(c.name, {}) for c in self._config.categories], reshuffle=False)
@@ -283,10 +292,13 @@ class WriteManifest(beam.PTransform):
     self._config = config
     self._output_dir = output_dir
 
-  def expand(self, files_and_summaries):
+  def expand(self, files_and_summaries: tuple[beam.PCollection,
+                                              beam.PCollection]
+             ) -> beam.PCollection:
     shard_files, summaries = files_and_summaries
 
-    def write(_, shard_files, summaries):
+    def write(_: None, shard_files: list[outputs.ShardFile],
+              summaries: dict[str, dict[str, Any]]) -> None:
       outputs.write_manifest(self._output_dir, self._config, shard_files,
                              summaries)
 
