@@ -114,7 +114,8 @@ def _split_metrics(model: models.CALRecModel,
   averaged per example, so a padded last batch weighs by what it holds. Its
   contrastive terms still have fewer in-batch negatives than a full batch's.
   """
-  split = {"tt_loss": 0.0, "ut_loss": 0.0}
+  # In the order the progress lines show them.
+  split = dict.fromkeys(("loss", "nig_loss", "tt_loss", "ut_loss"), 0.0)
   split["nig_loss"], split["target_tokens"] = _weighted_mean(
       batch_metrics, "nig_loss", "target_tokens")
   if "contrastive_examples" in batch_metrics[0]:
