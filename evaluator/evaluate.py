@@ -316,6 +316,13 @@ def run(argv: Sequence[str],
         ) -> dict[str, Any]:
   """Runs the evaluation; returns the contents of metrics.json."""
   args, beam_argv = parse_args(argv, check_model=load_generator is None)
+  return run_parsed(args, beam_argv, load_generator)
+
+
+def run_parsed(args: argparse.Namespace, beam_argv: Sequence[str],
+               load_generator: Optional[Callable[
+                   [], generation.TextGenerator]] = None) -> dict[str, Any]:
+  """`run` for flags `parse_args` has already checked."""
   if args.model == "calrec" and load_generator is None:
     load_generator = calrec_generator_loader(args)
   files.make_dirs(args.output_dir)

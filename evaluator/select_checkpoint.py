@@ -113,6 +113,7 @@ def step_argv(args: argparse.Namespace, passed_on: Sequence[str],
 
 
 def step_dir(args: argparse.Namespace, step: int) -> str:
+  """The evaluation folder of one step."""
   return os.path.join(args.output_dir, str(step))
 
 
@@ -124,18 +125,18 @@ def evaluate_step(args: argparse.Namespace, passed_on: Sequence[str],
   An earlier evaluation in the step's folder is reused when every setting it
   recorded equals this run's; otherwise it is replaced.
   """
-  argv = step_argv(args, passed_on, step)
+  step_args, beam_argv = evaluate.parse_args(
+      step_argv(args, passed_on, step), check_model=load_generator is None)
   output_dir = step_dir(args, step)
-  settings = vars(evaluate.parse_args(argv, check_model=False)[0])
   if files.exists(os.path.join(output_dir, report.METRICS_FILE)):
     summary = report.load_summary(output_dir)
-    if all(summary[key] == value for key, value in settings.items()
+    if all(summary[key] == value for key, value in vars(step_args).items()
            if key in summary):
       logging.info("Step %d: reusing %s.", step, output_dir)
       return summary
   logging.info("Step %d: evaluating %s/%s into %s.", step, args.category,
                args.split, output_dir)
-  return evaluate.run(argv, load_generator)
+  return evaluate.run_parsed(step_args, beam_argv, load_generator)
 
 
 def select(args: argparse.Namespace, passed_on: Sequence[str],

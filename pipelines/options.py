@@ -116,12 +116,16 @@ def parse_job_args(
     # pylint: disable-next=protected-access
     actions = parser._actions + beam_parser._actions
     known = [option for action in actions for option in action.option_strings]
-    hints = [f"{flag} (did you mean {match[0]}?)" if (match := (
-        difflib.get_close_matches(flag.split("=")[0], known, n=1))) else flag
-             for flag in unknown]
     parser.error(f"unrecognized arguments, neither {parser.prog}'s nor Beam "
-                 f"pipeline options: {', '.join(hints)}")
+                 "pipeline options: " +
+                 ", ".join(_with_hint(flag, known) for flag in unknown))
   return args, beam_args
+
+
+def _with_hint(flag: str, known: Sequence[str]) -> str:
+  """`flag`, followed by the known option closest to its name, if any."""
+  match = difflib.get_close_matches(flag.split("=")[0], known, n=1)
+  return f"{flag} (did you mean {match[0]}?)" if match else flag
 
 
 def beam_options(beam_args: Sequence[str]) -> PipelineOptions:

@@ -57,6 +57,14 @@ def _pack(value: dict) -> bytes:
   return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def _unpack_union(packed: Iterable[bytes]) -> dict:
+  """One dict of `_pack`ed dicts whose keys do not overlap."""
+  union = {}
+  for value in packed:
+    union.update(pickle.loads(value))
+  return union
+
+
 def _side_outputs(name: str, rejects: Sequence[processing.Reject],
                   counts: collections.Counter
                   ) -> Iterator[beam.pvalue.TaggedOutput]:
@@ -170,12 +178,10 @@ class _BuildShardFn(beam.DoFn):
               ) -> Iterator[outputs.ShardFile | beam.pvalue.TaggedOutput]:
     (name, shard), grouped = keyed
     category = self._config.category(name)
-    meta = {}
-    for rows in grouped["meta"]:
-      meta.update(pickle.loads(rows))
+    # Rows of several meta buckets: no asin is in two.
     result = processing.build_shard(
         processing.merge_user_events(map(pickle.loads, grouped["users"])),
-        category, meta)
+        category, _unpack_union(grouped["meta"]))
     yield from outputs.write_shard(self._output_dir, category, shard,
                                    result.records)
     logging.info("%s shard %d: %d users", name, shard,
@@ -249,14 +255,11 @@ class _FinalizeCategoryFn(beam.DoFn):
     counts = collections.Counter()
     for part in grouped["counts"]:
       counts.update(part)
-    bought = {}
-    for rows in grouped["bought"]:
-      bought.update(pickle.loads(rows))
     yield name, outputs.write_category_files(
         self._output_dir, self._config.category(name),
         set().union(*grouped["items"]),
         [reject for part in grouped["rejects"] for reject in part], counts,
-        bought)
+        _unpack_union(grouped["bought"]))
 
 
 class FinalizeCategories(beam.PTransform):

@@ -24,12 +24,12 @@ never merges pieces across spaces.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import tempfile
 from typing import Iterable, Iterator, Sequence
 
 from absl import logging
+import pyarrow as pa
 import pyarrow.parquet as pq
 import seqio
 import sentencepiece as spm
@@ -99,39 +99,6 @@ def check_prompt_additivity(vocabulary: seqio.Vocabulary,
         "'\\n' to a space (e.g. one trained by `python -m tasks.vocab`).")
 
 
-class _GFileReader(io.RawIOBase):
-  """A binary `tf.io.gfile` file opened for reading, as a Python file object.
-
-  pyarrow reads Python file objects but needs `closed`, which GFile lacks.
-  """
-
-  def __init__(self, path: str):
-    super().__init__()
-    self._file = tf.io.gfile.GFile(path, "rb")
-
-  def readable(self) -> bool:
-    return True
-
-  def seekable(self) -> bool:
-    return True
-
-  def readinto(self, buffer: memoryview) -> int:
-    data = self._file.read(len(buffer))
-    buffer[:len(data)] = data
-    return len(data)
-
-  def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-    self._file.seek(offset, whence)
-    return self._file.tell()
-
-  def tell(self) -> int:
-    return self._file.tell()
-
-  def close(self) -> None:
-    self._file.close()
-    super().close()
-
-
 def find_corpora(data_dir: str | os.PathLike[str]) -> list[str]:
   """The `{category}/corpus.parquet` files of a preprocessing output.
 
@@ -165,9 +132,12 @@ def _read_texts(corpora: Sequence[str]) -> Iterator[str]:
   """Yields the non-empty `text` column values of the corpora."""
   for corpus in corpora:
     logging.info("Reading %s", corpus)
-    with _GFileReader(corpus) as f:
-      for batch in pq.ParquetFile(f).iter_batches(columns=["text"]):
-        yield from (text for text in batch.column(0).to_pylist() if text)
+    # Read whole (a corpus is small) through gfile, which any filesystem of
+    # tf.io.gfile serves; pyarrow cannot read a GFile directly.
+    with tf.io.gfile.GFile(corpus, "rb") as f:
+      parquet = pq.ParquetFile(pa.BufferReader(f.read()))
+    for batch in parquet.iter_batches(columns=["text"]):
+      yield from (text for text in batch.column(0).to_pylist() if text)
 
 
 def train_sentencepiece(texts: Iterable[str],
