@@ -8,6 +8,7 @@ cut-off) follow from a rank; each is reported for both ranks.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from typing import Mapping
@@ -60,6 +61,29 @@ def user_metrics(ranks: TargetRanks) -> dict[str, float]:
 
 def metric_keys() -> list[str]:
   return [f"{name}/{variant}" for name in METRICS for variant in VARIANTS]
+
+
+# Per variant ("opt", "pes"): how many users have their target at each rank.
+RankCounts = Mapping[str, collections.Counter[int]]
+
+
+def mean_metrics(rank_counts: RankCounts) -> dict[str, float]:
+  """Mean metrics over users, from the number of users at each rank.
+
+  The sums are exact (`math.fsum`) and so do not depend on the order users
+  arrive in: metrics.json is the same on any runner and number of workers.
+  """
+  means = {}
+  for variant in VARIANTS:
+    counts = rank_counts[variant]
+    num_users = sum(counts.values())
+    if not num_users:
+      raise ValueError("No ranked users to average metrics over.")
+    for name in METRICS:
+      total = math.fsum(count * metrics_at_rank(rank)[name]
+                        for rank, count in counts.items())
+      means[f"{name}/{variant}"] = total / num_users
+  return means
 
 
 def with_misses(means: Mapping[str, float], num_ranked: int,

@@ -8,6 +8,7 @@ Table 7's match counts. The DoFns load the corpus and start the JVM in
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import shutil
@@ -169,43 +170,46 @@ class RetrieveAndRank(beam.DoFn):
 
 _MATCH_FIELDS = tuple(f.name for f in dataclasses.fields(
     retrieval_lib.MatchCounts))
-# (users, per-metric sums, per-field match counts)
-_Accumulator = tuple[int, np.ndarray, np.ndarray]
+# (users at each rank per variant, per-field match counts)
+_Accumulator = tuple[dict[str, collections.Counter[int]], np.ndarray]
 
 
 class MeanMetrics(beam.CombineFn):
-  """Means of the per-user metrics and summed Table 7 match counts."""
+  """Means of the per-user metrics and summed Table 7 match counts.
+
+  It counts users per rank and sums exactly at the end
+  (`metrics.mean_metrics`): the same bits however Beam splits the users.
+  """
 
   def create_accumulator(self) -> _Accumulator:
-    return (0, np.zeros(len(metrics.metric_keys())),
+    return ({variant: collections.Counter() for variant in metrics.VARIANTS},
             np.zeros(len(_MATCH_FIELDS), np.int64))
 
   def add_input(self, accumulator: _Accumulator,
                 result: dict[str, Any]) -> _Accumulator:
-    count, sums, matches = accumulator
-    values = metrics.user_metrics(metrics.TargetRanks(
-        result["rank_optimistic"], result["rank_pessimistic"]))
+    rank_counts, matches = accumulator
+    rank_counts["opt"][result["rank_optimistic"]] += 1
+    rank_counts["pes"][result["rank_pessimistic"]] += 1
     counts = result["match_counts"]
-    return (count + 1,
-            sums + np.array([values[key] for key in metrics.metric_keys()]),
-            matches + np.array([counts[name] for name in _MATCH_FIELDS],
-                               np.int64))
+    return rank_counts, matches + np.array(
+        [counts[name] for name in _MATCH_FIELDS], np.int64)
 
   def merge_accumulators(self, accumulators: Iterable[_Accumulator]
                         ) -> _Accumulator:
-    count, sums, matches = self.create_accumulator()
-    for other_count, other_sums, other_matches in accumulators:
-      count, sums, matches = (count + other_count, sums + other_sums,
-                              matches + other_matches)
-    return count, sums, matches
+    rank_counts, matches = self.create_accumulator()
+    for other_counts, other_matches in accumulators:
+      for variant, counts in other_counts.items():
+        rank_counts[variant].update(counts)
+      matches = matches + other_matches
+    return rank_counts, matches
 
   def extract_output(self, accumulator: _Accumulator) -> dict[str, Any]:
-    count, sums, matches = accumulator
+    rank_counts, matches = accumulator
+    count = sum(rank_counts["opt"].values())
     match_counts = retrieval_lib.MatchCounts(*(int(m) for m in matches))
     return {
         "num_users": count,
-        "metrics": ({key: float(total / count) for key, total
-                     in zip(metrics.metric_keys(), sums)} if count else {}),
+        "metrics": metrics.mean_metrics(rank_counts) if count else {},
         "output_matches": {"counts": dataclasses.asdict(match_counts),
                            "shares": match_counts.shares()},
     }

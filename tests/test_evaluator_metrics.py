@@ -1,11 +1,16 @@
 """Optimistic/pessimistic ranks and metrics on hand-computed cases."""
 
+import collections
+import dataclasses
+import fractions
 import math
 
 import numpy as np
 import pytest
 
 from evaluator import metrics
+from evaluator import retrieval
+from evaluator import transforms
 
 
 def test_ranks_with_ties_count_target_first_and_last():
@@ -63,3 +68,60 @@ def test_with_misses_scores_unranked_users_zero():
       metrics.metric_keys(), 0.0)
   with pytest.raises(ValueError, match="No users"):
     metrics.with_misses({}, 0, 0)
+
+
+def test_mean_metrics_from_rank_counts():
+  # Users at optimistic ranks 1, 1, 4 and pessimistic ranks 2, 3, 12.
+  rank_counts = {"opt": collections.Counter({1: 2, 4: 1}),
+                 "pes": collections.Counter({2: 1, 3: 1, 12: 1})}
+  means = metrics.mean_metrics(rank_counts)
+  assert means["NDCG@10/opt"] == pytest.approx((2 + 1 / math.log2(5)) / 3)
+  assert means["Recall@1/opt"] == pytest.approx(2 / 3)
+  assert means["Recall@10/pes"] == pytest.approx(2 / 3)
+  assert means["MRR/pes"] == pytest.approx((1 / 2 + 1 / 3 + 1 / 12) / 3)
+  with pytest.raises(ValueError, match="No ranked users"):
+    metrics.mean_metrics({"opt": collections.Counter(),
+                          "pes": collections.Counter()})
+
+
+def _combine(combine_fn, partitions):
+  """What a runner does: one accumulator per bundle, then a merge."""
+  accumulators = []
+  for partition in partitions:
+    accumulator = combine_fn.create_accumulator()
+    for element in partition:
+      accumulator = combine_fn.add_input(accumulator, element)
+    accumulators.append(accumulator)
+  return combine_fn.extract_output(
+      combine_fn.merge_accumulators(accumulators))
+
+
+def test_mean_metrics_combine_is_bitwise_independent_of_bundling():
+  rng = np.random.RandomState(0)
+  no_matches = {field.name: 0
+                for field in dataclasses.fields(retrieval.MatchCounts)}
+  results = []
+  for _ in range(2000):
+    optimistic = int(rng.geometric(0.05))
+    results.append({"rank_optimistic": optimistic,
+                    "rank_pessimistic": optimistic + int(rng.poisson(2)),
+                    "match_counts": no_matches})
+  combine_fn = transforms.MeanMetrics()
+  one_bundle = _combine(combine_fn, [results])
+  outputs = []
+  for seed in range(5):
+    order = np.random.RandomState(seed).permutation(len(results))
+    cuts = sorted(np.random.RandomState(seed).choice(len(results), 7, False))
+    shuffled = [results[i] for i in order]
+    outputs.append(_combine(combine_fn, np.split(shuffled, cuts)))
+  assert all(output == one_bundle for output in outputs)
+  assert one_bundle["num_users"] == 2000
+  # The exact mean, by an independent route (fractions avoid rounding).
+  mrr = sum(fractions.Fraction(1, r["rank_pessimistic"]) for r in results)
+  assert one_bundle["metrics"]["MRR/pes"] == float(mrr / 2000)
+  # Plain float sums of the same values do depend on the order, which is
+  # what this guards against.
+  plain_sums = {sum(1 / results[i]["rank_pessimistic"]
+                    for i in np.random.RandomState(seed).permutation(2000))
+                for seed in range(20)}
+  assert len(plain_sums) > 1
