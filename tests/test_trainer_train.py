@@ -376,6 +376,7 @@ def test_shipped_gin_configs_bind_the_paper_settings():
     assert gin.query_parameter("%VALIDATION_TASK_NAME") == "calrec_cds"
     assert gin.query_parameter("%TRAIN_STEPS") == 150000
     assert gin.query_parameter("train.keep_period") == 15000
+    assert gin.query_parameter("train.validation_batches") is None
     stage1_model = gin.query_parameter("%MODEL").scoped_configurable_fn()
     assert (stage1_model.alpha, stage1_model.beta) == (0.125, -0.025)
     assert gin.query_parameter("%BATCH_SIZE") == 512
@@ -398,12 +399,42 @@ def test_shipped_gin_configs_bind_the_paper_settings():
     gin.clear_config()
 
 
+def test_cli_explains_an_unquoted_gin_string(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "trainer.train",
+       "--gin_file=trainer/configs/runs/tiny_stage1.gin",
+       f"--gin.MODEL_DIR={tmp_path}"],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert "Traceback" not in result.stderr
+  assert f"in `MODEL_DIR = {tmp_path}` (strings need quotes" in result.stderr
+
+
+def test_a_misspelt_macro_is_refused_with_the_closest_name():
+  gin.clear_config()
+  try:
+    with pytest.raises(train.ConfigError,
+                       match="no gin file defines the macro BATCH_SZE; did you "
+                       "mean BATCH_SIZE"):
+      train.parse_gin(["trainer/configs/runs/tiny_stage1.gin"],
+                      ["BATCH_SZE = 64"])
+    gin.clear_config()
+    # Defined macros and configurable parameters go through.
+    train.parse_gin(["trainer/configs/runs/tiny_stage1.gin"],
+                    ["BATCH_SIZE = 64", "MODEL_DIR = 'm'", "DATA_DIR = 'd'",
+                     "VOCABULARY = 'v'", "train.log_period = 7"])
+    assert gin.query_parameter("%BATCH_SIZE") == 64
+    assert gin.query_parameter("train.log_period") == 7
+  finally:
+    gin.clear_config()
+
+
 def test_cli_rejects_a_missing_gin_file():
   result = subprocess.run(
       [sys.executable, "-m", "trainer.train"], cwd=REPO_ROOT,
       capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
-  assert "Give at least one --gin_file" in result.stderr
+  assert "error: give at least one --gin_file" in result.stderr
 
 
 def test_rewrite_gin_args():

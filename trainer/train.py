@@ -31,8 +31,9 @@ On several hosts, run the same command on every host with `--distributed`
 
 from __future__ import annotations
 
+import difflib
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from absl import app
 from absl import flags
@@ -82,13 +83,85 @@ _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "With --distributed: this process's index.")
 
 
+# Macros a run is expected to set, for "did you mean" hints.
+_KNOWN_MACROS = ("MODEL_DIR", "DATA_DIR", "VOCABULARY", "MIXTURE_OR_TASK_NAME",
+                 "VALIDATION_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS",
+                 "BATCH_SIZE", "RANDOM_SEED", "INITIAL_CHECKPOINT_PATH",
+                 "LEARNING_RATE", "USE_CACHED_TASKS", "MODEL")
+
+
+class ConfigError(ValueError):
+  """A gin configuration the run cannot start from."""
+
+
+def _is_defined_macro(name: str) -> bool:
+  try:
+    gin.query_parameter(f"%{name}")
+  except ValueError:
+    return False
+  return True
+
+
+def check_macro_bindings(bindings: Sequence[str]) -> None:
+  """Refuses a binding of a macro that no parsed gin file defines.
+
+  Unlike t5x, which accepts it silently, so that a misspelt
+  `--gin.BATCH_SZE=64` is not a run with the default batch size. Call after
+  parsing the gin files and before parsing `bindings`.
+
+  Raises:
+    ConfigError: naming the macro, with the closest defined one if any.
+  """
+  for binding in bindings:
+    name = binding.split("=", 1)[0].strip()
+    if not name.isidentifier() or _is_defined_macro(name):
+      continue  # `configurable.parameter` bindings are checked by gin.
+    close = difflib.get_close_matches(
+        name, [m for m in _KNOWN_MACROS if _is_defined_macro(m)], n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise ConfigError(
+        f"no gin file defines the macro {name}{hint} (a new macro needs a "
+        f"definition, e.g. `{name} = %gin.REQUIRED`, in a gin file)")
+
+
+def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
+  """Parses the gin files, then the checked bindings.
+
+  Raises:
+    ConfigError: a missing file, a syntax error, an unknown macro or
+      configurable, or a required value left unset.
+  """
+  try:
+    gin.parse_config_files_and_bindings(files, None, finalize_config=False)
+    check_macro_bindings(bindings)
+    gin.parse_config_files_and_bindings([], bindings)
+  except SyntaxError as error:
+    raise ConfigError(
+        f"{error.msg.rstrip('.')} in `{(error.text or '').strip()}` (strings need quotes: "
+        "--gin.MODEL_DIR=\"'/path'\")") from error
+  except (IOError, ValueError) as error:
+    raise ConfigError(str(error)) from error
+
+
+def _without_gin_context(error: Exception) -> str:
+  """The message without the '  In call to configurable ...' lines gin adds."""
+  return "\n".join(line for line in str(error).splitlines()
+                   if not line.lstrip().startswith("In call to configurable"))
+
+
+def _usage_error(message: str) -> NoReturn:
+  """The message on stderr and exit status 2, as argparse does."""
+  sys.stderr.write(f"python -m trainer.train: error: {message}\n")
+  sys.exit(2)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    _usage_error(f"unexpected arguments: {' '.join(argv[1:])} (--help lists "
+                 "the flags)")
   if not _GIN_FILES.value:
-    raise app.UsageError(
-        "Give at least one --gin_file, e.g. "
-        "--gin_file=trainer/configs/runs/tiny_stage1.gin.")
+    _usage_error("give at least one --gin_file, e.g. "
+                 "--gin_file=trainer/configs/runs/tiny_stage1.gin")
   checkpoints.hide_orbax_info_logs()
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR_ADDRESS.value,
@@ -96,16 +169,16 @@ def main(argv: Sequence[str]) -> None:
   for path in _GIN_SEARCH_PATHS.value:
     gin.add_config_file_search_path(path)
   try:
-    gin.parse_config_files_and_bindings(_GIN_FILES.value, _GIN_BINDINGS.value)
-  except (IOError, ValueError) as error:
-    raise app.UsageError(f"Bad gin configuration: {error}") from error
+    parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value)
+  except ConfigError as error:
+    _usage_error(f"bad gin configuration: {error}")
   try:
     train_loop.train()
   except (train_loop.NonFiniteLossError, ValueError,
           FileNotFoundError) as error:
     # Configuration and data mistakes: the message says what to change; the
     # traceback stays available with --verbosity=1.
-    logging.error("%s: %s", type(error).__name__, error)
+    logging.error("%s: %s", type(error).__name__, _without_gin_context(error))
     logging.debug("Traceback:", exc_info=True)
     sys.exit(1)
 
@@ -114,5 +187,5 @@ if __name__ == "__main__":
   try:
     gin_argv = rewrite_gin_args(sys.argv)
   except ValueError as error:
-    sys.exit(f"Usage error: {error}")
+    _usage_error(str(error))
   app.run(main, argv=gin_argv)

@@ -223,7 +223,7 @@ def train(
     use_cached_tasks: bool = False,
     validation_mixture_or_task_name: Optional[str] = None,
     validation_split: str = "validation",
-    validation_batches: Optional[int] = 20,
+    validation_batches: Optional[int] = None,
     checkpoint_period: int = 1000,
     keep_checkpoints: int = 3,
     keep_period: Optional[int] = None,
