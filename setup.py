@@ -3,7 +3,7 @@ recommendation."""
 
 import setuptools
 
-# Pinned to the newest set that works together on Python 3.11 (see docs/).
+# Pinned to the newest set that works together on Python 3.11.
 # sentencepiece stays at 0.2.1: 0.2.3 needs protobuf 7, which Beam rejects.
 # pyserini is installed separately with --no-deps (scripts/setup): its declared
 # dependencies (torch, transformers, onnxruntime, ...) are not used here.
@@ -44,5 +44,9 @@ setuptools.setup(
         "trainer": ["configs/*.gin", "configs/*/*.gin"],
     },
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={
+        "test": ["pytest==9.2.0"],
+        # GCS file system and DataflowRunner (README, "Beam jobs on Dataflow").
+        "gcp": ["apache-beam[gcp]==2.77.0"],
+    },
 )

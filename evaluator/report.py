@@ -176,11 +176,12 @@ def _named_run(value: str) -> tuple[str, str]:
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="python -m evaluator.report", description=__doc__,
+      allow_abbrev=False, prog="python -m evaluator.report",
+      description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest="command", required=True)
   table_help = "Table 2 layout over one or more evaluation runs."
-  table = commands.add_parser("table", help=table_help,
+  table = commands.add_parser("table", allow_abbrev=False, help=table_help,
                               description=table_help)
   table.add_argument("--run", type=_named_run, action="append", required=True,
                      metavar="NAME=DIR",
@@ -193,7 +194,7 @@ def _parser() -> argparse.ArgumentParser:
                      "folder is created).")
   ttest_help = ("Paired t-test of run A against run B (Table 4 layout); "
                 "both must be on the same category and split.")
-  ttest = commands.add_parser("ttest", help=ttest_help,
+  ttest = commands.add_parser("ttest", allow_abbrev=False, help=ttest_help,
                               description=ttest_help)
   ttest.add_argument("--run_a", type=_named_run, required=True,
                      metavar="NAME=DIR", help="The run whose gain is reported.")

@@ -58,7 +58,8 @@ def write_report(layout: RunLayout) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog="python -m experiments.report",
+  parser = argparse.ArgumentParser(allow_abbrev=False,
+                                   prog="python -m experiments.report",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--output_dir", required=True,
                       help="folder of a run of experiments.sample_run")

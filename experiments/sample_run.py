@@ -54,6 +54,7 @@ from experiments import commands
 from experiments import stages
 from experiments.layout import RunLayout
 from pipelines import options as cli
+from pipelines import sample_data
 from tasks import names
 
 
@@ -61,26 +62,34 @@ def parse_args(argv: Sequence[str] | None, prog: str = "experiments.sample_run",
                description: str = __doc__) -> argparse.Namespace:
   """The flags of a run on the generated sample (shared with the ablations)."""
   parser = argparse.ArgumentParser(
-      prog=f"python -m {prog}", description=description.split("\n\n")[0],
-      epilog=f"Steps and outputs: see the docstring of {prog}.")
+      allow_abbrev=False, prog=f"python -m {prog}", description=description,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--output_dir", default="output/sample_run",
                       help="folder for every artifact (default %(default)s)")
   parser.add_argument("--seed", type=int, default=0,
-                      help="seed of the sample, training and sampling")
+                      help="seed of the sample, training and sampling "
+                      "(default %(default)s)")
   parser.add_argument("--num_users", type=cli.positive_int, default=4000,
-                      help="users of the generated sample over all categories")
+                      help="users of the generated sample over all categories "
+                      "(default %(default)s)")
   parser.add_argument("--category", default="Games",
-                      help="eval category for Stage II and the test metrics")
+                      choices=sample_data.eval_category_names(),
+                      help="eval category for Stage II and the test metrics "
+                      "(default %(default)s)")
   parser.add_argument("--vocab_size", type=cli.positive_int, default=1000,
-                      help="SentencePiece pieces")
-  parser.add_argument("--stage1_steps", type=cli.positive_int, default=400)
-  parser.add_argument("--stage2_steps", type=cli.positive_int, default=200)
+                      help="SentencePiece pieces (default %(default)s)")
+  parser.add_argument("--stage1_steps", type=cli.positive_int, default=400,
+                      help="Stage I training steps (default %(default)s)")
+  parser.add_argument("--stage2_steps", type=cli.positive_int, default=200,
+                      help="Stage II training steps (default %(default)s)")
   parser.add_argument("--num_generations", type=cli.positive_int, default=16,
-                      help="N_gen samples per test user (paper: 32; 16 keeps "
-                      "the sample run short on 2 CPU cores)")
+                      help="N_gen samples per test user (default %(default)s; "
+                      "paper: 32, 16 keeps the sample run short on 2 CPU "
+                      "cores)")
   parser.add_argument("--max_decode_length", type=cli.positive_int,
                       default=80,
-                      help="new tokens per sample at most (paper: 80)")
+                      help="new tokens per sample at most (default "
+                      "%(default)s, the paper's)")
   parser.add_argument("--force", action="store_true",
                       help="delete --output_dir (an earlier run's) first and "
                       "rerun every step")

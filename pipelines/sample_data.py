@@ -390,12 +390,22 @@ def _write_lines(path: str, lines: Sequence[str], compress: bool) -> None:
     f.write(gzip.compress(data, compresslevel=6, mtime=0) if compress else data)
 
 
+def _sample_config() -> dict[str, Any]:
+  with open(SAMPLE_CONFIG) as f:
+    return json.load(f)
+
+
+def eval_category_names() -> list[str]:
+  """The sample's categories with the eval role (Stage II and test)."""
+  return [category["name"] for category in _sample_config()["categories"]
+          if category["role"] == "eval"]
+
+
 def generate(output_dir: str, seed: int = 0, num_users: int = 4000,
              compress: bool = True) -> dict[str, Any]:
   """Writes the files of `configs/sample.json` and a config.json for them."""
   os.makedirs(output_dir, exist_ok=True)
-  with open(SAMPLE_CONFIG) as f:
-    config = json.load(f)
+  config = _sample_config()
   specs = {spec.name: spec for spec in CATEGORIES}
   for index, category in enumerate(config["categories"]):
     spec = specs[category["name"]]

@@ -107,6 +107,19 @@ def test_force_empties_an_earlier_run(tmp_path):
   assert [path.name for path in layout.root.iterdir()] == [".sample_run"]
 
 
+@pytest.mark.parametrize("flag, message", [
+    # A category the sample has no test split for would fail at the end.
+    ("--category=games", "invalid choice: 'games'"),
+    ("--category=CDs", "invalid choice: 'CDs'"),
+    # Abbreviations are not expanded: --forc would otherwise mean --force.
+    ("--forc", "unrecognized arguments: --forc"),
+])
+def test_flags_are_checked_before_any_step(tmp_path, capsys, flag, message):
+  with pytest.raises(SystemExit):
+    sample_run.parse_args([f"--output_dir={tmp_path}", flag])
+  assert message in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> pathlib.Path:
   output = tmp_path_factory.mktemp("sample_run") / "run"
