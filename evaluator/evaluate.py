@@ -248,6 +248,8 @@ def _with_samples(users: beam.PCollection, args: argparse.Namespace,
                       [], generation.TextGenerator]]) -> beam.PCollection:
   """(user, samples): LIR's last item, or the model's samples through
   RunInference, each user with its own seed."""
+  # A split file is read by one worker; spread the users over all.
+  users = users | "Spread" >> beam.Reshuffle()
   if args.model == "lir":
     return users | "LastItem" >> beam.Map(
         lambda user: (user, baselines.last_item_samples(user)))
@@ -261,8 +263,6 @@ def _with_samples(users: beam.PCollection, args: argparse.Namespace,
       | "Requests" >> beam.Map(lambda user: (
           user, generation.GenerationRequest(
               user.history_texts, generation.user_seed(seed, user.user_id))))
-      # A split file is read by one worker; spread the users over all.
-      | "Spread" >> beam.Reshuffle()
       | "Generate" >> inference.RunInference(handler)
       | "Samples" >> beam.MapTuple(lambda user, result: (user,
                                                          result.inference)))

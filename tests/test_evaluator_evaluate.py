@@ -1,5 +1,6 @@
 """LIR against hand-computed ranks, and the Beam job end to end."""
 
+import gc
 import glob
 import hashlib
 import inspect
@@ -10,7 +11,9 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
+from apache_beam.internal import pickler
 import beam_testfs
 import conftest
 import evaluator_testdata
@@ -129,6 +132,31 @@ def _run(data_dir, output_dir, *flags, load_generator=None):
   return evaluate.run([f"--data_dir={data_dir}", f"--category={CATEGORY}",
                        "--split=test", f"--output_dir={output_dir}",
                        *flags], load_generator)
+
+
+def test_the_dofns_of_a_worker_share_one_retrieval(data_dir, tmp_path,
+                                                  monkeypatch):
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+  corpus_path = str(data_dir / CATEGORY / "corpus.parquet")
+  lucene_options = transforms.RetrievalOptions(bm25_backend="lucene")
+  # Beam unpickles one DoFn instance per concurrent bundle.
+  pickled = pickler.dumps(transforms.RetrieveAndRank(corpus_path,
+                                                     lucene_options))
+  first, second = pickler.loads(pickled), pickler.loads(pickled)
+  first.setup()
+  second.setup()
+  assert first.retrieval is second.retrieval
+  assert len(list(tmp_path.glob("calrec_lucene_*"))) == 1
+  other = transforms.RetrieveAndRank(corpus_path, transforms.RetrievalOptions())
+  other.setup()
+  assert isinstance(other.retrieval.scorer, bm25.FastBM25Scorer)
+  # The index folder goes with the last DoFn that used it.
+  first.teardown()
+  gc.collect()
+  assert len(list(tmp_path.glob("calrec_lucene_*"))) == 1
+  second.teardown()
+  gc.collect()
+  assert not list(tmp_path.glob("calrec_lucene_*"))
 
 
 def test_lir_pipeline_writes_metrics_users_and_rejects(data_dir, tmp_path,
