@@ -110,11 +110,14 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
   k = min(k, scores.shape[0])
   if k <= 0:
     return np.zeros(0, np.int64)
-  candidates = np.argpartition(scores, scores.shape[0] - k)[-k:]
-  threshold = scores[candidates].min()
-  candidates = np.flatnonzero(scores >= threshold)
+  threshold = scores[np.argpartition(scores, scores.shape[0] - k)[-k:]].min()
+  above = np.flatnonzero(scores > threshold)
+  # The lowest indices of the items tied at the threshold fill the rest
+  # (all of the corpus may tie there, e.g. at 0 under exact matching).
+  tied = np.flatnonzero(scores == threshold)[:k - above.shape[0]]
+  candidates = np.concatenate([above, tied])
   order = np.lexsort((candidates, -scores[candidates]))
-  return candidates[order[:k]]
+  return candidates[order]
 
 
 # Attribute prefixes tried in turn (paper section 6): 4, 3, 2, then 1.
