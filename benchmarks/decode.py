@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      allow_abbrev=False, description=__doc__.split("\n\n")[0])
+      allow_abbrev=False, prog="python -m benchmarks.decode",
+      description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", choices=train_step.MODELS, default="tiny")
   parser.add_argument("--num_prompts", type=cli.positive_int, default=4)
   parser.add_argument("--num_decodes", type=cli.positive_int, default=8)

@@ -1,4 +1,4 @@
-"""Users per second of retrieval plus metrics, against pyserini's search.
+r"""Users per second of retrieval plus metrics, against pyserini's search.
 
   .venv/bin/python -m benchmarks.retrieval [--num_items=20000] \
       [--num_users=2000]
@@ -117,7 +117,8 @@ def measure_pyserini(corpus, queries, index_dir) -> tuple[float, float]:
 
 def main() -> None:
   parser = argparse.ArgumentParser(
-      allow_abbrev=False, description=__doc__,
+      allow_abbrev=False, prog="python -m benchmarks.retrieval",
+      description=__doc__,
       formatter_class=argparse.RawTextHelpFormatter)
   parser.add_argument("--num_items", type=cli.positive_int, default=20000)
   parser.add_argument("--num_users", type=cli.positive_int, default=2000)

@@ -163,7 +163,8 @@ def run(args: argparse.Namespace) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      allow_abbrev=False, description=__doc__.split("\n\n")[0])
+      allow_abbrev=False, prog="python -m benchmarks.train_step",
+      description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", choices=MODELS, default="tiny")
   parser.add_argument("--batch_size", type=cli.positive_int, default=16)
   parser.add_argument("--inputs_length", type=cli.positive_int, default=256)

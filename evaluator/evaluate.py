@@ -47,10 +47,9 @@ MODELS = ("calrec", "lir")
 SPLITS = ("test", "validation")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      allow_abbrev=False,
-      prog="python -m evaluator.evaluate", description=__doc__,
+      allow_abbrev=False, prog=prog, description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=("Other flags go to Beam's PipelineOptions (a flag that is "
               "neither is an error); the runner is FnApiRunner unless "
@@ -125,15 +124,16 @@ def earlier_outputs(output_dir: str) -> list[str]:
                 for path in files.glob(os.path.join(output_dir, pattern)))
 
 
-def parse_args(argv: Sequence[str], check_model: bool = True
+def parse_args(argv: Sequence[str], check_model: bool = True,
+               prog: str = "python -m evaluator.evaluate"
               ) -> tuple[argparse.Namespace, list[str]]:
   """Evaluation flags and the remaining (Beam) flags; validates both.
 
   `check_model`: for --model=calrec, that --model_dir holds the checkpoint,
   whose step then replaces a missing --checkpoint_step (False when the
-  caller supplies the generator itself).
+  caller supplies the generator itself). `prog` names the command in errors.
   """
-  parser = _parser()
+  parser = _parser(prog)
   args, beam_argv = cli.parse_job_args(parser, argv)
   if not files.exists(corpus_path(args)):
     parser.error(f"--data_dir/--category: missing {corpus_path(args)}; is "

@@ -99,7 +99,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   # The evaluator checks the flags passed on (its own and Beam's) now, not
   # after the first steps have run.
   evaluate.parse_args(step_argv(args, passed_on, args.steps[0]),
-                      check_model=False)
+                      check_model=False,
+                      prog=f"{parser.prog} (flags of evaluator.evaluate)")
   return args, passed_on
 
 

@@ -148,5 +148,7 @@ def test_flags_passed_on_are_checked_before_any_step(data_dir, model_dir,
                                   f"--data_dir={data_dir}",
                                   f"--category={CATEGORY}",
                                   "--num_generation=8"])
-  assert "--num_generation=8 (did you mean --num_generations?)" in (
-      capsys.readouterr().err)
+  error = capsys.readouterr().err
+  assert "--num_generation=8 (did you mean --num_generations?)" in error
+  assert ("python -m evaluator.select_checkpoint (flags of evaluator.evaluate)"
+          ": error:") in error
