@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import posixpath
 import re
 from typing import Any
 
@@ -87,11 +88,22 @@ class Config:
             "categories": [c.to_json() for c in self.categories]}
 
 
+def _join_url(base: str, path: str) -> str:
+  """`path` under the `scheme://` URL `base`, normalised as a POSIX path.
+
+  Object stores name objects by the whole string: `gs://b/in/./x` is not
+  `gs://b/in/x` (GCSFileSystem.join keeps the dot), so "." and ".." are
+  resolved here, and the scheme kept.
+  """
+  scheme, rest = base.split("://", 1)
+  return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}"
+
+
 def _resolve(pattern: str, data_dir: str) -> str:
   if "://" in pattern:
     return pattern
   if "://" in data_dir:
-    return FileSystems.join(data_dir, pattern)
+    return _join_url(data_dir, pattern)
   return os.path.normpath(os.path.join(data_dir, pattern))
 
 

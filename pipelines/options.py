@@ -14,6 +14,7 @@ import difflib
 import logging
 from typing import Sequence
 
+import apache_beam as beam
 from apache_beam.options import pipeline_options
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -21,6 +22,11 @@ from pipelines import textio
 
 DEFAULT_RUNNER = "FnApiRunner"
 DEFAULT_LINES_PER_CALL = 250_000
+
+
+class BeamOptionsError(ValueError):
+  """Pipeline options Beam refuses: an unknown runner, a failed check."""
+
 
 _EPILOG = """\
 Any other flag is a Beam pipeline option, e.g. --runner=FnApiRunner
@@ -134,3 +140,15 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
   if not any(f == "--runner" or f.startswith("--runner=") for f in flags):
     flags.append(f"--runner={DEFAULT_RUNNER}")
   return PipelineOptions(flags=flags)
+
+
+def create_pipeline(beam_args: Sequence[str]) -> beam.Pipeline:
+  """A pipeline on `beam_options(beam_args)`, its runner created and its
+  options validated: a job builds it before it reads or deletes any file.
+
+  Raises BeamOptionsError with Beam's message on one line.
+  """
+  try:
+    return beam.Pipeline(options=beam_options(beam_args))
+  except (ValueError, ImportError) as e:
+    raise BeamOptionsError(" ".join(str(e).split())) from None

@@ -70,24 +70,37 @@ class OutputDirError(ValueError):
   """An --output_dir the job must not write into."""
 
 
+def _files_under(output_dir: str) -> tuple[str, list[str]]:
+  """(the prefix of every path, every file under `output_dir` at any depth).
+
+  A match is the one check that sees inside the folder on every file system:
+  on an object store such as GCS a folder is only a prefix of object names,
+  which `exists` does not find. "**" crosses "/", "*" would not.
+  """
+  pattern = FileSystems.join(output_dir, "**")
+  files = FileSystems.match([pattern])[0].metadata_list
+  return pattern[:-len("**")], [metadata.path for metadata in files]
+
+
 def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
-  """Refuses a non-empty folder unless it holds an earlier run to replace."""
-  if not FileSystems.exists(output_dir):
+  """Refuses a non-empty folder unless it holds an earlier run to replace,
+  which it then deletes."""
+  prefix, files = _files_under(output_dir)
+  if not files:
     return
-  entries = FileSystems.match([FileSystems.join(output_dir, "*")])[0]
-  if not entries.metadata_list:
-    return
-  earlier_run = any(FileSystems.exists(FileSystems.join(output_dir, name))
-                    for name in (outputs.MANIFEST, outputs.REJECTS_DIR))
   if not overwrite:
     raise OutputDirError(f"--output_dir {output_dir} is not empty; pass "
                          "--overwrite to replace an earlier run or choose "
                          "another folder")
-  if not earlier_run:
+  names = [path[len(prefix):] for path in files]
+  if not any(name == outputs.MANIFEST or
+             name.startswith(outputs.REJECTS_DIR + "/") for name in names):
     raise OutputDirError(f"--output_dir {output_dir} is not empty and holds "
                          "no earlier run (no manifest.json or rejects/); "
                          "refusing to delete it")
-  FileSystems.delete([output_dir])
+  FileSystems.delete(files)
+  if FileSystems.get_filesystem(output_dir).has_dirs():
+    FileSystems.delete([output_dir])  # The folders left empty.
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
@@ -95,15 +108,18 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
   parser = options.build_parser()
   args, beam_args = options.parse_job_args(parser, argv)
   try:
+    # Before any file is read or deleted: Beam checks the runner and options.
+    pipeline = options.create_pipeline(beam_args)
     config = config_lib.load_config(args.config, args.data_dir)
     review_tasks, meta_tasks = plan_tasks(config, args.read_range_mb << 20)
     prepare_output_dir(args.output_dir, args.overwrite)
-  except (config_lib.ConfigError, textio.InputError, OutputDirError) as e:
+  except (options.BeamOptionsError, config_lib.ConfigError, textio.InputError,
+          OutputDirError) as e:
     parser.error(str(e))
   logging.info("%d categories: %d review ranges, %d meta ranges -> %s",
                len(config.categories), len(review_tasks), len(meta_tasks),
                args.output_dir)
-  with beam.Pipeline(options=options.beam_options(beam_args)) as pipeline:
+  with pipeline:
     build_pipeline(pipeline, config, args.output_dir, review_tasks,
                    meta_tasks, args.lines_per_call)
   stats = outputs.read_stats(args.output_dir, config)

@@ -1,9 +1,11 @@
-"""`testfs://`: a Beam FileSystem of non-local paths for tests.
+"""Beam FileSystems of non-local paths for tests, backed by a local folder.
 
-It stores files in a local folder but only answers to `testfs://` URLs, so a
-code path that reaches for `os.path`, `open` or `glob` instead of Beam's
-FileSystems (as gs:// on Dataflow needs) fails with it. Importing this module
-registers the scheme; `set_root` picks the folder.
+`testfs://` answers only to its URLs, so a code path that reaches for
+`os.path`, `open` or `glob` instead of Beam's FileSystems (as gs:// on Dataflow
+needs) fails with it. `testobjects://` behaves like an object store such as
+GCS (apache_beam/io/gcp/gcsfilesystem.py): there are no folders, only objects
+whose names hold slashes. Importing this module registers both schemes;
+`set_root` picks the folder they share.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.localfilesystem import LocalFileSystem
 
 SCHEME = "testfs"
-_PREFIX = f"{SCHEME}://"
+OBJECT_SCHEME = "testobjects"
 _ROOT = {"path": None}
 
 
@@ -25,7 +27,11 @@ def set_root(path: str | os.PathLike[str]) -> None:
 
 
 def url(relative_path: str) -> str:
-  return _PREFIX + relative_path
+  return f"{SCHEME}://{relative_path}"
+
+
+def object_url(relative_path: str) -> str:
+  return f"{OBJECT_SCHEME}://{relative_path}"
 
 
 class UrlOnlyFileSystem(LocalFileSystem):
@@ -35,17 +41,21 @@ class UrlOnlyFileSystem(LocalFileSystem):
   def scheme(cls):
     return SCHEME
 
-  @staticmethod
-  def _local(path: str) -> str:
-    if not path.startswith(_PREFIX):
-      raise ValueError(f"{path} is not a {_PREFIX} URL")
+  @classmethod
+  def _prefix(cls) -> str:
+    return f"{cls.scheme()}://"
+
+  @classmethod
+  def _local(cls, path: str) -> str:
+    if not path.startswith(cls._prefix()):
+      raise ValueError(f"{path} is not a {cls._prefix()} URL")
     if _ROOT["path"] is None:
       raise RuntimeError("beam_testfs.set_root() was not called")
-    return os.path.join(_ROOT["path"], path[len(_PREFIX):])
+    return os.path.join(_ROOT["path"], path[len(cls._prefix()):])
 
-  @staticmethod
-  def _url(local_path: str) -> str:
-    return _PREFIX + os.path.relpath(local_path, _ROOT["path"])
+  @classmethod
+  def _url(cls, local_path: str) -> str:
+    return cls._prefix() + os.path.relpath(local_path, _ROOT["path"])
 
   def join(self, basepath, *paths):
     return posixpath.join(basepath, *paths)
@@ -59,12 +69,15 @@ class UrlOnlyFileSystem(LocalFileSystem):
   def mkdirs(self, path):
     super().mkdirs(self._local(path))
 
-  def _list(self, dir_or_prefix):
-    for folder, _, names in os.walk(self._local(dir_or_prefix)):
+  def _local_files(self, local_folder: str):
+    for folder, _, names in os.walk(local_folder):
       for name in names:
         path = os.path.join(folder, name)
         yield FileMetadata(self._url(path), os.path.getsize(path),
                            os.path.getmtime(path))
+
+  def _list(self, dir_or_prefix):
+    yield from self._local_files(self._local(dir_or_prefix))
 
   def create(self, path, *args, **kwargs):
     return super().create(self._local(path), *args, **kwargs)
@@ -105,3 +118,52 @@ class UrlOnlyFileSystem(LocalFileSystem):
 
   def report_lineage(self, path, lineage):
     del path, lineage
+
+
+class ObjectStoreFileSystem(UrlOnlyFileSystem):
+  """`testobjects://`: GCS semantics over the same local folder.
+
+  Only files are objects: `exists` is false for a folder, `mkdirs` does
+  nothing, a pattern lists every object whose name starts with its literal
+  prefix, `join` keeps "." and "..", and `delete` removes the objects a path
+  matches, or every object under a path that ends in "/". Folders left empty
+  are invisible.
+  """
+
+  @classmethod
+  def scheme(cls):
+    return OBJECT_SCHEME
+
+  @classmethod
+  def _local(cls, path: str) -> str:
+    # On a real store "a/./b" names another object than "a/b"; refused here
+    # rather than resolved by the local folder.
+    if {".", ".."} & set(path.split("://", 1)[-1].split("/")):
+      raise ValueError(f"{path}: '.' and '..' are part of an object name")
+    return super()._local(path)
+
+  def join(self, basepath, *paths):
+    # GCSFileSystem.join: slashes only, no normalisation ("a/./b" stays).
+    for path in paths:
+      basepath = basepath.rstrip("/") + "/" + path.lstrip("/")
+    return basepath
+
+  def has_dirs(self):
+    return False
+
+  def mkdirs(self, path):
+    del path
+
+  def _list(self, dir_or_prefix):
+    for metadata in self._local_files(_ROOT["path"]):
+      if metadata.path.startswith(dir_or_prefix):
+        yield metadata
+
+  def exists(self, path):
+    return os.path.isfile(self._local(path))
+
+  def delete(self, paths):
+    for path in paths:
+      pattern = path + "**" if path.endswith("/") else path
+      for metadata in self.match([pattern])[0].metadata_list:
+        os.remove(self._local(metadata.path))

@@ -60,6 +60,25 @@ def test_relative_patterns_resolve_against_data_dir_then_config_dir():
       "/abs/r.json",)
 
 
+def test_patterns_under_a_url_are_normalised_keeping_the_scheme():
+  """GCS names objects by the whole string: gs://b/in/./x is not gs://b/in/x."""
+  raw = dict(_raw(reviews="./sub/../r.json"), data_dir=".")
+  config = config_lib.parse_config(raw, "gs://bucket/cfg")
+  assert config.categories[0].reviews == ("gs://bucket/cfg/r.json",)
+  assert config.categories[0].meta == ("gs://bucket/cfg/m1.json",
+                                       "gs://bucket/cfg/m2.json")
+  raw["data_dir"] = "../in/"
+  assert config_lib.parse_config(raw, "gs://bucket/cfg").categories[
+      0].reviews == ("gs://bucket/in/r.json",)
+  assert config_lib.parse_config(raw, "/cfg", "gs://bucket/in/.").categories[
+      0].reviews == ("gs://bucket/in/r.json",)
+  sample = config_lib.parse_config(
+      json.loads((CONFIGS / "sample.json").read_text()), "gs://bucket/in")
+  assert all(path.startswith("gs://bucket/in/") and "/./" not in path
+             for category in sample.categories
+             for path in category.reviews + category.meta)
+
+
 @pytest.mark.parametrize("raw,message", [
     ([], "must be a JSON object"),
     ({"categories": []}, "non-empty list"),

@@ -7,6 +7,7 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
 
+import beam_testfs
 from pipelines import config as config_lib
 from pipelines import preprocess
 import pipelines_testdata
@@ -208,8 +209,10 @@ def test_bad_lines_become_counted_rejects_without_changing_the_rest(
       '{"reviewerID": "U1", "asin": "B1", "unixReviewTime": "\u00b2"}',
       '{"reviewerID": "U1", "asin": "B1", "unixReviewTime": 1' + "0" * 20 +
       ', "overall": 5.0}',
+      '{"reviewerID": "U1", "asin": "' + "B" * 2000 + '", "unixReviewTime": 1}',
   ]
-  bad_meta = ['{"asin": "B\\ud800"}', "{[1]: 2}"]
+  bad_meta = ['{"asin": "B\\ud800"}', "{[1]: 2}",
+              '{"asin": "' + "B" * 2000 + '", "title": "Wide"}']
   config = _write_fixture(tmp_path / "data")
   data = tmp_path / "data"
   with open(data / "Games_5.json", "a") as f:
@@ -230,8 +233,10 @@ def test_bad_lines_become_counted_rejects_without_changing_the_rest(
                      ("reviews_rejected_unknown_asin", 1),
                      ("reviews_rejected_malformed_line", 2),
                      ("reviews_rejected_invalid_unixReviewTime", 2),
+                     ("reviews_rejected_asin_too_long", 1),
                      ("meta_rejected_invalid_encoding", 1),
-                     ("meta_rejected_malformed_line", 1)):
+                     ("meta_rejected_malformed_line", 1),
+                     ("meta_rejected_asin_too_long", 1)):
     dropped[key] = dropped.get(key, 0) + added
   assert stats["Games"]["dropped"] == dict(sorted(dropped.items()))
   rejects = (output / "rejects" / "Games.jsonl").read_text().splitlines()
@@ -257,18 +262,82 @@ def test_a_truncated_gzip_fails_the_job_naming_the_file(tmp_path):
   assert not (tmp_path / "o" / "manifest.json").exists()
 
 
-def test_non_empty_output_dir_needs_overwrite(tmp_path, capsys):
+@pytest.mark.parametrize("object_store", [False, True])
+def test_non_empty_output_dir_needs_overwrite(tmp_path, capsys, object_store):
   config = _write_fixture(tmp_path / "data")
-  (tmp_path / "out").mkdir()
-  (tmp_path / "out" / "keep.txt").write_text("x")
+  # Only in a subfolder: a match of "out/*" would not see it.
+  (tmp_path / "out" / "sub").mkdir(parents=True)
+  (tmp_path / "out" / "sub" / "keep.txt").write_text("x")
+  beam_testfs.set_root(tmp_path)
+  output = (beam_testfs.object_url("out") if object_store
+            else tmp_path / "out")
   with pytest.raises(SystemExit):
-    preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/out"])
+    preprocess.run([f"--config={config}", f"--output_dir={output}"])
   assert "pass --overwrite" in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/out",
+    preprocess.run([f"--config={config}", f"--output_dir={output}",
                     "--overwrite"])
   assert "refusing to delete" in capsys.readouterr().err
-  assert (tmp_path / "out" / "keep.txt").exists()
+  assert (tmp_path / "out" / "sub" / "keep.txt").exists()
+
+
+def _files(folder):
+  return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                if p.is_file())
+
+
+@pytest.mark.parametrize("object_store", [False, True])
+def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys,
+                                                     object_store):
+  """Also where a folder is only a prefix of object names (GCS): the checks
+  and the delete of --overwrite find every file of the earlier run."""
+  config = _write_fixture(tmp_path / "data")
+  raw = json.loads(config.read_text())
+  raw["categories"][1]["num_shards"] = 3
+  config.write_text(json.dumps(raw))
+  beam_testfs.set_root(tmp_path)
+  # On the store, inputs too: the config's folder is the data folder (".").
+  flags = ([f"--config={beam_testfs.object_url('data/config.json')}",
+            f"--output_dir={beam_testfs.object_url('out')}"] if object_store
+           else [f"--config={config}", f"--output_dir={tmp_path}/out"])
+  preprocess.run(flags)
+  assert [name for name in _files(tmp_path / "out")
+          if name.startswith("Stage1/train")] == [
+              f"Stage1/train-0000{i}-of-00003.tfrecord" for i in range(3)]
+  with pytest.raises(SystemExit):
+    preprocess.run(flags)
+  assert "pass --overwrite" in capsys.readouterr().err
+
+  # Fewer shards, and no Games.
+  raw["categories"] = [dict(raw["categories"][1], num_shards=1)]
+  config.write_text(json.dumps(raw))
+  # A run that stopped before its manifest is known by rejects/ alone.
+  (tmp_path / "out" / "manifest.json").unlink()
+  stats = preprocess.run(flags + ["--overwrite"])
+  assert _files(tmp_path / "out") == [
+      "Stage1/corpus.parquet", "Stage1/stats.json",
+      "Stage1/train-00000-of-00001.tfrecord", "manifest.json",
+      "rejects/Stage1.jsonl"]
+  assert stats["Stage1"]["num_users"] == 3
+  if not object_store:
+    assert not (tmp_path / "out" / "Games").exists()
+
+
+def test_an_invalid_runner_is_a_usage_error_before_any_delete(tmp_path,
+                                                              capsys):
+  config = _write_fixture(tmp_path / "data")
+  (tmp_path / "out" / "rejects").mkdir(parents=True)
+  (tmp_path / "out" / "manifest.json").write_text("{}")
+  with pytest.raises(SystemExit):
+    preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/out",
+                    "--overwrite", "--runner=Nope"])
+  errors = [line for line in capsys.readouterr().err.splitlines()
+            if "error:" in line]
+  assert len(errors) == 1
+  assert errors[0].startswith("python -m pipelines.preprocess: error: "
+                              "Unexpected pipeline runner: Nope.")
+  assert errors[0].endswith("PipelineRunner subclass.")
+  assert (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_no_worker_is_given_the_whole_meta(tmp_path):

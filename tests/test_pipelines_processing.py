@@ -165,6 +165,8 @@ BAD_LINES = {
     ', "overall": 5.0}': "invalid_unixReviewTime",
     '{"reviewerID": "U1", "asin": "B1", "unixReviewTime": ' +
     str(2**64 + 1) + ', "overall": 5.0}': "invalid_unixReviewTime",
+    '{"reviewerID": "U1", "asin": "' + "B" * 33 + '", "unixReviewTime": 1}':
+        "asin_too_long",
     # A trailing NUL byte is part of the id: no meta row has this one.
     '{"reviewerID": "U1", "asin": "B1\\u0000", "unixReviewTime": 1}':
         "unknown_asin",
@@ -191,16 +193,21 @@ def test_parse_meta_lines_counts_and_writes_every_bad_line():
          "{'asin': 'B2', 'tags': {[1]}}": "malformed_line",
          '{"asin": ' + "[" * 100000 + "]" * 100000 + "}": "malformed_line",
          '{"asin": "B\\ud800"}': "invalid_encoding",
-         '{"asin": "B3", "title": "\\udc00"}': "invalid_encoding"}
-  lines = _lines([{"asin": "B1"}, *bad])
+         '{"asin": "B3", "title": "\\udc00"}': "invalid_encoding",
+         # Would widen every entry of the index each worker holds.
+         '{"asin": "' + "B" * 33 + '"}': "asin_too_long"}
+  longest = "A" * processing.MAX_ASIN_LENGTH
+  lines = _lines([{"asin": "B1"}, *bad, {"asin": longest}])
   chunk = processing.parse_meta_lines(lines, "meta.json")
-  assert chunk.items == {"B1": (None, None, None, None)}
+  assert chunk.items == {"B1": (None, None, None, None),
+                         longest: (None, None, None, None)}
   assert [(r.offset, r.reason, r.record) for r in chunk.rejects] == [
       (offset, reason, line) for (offset, _), (line, reason) in zip(
           lines[1:], bad.items())]
-  assert chunk.counts == {"meta_lines": 6, "meta_rows": 1,
+  assert chunk.counts == {"meta_lines": 8, "meta_rows": 2,
                           "meta_rejected_malformed_line": 3,
-                          "meta_rejected_invalid_encoding": 2}
+                          "meta_rejected_invalid_encoding": 2,
+                          "meta_rejected_asin_too_long": 1}
 
 
 def test_unsampled_users_are_kept_as_ids_without_events():
