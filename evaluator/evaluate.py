@@ -135,6 +135,10 @@ def parse_args(argv: Sequence[str], check_model: bool = True,
   """
   parser = _parser(prog)
   args, beam_argv = cli.parse_job_args(parser, argv)
+  try:
+    cli.checked_beam_options(beam_argv)
+  except cli.BeamOptionsError as error:
+    parser.error(str(error))
   if not files.exists(corpus_path(args)):
     parser.error(f"--data_dir/--category: missing {corpus_path(args)}; is "
                  f"{args.category} a category of the preprocessing output?")

@@ -14,8 +14,9 @@ import difflib
 import logging
 from typing import Sequence
 
-import apache_beam as beam
+from apache_beam import runners
 from apache_beam.options import pipeline_options
+from apache_beam.options import pipeline_options_validator
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import textio
@@ -142,13 +143,21 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
   return PipelineOptions(flags=flags)
 
 
-def create_pipeline(beam_args: Sequence[str]) -> beam.Pipeline:
-  """A pipeline on `beam_options(beam_args)`, its runner created and its
-  options validated: a job builds it before it reads or deletes any file.
+def checked_beam_options(beam_args: Sequence[str]) -> PipelineOptions:
+  """`beam_options(beam_args)` after the checks `beam.Pipeline` makes (the
+  runner exists and can be created, the options suit it), so that a job
+  can refuse them before it reads or deletes any file.
 
   Raises BeamOptionsError with Beam's message on one line.
   """
+  options = beam_options(beam_args)
   try:
-    return beam.Pipeline(options=beam_options(beam_args))
+    runner = runners.create_runner(
+        options.view_as(pipeline_options.StandardOptions).runner)
+    errors = pipeline_options_validator.PipelineOptionsValidator(
+        options, runner).validate()
   except (ValueError, ImportError) as e:
     raise BeamOptionsError(" ".join(str(e).split())) from None
+  if errors:
+    raise BeamOptionsError("; ".join(" ".join(e.split()) for e in errors))
+  return options

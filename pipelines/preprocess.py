@@ -109,7 +109,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
   args, beam_args = options.parse_job_args(parser, argv)
   try:
     # Before any file is read or deleted: Beam checks the runner and options.
-    pipeline = options.create_pipeline(beam_args)
+    beam_options = options.checked_beam_options(beam_args)
     config = config_lib.load_config(args.config, args.data_dir)
     review_tasks, meta_tasks = plan_tasks(config, args.read_range_mb << 20)
     prepare_output_dir(args.output_dir, args.overwrite)
@@ -119,7 +119,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
   logging.info("%d categories: %d review ranges, %d meta ranges -> %s",
                len(config.categories), len(review_tasks), len(meta_tasks),
                args.output_dir)
-  with pipeline:
+  with beam.Pipeline(options=beam_options) as pipeline:
     build_pipeline(pipeline, config, args.output_dir, review_tasks,
                    meta_tasks, args.lines_per_call)
   stats = outputs.read_stats(args.output_dir, config)

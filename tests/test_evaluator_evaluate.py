@@ -473,6 +473,13 @@ def test_bad_flags_say_what_to_fix(data_dir, tmp_path, capsys):
     evaluate.parse_args([f"--data_dir={data_dir}", f"--category={CATEGORY}",
                          f"--output_dir={tmp_path}", "--model=lir"])
   assert "--overwrite" in capsys.readouterr().err
+  # Beam's refusal comes before the earlier run is deleted.
+  with pytest.raises(SystemExit):
+    evaluate.run([f"--data_dir={data_dir}", f"--category={CATEGORY}",
+                  f"--output_dir={tmp_path}", "--model=lir", "--overwrite",
+                  "--runner=Nope"])
+  assert "error: Unexpected pipeline runner: Nope." in capsys.readouterr().err
+  assert (tmp_path / "metrics.json").exists()
 
 
 @pytest.mark.parametrize("flags,message", [
