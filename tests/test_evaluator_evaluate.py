@@ -327,11 +327,15 @@ def test_hierarchical_retrieval_ranks_and_table_7_by_hand(tmp_path):
       output_dir / "results.md").read_text()
 
 
-def test_remote_paths_through_beam_filesystems(data_dir, tmp_path):
-  """gs:// on Dataflow: data, outputs and reports only through FileSystems."""
+@pytest.mark.parametrize("remote_url", [beam_testfs.url,
+                                        beam_testfs.object_url])
+def test_remote_paths_through_beam_filesystems(data_dir, tmp_path,
+                                               remote_url):
+  """gs:// on Dataflow: data, outputs and reports only through FileSystems,
+  with folders and on an object store without them."""
   shutil.copytree(data_dir, tmp_path / "remote" / "data")
   beam_testfs.set_root(tmp_path / "remote")
-  remote_data, remote_out = beam_testfs.url("data"), beam_testfs.url("eval")
+  remote_data, remote_out = remote_url("data"), remote_url("eval")
   assert not os.path.exists(remote_data)  # Local file access would fail.
   local = _run(data_dir, tmp_path / "local", "--model=calrec",
                "--model_dir=unused", load_generator=EchoGenerator)
