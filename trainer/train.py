@@ -17,7 +17,8 @@ from a Stage I checkpoint:
     --gin.INITIAL_CHECKPOINT_PATH="'models/stage1'"
 
 `--gin.NAME=VALUE` is short for `--gin_bindings='NAME = VALUE'` (values are
-gin literals: quote strings). Gin files are found from the working directory,
+gin literals: quote strings); a macro no gin file defines is refused, so a
+misspelt one is an error, not a silently unused value. Gin files are found from the working directory,
 on the Python path (trainer/configs/... works from anywhere) and in
 `--gin_search_paths`. The tiny CPU runs: trainer/configs/runs/tiny_stage1.gin
 and tiny_stage2.gin. A run in a MODEL_DIR that already holds checkpoints
@@ -136,8 +137,9 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
     check_macro_bindings(bindings)
     gin.parse_config_files_and_bindings([], bindings)
   except SyntaxError as error:
+    binding = (error.text or "").strip()
     raise ConfigError(
-        f"{error.msg.rstrip('.')} in `{(error.text or '').strip()}` (strings need quotes: "
+        f"{error.msg.rstrip('.')} in `{binding}` (strings need quotes: "
         "--gin.MODEL_DIR=\"'/path'\")") from error
   except (IOError, ValueError) as error:
     raise ConfigError(str(error)) from error
