@@ -82,7 +82,7 @@ def plain_loop(config: config_lib.Config, output_dir: str) -> None:
     counts[name].update(chunk.counts)
     rejects[name].extend(chunk.rejects)
 
-  shard_files, summaries = [], {}
+  shard_files, reject_files, stats = [], [], {}
   for category in config.categories:
     name = category.name
     item_ids = set()
@@ -95,10 +95,14 @@ def plain_loop(config: config_lib.Config, output_dir: str) -> None:
       item_ids |= result.item_ids
       counts[name].update(result.counts)
       rejects[name].extend(result.rejects)
-    summaries[name] = outputs.write_category_files(
-        output_dir, category, item_ids, rejects[name], counts[name],
-        meta.get(name, {}))
-  outputs.write_manifest(output_dir, config, shard_files, summaries)
+    buckets = processing.bucket_rejects(rejects[name], category.num_shards)
+    reject_files += [
+        outputs.write_rejects(output_dir, category, bucket,
+                              buckets.get(bucket, []))
+        for bucket in range(category.num_shards)]
+    stats[name] = outputs.write_category_files(
+        output_dir, category, item_ids, counts[name], meta.get(name, {}))
+  outputs.write_manifest(output_dir, config, shard_files, reject_files, stats)
 
 
 def add_unreviewed_meta(config: config_lib.Config, count: int) -> None:

@@ -40,8 +40,8 @@ Example, on the generated sample:
       --output_dir=/tmp/preprocessed
 
 Output (docs/contracts.md): {category}/{split}-SSSSS-of-NNNNN.tfrecord,
-{category}/corpus.parquet, {category}/stats.json, rejects/{category}.jsonl and
-manifest.json, written last.
+{category}/corpus.parquet, {category}/stats.json,
+rejects/{category}-SSSSS-of-NNNNN.jsonl and manifest.json, written last.
 """
 
 

@@ -3,7 +3,7 @@
   {output_dir}/{category}/{split}-SSSSS-of-NNNNN.tfrecord
   {output_dir}/{category}/corpus.parquet
   {output_dir}/{category}/stats.json
-  {output_dir}/rejects/{category}.jsonl
+  {output_dir}/rejects/{category}-SSSSS-of-NNNNN.jsonl
   {output_dir}/manifest.json          (written last: the run completed)
 
 Every writer takes already sorted or order-free inputs, so a file's bytes
@@ -36,6 +36,11 @@ _CORPUS_SCHEMA = pa.schema([(name, pa.string())
 
 # One written TFRecord file: (category, split, file name, record count).
 ShardFile = tuple[str, str, str, int]
+# One written rejects file: (category, file name, reject count).
+RejectFile = tuple[str, str, int]
+
+# Rejects encoded per write: bounds the bytes held besides the rejects.
+_REJECTS_PER_WRITE = 4096
 
 
 def _write(path: str, data: bytes) -> None:
@@ -71,22 +76,44 @@ def write_shard(output_dir: str, category: config_lib.CategoryConfig,
   return written
 
 
+def rejects_path(output_dir: str, category: str, bucket: int,
+                 num_buckets: int) -> str:
+  """The rejects file of one bucket (docs/contracts.md)."""
+  return FileSystems.join(
+      output_dir, REJECTS_DIR,
+      f"{category}-{bucket:05d}-of-{num_buckets:05d}.jsonl")
+
+
+def rejects_pattern(output_dir: str, category: str) -> str:
+  """A pattern that matches every rejects file of a category (names hold no
+  "-")."""
+  return FileSystems.join(output_dir, REJECTS_DIR, f"{category}-*.jsonl")
+
+
+def write_rejects(output_dir: str, category: config_lib.CategoryConfig,
+                  bucket: int, rejects: Iterable[Sequence]) -> RejectFile:
+  """Writes one bucket of the category's rejects, sorted, a slice at a time:
+  the rejects are held once, their lines never all at once."""
+  path = rejects_path(output_dir, category.name, bucket, category.num_shards)
+  ordered = processing.sort_rejects(rejects)
+  with FileSystems.create(path) as f:
+    for start in range(0, len(ordered), _REJECTS_PER_WRITE):
+      f.write(processing.rejects_jsonl(
+          category.name, ordered[start:start + _REJECTS_PER_WRITE]))
+  return category.name, FileSystems.split(path)[1], len(ordered)
+
+
 def write_category_files(output_dir: str,
                          category: config_lib.CategoryConfig,
                          item_ids: Iterable[str],
-                         rejects: Iterable[Sequence],
                          counts: collections.Counter,
                          meta: Mapping[str, parse.ItemMeta]) -> dict[str, Any]:
-  """Writes the corpus, rejects and statistics; returns a summary."""
+  """Writes the corpus and statistics; returns the statistics."""
   name = category.name
   columns = processing.corpus_columns(item_ids, meta)
   buffer = io.BytesIO()
   pq.write_table(pa.table(columns, schema=_CORPUS_SCHEMA), buffer)
   _write(FileSystems.join(output_dir, name, CORPUS), buffer.getvalue())
-
-  rejects = list(rejects)
-  _write(FileSystems.join(output_dir, REJECTS_DIR, f"{name}.jsonl"),
-         processing.rejects_file(name, rejects))
 
   counts = collections.Counter(counts)
   counts["meta_duplicate_rows"] = counts["meta_rows"] - counts["meta_items"]
@@ -95,39 +122,47 @@ def write_category_files(output_dir: str,
                                    total_words, len(vocabulary),
                                    category.user_fraction)
   _write(FileSystems.join(output_dir, name, STATS), _json_bytes(stats))
-  return {"stats": stats, "rejects": len(rejects)}
+  return stats
+
+
+def _add_file(entry: dict[str, Any], path: str, count: int) -> None:
+  entry["files"].append(path)
+  entry["records"] += count
 
 
 def manifest(config: config_lib.Config, shard_files: Iterable[ShardFile],
-             summaries: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-  """The run's config and counts."""
+             reject_files: Iterable[RejectFile],
+             stats: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+  """The run's config, files and counts."""
   categories = {}
   for category in config.categories:
-    summary = summaries[category.name]
+    category_stats = stats[category.name]
     categories[category.name] = {
         "role": category.role.value,
         "splits": {split: {"files": [], "records": 0}
                    for split in category.splits},
-        "num_users": summary["stats"]["num_users"],
-        "num_items": summary["stats"]["num_items"],
-        "rejects": summary["rejects"],
+        "num_users": category_stats["num_users"],
+        "num_items": category_stats["num_items"],
+        "rejects": {"files": [], "records": 0},
         "corpus": f"{category.name}/{CORPUS}",
         "stats": f"{category.name}/{STATS}",
     }
   for name, split, file_name, count in sorted(shard_files):
-    entry = categories[name]["splits"][split]
-    entry["files"].append(f"{name}/{file_name}")
-    entry["records"] += count
+    _add_file(categories[name]["splits"][split], f"{name}/{file_name}", count)
+  for name, file_name, count in sorted(reject_files):
+    _add_file(categories[name]["rejects"], f"{REJECTS_DIR}/{file_name}",
+              count)
   return {"config": config.to_json(), "categories": categories,
           "rejects_dir": REJECTS_DIR}
 
 
 def write_manifest(output_dir: str, config: config_lib.Config,
                    shard_files: Iterable[ShardFile],
-                   summaries: Mapping[str, Mapping[str, Any]]) -> None:
+                   reject_files: Iterable[RejectFile],
+                   stats: Mapping[str, Mapping[str, Any]]) -> None:
   """Writes `manifest.json`: last, once every other file exists."""
   _write(FileSystems.join(output_dir, MANIFEST),
-         _json_bytes(manifest(config, shard_files, summaries)))
+         _json_bytes(manifest(config, shard_files, reject_files, stats)))
 
 
 def read_stats(output_dir: str,

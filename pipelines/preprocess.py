@@ -55,14 +55,17 @@ def build_pipeline(pipeline: beam.Pipeline, config: config_lib.Config,
       pipeline | "BuildShards" >> transforms.BuildShards(
           review_tasks, config, lines_per_call, output_dir, meta_rows,
           meta_index))
-  summaries = ({
+  reject_files = ((meta_rejects, review_rejects)
+                  | "Rejects" >> beam.Flatten()
+                  | "WriteRejects" >> transforms.WriteRejects(config,
+                                                              output_dir))
+  stats = ({
       "counts": (meta_counts, review_counts) | "Counts" >> beam.Flatten(),
       "items": item_ids,
       "bought": bought_rows,
-      "rejects": (meta_rejects, review_rejects) | "Rejects" >> beam.Flatten(),
   } | "FinalizeCategories" >> transforms.FinalizeCategories(
       config, output_dir))
-  _ = ((shard_files, summaries)
+  _ = ((shard_files, reject_files, stats)
        | "WriteManifest" >> transforms.WriteManifest(config, output_dir))
 
 
@@ -126,9 +129,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
   for name, category_stats in stats.items():
     if not category_stats["num_users"]:
       logging.warning("category %s has no users left; its rejects are in %s",
-                      name, FileSystems.join(args.output_dir,
-                                             outputs.REJECTS_DIR,
-                                             f"{name}.jsonl"))
+                      name, outputs.rejects_pattern(args.output_dir, name))
   logging.info("done: %s", FileSystems.join(args.output_dir,
                                             outputs.MANIFEST))
   return stats

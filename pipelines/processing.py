@@ -15,8 +15,11 @@ DoFns of `transforms.py` wrap (and that a plain single-process loop can call):
    than one bucket of a category's meta.
 4. `build_shard`: all events of one shard's users to sorted, deduplicated,
    templated records per split, in user id order: the shard's file contents.
-5. `corpus_columns`, `rejects_file`, `stats.category_stats`: the category's
-   item corpus, rejects and statistics.
+5. `corpus_columns`, `stats.category_stats`: the category's item corpus and
+   statistics. Rejects are split into buckets by a hash of their contents
+   (`bucket_rejects`), and each bucket is written as one file in
+   `sort_rejects` order (`rejects_jsonl`), so that no worker holds more than
+   one bucket of a category's rejects.
 
 Counts of everything read, dropped and kept flow out as `collections.Counter`s
 whose keys `stats.py` turns into the statistics file.
@@ -388,8 +391,28 @@ def corpus_columns(item_ids: Iterable[str],
   return columns
 
 
-def rejects_file(category: str, rejects: Iterable[Sequence]) -> bytes:
-  """JSON lines of the rejects, sorted by source, offset, reason, record."""
-  ordered = sorted(Reject(*reject) for reject in rejects)
-  return "".join(reject.to_json(category) + "\n"
-                 for reject in ordered).encode("utf-8")
+def reject_bucket(reject: Sequence, num_buckets: int) -> int:
+  """The rejects file of a reject: a stable hash of all its fields, so that
+  `too_few_events` rejects, which share source and offset, spread too."""
+  return sequences.id_hash("\0".join(map(str, reject))) % num_buckets
+
+
+def bucket_rejects(rejects: Iterable[Sequence],
+                   num_buckets: int) -> dict[int, list[tuple]]:
+  """Rejects, as plain tuples, split by `reject_bucket`."""
+  buckets: dict[int, list[tuple]] = collections.defaultdict(list)
+  for reject in rejects:
+    buckets[reject_bucket(reject, num_buckets)].append(tuple(reject))
+  return dict(buckets)
+
+
+def sort_rejects(rejects: Iterable[Sequence]) -> list[Sequence]:
+  """Rejects in file order: by source, offset, reason, record. The order is
+  total: rejects that tie are equal, and so are their lines."""
+  return sorted(rejects)
+
+
+def rejects_jsonl(category: str, rejects: Iterable[Sequence]) -> bytes:
+  """JSON lines of `rejects`, in their order."""
+  return "".join(Reject(*reject).to_json(category) + "\n"
+                 for reject in rejects).encode("utf-8")

@@ -4,9 +4,10 @@ Throughput comes from few, large elements: each file range is parsed in one
 call and leaves as one dict of user events per output shard; shards are
 grouped once, and each shard's files are written by the call that builds them,
 from records in user id order. No file's bytes depend on runner order, bundle
-split or worker count. Per category, one more grouping gathers the counts,
-item ids, meta rows of bought items and rejects that the corpus, rejects and
-statistics files need.
+split or worker count. Rejects are grouped, sorted and written per (category,
+reject bucket), so no worker holds more than one bucket of a category's
+rejects. Per category, one more grouping gathers the counts, item ids and meta
+rows of bought items that the corpus and statistics files need.
 
 Meta joins reviews by key, never as a whole-category side input: workers hold
 only a compact index of asins (`processing.AsinIndex`), one meta bucket while
@@ -16,6 +17,7 @@ joining, and one shard's item rows while building it.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import pickle
 from typing import Any, Iterable, Iterator, Sequence
@@ -65,13 +67,15 @@ def _unpack_union(packed: Iterable[bytes]) -> dict:
   return union
 
 
-def _side_outputs(name: str, rejects: Sequence[processing.Reject],
+def _side_outputs(category: config_lib.CategoryConfig,
+                  rejects: Sequence[processing.Reject],
                   counts: collections.Counter
                   ) -> Iterator[beam.pvalue.TaggedOutput]:
-  if rejects:
-    yield beam.pvalue.TaggedOutput("rejects",
-                                   (name, [tuple(r) for r in rejects]))
-  yield beam.pvalue.TaggedOutput("counts", (name, dict(counts)))
+  """Rejects keyed by (category, reject bucket); counts by category."""
+  for bucket, part in sorted(processing.bucket_rejects(
+      rejects, category.num_shards).items()):
+    yield beam.pvalue.TaggedOutput("rejects", ((category.name, bucket), part))
+  yield beam.pvalue.TaggedOutput("counts", (category.name, dict(counts)))
 
 
 class _ParseMetaFn(beam.DoFn):
@@ -84,22 +88,23 @@ class _ParseMetaFn(beam.DoFn):
   def process(self, task: RangeTask
               ) -> Iterator[_Packed | beam.pvalue.TaggedOutput]:
     name = task[0]
-    num_buckets = self._config.category(name).num_shards
+    category = self._config.category(name)
     for part, lines in _range_parts(task, self._lines_per_call):
       chunk = processing.parse_meta_lines(lines, task[1])
       logging.info("meta of %s: %d lines in part %d of %s", name,
                    chunk.counts["meta_lines"], part, _describe(task))
       for bucket, items in sorted(
-          processing.bucket_meta(chunk.items, num_buckets).items()):
+          processing.bucket_meta(chunk.items, category.num_shards).items()):
         yield (name, bucket), _pack(items)
       yield beam.pvalue.TaggedOutput(
           "asins", (name, processing.AsinIndex(chunk.items)))
-      yield from _side_outputs(name, chunk.rejects, chunk.counts)
+      yield from _side_outputs(category, chunk.rejects, chunk.counts)
 
 
 class ReadMeta(beam.PTransform):
   """Meta ranges -> packed rows keyed by (category, meta bucket), not yet
-  collapsed; (category, AsinIndex); rejects; counts."""
+  collapsed; (category, AsinIndex); rejects by (category, reject bucket);
+  counts."""
 
   def __init__(self, tasks: Sequence[RangeTask], config: config_lib.Config,
                lines_per_call: int):
@@ -145,7 +150,7 @@ class _ParseReviewsFn(beam.DoFn):
           chunk.shards, category.num_shards).items()):
         yield beam.pvalue.TaggedOutput("wanted", ((name, bucket),
                                                   _pack(wanted)))
-      yield from _side_outputs(name, chunk.rejects, chunk.counts)
+      yield from _side_outputs(category, chunk.rejects, chunk.counts)
 
 
 class _JoinMetaBucketFn(beam.DoFn):
@@ -187,7 +192,7 @@ class _BuildShardFn(beam.DoFn):
     logging.info("%s shard %d: %d users", name, shard,
                  result.counts["users"])
     yield beam.pvalue.TaggedOutput("items", (name, result.item_ids))
-    yield from _side_outputs(name, result.rejects, result.counts)
+    yield from _side_outputs(category, result.rejects, result.counts)
 
 
 class BuildShards(beam.PTransform):
@@ -198,7 +203,8 @@ class BuildShards(beam.PTransform):
   shard the rows of its users' items, and each shard is built from its users'
   events and those rows. Returns (`outputs.ShardFile` per file, (category, ids
   of the items a shard's records use), (category, packed meta rows of the
-  items sampled users bought, per bucket), rejects, counts).
+  items sampled users bought, per bucket), rejects by (category, reject
+  bucket), counts).
   """
 
   def __init__(self, tasks: Sequence[RangeTask], config: config_lib.Config,
@@ -243,8 +249,42 @@ class BuildShards(beam.PTransform):
     return built.files, built.items, joined.bought, rejects, counts
 
 
+class _WriteRejectsFn(beam.DoFn):
+  """Writes the rejects file of one (category, reject bucket)."""
+
+  def __init__(self, config: config_lib.Config, output_dir: str):
+    self._config = config
+    self._output_dir = output_dir
+
+  def process(self, keyed: tuple[tuple[str, int], Iterable[list[tuple]]]
+              ) -> Iterator[outputs.RejectFile]:
+    (name, bucket), parts = keyed
+    yield outputs.write_rejects(self._output_dir, self._config.category(name),
+                                bucket, itertools.chain.from_iterable(parts))
+
+
+class WriteRejects(beam.PTransform):
+  """Rejects keyed by (category, reject bucket) -> one sorted file per bucket,
+  empty ones included; returns an `outputs.RejectFile` per file."""
+
+  def __init__(self, config: config_lib.Config, output_dir: str):
+    super().__init__()
+    self._config = config
+    self._output_dir = output_dir
+
+  def expand(self, rejects: beam.PCollection) -> beam.PCollection:
+    every_bucket = rejects.pipeline | "EveryBucket" >> beam.Create(
+        [((c.name, bucket), []) for c in self._config.categories
+         for bucket in range(c.num_shards)], reshuffle=False)
+    return ((rejects, every_bucket)
+            | "Flatten" >> beam.Flatten()
+            | "Group" >> beam.GroupByKey()
+            | "Write" >> beam.ParDo(
+                _WriteRejectsFn(self._config, self._output_dir)))
+
+
 class _FinalizeCategoryFn(beam.DoFn):
-  """Writes a category's corpus, rejects and statistics files."""
+  """Writes a category's corpus and statistics files."""
 
   def __init__(self, config: config_lib.Config, output_dir: str):
     self._config = config
@@ -257,17 +297,15 @@ class _FinalizeCategoryFn(beam.DoFn):
       counts.update(part)
     yield name, outputs.write_category_files(
         self._output_dir, self._config.category(name),
-        set().union(*grouped["items"]),
-        [reject for part in grouped["rejects"] for reject in part], counts,
+        set().union(*grouped["items"]), counts,
         _unpack_union(grouped["bought"]))
 
 
 class FinalizeCategories(beam.PTransform):
-  """{"counts", "items", "bought", "rejects"} keyed by category -> files.
+  """{"counts", "items", "bought"} keyed by category -> files.
 
   "items" holds the ids of the items the written records use, "bought" packed
-  meta rows of (at least) those items. Returns (category, {"stats": ...,
-  "rejects": count}).
+  meta rows of (at least) those items. Returns (category, statistics).
   """
 
   def __init__(self, config: config_lib.Config, output_dir: str):
@@ -276,7 +314,7 @@ class FinalizeCategories(beam.PTransform):
     self._output_dir = output_dir
 
   def expand(self, inputs: dict[str, beam.PCollection]) -> beam.PCollection:
-    # Categories left without users or rejects still get their files.
+    # Categories left without users still get their files.
     every_category = inputs["counts"].pipeline | "EveryCategory" >> beam.Create(
         [(c.name, {}) for c in self._config.categories], reshuffle=False)
     counts = ((inputs["counts"], every_category)
@@ -295,16 +333,20 @@ class WriteManifest(beam.PTransform):
     self._config = config
     self._output_dir = output_dir
 
-  def expand(self, files_and_summaries: tuple[beam.PCollection,
-                                              beam.PCollection]
+  def expand(self, files_and_stats: tuple[beam.PCollection, beam.PCollection,
+                                          beam.PCollection]
              ) -> beam.PCollection:
-    shard_files, summaries = files_and_summaries
+    """(`outputs.ShardFile`s, `outputs.RejectFile`s, (category, statistics))
+    -> the manifest, written."""
+    shard_files, reject_files, stats = files_and_stats
 
     def write(_: None, shard_files: list[outputs.ShardFile],
-              summaries: dict[str, dict[str, Any]]) -> None:
+              reject_files: list[outputs.RejectFile],
+              stats: dict[str, dict[str, Any]]) -> None:
       outputs.write_manifest(self._output_dir, self._config, shard_files,
-                             summaries)
+                             reject_files, stats)
 
     return (shard_files.pipeline | "Once" >> beam.Create([None])
             | "Write" >> beam.Map(write, beam.pvalue.AsList(shard_files),
-                                  beam.pvalue.AsDict(summaries)))
+                                  beam.pvalue.AsList(reject_files),
+                                  beam.pvalue.AsDict(stats)))

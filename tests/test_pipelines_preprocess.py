@@ -1,5 +1,8 @@
 """Wiring of the Beam job on FnApiRunner, on a small hand-made fixture."""
 
+import collections
+import filecmp
+import glob
 import gzip
 import json
 
@@ -9,6 +12,7 @@ import pytest
 
 import beam_testfs
 from pipelines import config as config_lib
+from pipelines import options
 from pipelines import preprocess
 import pipelines_testdata
 from tasks import templates
@@ -62,6 +66,14 @@ def _write_fixture(folder):
   path = folder / "config.json"
   path.write_text(json.dumps(config))
   return path
+
+
+def _reject_files(output, category):
+  """File name -> the (source, offset, reason, record) of each line, for
+  every rejects file of a category."""
+  return {path.name: [(r["source"], r["offset"], r["reason"], r["record"])
+                      for r in map(json.loads, path.read_text().splitlines())]
+          for path in sorted((output / "rejects").glob(f"{category}-*.jsonl"))}
 
 
 @pytest.fixture(scope="module")
@@ -135,15 +147,14 @@ def test_stats_and_rejects_account_for_every_line(run_output):
       "reviews_rejected_missing_reviewerID": 1,
       "reviews_rejected_unknown_asin": 1,
       "users_rejected_too_few_events": 1}
-  rejects = [json.loads(line) for line in
-             (output / "rejects" / "Games.jsonl").read_text().splitlines()]
-  assert sorted(r["reason"] for r in rejects) == sorted([
+  rejects = _reject_files(output, "Games")["Games-00000-of-00001.jsonl"]
+  assert sorted(reason for _, _, reason, _ in rejects) == sorted([
       "malformed_line", "malformed_line", "missing_reviewerID",
       "unknown_asin", "too_few_events"])
   lines = (output.parent / "data" / "Games_5.json").read_bytes()
-  for reject in rejects:
-    if reject["source"].endswith("Games_5.json"):
-      assert lines[reject["offset"]:].startswith(reject["record"].encode())
+  for source, offset, _, record in rejects:
+    if source.endswith("Games_5.json"):
+      assert lines[offset:].startswith(record.encode())
   assert stats["Stage1"]["num_users"] == 3
 
 
@@ -154,9 +165,12 @@ def test_manifest_lists_every_file_and_is_last(run_output):
   assert stage1 == {"train": {
       "files": ["Stage1/train-00000-of-00002.tfrecord",
                 "Stage1/train-00001-of-00002.tfrecord"], "records": 3}}
+  assert manifest["categories"]["Stage1"]["rejects"] == {
+      "files": ["rejects/Stage1-00000-of-00002.jsonl",
+                "rejects/Stage1-00001-of-00002.jsonl"], "records": 4}
   for category in manifest["categories"].values():
-    for split in category["splits"].values():
-      for name in split["files"]:
+    for entry in [*category["splits"].values(), category["rejects"]]:
+      for name in entry["files"]:
         assert (output / name).exists()
   manifest_time = (output / "manifest.json").stat().st_mtime_ns
   assert all(p.stat().st_mtime_ns <= manifest_time
@@ -239,8 +253,8 @@ def test_bad_lines_become_counted_rejects_without_changing_the_rest(
                      ("meta_rejected_asin_too_long", 1)):
     dropped[key] = dropped.get(key, 0) + added
   assert stats["Games"]["dropped"] == dict(sorted(dropped.items()))
-  rejects = (output / "rejects" / "Games.jsonl").read_text().splitlines()
-  records = {json.loads(line)["record"] for line in rejects}
+  records = {record for rejects in _reject_files(output, "Games").values()
+             for _, _, _, record in rejects}
   assert records >= set(bad_reviews + bad_meta)
 
 
@@ -302,8 +316,9 @@ def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys,
            else [f"--config={config}", f"--output_dir={tmp_path}/out"])
   preprocess.run(flags)
   assert [name for name in _files(tmp_path / "out")
-          if name.startswith("Stage1/train")] == [
-              f"Stage1/train-0000{i}-of-00003.tfrecord" for i in range(3)]
+          if name.startswith(("Stage1/train", "rejects/Stage1"))] == [
+              f"Stage1/train-0000{i}-of-00003.tfrecord" for i in range(3)] + [
+                  f"rejects/Stage1-0000{i}-of-00003.jsonl" for i in range(3)]
   with pytest.raises(SystemExit):
     preprocess.run(flags)
   assert "pass --overwrite" in capsys.readouterr().err
@@ -317,7 +332,7 @@ def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys,
   assert _files(tmp_path / "out") == [
       "Stage1/corpus.parquet", "Stage1/stats.json",
       "Stage1/train-00000-of-00001.tfrecord", "manifest.json",
-      "rejects/Stage1.jsonl"]
+      "rejects/Stage1-00000-of-00001.jsonl"]
   assert stats["Stage1"]["num_users"] == 3
   if not object_store:
     assert not (tmp_path / "out" / "Games").exists()
@@ -365,6 +380,123 @@ def test_no_worker_is_given_the_whole_meta(tmp_path):
                 if not label.startswith("WriteManifest/")]
   assert meta_steps == [("BuildShards/Parse/ParDo(_ParseReviewsFn)",
                          ["ReadMeta", "Index"])]
+
+
+def test_rejects_are_sorted_bucket_files_identical_across_workers(tmp_path):
+  """With num_shards=3, Games' rejects (300 reviews of items without meta
+  among them) spread over 3 files, each sorted, together every reject; each
+  of Stage1's 8 buckets has its file, empty or not. 2 workers, small ranges
+  and parts write the same bytes."""
+  config_path = _write_fixture(tmp_path / "data")
+  data = tmp_path / "data"
+  (data / "Stage1_5.json").write_bytes((data / "Games_5.json").read_bytes())
+  offset = (data / "Games_5.json").stat().st_size
+  unknown = []
+  for i in range(300):
+    line = _review(f"V{i:03d}", f"Z{i % 7}", i)
+    unknown.append(("Games_5.json", offset, "unknown_asin", line))
+    offset += len(line) + 1
+  with open(data / "Games_5.json", "a") as f:
+    f.writelines(line + "\n" for *_, line in unknown)
+  raw = json.loads(config_path.read_text())
+  raw["categories"][0]["num_shards"] = 3
+  raw["categories"][1].update(reviews="Stage1_5.json", num_shards=8)
+  config_path.write_text(json.dumps(raw))
+  output = tmp_path / "out1"
+  stats = preprocess.run([f"--config={config_path}", f"--output_dir={output}"])
+
+  files = _reject_files(output, "Games")
+  assert list(files) == [f"Games-0000{i}-of-00003.jsonl" for i in range(3)]
+  for part in files.values():
+    assert len(part) > 50
+    assert part == sorted(part)
+  rejects = [(source.split("/")[-1], offset, reason, record)
+             for part in files.values()
+             for source, offset, reason, record in part]
+  assert set(unknown) <= set(rejects)
+  dropped = stats["Games"]["dropped"]
+  assert len(rejects) == 305 == sum(
+      count for reason, count in dropped.items() if reason.startswith(
+          ("reviews_rejected_", "meta_rejected_", "users_rejected_")))
+  stage1 = _reject_files(output, "Stage1")
+  assert list(stage1) == [f"Stage1-0000{i}-of-00008.jsonl" for i in range(8)]
+  assert sum(map(len, stage1.values())) == 4
+  manifest = json.loads((output / "manifest.json").read_text())
+  assert manifest["categories"]["Games"]["rejects"] == {
+      "files": [f"rejects/{name}" for name in files], "records": 305}
+
+  config = config_lib.load_config(str(config_path))
+  review_tasks, meta_tasks = preprocess.plan_tasks(config, range_bytes=4096)
+  assert len(review_tasks) > len(config.categories)
+  with beam.Pipeline(options=options.beam_options(
+      ["--direct_num_workers=2",
+       "--direct_running_mode=multi_processing"])) as pipeline:
+    preprocess.build_pipeline(pipeline, config, str(tmp_path / "out2"),
+                              review_tasks, meta_tasks, lines_per_call=40)
+  names = _files(output)
+  assert names == _files(tmp_path / "out2")
+  for name in names:
+    assert filecmp.cmp(output / name, tmp_path / "out2" / name,
+                       shallow=False), name
+
+
+def test_a_category_left_without_users_points_at_its_rejects(tmp_path,
+                                                            caplog):
+  """Meta that covers no review: every review is an unknown_asin reject, and
+  the warning's pattern matches every rejects file of the category."""
+  config_path = _write_fixture(tmp_path / "data")
+  (tmp_path / "data" / "meta_None.json").write_text('{"asin": "N1"}\n')
+  raw = json.loads(config_path.read_text())
+  raw["categories"] = [dict(raw["categories"][0], meta="meta_None.json",
+                            num_shards=2)]
+  config_path.write_text(json.dumps(raw))
+  output = tmp_path / "out"
+  stats = preprocess.run([f"--config={config_path}", f"--output_dir={output}"])
+  assert stats["Games"]["num_users"] == 0
+  pattern = str(output / "rejects" / "Games-*.jsonl")
+  assert (f"category Games has no users left; its rejects are in {pattern}"
+          in caplog.messages)
+  assert len(glob.glob(pattern)) == 2
+  # Every review line: 13 of unknown items, 2 that do not parse.
+  assert stats["Games"]["dropped"]["reviews_rejected_unknown_asin"] == 13
+  assert sum(map(len, _reject_files(output, "Games").values())) == len(
+      REVIEWS)
+
+
+def test_rejects_are_grouped_by_bucket_and_never_by_category(tmp_path):
+  """The one grouping the rejects reach is WriteRejects', keyed by (category,
+  bucket): no worker is given every reject of a category, and the
+  per-category finalize step gets none."""
+  config_path = _write_fixture(tmp_path / "data")
+  config = config_lib.load_config(str(config_path))
+  pipeline = beam.Pipeline()
+  preprocess.build_pipeline(pipeline, config, str(tmp_path / "out"),
+                            *preprocess.plan_tasks(config))
+  consumers = collections.defaultdict(list)
+  rejects = []
+
+  class Visitor(beam.pipeline.PipelineVisitor):
+
+    def visit_transform(self, applied):
+      for pcollection in applied.inputs + tuple(
+          side_input.pvalue for side_input in applied.side_inputs):
+        consumers[pcollection].append(applied)
+      if "rejects" in applied.outputs:
+        rejects.append(applied.outputs["rejects"])
+
+  pipeline.visit(Visitor())
+  assert len(rejects) == 3  # Of meta lines, review lines and users.
+  reached = {}
+  while rejects:
+    for applied in consumers[rejects.pop()]:
+      if applied.full_label not in reached:
+        reached[applied.full_label] = applied
+        rejects.extend(applied.outputs.values())
+  assert [label for label, applied in reached.items()
+          if isinstance(applied.transform, beam.GroupByKey)] == [
+              "WriteRejects/Group"]
+  assert not [label for label in reached
+              if label.startswith("FinalizeCategories/")]
 
 
 def test_a_flag_neither_the_job_nor_beam_knows_is_refused(tmp_path, capsys):

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from pipelines import config as config_lib
+from pipelines import outputs
 from pipelines import parse
 from pipelines import processing
 from pipelines import sequences
@@ -281,20 +282,61 @@ def test_build_shard_writes_records_in_user_order_and_splits_even_if_empty():
   assert empty.records == {"train": [], "validation": [], "test": []}
 
 
-def test_corpus_and_rejects_files_are_sorted():
+def test_corpus_is_sorted_by_item_id():
   columns = processing.corpus_columns({"B2", "B1"}, META)
   assert columns["item_id"] == ["B1", "B2"]
   assert columns["text"][1] == templates.item_text("Item 2", "Games", "Acme",
                                                    "$2.00")
   assert columns["price"] == ["$1.00", "$2.00"]
-  data = processing.rejects_file("Games", [
-      ("b.json", 5, "malformed_line", "x"), ("a.json", 90, "r", "y"),
-      ("a.json", 7, "r", "z")])
-  lines = [json.loads(line) for line in data.decode().splitlines()]
-  assert [(l["source"], l["offset"]) for l in lines] == [
-      ("a.json", 7), ("a.json", 90), ("b.json", 5)]
-  assert lines[0] == {"category": "Games", "source": "a.json", "offset": 7,
-                      "reason": "r", "record": "z"}
+
+
+def test_rejects_sort_by_source_offset_reason_record_into_json_lines():
+  rejects = [("b.json", 5, "malformed_line", "x"), ("a.json", 90, "r", "y"),
+             ("a.json", 7, "r", "z"), ("a.json", 7, "q", "z"),
+             ("a.json", 7, "r", "w"), ("a.json", 7, "r", "z")]
+  ordered = processing.sort_rejects(rejects)
+  # Offsets as numbers: 7 before 90.
+  assert ordered == [
+      ("a.json", 7, "q", "z"), ("a.json", 7, "r", "w"),
+      ("a.json", 7, "r", "z"), ("a.json", 7, "r", "z"),
+      ("a.json", 90, "r", "y"), ("b.json", 5, "malformed_line", "x")]
+  lines = processing.rejects_jsonl("Games", ordered).decode().splitlines()
+  assert [json.loads(line)["offset"] for line in lines] == [7, 7, 7, 7, 90, 5]
+  assert json.loads(lines[0]) == {"category": "Games", "source": "a.json",
+                                  "offset": 7, "reason": "q", "record": "z"}
+  # Rejects that tie are equal and write equal lines.
+  assert lines[2] == lines[3]
+
+
+def test_rejects_spread_over_buckets_by_all_their_fields():
+  # Dropped users share source, offset and reason: the record spreads them.
+  users = [processing.Reject("user_sequence", 0, "too_few_events",
+                             json.dumps({"reviewerID": f"U{i}"}))
+           for i in range(60)]
+  buckets = processing.bucket_rejects(users + users[:5], 3)
+  assert sorted(buckets) == [0, 1, 2]
+  assert sorted(r for part in buckets.values() for r in part) == sorted(
+      map(tuple, users + users[:5]))
+  for bucket, part in buckets.items():
+    # Plain tuples, and a reject always lands in the same bucket.
+    assert all(type(r) is tuple for r in part)
+    assert all(processing.reject_bucket(r, 3) == bucket for r in part)
+  assert processing.bucket_rejects(users, 1).keys() == {0}
+
+
+def test_write_rejects_streams_one_sorted_file_of_the_bucket(tmp_path):
+  """More rejects than one write holds: the slices join into the file one
+  sorted write of all of them gives."""
+  rejects = [("s.json", (i * 7919) % 10007, "unknown_asin", f"line {i}")
+             for i in range(10007)]
+  category = _category(shards=3)
+  written = outputs.write_rejects(str(tmp_path), category, 2, rejects)
+  assert written == ("Games", "Games-00002-of-00003.jsonl", 10007)
+  assert (tmp_path / "rejects" / written[1]).read_bytes() == (
+      processing.rejects_jsonl("Games", sorted(rejects)))
+  assert outputs.write_rejects(str(tmp_path), category, 0, []) == (
+      "Games", "Games-00000-of-00003.jsonl", 0)
+  assert not (tmp_path / "rejects" / "Games-00000-of-00003.jsonl").read_bytes()
 
 
 def test_category_stats_match_hand_computation():
