@@ -29,15 +29,27 @@ from pipelines import transforms
 def plan_tasks(config: config_lib.Config, range_bytes: int = (
     textio.DEFAULT_RANGE_BYTES)) -> tuple[list[transforms.RangeTask],
                                           list[transforms.RangeTask]]:
-  """(review tasks, meta tasks); raises InputError naming a bad input."""
+  """(review tasks, meta tasks).
+
+  Raises:
+    InputError: naming every bad input (missing, empty, unreadable), so that
+      one run shows all the downloads still to fetch.
+  """
   review_tasks, meta_tasks = [], []
+  errors = []
   for category in config.categories:
     for patterns, what, tasks in (
         (category.reviews, "reviews", review_tasks),
         (category.meta, "meta", meta_tasks)):
-      for file_range in textio.plan_ranges(patterns, f"{what} of "
-                                           f"{category.name}", range_bytes):
-        tasks.append((category.name, *file_range))
+      try:
+        tasks.extend((category.name, *file_range)
+                     for file_range in textio.plan_ranges(
+                         patterns, f"{what} of {category.name}", range_bytes))
+      except textio.InputError as e:
+        errors.append(str(e))
+  if errors:
+    raise textio.InputError(f"{len(errors)} bad inputs: {'; '.join(errors)}"
+                            if len(errors) > 1 else errors[0])
   return review_tasks, meta_tasks
 
 
@@ -116,7 +128,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
     config = config_lib.load_config(args.config, args.data_dir)
     review_tasks, meta_tasks = plan_tasks(config, args.read_range_mb << 20)
     prepare_output_dir(args.output_dir, args.overwrite)
-  except (options.BeamOptionsError, config_lib.ConfigError, textio.InputError,
+  except textio.InputError as e:
+    hint = ("" if args.data_dir else " (relative file names are looked up "
+            "beside the config, or in its data_dir; pass --data_dir=FOLDER "
+            "of the downloaded files)")
+    parser.error(f"{e}{hint}")
+  except (options.BeamOptionsError, config_lib.ConfigError,
           OutputDirError) as e:
     parser.error(str(e))
   logging.info("%d categories: %d review ranges, %d meta ranges -> %s",

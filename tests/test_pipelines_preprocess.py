@@ -181,10 +181,15 @@ def test_bad_inputs_fail_early_with_a_message_naming_them(tmp_path, capsys):
   config = _write_fixture(tmp_path / "data")
   raw = json.loads(config.read_text())
   raw["categories"][0]["meta"] = "meta_Missing.json.gz"
+  raw["categories"][1]["reviews"] = "Missing_5.json"
   config.write_text(json.dumps(raw))
   with pytest.raises(SystemExit):
     preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/o"])
-  assert "no file matches" in capsys.readouterr().err
+  error = capsys.readouterr().err
+  # Every missing file at once, and where relative names were looked up.
+  assert "2 bad inputs: no file matches" in error
+  assert "meta_Missing.json.gz" in error and "Missing_5.json" in error
+  assert "pass --data_dir=FOLDER of the downloaded files" in error
   raw["categories"][0]["role"] = "test"
   config.write_text(json.dumps(raw))
   with pytest.raises(SystemExit):
