@@ -16,7 +16,8 @@ A config is a JSON file:
   }
 
 `num_shards` also sets how many buckets the category's meta is joined in
-(`processing.meta_bucket`): a worker holds one bucket at a time, so give a
+(`processing.meta_bucket`) and its rejects are written in
+(`processing.reject_bucket`): a worker holds one bucket at a time, so give a
 category with millions of meta rows enough shards.
 
 Relative file patterns are resolved against `--data_dir` when given, else the
