@@ -70,8 +70,9 @@ RankCounts = Mapping[str, collections.Counter[int]]
 def mean_metrics(rank_counts: RankCounts) -> dict[str, float]:
   """Mean metrics over users, from the number of users at each rank.
 
-  The sums are exact (`math.fsum`) and so do not depend on the order users
-  arrive in: metrics.json is the same on any runner and number of workers.
+  `math.fsum` rounds the sum of the per-rank terms once, whatever their
+  order, so the means do not depend on the order users arrive in:
+  metrics.json is the same on any runner and number of workers.
   """
   means = {}
   for variant in VARIANTS:
@@ -79,9 +80,9 @@ def mean_metrics(rank_counts: RankCounts) -> dict[str, float]:
     num_users = sum(counts.values())
     if not num_users:
       raise ValueError("No ranked users to average metrics over.")
+    terms = [(count, metrics_at_rank(rank)) for rank, count in counts.items()]
     for name in METRICS:
-      total = math.fsum(count * metrics_at_rank(rank)[name]
-                        for rank, count in counts.items())
+      total = math.fsum(count * values[name] for count, values in terms)
       means[f"{name}/{variant}"] = total / num_users
   return means
 

@@ -126,7 +126,8 @@ class WorkerRetrieval:
   The DoFn instances of a process (one per concurrent bundle) share it
   through `apache_beam.utils.shared`: at 400,000 items one copy takes about
   2 GB. Scoring only reads it, so threads may use it at once. The Lucene
-  index folder is removed when the last user lets go of it.
+  index folder goes with the object: `shared` keeps the last one acquired
+  alive until another replaces it or the process exits.
   """
 
   def __init__(self, corpus_path: str, options: RetrievalOptions):

@@ -146,15 +146,16 @@ def test_the_dofns_of_a_worker_share_one_retrieval(data_dir, tmp_path,
   first.setup()
   second.setup()
   assert first.retrieval is second.retrieval
+  assert isinstance(first.retrieval.scorer, lucene.LuceneBM25)
   assert len(list(tmp_path.glob("calrec_lucene_*"))) == 1
+  # Other options are another object; the fast scorer needs no index folder.
   other = transforms.RetrieveAndRank(corpus_path, transforms.RetrievalOptions())
   other.setup()
   assert isinstance(other.retrieval.scorer, bm25.FastBM25Scorer)
-  # The index folder goes with the last DoFn that used it.
-  first.teardown()
-  gc.collect()
   assert len(list(tmp_path.glob("calrec_lucene_*"))) == 1
-  second.teardown()
+  # The index folder goes with its object.
+  for dofn in (first, second, other):
+    dofn.teardown()
   gc.collect()
   assert not list(tmp_path.glob("calrec_lucene_*"))
 
