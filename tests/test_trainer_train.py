@@ -29,6 +29,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 TASK = "trainer_test_task"
 STATEFUL_TASK = "trainer_test_stateful_task"
 LENGTHS = {"inputs": 32, "targets": 32}
+TINY_STAGE1 = "trainer/configs/runs/tiny_stage1.gin"
 # Short prompts: they must stay distinct within the 32-token input budget.
 PROMPTS = [
     "Title: Red Wire. Category: Tools.",
@@ -410,21 +411,55 @@ def test_cli_explains_an_unquoted_gin_string(tmp_path):
   assert f"in `MODEL_DIR = {tmp_path}` (strings need quotes" in result.stderr
 
 
-def test_a_misspelt_macro_is_refused_with_the_closest_name():
+@pytest.mark.parametrize("bindings", [
+    ["BATCH_SZE = 64"],
+    # Every statement of a binding counts, not only its first line.
+    ["BATCH_SIZE = 32\nBATCH_SZE = 64"],
+    ["# Smaller batches.\nBATCH_SZE = 64"],
+])
+def test_a_misspelt_macro_is_refused_with_the_closest_name(bindings):
   gin.clear_config()
   try:
     with pytest.raises(train.ConfigError,
                        match="no gin file defines the macro BATCH_SZE; did you "
                        "mean BATCH_SIZE"):
-      train.parse_gin(["trainer/configs/runs/tiny_stage1.gin"],
-                      ["BATCH_SZE = 64"])
+      train.parse_gin([TINY_STAGE1], bindings)
+  finally:
     gin.clear_config()
-    # Defined macros and configurable parameters go through.
-    train.parse_gin(["trainer/configs/runs/tiny_stage1.gin"],
-                    ["BATCH_SIZE = 64", "MODEL_DIR = 'm'", "DATA_DIR = 'd'",
-                     "VOCABULARY = 'v'", "train.log_period = 7"])
+
+
+def test_bindings_may_set_defined_macros_and_new_ones_they_use(caplog):
+  required = ["MODEL_DIR = 'm'", "DATA_DIR = 'd'", "VOCABULARY = 'v'"]
+  gin.clear_config()
+  try:
+    train.parse_gin([TINY_STAGE1], [*required, "BATCH_SIZE = 64",
+                                    "STEPS_BETWEEN_LOGS = 7",
+                                    "train.log_period = %STEPS_BETWEEN_LOGS"])
     assert gin.query_parameter("%BATCH_SIZE") == 64
-    assert gin.query_parameter("train.log_period") == 7
+    assert gin.query_parameter("%STEPS_BETWEEN_LOGS") == 7
+    assert "No gin file defines" not in caplog.text
+    gin.clear_config()
+    # Unlike any shipped macro and unused: maybe for an included file.
+    train.parse_gin([TINY_STAGE1], [*required, "EXTRA_MACRO = 4"])
+    assert "No gin file defines the macro EXTRA_MACRO" in caplog.text
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("files, bindings, message", [
+    ([], ["train.log_period = (7"], "unbalanced brackets"),
+    (["BAD_GIN"], [], "Unable to parse value at {BAD_GIN}:2: `B = = 2`"),
+])
+def test_gin_syntax_errors_name_the_statement(tmp_path, files, bindings,
+                                              message):
+  bad_gin = tmp_path / "bad.gin"
+  bad_gin.write_text("import trainer.train_loop\nB = = 2\n")
+  files = [str(bad_gin) if f == "BAD_GIN" else f for f in files]
+  gin.clear_config()
+  try:
+    with pytest.raises(train.ConfigError) as error:
+      train.parse_gin([TINY_STAGE1, *files], bindings)
+    assert message.format(BAD_GIN=bad_gin) in str(error.value)
   finally:
     gin.clear_config()
 

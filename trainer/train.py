@@ -17,9 +17,9 @@ from a Stage I checkpoint:
     --gin.INITIAL_CHECKPOINT_PATH="'models/stage1'"
 
 `--gin.NAME=VALUE` is short for `--gin_bindings='NAME = VALUE'` (values are
-gin literals: quote strings); a macro no gin file defines is refused, so a
-misspelt one is an error, not a silently unused value. Gin files are found from the working directory,
-on the Python path (trainer/configs/... works from anywhere) and in
+gin literals: quote strings); a misspelt macro is an error, not a silently
+unused value (`check_macro_bindings`). Gin files are found from the working
+directory, on the Python path (trainer/configs/... works from anywhere) and in
 `--gin_search_paths`. The tiny CPU runs: trainer/configs/runs/tiny_stage1.gin
 and tiny_stage2.gin. A run in a MODEL_DIR that already holds checkpoints
 resumes from the latest one (see `trainer.train_loop`). A non-finite loss
@@ -33,7 +33,9 @@ On several hosts, run the same command on every host with `--distributed`
 from __future__ import annotations
 
 import difflib
+import re
 import sys
+import tokenize
 from typing import NoReturn, Sequence
 
 from absl import app
@@ -84,11 +86,14 @@ _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "With --distributed: this process's index.")
 
 
-# Macros a run is expected to set, for "did you mean" hints.
+# The macros of trainer/configs, for "did you mean" hints.
 _KNOWN_MACROS = ("MODEL_DIR", "DATA_DIR", "VOCABULARY", "MIXTURE_OR_TASK_NAME",
                  "VALIDATION_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS",
                  "BATCH_SIZE", "RANDOM_SEED", "INITIAL_CHECKPOINT_PATH",
                  "LEARNING_RATE", "USE_CACHED_TASKS", "MODEL")
+# `NAME = ...` at the start of a line: a macro definition. Parameters
+# (`configurable.name`) and scoped names (`scope/...`) do not match.
+_MACRO_STATEMENT = re.compile(r"^([A-Za-z_]\w*)\s*=", re.MULTILINE)
 
 
 class ConfigError(ValueError):
@@ -104,32 +109,47 @@ def _is_defined_macro(name: str) -> bool:
 
 
 def check_macro_bindings(bindings: Sequence[str]) -> None:
-  """Refuses a binding of a macro that no parsed gin file defines.
+  """Catches misspelt macros in bindings, which t5x accepts silently.
 
-  Unlike t5x, which accepts it silently, so that a misspelt
-  `--gin.BATCH_SZE=64` is not a run with the default batch size. Call after
-  parsing the gin files and before parsing `bindings`.
+  A macro the bindings set that the parsed gin files do not define and no
+  binding refers to (`%NAME`) is either misspelt, refused when one of
+  trainer/configs' macros is close (`--gin.BATCH_SZE=64` would otherwise
+  train with the default batch size), or meant for a file the bindings
+  include, which only gets a warning. Call after parsing the gin files and
+  before parsing `bindings`.
 
   Raises:
-    ConfigError: naming the macro, with the closest defined one if any.
+    ConfigError: naming the macro and the defined one it resembles.
   """
-  for binding in bindings:
-    name = binding.split("=", 1)[0].strip()
-    if not name.isidentifier() or _is_defined_macro(name):
-      continue  # `configurable.parameter` bindings are checked by gin.
+  text = "\n".join(bindings)
+  for name in _MACRO_STATEMENT.findall(text):
+    if _is_defined_macro(name) or re.search(rf"%{name}\b", text):
+      continue
     close = difflib.get_close_matches(
         name, [m for m in _KNOWN_MACROS if _is_defined_macro(m)], n=1)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    raise ConfigError(
-        f"no gin file defines the macro {name}{hint} (a new macro needs a "
-        f"definition, e.g. `{name} = %gin.REQUIRED`, in a gin file)")
+    if close:
+      raise ConfigError(f"no gin file defines the macro {name}; did you mean "
+                        f"{close[0]}?")
+    logging.warning("No gin file defines the macro %s, and no binding uses "
+                    "it: it has an effect only if an included file does.",
+                    name)
+
+
+def _syntax_message(error: SyntaxError) -> str:
+  """Where gin failed to parse, with the quoting hint for bindings."""
+  statement = (error.text or "").strip()
+  if error.filename:
+    return (f"{error.msg.rstrip('.')} at {error.filename}:{error.lineno}: "
+            f"`{statement}`")
+  return (f"{error.msg.rstrip('.')} in `{statement}` (strings need quotes: "
+          "--gin.MODEL_DIR=\"'/path'\")")
 
 
 def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
   """Parses the gin files, then the checked bindings.
 
   Raises:
-    ConfigError: a missing file, a syntax error, an unknown macro or
+    ConfigError: a missing file, a syntax error, a misspelt macro, an unknown
       configurable, or a required value left unset.
   """
   try:
@@ -137,10 +157,9 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
     check_macro_bindings(bindings)
     gin.parse_config_files_and_bindings([], bindings)
   except SyntaxError as error:
-    binding = (error.text or "").strip()
-    raise ConfigError(
-        f"{error.msg.rstrip('.')} in `{binding}` (strings need quotes: "
-        "--gin.MODEL_DIR=\"'/path'\")") from error
+    raise ConfigError(_syntax_message(error)) from error
+  except tokenize.TokenError as error:
+    raise ConfigError(f"unbalanced brackets ({error.args[0]})") from error
   except (IOError, ValueError) as error:
     raise ConfigError(str(error)) from error
 
