@@ -95,9 +95,17 @@ def _join_url(base: str, path: str) -> str:
   Object stores name objects by the whole string: `gs://b/in/./x` is not
   `gs://b/in/x` (GCSFileSystem.join keeps the dot), so "." and ".." are
   resolved here, and the scheme kept.
+
+  Raises:
+    ConfigError: `path` is absolute or climbs out of `base`'s bucket.
   """
   scheme, rest = base.split("://", 1)
-  return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}"
+  bucket = rest.split("/", 1)[0]
+  joined = posixpath.normpath(posixpath.join(rest, path))
+  if posixpath.isabs(path) or joined.split("/", 1)[0] != bucket:
+    raise ConfigError(f"{path!r} under {base} is outside {scheme}://{bucket}; "
+                      "give a full URL instead")
+  return f"{scheme}://{joined}"
 
 
 def _resolve(pattern: str, data_dir: str) -> str:

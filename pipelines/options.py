@@ -156,7 +156,8 @@ def checked_beam_options(beam_args: Sequence[str]) -> PipelineOptions:
         options.view_as(pipeline_options.StandardOptions).runner)
     errors = pipeline_options_validator.PipelineOptionsValidator(
         options, runner).validate()
-  except (ValueError, ImportError) as e:
+  except (ValueError, ImportError, AttributeError) as e:
+    # AttributeError: --runner=module.Name where the module lacks Name.
     raise BeamOptionsError(" ".join(str(e).split())) from None
   if errors:
     raise BeamOptionsError("; ".join(" ".join(e.split()) for e in errors))

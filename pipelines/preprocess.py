@@ -129,9 +129,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
     review_tasks, meta_tasks = plan_tasks(config, args.read_range_mb << 20)
     prepare_output_dir(args.output_dir, args.overwrite)
   except textio.InputError as e:
-    hint = ("" if args.data_dir else " (relative file names are looked up "
-            "beside the config, or in its data_dir; pass --data_dir=FOLDER "
-            "of the downloaded files)")
+    missing = "no file matches" in str(e)
+    hint = ("" if args.data_dir or not missing else " (relative file names "
+            "are looked up beside the config, or in its data_dir; pass "
+            "--data_dir=FOLDER of the downloaded files)")
     parser.error(f"{e}{hint}")
   except (options.BeamOptionsError, config_lib.ConfigError,
           OutputDirError) as e:

@@ -66,8 +66,8 @@ def _line_reject(source: str, offset: int, reason: str, line: bytes) -> Reject:
                 line.decode("utf-8", errors="replace").rstrip("\r\n"))
 
 
-# Longest asin kept (real ones have 10 characters): `AsinIndex`, which every
-# worker holds, stores each asin as wide as the longest one.
+# Longest asin kept, in characters (real ones have 10): `AsinIndex`, which
+# every worker holds, stores each asin's UTF-8 bytes as wide as the longest.
 MAX_ASIN_LENGTH = 32
 
 

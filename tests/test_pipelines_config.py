@@ -77,6 +77,10 @@ def test_patterns_under_a_url_are_normalised_keeping_the_scheme():
   assert all(path.startswith("gs://bucket/in/") and "/./" not in path
              for category in sample.categories
              for path in category.reviews + category.meta)
+  # Another bucket, or the root of the store, is not a relative path's place.
+  for reviews in ("../../other/r.json", "/abs/r.json"):
+    with pytest.raises(config_lib.ConfigError, match="is outside gs://bucket"):
+      config_lib.parse_config(_raw(reviews=reviews), "/cfg", "gs://bucket/in")
 
 
 @pytest.mark.parametrize("raw,message", [

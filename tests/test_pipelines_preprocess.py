@@ -358,6 +358,12 @@ def test_an_invalid_runner_is_a_usage_error_before_any_delete(tmp_path,
                               "Unexpected pipeline runner: Nope.")
   assert errors[0].endswith("PipelineRunner subclass.")
   assert (tmp_path / "out" / "manifest.json").exists()
+  # A dotted name of a class its module lacks.
+  with pytest.raises(SystemExit):
+    preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/out",
+                    "--overwrite", "--runner=apache_beam.runners.Nope"])
+  assert "has no attribute 'Nope'" in capsys.readouterr().err
+  assert (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_no_worker_is_given_the_whole_meta(tmp_path):
