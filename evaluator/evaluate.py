@@ -147,16 +147,22 @@ def parse_args(argv: Sequence[str], check_model: bool = True,
                  f"{args.category} an evaluated category?")
   if args.model == "calrec" and not args.model_dir:
     parser.error("--model=calrec needs --model_dir (or use --model=lir).")
-  if args.model == "calrec" and check_model:
+  args.params_fingerprint = None
+  if args.model == "calrec":
     # Checked here, not first on the workers; JAX loads only for CALRec runs.
     # The step is fixed now: every worker loads it, and metrics.json names
     # it, even when the default (the run's best) changes meanwhile.
     from trainer import checkpoints  # pylint: disable=g-import-not-at-top
-    try:
-      args.checkpoint_step = int(checkpoints.inference_checkpoint(
-          args.model_dir, args.checkpoint_step).name)
-    except FileNotFoundError as error:
-      parser.error(str(error))
+    if check_model:
+      try:
+        args.checkpoint_step = int(checkpoints.inference_checkpoint(
+            args.model_dir, args.checkpoint_step).name)
+      except FileNotFoundError as error:
+        parser.error(str(error))
+    if args.checkpoint_step is not None:
+      # Tells a later run whether this step's parameters were retrained.
+      args.params_fingerprint = checkpoints.params_fingerprint(
+          checkpoints.step_path(args.model_dir, args.checkpoint_step))
   if args.temperature < 0 or args.epsilon < 0:
     parser.error("--temperature and --epsilon must be >= 0.")
   if args.recommendations_k < 0:
@@ -299,6 +305,7 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
          "num_preds": args.num_preds, "epsilon": args.epsilon}
   if args.model == "calrec":
     run.update(model_dir=args.model_dir, checkpoint_step=args.checkpoint_step,
+               params_fingerprint=args.params_fingerprint,
                num_generations=args.num_generations,
                temperature=args.temperature,
                max_decode_length=args.max_decode_length, seed=args.seed)

@@ -10,8 +10,8 @@ run with `evaluator.evaluate` and names the best one:
       [--steps=45000,135000] [any evaluator.evaluate or Beam flag]
 
 Writes `{output_dir}/{step}/`, the evaluation of each step (a step evaluated
-before with the same settings is reused, so clear `output_dir` after training
-again into the same MODEL_DIR), and `{output_dir}/selection.json` with every
+before with the same settings and the same parameter files is reused; a step
+trained again since is evaluated again), and `{output_dir}/selection.json` with every
 step's score, the best step and its checkpoint path, which is what Stage II's
 INITIAL_CHECKPOINT_PATH and `evaluator.evaluate --checkpoint_step` take. Ties
 go to the earlier step.

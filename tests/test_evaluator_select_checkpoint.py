@@ -98,6 +98,15 @@ def test_best_step_by_pessimistic_ndcg_and_reuse(data_dir, model_dir,
   with pytest.raises(Exception, match="should have been reused"):
     _select(data_dir, model_dir, dict.fromkeys((100, 200, 300), NoGenerator),
             "--num_preds=5")
+  # A step retrained since (other parameter files) is evaluated again.
+  params = model_dir / "checkpoints" / "200" / "params"
+  params.mkdir()
+  (params / "d").write_bytes(b"retrained")
+  with pytest.raises(Exception, match="should have been reused"):
+    _select(data_dir, model_dir, {100: NoGenerator, 200: NoGenerator,
+                                  300: NoGenerator}, "--steps=200")
+  assert _select(data_dir, model_dir, {200: LastItemGenerator},
+                 "--steps=200")["scores"] == {"200": selection["scores"]["200"]}
 
 
 def test_ties_go_to_the_earlier_step_and_metric_is_selectable(data_dir,

@@ -17,6 +17,7 @@ step's input state goes with its step.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -65,6 +66,26 @@ def hide_orbax_info_logs() -> None:
 def step_path(model_dir: str | os.PathLike[str], step: int) -> epath.Path:
   """MODEL_DIR/checkpoints/STEP."""
   return model_path(model_dir) / CHECKPOINTS_DIR / str(step)
+
+
+def params_fingerprint(step_dir: str | os.PathLike[str]) -> str:
+  """A digest of the names and sizes of a checkpoint's parameter files.
+
+  Another save at the same step (a retrained MODEL_DIR) writes other files,
+  so an evaluation that records it can tell whether it saw these
+  parameters. Lists files only: cheap on GCS too.
+  """
+  params_dir = os.path.join(os.fspath(step_dir), "params")
+  files = []
+  for folder, _, names in tf.io.gfile.walk(params_dir):
+    for name in names:
+      path = os.path.join(folder, name)
+      files.append((os.path.relpath(path, params_dir),
+                    tf.io.gfile.stat(path).length))
+  digest = hashlib.blake2b(digest_size=12)
+  for relative_path, size in sorted(files):
+    digest.update(f"{relative_path} {size}\n".encode())
+  return digest.hexdigest()
 
 
 def available_steps(model_dir: str | os.PathLike[str]) -> list[int]:
