@@ -238,8 +238,11 @@ def main(argv: Sequence[str] | None = None) -> None:
   args = _parse_args(argv)
   model = train_sentencepiece(read_corpus_texts(args.data_dir), args.output,
                               args.vocab_size, args.seed)
-  vocabulary = get_vocabulary(model)
-  logging.info("Wrote %s (%d pieces)", model, vocabulary.vocab_size)
+  pieces = get_vocabulary(model).tokenizer.get_piece_size()
+  logging.info("Wrote %s (%d pieces)", model, pieces)
+  if pieces < args.vocab_size:
+    logging.warning("The corpora hold too little text for %d pieces: the "
+                    "model has %d.", args.vocab_size, pieces)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,19 @@ from tasks import test_utils
 from tasks import vocab
 
 
+def test_cli_warns_when_the_corpora_make_fewer_pieces(tmp_path, caplog):
+  test_utils.write_corpus(tmp_path / "data", "Arts",
+                          test_utils.random_item_texts(random.Random(0), 50,
+                                                       "Arts"))
+  output = tmp_path / "small.model"
+  vocab.main([f"--data_dir={tmp_path / 'data'}", f"--output={output}",
+              "--vocab_size=5000"])
+  pieces = vocab.get_vocabulary(output).tokenizer.get_piece_size()
+  assert pieces < 5000
+  assert (f"too little text for 5000 pieces: the model has {pieces}"
+          in caplog.text)
+
+
 def test_cli_trains_model_with_t5_special_ids(tmp_path):
   rng = random.Random(0)
   test_utils.write_corpus(tmp_path / "data", "Arts",

@@ -330,9 +330,13 @@ def test_cli_reports_configuration_errors_without_a_traceback(tmp_path):
 
 
 def test_unknown_task_names_the_registered_ones(tmp_path):
-  with pytest.raises(ValueError, match=f"No seqio task or mixture 'calrec_x'"
-                     f".*{TASK}"):
+  with pytest.raises(ValueError, match=r"No seqio task or mixture 'calrec_x' "
+                     rf"\(MIXTURE_OR_TASK_NAME\).*{TASK}"):
     _train(tmp_path, train_steps=3, mixture_or_task_name="calrec_x")
+  with pytest.raises(ValueError,
+                     match=r"'calrec_none' \(VALIDATION_TASK_NAME\)"):
+    _train(tmp_path, train_steps=3,
+           validation_mixture_or_task_name="calrec_none")
 
 
 def test_overfits_and_generates_its_training_targets(tmp_path):

@@ -190,12 +190,13 @@ def _check_vocabulary(vocabulary: seqio.Vocabulary,
                      f"model's eos_id {model.eos_id}.")
 
 
-def _check_registered(name: str) -> None:
+def _check_registered(name: str, role: str) -> None:
+  """`role`: the gin macro that sets the name, for the error message."""
   registered = sorted(set(seqio.TaskRegistry.names()) |
                       set(seqio.MixtureRegistry.names()))
   if name not in registered:
-    raise ValueError(f"No seqio task or mixture {name!r}; registered: "
-                     f"{', '.join(registered) or 'none'}.")
+    raise ValueError(f"No seqio task or mixture {name!r} ({role}); "
+                     f"registered: {', '.join(registered) or 'none'}.")
 
 
 def _check_positive(**values: Optional[int]) -> None:
@@ -283,8 +284,9 @@ def train(
     raise ValueError(f"train_steps must be >= 0, got {train_steps}.")
   if register_tasks is not None:
     register_tasks()
-  for name in {mixture_or_task_name, validation_mixture_or_task_name} - {None}:
-    _check_registered(name)
+  _check_registered(mixture_or_task_name, "MIXTURE_OR_TASK_NAME")
+  if validation_mixture_or_task_name is not None:
+    _check_registered(validation_mixture_or_task_name, "VALIDATION_TASK_NAME")
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
   vocabulary = provider.output_features["targets"].vocabulary
   _check_vocabulary(vocabulary, model)
