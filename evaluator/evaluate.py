@@ -214,10 +214,15 @@ def write_summary(summary: dict[str, Any], num_rejected: int,
         summary["metrics"], summary["num_users"], num_unranked)
   files.write_text(os.path.join(output_dir, report.METRICS_FILE),
                    json.dumps(summary, indent=2))
-  column = [(f"{run['model']} ({run['retrieval']})", summary)]
   files.write_text(os.path.join(output_dir, "results.md"),
-                   report.table_2(column) + "\nOutputs that match an item "
-                   "(paper Table 7):\n\n" + report.table_7_matches(column))
+                   results_markdown(summary))
+
+
+def results_markdown(summary: dict[str, Any]) -> str:
+  """results.md, which the command also prints: Tables 2 and 7 layouts."""
+  column = [(f"{summary['model']} ({summary['retrieval']})", summary)]
+  return (report.table_2(column) + "\nOutputs that match an item (paper "
+          "Table 7):\n\n" + report.table_7_matches(column))
 
 
 def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
@@ -353,7 +358,7 @@ def run_parsed(args: argparse.Namespace, beam_argv: Sequence[str],
 def main(argv: Sequence[str] | None = None) -> None:
   cli.configure_logging()
   summary = run(sys.argv[1:] if argv is None else argv)
-  sys.stdout.write(report.table_2([(summary["model"], summary)]))
+  sys.stdout.write(results_markdown(summary))
 
 
 if __name__ == "__main__":

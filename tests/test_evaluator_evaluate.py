@@ -134,6 +134,14 @@ def _run(data_dir, output_dir, *flags, load_generator=None):
                        *flags], load_generator)
 
 
+def test_the_command_prints_results_md(data_dir, tmp_path, capsys):
+  evaluate.main([f"--data_dir={data_dir}", f"--category={CATEGORY}",
+                 "--split=test", f"--output_dir={tmp_path}", "--model=lir"])
+  printed = capsys.readouterr().out
+  assert printed == (tmp_path / "results.md").read_text()
+  assert "| lir (bm25) |" in printed and "paper Table 7" in printed
+
+
 def test_the_dofns_of_a_worker_share_one_retrieval(data_dir, tmp_path,
                                                   monkeypatch):
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
