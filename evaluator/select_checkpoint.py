@@ -11,9 +11,10 @@ run with `evaluator.evaluate` and names the best one:
 
 Writes `{output_dir}/{step}/`, the evaluation of each step (a step evaluated
 before with the same settings and the same parameter files is reused; a step
-trained again since is evaluated again), and `{output_dir}/selection.json` with every
-step's score, the best step and its checkpoint path, which is what Stage II's
-INITIAL_CHECKPOINT_PATH and `evaluator.evaluate --checkpoint_step` take. Ties
+trained again since is evaluated again), and `{output_dir}/selection.json`
+with every step's score, the best step and its checkpoint path, which is what
+Stage II's INITIAL_CHECKPOINT_PATH and `evaluator.evaluate --checkpoint_step`
+take. Ties
 go to the earlier step.
 """
 
