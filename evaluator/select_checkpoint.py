@@ -14,8 +14,7 @@ before with the same settings and the same parameter files is reused; a step
 trained again since is evaluated again), and `{output_dir}/selection.json`
 with every step's score, the best step and its checkpoint path, which is what
 Stage II's INITIAL_CHECKPOINT_PATH and `evaluator.evaluate --checkpoint_step`
-take. Ties
-go to the earlier step.
+take. Ties go to the earlier step.
 """
 
 from __future__ import annotations
