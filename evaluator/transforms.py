@@ -194,8 +194,8 @@ _Accumulator = tuple[dict[str, collections.Counter[int]], np.ndarray]
 class MeanMetrics(beam.CombineFn):
   """Means of the per-user metrics and summed Table 7 match counts.
 
-  It counts users per rank and sums exactly at the end
-  (`metrics.mean_metrics`): the same bits however Beam splits the users.
+  It counts users per rank and sums once at the end (`metrics.mean_metrics`,
+  with `math.fsum`): the same bits however Beam splits the users.
   """
 
   def create_accumulator(self) -> _Accumulator:

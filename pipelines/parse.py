@@ -27,6 +27,10 @@ MISSING_RATING = -1.0
 
 # Timestamps are written as int64: the ones outside [0, 2**63) are rejected.
 _TIMESTAMP_END = 1 << 63
+# Longest asin kept, in characters (real ones have 10): the asin index every
+# worker holds (`processing.AsinIndex`) stores each asin's UTF-8 bytes as wide
+# as the longest one's.
+MAX_ASIN_LENGTH = 32
 
 # Cleaned meta attributes (title, category, brand, price); None when missing.
 ItemMeta = tuple[str | None, str | None, str | None, str | None]
@@ -88,6 +92,13 @@ def _required_string(record: dict[str, Any], field: str) -> str:
   return value
 
 
+def _asin(record: dict[str, Any]) -> str:
+  asin = _required_string(record, "asin")
+  if len(asin) > MAX_ASIN_LENGTH:
+    raise RejectError("asin_too_long")
+  return asin
+
+
 def _timestamp(record: dict[str, Any]) -> int:
   value = record.get("unixReviewTime")
   if value is None or value == "":
@@ -141,12 +152,12 @@ def review_event(record: dict[str, Any]) -> tuple[str, Event]:
   if not (type(user_id) is str and user_id.isascii() and user_id and
           not user_id.isspace() and
           type(asin) is str and asin.isascii() and asin and
-          not asin.isspace() and
+          not asin.isspace() and len(asin) <= MAX_ASIN_LENGTH and
           type(timestamp) is int and 0 <= timestamp < _TIMESTAMP_END and
           type(rating) is float and rating == rating):
     # Anything but the common well-formed case takes the checked path.
     user_id = _required_string(record, "reviewerID")
-    asin = _required_string(record, "asin")
+    asin = _asin(record)
     timestamp = _timestamp(record)
     rating = _rating(record)
   if not isinstance(text, str):
@@ -222,7 +233,7 @@ def item_meta(record: dict[str, Any]) -> tuple[str, ItemMeta]:
 
   A kept string that UTF-8 cannot encode rejects the row (`invalid_encoding`).
   """
-  asin = _required_string(record, "asin")
+  asin = _asin(record)
   meta = (clean_text(record.get("title")), top_level_category(record),
           clean_text(record.get("brand")), normalize_price(record.get("price")))
   if not all(value is None or _encodable(value) for value in meta):

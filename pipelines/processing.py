@@ -66,16 +66,6 @@ def _line_reject(source: str, offset: int, reason: str, line: bytes) -> Reject:
                 line.decode("utf-8", errors="replace").rstrip("\r\n"))
 
 
-# Longest asin kept, in characters (real ones have 10): `AsinIndex`, which
-# every worker holds, stores each asin's UTF-8 bytes as wide as the longest.
-MAX_ASIN_LENGTH = 32
-
-
-def _check_asin(asin: str) -> None:
-  if len(asin) > MAX_ASIN_LENGTH:
-    raise parse.RejectError("asin_too_long")
-
-
 def _add_meta(items: dict[str, parse.ItemMeta], asin: str,
               meta: parse.ItemMeta) -> None:
   previous = items.get(asin)
@@ -104,7 +94,6 @@ def parse_meta_lines(lines: Iterable[tuple[int, bytes]],
     chunk.counts["meta_lines"] += 1
     try:
       asin, meta = parse.item_meta(parse.load_record(line))
-      _check_asin(asin)
     except parse.RejectError as e:
       chunk.counts[f"meta_rejected_{e.reason}"] += 1
       chunk.rejects.append(_line_reject(source, offset, e.reason, line))
@@ -225,9 +214,8 @@ def _parse_reviews(batch: Iterable[tuple[int, bytes]],
   `reject`, or count as blank."""
   for offset, line in batch:
     try:
-      user_id, event = parse.review_event(parse.load_record(line))
-      _check_asin(event[1])
-      parsed.append((offset, line, user_id, event))
+      parsed.append((offset, line,
+                     *parse.review_event(parse.load_record(line))))
     except parse.RejectError as e:
       if line.strip():
         reject(offset, line, e.reason)

@@ -197,7 +197,7 @@ def test_parse_meta_lines_counts_and_writes_every_bad_line():
          '{"asin": "B3", "title": "\\udc00"}': "invalid_encoding",
          # Would widen every entry of the index each worker holds.
          '{"asin": "' + "B" * 33 + '"}': "asin_too_long"}
-  longest = "A" * processing.MAX_ASIN_LENGTH
+  longest = "A" * parse.MAX_ASIN_LENGTH
   lines = _lines([{"asin": "B1"}, *bad, {"asin": longest}])
   chunk = processing.parse_meta_lines(lines, "meta.json")
   assert chunk.items == {"B1": (None, None, None, None),
