@@ -42,9 +42,11 @@ from evaluator import report
 from evaluator import retrieval
 from evaluator import transforms
 from pipelines import options as cli
+from pipelines import sequences
 
 MODELS = ("calrec", "lir")
-SPLITS = ("test", "validation")
+# The held-out splits of the preprocessing job (paper section 4).
+SPLITS = (sequences.TEST, sequences.VALIDATION)
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:

@@ -35,13 +35,15 @@ import os
 import seqio
 import tensorflow as tf
 
+from pipelines import sequences
 from tasks import names
 from tasks import preprocessors
 from tasks import templates
 from tasks import vocab
 
-SPLITS = ("train", "validation", "test")
-TRAIN_SPLIT = "train"
+# The splits the preprocessing job writes (docs/contracts.md).
+SPLITS = (sequences.TRAIN, sequences.VALIDATION, sequences.TEST)
+TRAIN_SPLIT = sequences.TRAIN
 
 # The TFRecord features the tasks read (docs/contracts.md).
 FEATURE_DESCRIPTION = {
