@@ -30,7 +30,8 @@ from evaluator import retrieval as retrieval_lib
 REJECTS = "rejects"
 RETRIEVALS = ("bm25", "hierarchical")
 BM25_BACKENDS = ("fast", "lucene")
-# Items listed per user in the per-user output (NDCG@10's cut-off).
+# Items listed per user in the per-user output (NDCG@10's cut-off, paper
+# section 4).
 TOP_ITEMS = 10
 
 

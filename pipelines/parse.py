@@ -187,6 +187,8 @@ def clean_text(value: Any) -> str | None:
 def normalize_price(value: Any) -> str | None:
   """`$11.22` for a single price, `$10.00 - $15.00` kept as text for a range.
 
+  `$11.22` is the price format of the paper's example item (section 3.2).
+
   Numbers (2014 meta) become dollar amounts with two decimals; anything that is
   not a price (CSS, markup, words) is missing.
   """
@@ -210,6 +212,8 @@ def normalize_price(value: Any) -> str | None:
 
 def top_level_category(record: dict[str, Any]) -> str | None:
   """The first breadcrumb of `category` (2018) or `categories` (2014).
+
+  The paper's example item (section 3.2) shows the top-level category.
 
   Falls back to `main_cat` only when the record has no breadcrumb at all.
   """

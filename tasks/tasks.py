@@ -104,7 +104,11 @@ def find_categories(data_dir: str | os.PathLike[str]) -> dict[str, tuple[str,
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
-  """`inputs`: the prompt, no EOS (sentence completion); `targets`: EOS."""
+  """`inputs`: the prompt, no EOS; `targets`: EOS.
+
+  The prompt ends open so that the target completes it (paper section 3.2,
+  next-item generation as sentence completion).
+  """
   return {
       "inputs": seqio.Feature(vocabulary, add_eos=False),
       "targets": seqio.Feature(vocabulary, add_eos=True),

@@ -77,9 +77,9 @@ class CALRecModel:
 
     Args:
       config: decoder sizes.
-      alpha: weight of L_TT.
-      beta: weight of L_UT (negative in the paper).
-      temperature: tau_c of equations 2 and 3.
+      alpha: weight of L_TT (paper section 4: 0.125).
+      beta: weight of L_UT (paper section 4: -0.025).
+      temperature: tau_c of equations 2 and 3 (paper section 4: 0.5).
       eos_id: end-of-sequence id of the vocabulary.
     """
     if temperature <= 0:
@@ -188,8 +188,9 @@ class CALRecModel:
               dropout_rng: Optional[Array]) -> tuple[Array, dict[str, Array]]:
     """The CALRec loss (1-a-b) L_NIG + a L_TT + b L_UT on one global batch.
 
-    L_NIG is normalised per target token of the batch. Padding examples (no
-    item tokens) count in no term. See `loss_terms` for the pooled vectors.
+    L_NIG is normalised per target token of the batch, where equation 1 sums
+    over each user's target tokens (README, "Where this implementation departs
+    from the paper"). Padding examples (no item tokens) count in no term. See `loss_terms` for the pooled vectors.
 
     Returns:
       (loss, metrics) where metrics holds 'loss', 'nig_loss', 'tt_loss',
@@ -234,6 +235,9 @@ class CALRecModel:
       max_decode_length: int = 80,
   ) -> tuple[Array, dict[str, Array]]:
     """Temperature sampling of `num_decodes` continuations per prompt.
+
+    The defaults are the paper's (section 4): N_gen 32, temperature 0.5 and
+    at most 80 decoded tokens.
 
     Inference batch (t5x decoder-only convention; build it with
     `prompt_batch`):

@@ -1,5 +1,8 @@
 """A decoder-only Transformer LM in flax linen (the LLM of paper section 3).
 
+The paper fine-tunes pretrained PaLM-2 XXS; these models start from random
+initialisation (README, "Where this implementation departs from the paper").
+
 PaLM/Llama-style blocks: pre-RMSNorm, rotary positions, grouped-query attention
 (multi-query when `num_kv_heads == 1`), SwiGLU MLP, tied input/output embedding.
 Attention is causal over the whole sequence, prompt included, as in PaLM-2.

@@ -37,7 +37,7 @@ def create_optimizer(learning_rate: float = 1e-4,
                      weight_decay: float = 0.0,
                      clip_gradient_norm: Optional[float] = 1.0,
                      b2: float = 0.99) -> optax.GradientTransformation:
-  """AdamW at a constant rate after a linear warmup (paper: lr 1e-4)."""
+  """AdamW at a constant rate after a linear warmup (paper section 4: lr 1e-4)."""
   if warmup_steps:
     schedule = optax.linear_schedule(0.0, learning_rate, warmup_steps)
     schedule = optax.join_schedules(
