@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import io
+import itertools
 import json
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -117,7 +118,9 @@ def write_category_files(output_dir: str,
 
   counts = collections.Counter(counts)
   counts["meta_duplicate_rows"] = counts["meta_rows"] - counts["meta_items"]
-  total_words, vocabulary = stats_lib.corpus_words(columns["text"])
+  total_words, vocabulary = stats_lib.corpus_words(
+      columns["text"], itertools.chain.from_iterable(
+          columns[name] for name in processing.ATTRIBUTE_COLUMNS))
   stats = stats_lib.category_stats(counts, len(columns["item_id"]),
                                    total_words, len(vocabulary),
                                    category.user_fraction)

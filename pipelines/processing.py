@@ -363,7 +363,9 @@ def shard_file_bytes(examples: Iterable[bytes]) -> bytes:
   return b"".join(map(records.tfrecord_frame, examples))
 
 
-CORPUS_COLUMNS = ("item_id", "text", "title", "category", "brand", "price")
+# The four item attributes of paper section 3.2, in template order.
+ATTRIBUTE_COLUMNS = ("title", "category", "brand", "price")
+CORPUS_COLUMNS = ("item_id", "text") + ATTRIBUTE_COLUMNS
 
 
 def corpus_columns(item_ids: Iterable[str],

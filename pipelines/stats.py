@@ -4,10 +4,16 @@ Table 1 (paper section 4) reports, after deduplication: users, items, total
 purchases, items/user, purchases/item, density = purchases / (users x items),
 words/item, word vocabulary size and average word frequency; and, before
 deduplication, the share of purchases that are consecutive exact duplicates.
+Table 1 puts its user count under "Before Dedup"; the table printed here shows
+|U| after deduplication and the role's minimum-events rule, the count behind
+Items/User and the Stage I mixture rate, and `stats.json` also holds
+`users_before_dedup`.
 
 Words are the whitespace tokens of the templated item text, the four labels
 (`Title:` ...) included; this matched the paper's Words/Item on real data. The
-vocabulary is the set of lowercased "natural" word types: tokens with their
+vocabulary is the set of lowercased "natural" word types of the four attribute
+values ("over the item corpus spanning the four attributes used"), labels
+excluded and the "Unknown" of a missing value included: tokens with their
 surrounding punctuation removed that contain a letter. Average word frequency
 is total words / vocabulary size, the arithmetic behind Table 1's column.
 """
@@ -28,14 +34,13 @@ def natural_word(token: str) -> str | None:
   return word if any(c.isalpha() for c in word) else None
 
 
-def corpus_words(texts: Iterable[str]) -> tuple[int, set[str]]:
-  """(total whitespace words, natural word types) over item texts."""
-  total = 0
+def corpus_words(texts: Iterable[str], attribute_values: Iterable[str]
+                 ) -> tuple[int, set[str]]:
+  """(whitespace words of the item texts, natural word types of the values)."""
+  total = sum(len(text.split()) for text in texts)
   vocabulary: set[str] = set()
-  for text in texts:
-    tokens = text.split()
-    total += len(tokens)
-    vocabulary.update(filter(None, map(natural_word, tokens)))
+  for value in attribute_values:
+    vocabulary.update(filter(None, map(natural_word, value.split())))
   return total, vocabulary
 
 

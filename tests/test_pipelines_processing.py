@@ -358,13 +358,15 @@ def test_category_stats_match_hand_computation():
   assert result["dropped"]["duplicate_purchases"] == 2
 
 
-def test_corpus_words_count_labels_and_natural_types():
+def test_corpus_words_count_labels_but_types_only_of_attribute_values():
   text = templates.item_text("Blue Widget, blue", "Tools", None, "$3.00")
-  total, vocabulary = stats.corpus_words([text])
+  total, vocabulary = stats.corpus_words(
+      [text], ["Blue Widget, blue", "Tools", "Unknown", "$3.00"])
   # Title: Blue Widget, blue. Category: Tools. Brand: Unknown. Price: $3.00.
   assert total == 10
-  assert vocabulary == {"title", "blue", "widget", "category", "tools",
-                        "brand", "unknown", "price"}
+  # Table 1's vocabulary spans the attribute values: no label words, and no
+  # type for a token without a letter.
+  assert vocabulary == {"blue", "widget", "tools", "unknown"}
 
 
 def test_item_texts_truncate_to_25_15_15_15_words_and_fill_unknown():
