@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.ml.inference import base as inference
@@ -43,6 +43,9 @@ from evaluator import retrieval
 from evaluator import transforms
 from pipelines import options as cli
 from pipelines import sequences
+
+if TYPE_CHECKING:
+  from evaluator import model_handler
 
 MODELS = ("calrec", "lir")
 # The held-out splits of the preprocessing job (paper section 4).
@@ -183,11 +186,14 @@ def corpus_path(args: argparse.Namespace) -> str:
   return os.path.join(args.data_dir, args.category, "corpus.parquet")
 
 
-def retrieval_options(args: argparse.Namespace) -> transforms.RetrievalOptions:
+def retrieval_options(args: argparse.Namespace,
+                      vocabulary_path: Optional[str] = None
+                      ) -> transforms.RetrievalOptions:
   return transforms.RetrievalOptions(
       retrieval=args.retrieval, bm25_backend=args.bm25_backend,
       num_preds=args.num_preds, epsilon=args.epsilon,
-      recommendations_k=args.recommendations_k)
+      recommendations_k=args.recommendations_k,
+      vocabulary_path=vocabulary_path)
 
 
 def _user_schema() -> "pyarrow.Schema":
@@ -229,8 +235,13 @@ def results_markdown(summary: dict[str, Any]) -> str:
 
 def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
                    load_generator: Optional[Callable[
-                       [], generation.TextGenerator]] = None) -> None:
-  """Adds the evaluation to `root`; `load_generator` serves --model=calrec."""
+                       [], generation.TextGenerator]] = None,
+                   vocabulary_path: Optional[str] = None) -> None:
+  """Adds the evaluation to `root`; `load_generator` serves --model=calrec.
+
+  `vocabulary_path`: the SentencePiece model the generated texts are decoded
+  with; the corpus is matched in its normal form (`transforms.RetrievalOptions`).
+  """
   parsed = (root
             | "ReadSplit" >> beam.io.ReadFromTFRecord(split_pattern(args))
             | "ParseUsers" >> beam.ParDo(transforms.ParseUsers()).with_outputs(
@@ -239,7 +250,8 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
       _with_samples(parsed.users, args, load_generator)
       | "BatchUsers" >> beam.BatchElements(min_batch_size=1, max_batch_size=64)
       | "RetrieveAndRank" >> beam.ParDo(transforms.RetrieveAndRank(
-          corpus_path(args), retrieval_options(args))).with_outputs(
+          corpus_path(args), retrieval_options(
+              args, vocabulary_path))).with_outputs(
               transforms.REJECTS, main="results"))
   _write_users(evaluated.results, args)
   rejects = ((parsed[transforms.REJECTS], evaluated[transforms.REJECTS])
@@ -320,7 +332,7 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def calrec_generator_loader(args: argparse.Namespace
-                            ) -> Callable[[], generation.TextGenerator]:
+                            ) -> "model_handler.GeneratorLoader":
   """The JAX model's generator for --model=calrec (loaded on the workers)."""
   from evaluator import model_handler  # pylint: disable=g-import-not-at-top
   return model_handler.GeneratorLoader(
@@ -341,15 +353,17 @@ def run_parsed(args: argparse.Namespace, beam_argv: Sequence[str],
                load_generator: Optional[Callable[
                    [], generation.TextGenerator]] = None) -> dict[str, Any]:
   """`run` for flags `parse_args` has already checked."""
+  vocabulary_path = None
   if args.model == "calrec" and load_generator is None:
     load_generator = calrec_generator_loader(args)
+    vocabulary_path = load_generator.vocabulary_path
   files.make_dirs(args.output_dir)
   files.delete(earlier_outputs(args.output_dir))
   options = cli.beam_options(beam_argv)
   logging.info("Evaluating %s/%s (%s, %s retrieval) into %s", args.category,
                args.split, args.model, args.retrieval, args.output_dir)
   with beam.Pipeline(options=options) as root:
-    build_pipeline(root, args, load_generator)
+    build_pipeline(root, args, load_generator, vocabulary_path)
   summary = report.load_summary(args.output_dir)
   logging.info("Done: %d users ranked, %d unranked (counted as misses), %d "
                "rejects.", summary["num_users"], summary["num_unranked"],

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from typing import Any, Optional, Sequence
 
@@ -129,6 +130,12 @@ class GeneratorLoader:
   max_decode_length: int = generation.MAX_DECODE_LENGTH
   batch_size: int = 8
   step: Optional[int] = None
+
+  @property
+  def vocabulary_path(self) -> str:
+    """The vocabulary the run trained with, which decodes its samples."""
+    from trainer import checkpoints  # pylint: disable=g-import-not-at-top
+    return os.path.join(self.model_dir, checkpoints.VOCABULARY_FILE)
 
   def __call__(self) -> JaxGenerator:
     from trainer import checkpoints  # pylint: disable=g-import-not-at-top

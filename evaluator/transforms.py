@@ -14,7 +14,7 @@ import logging
 import shutil
 import tempfile
 import weakref
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.utils import shared
@@ -44,6 +44,10 @@ class RetrievalOptions:
   num_preds: int = retrieval_lib.NUM_PREDS
   epsilon: float = retrieval_lib.EPSILON
   recommendations_k: int = 0
+  # The SentencePiece model the generated texts were decoded with; corpus
+  # texts are matched and indexed as they read after a round trip through it
+  # (`vocabulary_texts`). None (LIR): the corpus texts as they are.
+  vocabulary_path: Optional[str] = None
 
   def __post_init__(self):
     if self.retrieval not in RETRIEVALS:
@@ -121,6 +125,18 @@ class ParseUsers(beam.DoFn):
                                      reject("", f"bad record: {error}"))
 
 
+def vocabulary_texts(texts: Sequence[str], vocabulary_path: str) -> list[str]:
+  """`texts` as a model with this vocabulary writes them: decode(encode(t)).
+
+  The vocabulary's normalisation (nmt_nfkc for `tasks.vocab`'s models) maps
+  "\u2122" to "TM", full-width letters to ASCII and newlines to spaces, so a
+  generated text can equal only the normalised form of an item's text.
+  """
+  from tasks import vocab  # pylint: disable=g-import-not-at-top
+  vocabulary = vocab.get_vocabulary(vocabulary_path)
+  return [vocabulary.decode(vocabulary.encode(text)) for text in texts]
+
+
 class WorkerRetrieval:
   """A corpus with its scorer and matcher, built once per worker process.
 
@@ -133,20 +149,26 @@ class WorkerRetrieval:
 
   def __init__(self, corpus_path: str, options: RetrievalOptions):
     self.corpus = data.load_corpus(corpus_path)
+    texts = self.corpus.texts
+    if options.vocabulary_path:
+      texts = vocabulary_texts(texts, options.vocabulary_path)
+      logging.info("%d of %d corpus texts change in the vocabulary's "
+                   "normal form.", sum(a != b for a, b in zip(
+                       texts, self.corpus.texts)), len(texts))
     # Table 7's match counts need the matcher whatever the retrieval.
-    self.matcher = retrieval_lib.HierarchicalMatcher(self.corpus.texts)
+    self.matcher = retrieval_lib.HierarchicalMatcher(texts)
     self.scorer = (self.matcher if options.retrieval == "hierarchical" else
-                   self._bm25_scorer(options.bm25_backend))
+                   self._bm25_scorer(texts, options.bm25_backend))
     logging.info("Retrieval ready: %d corpus items, %s", len(self.corpus),
                  options)
 
-  def _bm25_scorer(self, backend: str) -> retrieval_lib.Scorer:
+  def _bm25_scorer(self, texts: Sequence[str],
+                   backend: str) -> retrieval_lib.Scorer:
     if backend == "lucene":
       index_dir = tempfile.mkdtemp(prefix="calrec_lucene_")
       weakref.finalize(self, shutil.rmtree, index_dir, ignore_errors=True)
-      return lucene.LuceneBM25(self.corpus.texts, index_dir)
-    return bm25.FastBM25Scorer(self.corpus.texts,
-                               lucene.LuceneAnalyzer().tokenize)
+      return lucene.LuceneBM25(texts, index_dir)
+    return bm25.FastBM25Scorer(texts, lucene.LuceneAnalyzer().tokenize)
 
 
 class RetrieveAndRank(beam.DoFn):

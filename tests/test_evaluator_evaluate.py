@@ -31,6 +31,7 @@ from evaluator import report
 from evaluator import retrieval
 from evaluator import transforms
 from tasks import templates
+from tasks import test_utils
 
 CATEGORY = "Toys"
 # Plain texts so that ranks follow from which words items share.
@@ -140,6 +141,32 @@ def test_the_command_prints_results_md(data_dir, tmp_path, capsys):
   printed = capsys.readouterr().out
   assert printed == (tmp_path / "results.md").read_text()
   assert "| lir (bm25) |" in printed and "paper Table 7" in printed
+
+
+def _attribute_item(item_id, title, brand, price):
+  return {"item_id": item_id, "title": title, "category": "Camera",
+          "brand": brand, "price": price,
+          "text": templates.item_text(title, "Camera", brand, price)}
+
+
+def test_corpus_is_matched_in_the_normal_form_of_the_model_vocabulary(
+    tmp_path):
+  corpus_path = str(evaluator_testdata.write_corpus(tmp_path / "Camera", [
+      _attribute_item("T", "Tripod\u2122 Mount", "\uff2bodiak", "$9.99"),
+      _attribute_item("M", "Tripod Mount", "Kodiak", "$19.99")]))
+  vocabulary_path = test_utils.train_test_vocabulary(tmp_path / "spm.model")
+  # What the model writes for item T: nmt_nfkc maps the trade mark sign to
+  # "TM" and the full-width K to "K".
+  generated = ("Title: TripodTM Mount. Category: Camera. Brand: Kodiak. "
+               "Price: $9.99.")
+  raw = transforms.WorkerRetrieval(corpus_path, transforms.RetrievalOptions())
+  assert raw.matcher.match(generated)[0] < 4
+  normal = transforms.WorkerRetrieval(corpus_path, transforms.RetrievalOptions(
+      vocabulary_path=vocabulary_path))
+  level, rows = normal.matcher.match(generated)
+  assert (level, rows.tolist()) == (4, [0])
+  (scores,) = normal.scorer.score_groups([[generated]])
+  assert scores[0, 0] > scores[0, 1]
 
 
 def test_the_dofns_of_a_worker_share_one_retrieval(data_dir, tmp_path,
