@@ -97,8 +97,10 @@ def test_sequences_are_ordered_deduplicated_and_split(run_output):
   assert test["U3"][3] == "Games"
   validation = pipelines_testdata.read_split(output / "Games", "validation")
   train = pipelines_testdata.read_split(output / "Games", "train")
-  assert validation["U3"][0] == ["B2", "B3", "B4"]
-  assert train["U3"][0] == ["B2", "B3"]
+  # Whole records: every field of a split is the prefix of the test record.
+  ids, times, texts, category = test["U3"]
+  assert validation["U3"] == (ids[:3], times[:3], texts[:3], category)
+  assert train["U3"] == (ids[:2], times[:2], texts[:2], category)
   stage1 = pipelines_testdata.read_split(output / "Stage1", "train")
   assert sorted(stage1) == ["U1", "U2", "U3"]
   assert stage1["U2"][0] == ["B5", "B6", "B5"]  # Genuine repeat kept.

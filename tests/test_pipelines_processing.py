@@ -257,8 +257,11 @@ def test_build_shard_orders_dedups_splits_and_templates():
   assert ids == ["B1", "B2", "B3", "B4"]
   assert times == [10, 20, 30, 40]
   assert texts[0] == templates.item_text("Item 1", "Games", "Acme", "$1.00")
-  assert _decode(result.records["validation"][0])[0] == ids[:3]
-  assert _decode(result.records["train"][0])[0] == ids[:2]
+  # Each split is a prefix of the whole sequence in every field: no later
+  # item text or time leaks into an earlier split.
+  for split, length in (("validation", 3), ("train", 2)):
+    assert _decode(result.records[split][0]) == (
+        ids[:length], texts[:length], times[:length])
   # U0 has 3 events after dedup: below the 4 an eval user needs.
   assert [json.loads(r.record)["reviewerID"] for r in result.rejects] == ["U0"]
   assert result.rejects[0].reason == "too_few_events"

@@ -79,14 +79,16 @@ def test_gift_cards_counts_and_sequences_match_independent_computation(run):
   assert gift["total_purchases"] == purchases
   assert gift["users_before_dedup"] == users_before
   assert gift["counts"]["duplicate_purchases"] == duplicates
-  test = {user: record[:2] for user, record in
-          pipelines_testdata.read_split(output / "Gift_Cards", "test").items()}
-  assert test == {user: ([e[1] for e in events], [e[0] for e in events])
-                  for user, events in expected.items()}
-  validation = pipelines_testdata.read_split(output / "Gift_Cards",
-                                             "validation")
-  assert {u: record[0] for u, record in validation.items()} == {
-      u: [e[1] for e in events[:-1]] for u, events in expected.items()}
+  test = pipelines_testdata.read_split(output / "Gift_Cards", "test")
+  assert {user: record[:2] for user, record in test.items()} == {
+      user: ([e[1] for e in events], [e[0] for e in events])
+      for user, events in expected.items()}
+  # Validation and train hold the first n-1 and n-2 events, every field cut.
+  for split, held_out in (("validation", 1), ("train", 2)):
+    records = pipelines_testdata.read_split(output / "Gift_Cards", split)
+    assert records == {
+        user: tuple(field[:-held_out] for field in record[:3]) + record[3:]
+        for user, record in test.items()}
 
 
 def test_all_beauty_duplicate_count_matches_independent_computation(run):
