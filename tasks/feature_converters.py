@@ -58,7 +58,13 @@ class CALRecFeatureConverter(seqio.FeatureConverter):
   def __init__(self, pack: bool = False, use_custom_packing_ops: bool = False,
                apply_length_check: bool = True, bos_id: int = 0):
     """seqio's arguments, less `passthrough_features` (the model reads only
-    MODEL_FEATURES)."""
+    MODEL_FEATURES).
+
+    With `apply_length_check=False`, over-long `inputs` and `targets` are
+    trimmed to their lengths, as seqio's converters do (`utils.
+    trim_and_pad_dataset`): the prompt loses its newest tokens, the target
+    its EOS; the pooling spans cover what is kept.
+    """
     if pack:
       raise ValueError("CALRecFeatureConverter does not pack: each row must "
                        "hold one user for the in-batch contrastive losses.")
@@ -82,7 +88,8 @@ class CALRecFeatureConverter(seqio.FeatureConverter):
     """Converts blocks of examples at once, then yields them one by one.
 
     Token 0 is padding (seqio's convention) and never a prompt or item token,
-    so the padded blocks tell each example's lengths.
+    so the padded blocks tell each example's lengths. Features are trimmed to
+    their lengths first (a no-op unless the length check is off).
     """
     inputs_length = task_feature_lengths["inputs"]
     item_length = task_feature_lengths["targets"]
@@ -120,7 +127,8 @@ class CALRecFeatureConverter(seqio.FeatureConverter):
           "item_pool_weights": weights(targets != 0),
       }
 
-    ds = ds.map(lambda ex: {"inputs": ex["inputs"], "targets": ex["targets"]})
+    ds = ds.map(lambda ex: {"inputs": ex["inputs"][:inputs_length],
+                            "targets": ex["targets"][:item_length]})
     ds = ds.padded_batch(_BLOCK_SIZE, padded_shapes={
         "inputs": [inputs_length], "targets": [item_length]})
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE).unbatch()

@@ -1,9 +1,10 @@
 """The Stage-I mixture (paper section 3.3) and task registration.
 
-`calrec_stage1` mixes the train split of every category of a preprocessing
-output, category c sampled at a rate proportional to |U_c|^0.3, |U_c| the
-number of users of c (`num_users` of `{category}/stats.json`). Stage II trains
-on the category's own task, `calrec_{category}` (`tasks.tasks`).
+`calrec_stage1` mixes the train split of every category that the manifest.json
+of a preprocessing output lists, category c sampled at a rate proportional to
+|U_c|^0.3, |U_c| the number of users of c (`num_users` of
+`{category}/stats.json`). Stage II trains on the category's own task,
+`calrec_{category}` (`tasks.tasks`).
 
 Register both for a data folder and a SentencePiece model:
 
@@ -69,17 +70,21 @@ def register_mixtures(data_dir: str | os.PathLike[str] = gin.REQUIRED,
   """Registers the category tasks and `calrec_stage1` for data_dir.
 
   Args:
-    data_dir: output folder of `python -m pipelines.preprocess`.
+    data_dir: output folder of a completed `python -m pipelines.preprocess`
+      run (with its manifest.json).
     vocabulary_path: SentencePiece model (`tasks.vocab`).
     rate_exponent: Stage-I rates are |U|^rate_exponent.
-    augmentation_seed: global seed of the training augmentation.
+    augmentation_seed: seed of the training augmentation, fixed here (the
+      trainer's gin binds it to RANDOM_SEED) and independent of
+      `get_dataset`'s seed, so that the cuts hold no random state and a
+      resumed run repeats them (`tasks.tasks` module docstring).
 
   Returns:
     Category folder name -> task name.
   """
   task_names = tasks.register_tasks(data_dir, vocabulary_path,
                                     augmentation_seed)
-  trained = [category for category, splits in tasks.find_categories(
+  trained = [category for category, splits in tasks.read_categories(
       data_dir).items() if tasks.TRAIN_SPLIT in splits]
   rates = stage1_rates(data_dir, trained, rate_exponent)
   seqio.MixtureRegistry.remove(STAGE1_MIXTURE)

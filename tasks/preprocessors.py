@@ -12,7 +12,9 @@ Task pipeline (see `tasks.tasks`) runs
                        {0, ..., min(max_cut_items, n - 2)};
   to_inputs_and_targets  the last item becomes `targets`, the others the user
                        prompt of paper section 3.2 (`inputs`), its oldest items
-                       dropped whole until it fits the inputs length;
+                       dropped whole until it fits the inputs length; an
+                       example whose newest history item alone does not fit
+                       is dropped, with a warning on stderr;
   seqio.preprocessors.append_eos_after_trim  EOS ends `targets` even when the
                        item text is cut to the targets length.
 
@@ -28,6 +30,7 @@ block s's next-item prefix + the trailing next-item prefix: a slice.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Mapping, Sequence
 
 import seqio
@@ -58,11 +61,6 @@ class _PrefixTokens:
   def fixed_length(self) -> int:
     """Tokens of a prompt besides its items and their "next" prefixes."""
     return len(self.user) + len(self.first_item) + len(self.next_item)
-
-
-def _too_long_message(max_tokens: int) -> str:
-  return (f"The newest history item alone does not fit an inputs length of "
-          f"{max_tokens} tokens; raise the inputs feature length.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +105,9 @@ def budgeted_prompt(history_texts: Sequence[str],
     cost += item_cost
     start -= 1
   if start == len(item_tokens):
-    raise ValueError(_too_long_message(max_tokens))
+    raise ValueError(
+        f"The newest history item alone does not fit an inputs length of "
+        f"{max_tokens} tokens; raise the inputs feature length.")
   token_ids = list(prefixes.user)
   for position, tokens in enumerate(item_tokens[start:]):
     token_ids += prefixes.first_item if position == 0 else prefixes.next_item
@@ -206,6 +206,15 @@ def to_inputs_and_targets(dataset: tf.data.Dataset,
   together with the user prefix, their item prefixes and the trailing
   next-item prefix; older items are dropped whole. The token layout equals
   `budgeted_prompt(...).token_ids`.
+
+  An example whose newest history item alone does not fit (word caps do not
+  bound tokens: a title without spaces is one word) is dropped instead of
+  stopping the run, and each drop prints a warning line to stderr with the
+  user id, the item's token count and the inputs length, every time the
+  example is read. tf.print keeps the pipeline checkpointable (a
+  tf.py_function would not); it runs after seqio's cache, so cached tasks
+  drop and warn alike. `budgeted_prompt` raises ValueError for such a
+  history instead.
   """
   if not sequence_length or not sequence_length.get("inputs"):
     raise ValueError(
@@ -218,6 +227,24 @@ def to_inputs_and_targets(dataset: tf.data.Dataset,
   next_item = tf.constant(prefixes.next_item, tf.int32)
   next_length = len(prefixes.next_item)
 
+  def fits(record):
+    # A prompt of the newest history item alone: head, the item's tokens and
+    # the trailing next-item prefix, as many tokens as head and its block.
+    newest_block = record["block_lengths"][-2]
+    newest_fits = len(head) + newest_block <= max_tokens
+
+    def warn():
+      item_tokens = newest_block - next_length
+      with tf.control_dependencies([tf.print(
+          "WARNING: dropped the example of user", record["user_id"],
+          "of category", record["category"], "as its newest history item has",
+          item_tokens, "tokens, which with the prompt's", prefixes.fixed_length,
+          "fixed tokens exceed the inputs length of", max_tokens,
+          output_stream=sys.stderr)]):
+        return tf.identity(newest_fits)
+
+    return tf.cond(newest_fits, lambda: newest_fits, warn)
+
   def convert(record):
     lengths = record["block_lengths"]
     tokens = record["block_tokens"]
@@ -225,9 +252,7 @@ def to_inputs_and_targets(dataset: tf.data.Dataset,
     # Prompt length when keeping history items s.., for every s.
     prompt_lengths = len(head) + tf.cumsum(lengths[:-1], reverse=True)
     num_kept = tf.reduce_sum(tf.cast(prompt_lengths <= max_tokens, tf.int32))
-    with tf.control_dependencies([tf.debugging.assert_positive(
-        num_kept, message=_too_long_message(max_tokens))]):
-      kept_length = tf.reduce_sum(lengths[tf.size(lengths) - 1 - num_kept:-1])
+    kept_length = tf.reduce_sum(lengths[tf.size(lengths) - 1 - num_kept:-1])
     return {
         "inputs": tf.concat([
             head, tokens[target_start - kept_length + next_length:target_start],
@@ -237,4 +262,5 @@ def to_inputs_and_targets(dataset: tf.data.Dataset,
         "category": record["category"],
     }
 
-  return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+  return dataset.filter(fits).map(convert,
+                                  num_parallel_calls=tf.data.AUTOTUNE)

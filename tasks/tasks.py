@@ -2,13 +2,30 @@
 
 Task names: `calrec_{category}` (`tasks.names.task_name`), e.g.
 `Industrial_and_Scientific` -> `calrec_industrial_and_scientific`.
-Splits: those of train / validation / test present on disk (stage1_only
-categories have only train). Stage II trains on `calrec_{category}` itself.
+Categories, splits and their TFRecord files come from the output's
+`manifest.json`, which the preprocessing job writes last: registration refuses
+a folder without one (an unfinished run would give a Stage-I mixture over
+fewer categories). stage1_only categories have only train. Stage II trains on
+`calrec_{category}` itself.
 
 Output features: `inputs` (the budgeted user prompt, no EOS) and `targets` (the
 next item's text, ending in EOS); `CALRecFeatureConverter` turns them into
-model features. Training records are augmented (`preprocessors.cut_last_items`),
-validation and test records are not.
+model features. An example whose newest history item alone exceeds the inputs
+length is dropped with a warning (`preprocessors.to_inputs_and_targets`).
+Training records are augmented (`preprocessors.cut_last_items`), validation
+and test records are not.
+
+The augmentation's seed is `augmentation_seed` of `register_tasks` (the
+trainer's gin binds it to RANDOM_SEED), not the `seed` of `get_dataset`, which
+seeds only seqio's shuffling (and the mixture's sampling). seqio's idiom,
+`map_over_dataset(num_seeds=...)`, would draw from `get_dataset`'s seed; here a
+cut is a stateless function of the registration seed, the user id and the
+example's position in the task's stream (`preprocessors.example_seed`), so
+that it holds no random state: the trainer's input checkpoint carries the
+position, a resumed run draws the cuts an uninterrupted one would, and
+`get_dataset(seed=None)` cuts deterministically too. `get_dataset`'s seed
+still reaches the cuts through the order of the files it shuffles: with
+several files per split another seed puts users at other positions.
 
 The tasks have no `metric_fns`: the paper's metrics need BM25 retrieval over
 the category's corpus, which `evaluator.evaluate` runs on the model's samples.
@@ -30,7 +47,9 @@ of `tf.io.gfile`, e.g. gs://):
 from __future__ import annotations
 
 import functools
+import json
 import os
+from typing import Mapping, Sequence
 
 import seqio
 import tensorflow as tf
@@ -44,6 +63,10 @@ from tasks import vocab
 # The splits the preprocessing job writes (docs/contracts.md).
 SPLITS = (sequences.TRAIN, sequences.VALIDATION, sequences.TEST)
 TRAIN_SPLIT = sequences.TRAIN
+
+# Written last by the preprocessing job (`pipelines.outputs.MANIFEST`, a
+# module that imports Beam, which registration does not need).
+MANIFEST = "manifest.json"
 
 # The TFRecord features the tasks read (docs/contracts.md).
 FEATURE_DESCRIPTION = {
@@ -67,12 +90,9 @@ class UserRecordSource(seqio.TFExampleDataSource):
   split, 0 on the others, read by `preprocessors.cut_last_items`.
   """
 
-  def __init__(self, category_dir: str, splits: tuple[str, ...]):
-    super().__init__(
-        split_to_filepattern={
-            split: os.path.join(category_dir, f"{split}-*-of-*.tfrecord")
-            for split in splits},
-        feature_description=FEATURE_DESCRIPTION)
+  def __init__(self, split_to_files: Mapping[str, Sequence[str]]):
+    super().__init__(split_to_filepattern=split_to_files,
+                     feature_description=FEATURE_DESCRIPTION)
 
   def get_dataset(self, split: str = TRAIN_SPLIT, shuffle: bool = True,
                   seed: int | None = None,
@@ -84,23 +104,32 @@ class UserRecordSource(seqio.TFExampleDataSource):
         **record, "max_cut_items": tf.constant(max_cut, tf.int32)})
 
 
-def find_categories(data_dir: str | os.PathLike[str]) -> dict[str, tuple[str,
-                                                                          ...]]:
-  """Category folder -> splits with TFRecords, for a preprocessing output."""
-  found = {
-      (os.path.basename(os.path.dirname(path)), split)
-      for split in SPLITS
-      for path in tf.io.gfile.glob(os.path.join(
-          os.fspath(data_dir), "*", f"{split}-*-of-*.tfrecord"))}
-  categories = {
-      category: tuple(split for split in SPLITS if (category, split) in found)
-      for category in sorted({category for category, _ in found})}
-  if not categories:
+def read_categories(data_dir: str | os.PathLike[str]
+                    ) -> dict[str, dict[str, tuple[str, ...]]]:
+  """Category -> split -> TFRecord files, from data_dir's manifest.json.
+
+  Raises:
+    FileNotFoundError: data_dir has no manifest.json.
+    ValueError: the manifest lists no category.
+  """
+  data_dir = os.fspath(data_dir)
+  path = os.path.join(data_dir, MANIFEST)
+  if not tf.io.gfile.exists(path):
     raise FileNotFoundError(
-        f"No {{category}}/{{split}}-SSSSS-of-NNNNN.tfrecord under "
-        f"{os.fspath(data_dir)!r}; pass the output folder of "
-        "`python -m pipelines.preprocess`.")
-  return categories
+        f"{path} is missing: preprocessing did not finish or this is not its "
+        "output folder. Pass the --output_dir of a completed "
+        "`python -m pipelines.preprocess` run (it writes manifest.json last).")
+  with tf.io.gfile.GFile(path) as f:
+    manifest = json.load(f)
+  entries = manifest.get("categories") if isinstance(manifest, dict) else None
+  if not entries:
+    raise ValueError(f"{path} lists no categories; it is not the manifest of "
+                     "a preprocessing run (docs/contracts.md).")
+  return {
+      category: {split: tuple(os.path.join(data_dir, file)
+                              for file in entry["splits"][split]["files"])
+                 for split in SPLITS if split in entry["splits"]}
+      for category, entry in sorted(entries.items())}
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
@@ -118,32 +147,38 @@ def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
 def register_tasks(data_dir: str | os.PathLike[str],
                    vocabulary_path: str | os.PathLike[str],
                    augmentation_seed: int = 0) -> dict[str, str]:
-  """Registers `calrec_{category}` for every category folder of data_dir.
+  """Registers `calrec_{category}` for every category of data_dir's manifest.
 
   Re-registering replaces tasks of the same name.
 
   Args:
-    data_dir: output folder of `python -m pipelines.preprocess`.
+    data_dir: output folder of a completed `python -m pipelines.preprocess`
+      run (with its manifest.json).
     vocabulary_path: SentencePiece model (`tasks.vocab`).
-    augmentation_seed: global seed of the training augmentation.
+    augmentation_seed: seed of the training augmentation
+      (`preprocessors.cut_last_items`), fixed here: `get_dataset`'s seed does
+      not replace it (module docstring). The trainer's gin binds it to
+      RANDOM_SEED.
 
   Returns:
     Category folder name -> task name.
+
+  Raises:
+    FileNotFoundError: data_dir has no manifest.json.
   """
   vocabulary = vocab.get_vocabulary(vocabulary_path)
   vocab.check_prompt_additivity(vocabulary, _PROBE_HISTORY)
   features = output_features(vocabulary)
   task_names = {}
-  for category, splits in find_categories(data_dir).items():
+  for category, split_to_files in read_categories(data_dir).items():
     name = names.task_name(category)
     if name in task_names.values():
-      raise ValueError(f"Two category folders of {os.fspath(data_dir)!r} map "
-                       f"to the task name {name!r}; rename one.")
+      raise ValueError(f"Two categories of {os.fspath(data_dir)!r} map to the "
+                       f"task name {name!r}; rename one.")
     seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(
         name,
-        source=UserRecordSource(os.path.join(os.fspath(data_dir), category),
-                                splits),
+        source=UserRecordSource(split_to_files),
         preprocessors=[
             preprocessors.tokenize_items,
             seqio.CacheDatasetPlaceholder(),

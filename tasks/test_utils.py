@@ -1,6 +1,7 @@
 """Small preprocessing outputs (docs/contracts.md) for tests.
 
 Folders may be local or on any filesystem of `tf.io.gfile` (e.g. ram://).
+Write the categories, then `write_manifest`, as the preprocessing job does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import pyarrow.parquet as pq
 import seqio
 import tensorflow as tf
 
+from pipelines import config as config_lib
+from pipelines import outputs
+from pipelines import sequences
 from tasks import templates
 from tasks import vocab
 
@@ -66,12 +70,12 @@ def write_split(data_dir: str | os.PathLike[str], category: str, split: str,
 
 
 def write_stats(data_dir: str | os.PathLike[str], category: str,
-                num_users: int) -> None:
-  """Writes `{category}/stats.json` with its `num_users`."""
+                num_users: int, num_items: int) -> None:
+  """Writes `{category}/stats.json` with `num_users` and `num_items`."""
   category_dir = os.path.join(os.fspath(data_dir), category)
   tf.io.gfile.makedirs(category_dir)
   with tf.io.gfile.GFile(os.path.join(category_dir, "stats.json"), "w") as f:
-    json.dump({"num_users": num_users}, f)
+    json.dump({"num_users": num_users, "num_items": num_items}, f)
 
 
 def write_corpus(data_dir: str | os.PathLike[str], category: str,
@@ -91,10 +95,11 @@ def write_corpus(data_dir: str | os.PathLike[str], category: str,
 def write_category(data_dir: str | os.PathLike[str], category: str,
                    num_users: int, seed: int,
                    splits: Sequence[str] = ("train",), min_items: int = 3,
-                   max_items: int = 12, num_shards: int = 1
-                  ) -> dict[str, list]:
+                   max_items: int = 12, num_shards: int = 1,
+                   stats_num_users: int | None = None) -> dict[str, list]:
   """A random category: every split gets one record per user, and stats.json.
 
+  `stats_num_users` is the |U| written to stats.json (default: num_users).
   Returns split -> the written (user_id, item_texts) records.
   """
   rng = random.Random(seed)
@@ -105,8 +110,51 @@ def write_category(data_dir: str | os.PathLike[str], category: str,
                for u in range(num_users)]
     write_split(data_dir, category, split, records, num_shards)
     written[split] = records
-  write_stats(data_dir, category, num_users)
+  items = {text for records in written.values() for _, texts in records
+           for text in texts}
+  write_stats(data_dir, category, stats_num_users or num_users, len(items))
   return written
+
+
+def _num_records(path: str) -> int:
+  return sum(1 for _ in tf.data.TFRecordDataset(path))
+
+
+def _category_files(data_dir: str, category: str
+                    ) -> tuple[config_lib.CategoryConfig,
+                               list[outputs.ShardFile]]:
+  """The category's config, its role told by the splits on disk, and files."""
+  found = {split: sorted(tf.io.gfile.glob(os.path.join(
+      data_dir, category, f"{split}-*-of-*.tfrecord")))
+           for split in (sequences.TRAIN, sequences.VALIDATION,
+                         sequences.TEST)}
+  splits = tuple(split for split, paths in found.items() if paths)
+  roles = {role_splits: role
+           for role, role_splits in sequences.ROLE_SPLITS.items()}
+  config = config_lib.CategoryConfig(
+      name=category, reviews=(), meta=(), role=roles[splits],
+      num_shards=len(found[sequences.TRAIN]))
+  return config, [(category, split, os.path.basename(path), _num_records(path))
+                  for split in splits for path in found[split]]
+
+
+def write_manifest(data_dir: str | os.PathLike[str]) -> None:
+  """Writes `manifest.json` (`pipelines.outputs.manifest`) for every category
+  folder with a stats.json, as the preprocessing job does last."""
+  data_dir = os.fspath(data_dir)
+  configs, shard_files, stats = [], [], {}
+  for path in sorted(tf.io.gfile.glob(os.path.join(data_dir, "*",
+                                                   "stats.json"))):
+    category = os.path.basename(os.path.dirname(path))
+    with tf.io.gfile.GFile(path) as f:
+      stats[category] = json.load(f)
+    config, files = _category_files(data_dir, category)
+    configs.append(config)
+    shard_files += files
+  manifest = outputs.manifest(config_lib.Config(tuple(configs)), shard_files,
+                              [], stats)
+  with tf.io.gfile.GFile(os.path.join(data_dir, outputs.MANIFEST), "w") as f:
+    json.dump(manifest, f, indent=2, sort_keys=True)
 
 
 def train_test_vocabulary(output: str | os.PathLike[str],

@@ -7,6 +7,7 @@ import sys
 import seqio
 
 from tasks import mixtures
+from tasks import templates
 from tasks import test_utils
 from tasks import vocab
 from trainer import models
@@ -37,10 +38,18 @@ def _cache_and_register(data_dir, model, cache_dir):
   seqio.add_global_cache_dirs([str(cache_dir)])
 
 
-def test_cache_tasks_main_matches_uncached(tmp_path):
+def test_cache_tasks_main_matches_uncached(tmp_path, capfd):
   data_dir, cache_dir = tmp_path / "data", tmp_path / "cache"
   written = test_utils.write_category(data_dir, CATEGORY, num_users=8, seed=0,
                                       splits=("train", "validation"))
+  # Its newest history item has a title of one word (no spaces) but of over
+  # 512 tokens (byte fallback), so the user is dropped with a warning.
+  too_long = templates.item_text("光" * 200, CATEGORY, None, None)
+  test_utils.write_split(data_dir, CATEGORY, "validation", [
+      *written["validation"],
+      ("long-user", [*written["validation"][0][1][:2], too_long,
+                     written["validation"][0][1][-1]])])
+  test_utils.write_manifest(data_dir)
   model = test_utils.train_test_vocabulary(tmp_path / "test.model")
   _cache_and_register(data_dir, model, cache_dir)
   task = seqio.get_mixture_or_task(TASK)
@@ -50,6 +59,8 @@ def test_cache_tasks_main_matches_uncached(tmp_path):
   uncached = _by_user(task.get_dataset(LENGTHS, split="validation",
                                        shuffle=False))
   assert cached == uncached
+  assert capfd.readouterr().err.count(
+      'dropped the example of user "long-user"') == 2
   vocabulary = vocab.get_vocabulary(model)
   assert {user: vocabulary.decode(targets[:-1])
           for user, (_, targets) in cached.items()} == {
@@ -64,6 +75,7 @@ def test_training_reads_the_cache_not_the_records(tmp_path):
   data_dir, cache_dir = tmp_path / "data", tmp_path / "cache"
   test_utils.write_category(data_dir, CATEGORY, num_users=8, seed=0,
                             splits=("train", "validation"))
+  test_utils.write_manifest(data_dir)
   model = test_utils.train_test_vocabulary(tmp_path / "test.model")
   _cache_and_register(data_dir, model, cache_dir)
   # Without the records only the cache can feed the run.

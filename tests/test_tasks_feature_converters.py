@@ -7,12 +7,12 @@ import tensorflow as tf
 from tasks import feature_converters
 
 
-def _convert(examples, lengths):
+def _convert(examples, lengths, **converter_args):
   ds = tf.data.Dataset.from_generator(
       lambda: iter(examples),
       output_signature={"inputs": tf.TensorSpec([None], tf.int32),
                         "targets": tf.TensorSpec([None], tf.int32)})
-  converter = feature_converters.CALRecFeatureConverter()
+  converter = feature_converters.CALRecFeatureConverter(**converter_args)
   return list(converter(ds, lengths).as_numpy_iterator())
 
 
@@ -55,6 +55,26 @@ def test_spans_select_prompt_and_target_tokens(num_inputs, num_targets):
                 == f["decoder_target_tokens"][:-1])
   assert f["decoder_target_tokens"].shape == (10,)
   assert f["item_input_tokens"].shape == (4,)
+
+
+def test_without_length_check_long_features_are_trimmed_as_in_seqio():
+  examples = [{"inputs": [9, 4, 6, 7, 5], "targets": [3, 8, 2, 1]}]
+  lengths = {"inputs": 4, "targets": 3}
+  with pytest.raises(tf.errors.InvalidArgumentError, match="length"):
+    _convert(examples, lengths)
+  (features,) = _convert(examples, lengths, apply_length_check=False)
+  # Prompt [9, 4, 6, 7] and target [3, 8, 2] (its EOS trimmed), L = 7.
+  expected = {
+      "decoder_target_tokens": [9, 4, 6, 7, 3, 8, 2],
+      "decoder_input_tokens": [0, 9, 4, 6, 7, 3, 8],
+      "decoder_loss_weights": [0, 0, 0, 0, 1, 1, 1],
+      "decoder_causal_attention": [1, 1, 1, 1, 1, 0, 0],
+      "history_pool_weights": [0, 1, 1, 1, 1, 0, 0],
+      "target_pool_weights": [0, 0, 0, 0, 0, 1, 1],
+      "item_input_tokens": [3, 8, 2],
+      "item_pool_weights": [1, 1, 1],
+  }
+  assert {k: v.tolist() for k, v in features.items()} == expected
 
 
 def test_packing_is_refused():

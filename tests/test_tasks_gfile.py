@@ -21,6 +21,7 @@ def output():
                                       splits=("train", "validation"))
   test_utils.write_corpus(data_dir, "Arts", test_utils.random_item_texts(
       random.Random(0), 300, "Arts"))
+  test_utils.write_manifest(data_dir)
   model = f"{root}/vocab/calrec.model"
   vocab.main([f"--data_dir={data_dir}", f"--output={model}",
               "--vocab_size=400"])

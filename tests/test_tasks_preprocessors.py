@@ -69,14 +69,38 @@ def test_budget_below_one_item_is_a_clear_error(vocabulary):
   one_item = len(vocabulary.encode(templates.user_prompt(history[-1:])))
   with pytest.raises(ValueError, match="inputs feature length"):
     preprocessors.budgeted_prompt(history, vocabulary, one_item - 1)
+
+
+def test_examples_whose_newest_item_cannot_fit_are_dropped_and_logged(
+    vocabulary, capfd):
+  # One word for the word caps, 3 byte-fallback tokens per character.
+  too_long = templates.item_text("光" * 200, "Tools", None, None)
+  item_tokens = len(vocabulary.encode(too_long))
+  max_tokens = 300
+  assert item_tokens > max_tokens
+  rng = random.Random(2)
+  texts = [test_utils.random_item_texts(rng, 4, "Tools") for _ in range(3)]
+  records = [("u0", texts[0]),
+             ("newest", [*texts[1][:3], too_long, texts[1][3]]),
+             ("oldest", [too_long, *texts[2]]),
+             ("u3", texts[1])]
   features = _features(vocabulary)
-  record = ("u", history + ["Title: Target. Category: A. Brand: B. Price: C."])
-  ds = preprocessors.tokenize_items(_records_dataset([record], 0), features)
-  ds = preprocessors.to_inputs_and_targets(ds, {"inputs": one_item - 1},
+  ds = preprocessors.tokenize_items(_records_dataset(records, 0), features)
+  ds = preprocessors.to_inputs_and_targets(ds, {"inputs": max_tokens},
                                            features)
-  with pytest.raises(tf.errors.InvalidArgumentError,
-                     match="inputs feature length"):
-    list(ds)
+  examples = list(ds.as_numpy_iterator())
+  assert [ex["user_id"] for ex in examples] == [b"u0", b"oldest", b"u3"]
+  for (_, item_texts), example in zip(
+      [records[0], records[2], records[3]], examples):
+    assert example["inputs"].tolist() == list(preprocessors.budgeted_prompt(
+        item_texts[:-1], vocabulary, max_tokens).token_ids)
+  warnings = [line for line in capfd.readouterr().err.splitlines()
+              if "dropped the example" in line]
+  assert len(warnings) == 1
+  assert warnings[0].startswith(
+      'WARNING: dropped the example of user "newest" of category "Tools"')
+  assert f" {item_tokens} tokens" in warnings[0]
+  assert warnings[0].endswith(f"inputs length of {max_tokens}")
 
 
 def test_pipeline_prompt_equals_whole_prompt_tokenization(vocabulary):

@@ -25,8 +25,9 @@ def data(tmp_path_factory):
     splits = ("train", "validation", "test") if category == "Mid Cat" else (
         "train",)
     written[category] = test_utils.write_category(
-        data_dir, category, num_users=6, seed=seed, splits=splits)
-    test_utils.write_stats(data_dir, category, NUM_USERS[category])
+        data_dir, category, num_users=6, seed=seed, splits=splits,
+        stats_num_users=NUM_USERS[category])
+  test_utils.write_manifest(data_dir)
   model = test_utils.train_test_vocabulary(
       tmp_path_factory.mktemp("vocab") / "test.model")
   names = mixtures.register_mixtures(data_dir, model)
@@ -97,10 +98,31 @@ def test_stage1_batches_through_feature_converter(data):
     assert batch["history_pool_weights"][row].sum() > 0
 
 
-def test_rejects_folder_without_records(tmp_path, data):
+def test_unfinished_preprocessing_output_is_refused(tmp_path, data):
   _, model, _, _ = data
-  with pytest.raises(FileNotFoundError, match="pipelines.preprocess"):
-    tasks.register_tasks(tmp_path, model)
+  # Records and stats of a category, but no manifest: the job did not finish.
+  test_utils.write_category(tmp_path, "Arts", num_users=3, seed=0)
+  with pytest.raises(FileNotFoundError,
+                     match="preprocessing did not finish or this is not its "
+                     "output folder"):
+    mixtures.register_mixtures(tmp_path, model)
+
+
+def test_categories_and_files_come_from_the_manifest(tmp_path, data):
+  _, model, _, _ = data
+  test_utils.write_category(tmp_path, "Arts", num_users=3, seed=0,
+                            splits=("train", "validation"))
+  test_utils.write_manifest(tmp_path)
+  # Written after the manifest: not part of the run it describes.
+  test_utils.write_category(tmp_path, "Stray", num_users=3, seed=1)
+  test_utils.write_split(tmp_path, "Arts", "validation",
+                         [("stray-user", ["Title: A.", "Title: B."])],
+                         num_shards=2)
+  assert tasks.register_tasks(tmp_path, model) == {"Arts": "calrec_arts"}
+  ds = seqio.get_mixture_or_task("calrec_arts").get_dataset(
+      LENGTHS, split="validation", shuffle=False)
+  assert sorted(ex["user_id"].decode() for ex in ds.as_numpy_iterator()) == [
+      f"Arts-user{u}" for u in range(3)]
 
 
 def test_stage1_rates_need_stats_json(tmp_path):

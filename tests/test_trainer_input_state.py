@@ -25,6 +25,7 @@ def registered(tmp_path_factory):
   for seed, category in enumerate(["Tools", "Pets"]):
     tasks_test_utils.write_category(data_dir, category, num_users=30,
                                     seed=seed, num_shards=2)
+  tasks_test_utils.write_manifest(data_dir)
   mixtures.register_mixtures(
       data_dir, tasks_test_utils.train_test_vocabulary(data_dir / "v.model"))
 
