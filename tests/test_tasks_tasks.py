@@ -78,6 +78,23 @@ def test_stage1_shares_follow_users_to_the_power_0_3(data):
         users ** 0.3 / total_rate, abs=0.03), counts
 
 
+def test_stage1_rates_are_users_to_the_rate_exponent(data):
+  data_dir, model, names, _ = data
+
+  def rates():
+    stage1 = seqio.get_mixture_or_task(mixtures.STAGE1_MIXTURE)
+    return {category: stage1.get_rate(seqio.TaskRegistry.get(names[category]))
+            for category in NUM_USERS}
+
+  assert rates() == pytest.approx({c: u ** 0.3 for c, u in NUM_USERS.items()})
+  try:
+    mixtures.register_mixtures(data_dir, model, rate_exponent=1.0)
+    assert rates() == pytest.approx({c: float(u)
+                                     for c, u in NUM_USERS.items()})
+  finally:
+    mixtures.register_mixtures(data_dir, model)
+
+
 def test_stage1_batches_through_feature_converter(data):
   ds = seqio.get_dataset(
       mixtures.STAGE1_MIXTURE, LENGTHS, dataset_split="train", shuffle=True,
