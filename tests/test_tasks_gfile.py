@@ -32,7 +32,15 @@ def output():
 def test_vocab_cli_writes_model_and_vocab(output):
   _, model, _ = output
   assert tf.io.gfile.exists(model.replace(".model", ".vocab"))
-  assert vocab.get_vocabulary(model).tokenizer.eos_id() == vocab.EOS_ID
+  vocabulary = vocab.get_vocabulary(model)
+  assert vocabulary.tokenizer.eos_id() == vocab.EOS_ID
+  assert 259 < vocabulary.tokenizer.get_piece_size() <= 400  # > bytes + 3
+  # Trained on the corpus: its texts round-trip, each in fewer pieces than
+  # it has characters (merged pieces, not bytes alone).
+  for text in test_utils.random_item_texts(random.Random(0), 20, "Arts"):
+    ids = vocabulary.encode(text)
+    assert vocabulary.decode(ids) == text
+    assert len(ids) < len(text)
 
 
 def test_tasks_read_the_records(output):
