@@ -6,35 +6,56 @@ import sys
 
 import conftest
 
-# Runs in a fresh process: a JVM starts once per process. Thread "late" calls
-# start_jvm while "early" is still looking the jar up (slowed down to widen
-# that window, as on a busy worker) and sets the classpath after "early" has
-# started the JVM: without a lock around check and start, it then raises
-# "VM is already running, can't set classpath".
+# Runs in a fresh process: a JVM starts once per process. Thread "early"
+# looks the jar up (as a slow worker may) and stays there until thread "late"
+# is inside start_jvm too; only then does "early" start the JVM. Without a lock
+# around check and start, "late" also finds the JVM down, looks the jar up
+# (held there until "early" is done) and sets the classpath of the running
+# JVM: "VM is already running, can't set classpath".
 _SCRIPT = """
-import json, threading, time
+import json, sys, threading, time
 from evaluator import lucene
 
+TIMEOUT = 60
 jar = lucene.anserini_jar
+early_in_jar, early_done = threading.Event(), threading.Event()
 
-def slow_jar():
-  time.sleep(1.5)
+def inside_start_jvm(thread):
+  frame = sys._current_frames().get(thread.ident)
+  while frame is not None and frame.f_code is not lucene.start_jvm.__code__:
+    frame = frame.f_back
+  return frame is not None
+
+def held_jar():
+  if threading.current_thread() is threads[0]:
+    early_in_jar.set()
+    deadline = time.monotonic() + TIMEOUT
+    while not inside_start_jvm(threads[1]):
+      if time.monotonic() > deadline:
+        raise TimeoutError("late never called start_jvm")
+      time.sleep(0.01)
+  elif not early_done.wait(TIMEOUT):
+    raise TimeoutError("early never started the JVM")
   return jar()
 
-lucene.anserini_jar = slow_jar
+lucene.anserini_jar = held_jar
 results = {}
 
-def start(name, delay):
-  time.sleep(delay)
+def start(name):
   try:
+    if name == "late" and not early_in_jar.wait(TIMEOUT):
+      raise TimeoutError("early never looked the jar up")
     jnius = lucene.start_jvm()
     system = jnius.autoclass("java.lang.System")
     results[name] = jar() in system.getProperty("java.class.path")
   except Exception as e:  # pylint: disable=broad-except
     results[name] = repr(e)
+  finally:
+    if name == "early":
+      early_done.set()
 
-threads = [threading.Thread(target=start, args=("early", 0.0)),
-           threading.Thread(target=start, args=("late", 1.0))]
+threads = [threading.Thread(target=start, args=(name,))
+           for name in ("early", "late")]
 for thread in threads:
   thread.start()
 for thread in threads:

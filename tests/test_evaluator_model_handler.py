@@ -1,6 +1,7 @@
 """The JAX generator: per-user seeds, fixed shapes, budgeted prompts."""
 
 import glob
+import itertools
 
 import evaluator_testdata
 import flax.linen as nn
@@ -14,6 +15,7 @@ from evaluator import evaluate
 from evaluator import generation
 from evaluator import model_handler
 from evaluator import retrieval
+from tasks import preprocessors
 from tasks import templates
 from tasks import test_utils
 from tasks import vocab
@@ -39,12 +41,31 @@ def generator_parts(tmp_path_factory):
   return model, nn.meta.unbox(variables)["params"], vocabulary
 
 
-def _generator(parts, batch_size, prompt_length=150):
+def _generator(parts, batch_size, prompt_length=150, temperature=1.0):
   model, params, vocabulary = parts
   return model_handler.JaxGenerator(
       model, params, vocabulary, prompt_length=prompt_length,
-      num_generations=NUM_GENERATIONS, temperature=1.0, max_decode_length=6,
-      batch_size=batch_size)
+      num_generations=NUM_GENERATIONS, temperature=temperature,
+      max_decode_length=6, batch_size=batch_size)
+
+
+def _direct_samples(parts, request, prompt_length=150, temperature=1.0):
+  """The samples `_generator` should give `request`, from the model API.
+
+  The budgeted prompt (history oldest first) as a batch of one, sampled
+  under PRNGKey(request.seed); each decode decoded up to its first EOS or 0.
+  """
+  model, params, vocabulary = parts
+  prompt = preprocessors.budgeted_prompt(request.history_texts, vocabulary,
+                                         prompt_length - 1).token_ids
+  decodes, aux = model.predict_batch_with_aux(
+      params, models.prompt_batch([prompt], 1, prompt_length),
+      jax.random.PRNGKey(request.seed), num_decodes=NUM_GENERATIONS,
+      temperature=temperature, max_decode_length=6)
+  texts = [vocabulary.decode(list(itertools.takewhile(
+      lambda token: token not in (model.eos_id, 0), row)))
+           for row in np.asarray(decodes[0]).tolist()]
+  return list(zip(texts, np.asarray(aux["scores"][0]).tolist()))
 
 
 def _requests():
@@ -77,6 +98,26 @@ def test_samples_do_not_depend_on_batching(generator_parts):
     assert logprobs == sorted(logprobs, reverse=True)
   # Different seeds draw different samples.
   assert together[0] != together[1]
+
+
+def test_samples_equal_the_models_own_sampling(generator_parts):
+  # Batches of 2 over 3 requests: the last batch has a padding row.
+  requests = _requests()
+  _assert_same_samples(
+      _generator(generator_parts, batch_size=2).generate(requests),
+      [_direct_samples(generator_parts, request) for request in requests])
+
+
+def test_samples_follow_the_seed_and_the_temperature(generator_parts):
+  history = _requests()[1].history_texts
+  requests = [generation.GenerationRequest(history, seed)
+              for seed in (11, 12, 11)]
+  hot = _generator(generator_parts, batch_size=4).generate(requests)
+  _assert_same_samples(hot[2:], hot[:1])
+  assert [t for t, _ in hot[0]] != [t for t, _ in hot[1]]
+  cold = _generator(generator_parts, batch_size=4,
+                    temperature=0.5).generate(requests[:1])
+  assert [t for t, _ in cold[0]] != [t for t, _ in hot[0]]
 
 
 def test_request_whose_newest_item_cannot_fit_gets_no_samples(generator_parts):
@@ -129,25 +170,22 @@ def eval_data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def expected_kept(generator_parts, model_dir, eval_data_dir):
-  """{step: {user: (kept texts, log-probs)}}, generated from memory.
+  """{step: {user: (kept texts, log-probs)}}, sampled from the model API.
 
-  The same generator settings as `evaluate` below (prompt length 400 + 1,
-  default temperature, seed 0), with the parameters saved at each step.
+  The same settings as `evaluate` below (prompt length 400 + 1, the paper's
+  temperature, seed 0), with the parameters saved at each step.
   """
   model, _, vocabulary = generator_parts
   _, histories = eval_data_dir
-  requests = [generation.GenerationRequest(history,
-                                           generation.user_seed(0, user))
-              for user, history in histories.items()]
   expected = {}
   for step, params in model_dir[1].items():
-    outputs = model_handler.JaxGenerator(
-        model, params, vocabulary, prompt_length=401,
-        num_generations=NUM_GENERATIONS, max_decode_length=6,
-        batch_size=4).generate(requests)
-    kept = [retrieval.select_predictions(samples) for samples in outputs]
-    expected[step] = {user: (p.texts, p.logprobs)
-                      for user, p in zip(histories, kept)}
+    expected[step] = {}
+    for user, history in histories.items():
+      kept = retrieval.select_predictions(_direct_samples(
+          (model, params, vocabulary), generation.GenerationRequest(
+              history, generation.user_seed(0, user)),
+          prompt_length=401, temperature=generation.TEMPERATURE))
+      expected[step][user] = (kept.texts, kept.logprobs)
   # Else the test below could not tell the steps apart.
   assert expected[STEPS[0]] != expected[STEPS[1]]
   return expected

@@ -136,3 +136,29 @@ def test_trainer_refuses_microbatches_that_do_not_split_the_batch(batch):
     train_lib.Trainer(models.CALRecModel(CONFIG), optax.sgd(0.1),
                       partitioning.Partitioner(), shapes, seed=0,
                       num_microbatches=3)
+
+
+def test_trainer_draws_dropout_from_the_seed_folded_with_the_step(
+    batch, params):
+  """Step s runs dropout under fold_in(PRNGKey(seed), s): a plain SGD step
+  equals one taken with `loss_fn`'s gradient under that key."""
+  model = models.CALRecModel(dataclasses.replace(CONFIG, dropout_rate=0.2))
+  learning_rate, seed = 0.5, 3
+  trainer = train_lib.Trainer(
+      model, optax.sgd(learning_rate), partitioning.Partitioner(),
+      {name: value.shape for name, value in batch.items()}, seed=seed)
+  grad = jax.jit(jax.grad(lambda p, key: model.loss_fn(p, batch, key)[0]))
+
+  def sgd_step(before, key_step):
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), key_step)
+    return jax.tree.map(lambda p, g: p - learning_rate * g, before,
+                        grad(before, key))
+
+  state = trainer.state_from_params(params)
+  for step in range(2):
+    before = jax.device_get(state.params)
+    state, _ = trainer.train_step(state, batch)
+    _assert_close(state.params, sgd_step(before, step))
+  # Not vacuous: step 0's masks would have given step 1 another update.
+  with pytest.raises(AssertionError):
+    _assert_close(state.params, sgd_step(before, 0))
