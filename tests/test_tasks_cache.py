@@ -7,6 +7,7 @@ import sys
 import seqio
 
 from tasks import mixtures
+from tasks import preprocessors
 from tasks import templates
 from tasks import test_utils
 from tasks import vocab
@@ -65,10 +66,19 @@ def test_cache_tasks_main_matches_uncached(tmp_path, capfd):
   assert {user: vocabulary.decode(targets[:-1])
           for user, (_, targets) in cached.items()} == {
               user: texts[-1] for user, texts in written["validation"]}
-  # Training examples are augmented after the cache, from cached records.
-  train = list(task.get_dataset(LENGTHS, split="train", use_cached=True,
-                                shuffle=False).as_numpy_iterator())
+  # Training examples are augmented after the cache, from cached records:
+  # each is its user's record cut by k in {0, ..., min(4, n - 2)} items (the
+  # cut also depends on the position in the stream, which the cache changes).
+  train = _by_user(task.get_dataset(LENGTHS, split="train", use_cached=True,
+                                    shuffle=False))
   assert len(train) == 8
+  for user, texts in written["train"]:
+    allowed = [
+        (list(preprocessors.budgeted_prompt(texts[:-1 - k], vocabulary,
+                                            LENGTHS["inputs"]).token_ids),
+         vocabulary.encode(texts[-1 - k]) + [vocab.EOS_ID])
+        for k in range(min(preprocessors.MAX_CUT_ITEMS, len(texts) - 2) + 1)]
+    assert train[user] in allowed
 
 
 def test_training_reads_the_cache_not_the_records(tmp_path):
