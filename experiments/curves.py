@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.util import tensor_util
 
 Curve = tuple[list[int], list[float]]
@@ -17,8 +18,9 @@ Curve = tuple[list[int], list[float]]
 def read_scalars(summary_dir: str | pathlib.Path) -> dict[str, Curve]:
   """Every scalar series under `summary_dir`, by tag, sorted by step.
 
-  Reads both classic scalar events and the tensor summaries clu's writers emit.
-  A step logged twice (a resumed run) keeps its last value.
+  Reads both classic scalar events and the scalar tensor summaries clu's
+  writers emit; other summaries (the gin config's text) are left out. A step
+  logged twice (a resumed run) keeps its last value.
   """
   accumulator = event_accumulator.EventAccumulator(
       str(summary_dir), size_guidance={event_accumulator.TENSORS: 0,
@@ -30,10 +32,12 @@ def read_scalars(summary_dir: str | pathlib.Path) -> dict[str, Curve]:
     for event in accumulator.Scalars(tag):
       by_tag.setdefault(tag, {})[event.step] = float(event.value)
   for tag in tags.get(event_accumulator.TENSORS, []):
+    plugin = accumulator.SummaryMetadata(tag).plugin_data.plugin_name
+    if plugin != scalar_metadata.PLUGIN_NAME:
+      continue
     for event in accumulator.Tensors(tag):
       value = tensor_util.make_ndarray(event.tensor_proto)
-      if value.size == 1:
-        by_tag.setdefault(tag, {})[event.step] = float(value.reshape(()))
+      by_tag.setdefault(tag, {})[event.step] = float(value.reshape(()))
   return {tag: (sorted(points), [points[s] for s in sorted(points)])
           for tag, points in by_tag.items()}
 

@@ -256,17 +256,23 @@ def test_two_processes_train_as_one_on_the_joined_batch(in_process_run):
 
 def test_distributed_command_line_trains_the_same_run(
     shared_dir, in_process_run, tmp_path):
-  """`python -m trainer.train --distributed` on 2 processes, from gin."""
+  """`python -m trainer.train --distributed` on 2 processes, from gin.
+
+  Process 0 names the multi-host flags this project's way, process 1 t5x's
+  way (--multiprocess_gpu --process_count --process_index).
+  """
   gin_file = tmp_path / "run.gin"
   _write_gin_config(gin_file, str(shared_dir / "test.model"))
   model_dir = tmp_path / "model"
   port = _free_port()
+  flag_names = [("distributed", "num_processes", "process_id"),
+                ("multiprocess_gpu", "process_count", "process_index")]
   _run_processes(
-      [[sys.executable, "-m", "trainer.train", "--distributed",
+      [[sys.executable, "-m", "trainer.train", f"--{join}",
         f"--coordinator_address=127.0.0.1:{port}",
-        f"--num_processes={_NUM_PROCESSES}", f"--process_id={process_id}",
+        f"--{count}={_NUM_PROCESSES}", f"--{index}={process_id}",
         f"--gin_file={gin_file}", f"--gin.MODEL_DIR={str(model_dir)!r}"]
-       for process_id in range(_NUM_PROCESSES)],
+       for process_id, (join, count, index) in enumerate(flag_names)],
       tmp_path, shared_dir / "jax_cache")
 
   assert checkpoints.CheckpointManager(model_dir).all_steps() == [2, 4]

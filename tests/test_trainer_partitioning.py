@@ -10,10 +10,12 @@ import subprocess
 import sys
 import types
 
+import gin
 import jax
 import numpy as np
 import pytest
 
+from trainer import network
 from trainer import partitioning
 
 _NUM_DEVICES = 8
@@ -59,6 +61,10 @@ def _run_steps(output_path: str) -> None:
       embedding = state.params["embedding"]["embedding"]
       results["sharded_embedding_shard_shape"] = np.array(
           embedding.sharding.shard_shape(embedding.shape))
+  try:
+    partitioning.Partitioner(num_partitions=8).check_shardable(config)
+  except ValueError as error:
+    results["indivisible_error"] = np.array(str(error))
   np.savez(output_path, **results)
 
 
@@ -73,6 +79,10 @@ def test_sharded_step_equals_single_device_step(tmp_path):
   # The vocabulary axis really is split over the 2 'model' devices.
   np.testing.assert_array_equal(results["sharded_embedding_shard_shape"],
                                 [32, 32])
+  # 4 heads do not split over a 'model' axis of 8 devices.
+  assert str(results["indivisible_error"]).startswith(
+      "network.TransformerConfig.num_heads=4 cannot be split over the 8 "
+      "devices of mesh axis 'model'")
   # Equal contrastive terms: the negatives are the global batch of 8, not a
   # data shard's 2 examples nor a microbatch's 4.
   names = [k[len("single/"):] for k in results.files
@@ -85,6 +95,33 @@ def test_sharded_step_equals_single_device_step(tmp_path):
       np.testing.assert_allclose(results[f"{variant}/{name}"],
                                  results[f"single/{name}"], rtol=1e-4,
                                  atol=1e-6, err_msg=f"{variant}/{name}")
+
+
+def _base_config() -> network.TransformerConfig:
+  gin.clear_config()
+  try:
+    gin.parse_config_file("trainer/configs/models/base.gin")
+    return gin.query_parameter(
+        "models.CALRecModel.config").scoped_configurable_fn()
+  finally:
+    gin.clear_config()
+
+
+def test_check_shardable_names_the_fields_a_mesh_axis_cannot_split():
+  rules = partitioning.DEFAULT_LOGICAL_AXIS_RULES
+  config = _base_config()
+  partitioning.check_shardable(config, {"data": 2, "model": 4}, rules)
+  with pytest.raises(ValueError) as error:
+    partitioning.check_shardable(config, {"data": 1, "model": 8}, rules)
+  assert str(error.value) == (
+      "network.TransformerConfig.num_heads=12 cannot be split over the 8 "
+      "devices of mesh axis 'model', which must divide vocab_size, "
+      "num_heads, mlp_dim (set by partitioning.Partitioner.num_partitions).")
+  # Rules that shard other axes check those.
+  with pytest.raises(ValueError, match=r"num_kv_heads=4 cannot be split over "
+                     r"the 8 devices of mesh axis 'data'"):
+    partitioning.check_shardable(config, {"data": 8, "model": 1},
+                                 [("kv_heads", "data"), *rules])
 
 
 def _grid(process_indices):

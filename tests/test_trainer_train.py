@@ -1,6 +1,8 @@
 """The training loop end to end on a tiny in-memory seqio task."""
 
+import dataclasses
 import logging
+import os
 import pathlib
 import re
 import shutil
@@ -17,6 +19,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
+from experiments import curves
+from tasks import mixtures
 from tasks import test_utils as tasks_test_utils
 from trainer import checkpoints
 from trainer import models
@@ -206,14 +210,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(trainer_params))
 
 
-def _summaries(directory: pathlib.Path) -> dict[str, dict[int, float]]:
-  """{tag: {step: value}} of the TensorBoard event files in `directory`."""
+def _summaries(directory: pathlib.Path) -> dict[str, dict[int, float | str]]:
+  """{tag: {step: value}} of the TensorBoard event files in `directory`; a
+  text summary's value is its text."""
   values = {}
   for path in directory.glob("events.out.tfevents.*"):
     for event in tf.compat.v1.train.summary_iterator(str(path)):
       for value in event.summary.value:
-        values.setdefault(value.tag, {})[event.step] = float(
-            tf.make_ndarray(value.tensor))
+        array = tf.make_ndarray(value.tensor)
+        values.setdefault(value.tag, {})[event.step] = (
+            array.item().decode() if array.dtype == object else float(array))
   return values
 
 
@@ -221,8 +227,10 @@ def test_summaries_log_each_loss_term_and_real_tokens_per_step(straight_run):
   model_dir, _ = straight_run
   train_values = _summaries(model_dir / "train")
   for tag in ("loss", "nig_loss", "tt_loss", "ut_loss", "gradient_norm",
-              "steps_per_second", "tokens_per_second"):
+              "timing/steps_per_second", "timing/tokens_per_second"):
     assert sorted(train_values[tag]) == [3, 6], tag
+  # t5x's text summary of the gin config, at the run's first step.
+  assert list(train_values["config"]) == [0]
   # input_tokens: the mean non-padding tokens of the window's batches.
   batches = _training_batches()
   for step in (3, 6):
@@ -232,11 +240,48 @@ def test_summaries_log_each_loss_term_and_real_tokens_per_step(straight_run):
                         for b in window])
     assert train_values["input_tokens"][step] == pytest.approx(expected)
   assert expected < 4 * sum(LENGTHS.values())  # Padding is not counted.
+  # The train tags, in the validation run: one TensorBoard chart per tag.
   validation_values = _summaries(model_dir / "validation")
-  for tag in ("loss", "nig_loss", "tt_loss", "ut_loss", "target_tokens",
-              "contrastive_examples"):
-    assert sorted(validation_values[f"validation/{tag}"]) == [3, 6], tag
-  assert validation_values["validation/contrastive_examples"][6] == 4
+  assert sorted(validation_values) == sorted(
+      ("loss", "nig_loss", "tt_loss", "ut_loss", "target_tokens",
+       "contrastive_examples"))
+  for steps in validation_values.values():
+    assert sorted(steps) == [3, 6]
+  assert validation_values["contrastive_examples"][6] == 4
+
+
+def test_summaries_log_the_learning_rate_of_the_step(tmp_path):
+  # The shipped optimizer: a linear warm-up from 0 to 1e-2 over 4 steps.
+  _train(tmp_path, train_steps=6, log_period=2, checkpoint_period=6,
+         validation_batches=0,
+         optimizer=train_lib.create_optimizer(learning_rate=1e-2,
+                                              warmup_steps=4))
+  # Step s applies the rate of the schedule's count s - 1, as t5x logs it.
+  assert _summaries(tmp_path / "train")["learning_rate"] == pytest.approx(
+      {2: 0.25e-2, 4: 0.75e-2, 6: 1e-2})
+
+
+def test_gin_config_text_summary(tmp_path):
+  gin.clear_config()
+  try:
+    gin.parse_config(["import trainer.train_loop", "train.log_period = 7"])
+    train_loop._write_gin_config(tmp_path, 5)  # pylint: disable=protected-access
+  finally:
+    gin.clear_config()
+  text = _summaries(tmp_path)["config"][5]
+  assert "train.log_period = 7" in text
+
+
+def test_training_curves_plot_the_loss_terms_not_the_config(straight_run,
+                                                            tmp_path):
+  model_dir, _ = straight_run
+  train_curves = curves.read_scalars(model_dir / "train")
+  assert "config" not in train_curves
+  for tag in ("nig_loss", "tt_loss"):
+    assert train_curves[tag][0] == [3, 6]
+  curves.plot_losses({"run": train_curves}, ("nig_loss", "tt_loss"),
+                     tmp_path / "curves.png")
+  assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_orbax_info_logs_can_be_hidden(straight_run, caplog):
@@ -279,8 +324,9 @@ def test_progress_line_reports_losses_speed_and_eta(tmp_path, caplog):
       r"[\d.]+ steps/s  \d+ tokens/s  ETA \d+:\d\d:\d\d", lines[0]), lines
   values = _summaries(tmp_path)
   assert values["loss"][2] == 2.0
-  assert values["tokens_per_second"][2] == pytest.approx(
-      100 * values["steps_per_second"][2], rel=1e-6)
+  assert values["timing/tokens_per_second"][2] == pytest.approx(
+      100 * values["timing/steps_per_second"][2], rel=1e-6)
+  assert "learning_rate" not in values
 
 
 def test_split_metrics_weigh_batches_by_tokens_and_examples():
@@ -482,3 +528,144 @@ def test_rewrite_gin_args():
           "prog", "--gin_bindings=TRAIN_STEPS = 10", "--gin_file=x.gin"]
   with pytest.raises(ValueError, match="--gin.TRAIN_STEPS has no value"):
     train.rewrite_gin_args(["prog", "--gin.TRAIN_STEPS"])
+
+
+REQUIRED_BINDINGS = ["MODEL_DIR = 'm'", "DATA_DIR = 'd'", "VOCABULARY = 'v'"]
+
+
+def _parse_gin_error(files, bindings) -> str:
+  gin.clear_config()
+  try:
+    with pytest.raises(train.ConfigError) as error:
+      train.parse_gin(files, bindings)
+  finally:
+    gin.clear_config()
+  return str(error.value)
+
+
+def test_a_macro_that_a_gin_file_uses_may_be_set_by_a_binding(tmp_path):
+  uses = tmp_path / "uses.gin"
+  uses.write_text("import trainer.train_loop\n"
+                  "train.validation_batches = %EVAL_STEPS\n")
+  gin.clear_config()
+  try:
+    train.parse_gin([TINY_STAGE1, str(uses)],
+                    [*REQUIRED_BINDINGS, "EVAL_STEPS = 2"])
+    assert gin.query_parameter(
+        "train.validation_batches").scoped_configurable_fn() == 2
+  finally:
+    gin.clear_config()
+  # Unset, it is named without gin's dump of the whole configuration.
+  assert _parse_gin_error([TINY_STAGE1, str(uses)], REQUIRED_BINDINGS) == (
+      "the configuration uses EVAL_STEPS but nothing defines it: add "
+      "--gin.EVAL_STEPS=VALUE")
+
+
+@pytest.mark.parametrize("binding, instead", [
+    ("EVAL_PERIOD = 500", "set train.checkpoint_period"),
+    ("EVAL_STEPS = 20", "set train.validation_batches"),
+    ("MIXTURE_OR_TASK_MODULE = 'tasks.mixtures'",
+     "not needed: train.gin imports tasks.mixtures"),
+    ("TRAIN_STEPS_RELATIVE = 100", "set TRAIN_STEPS"),
+])
+def test_a_t5x_macro_without_counterpart_names_what_to_set(binding, instead):
+  message = _parse_gin_error([TINY_STAGE1], [*REQUIRED_BINDINGS, binding])
+  name = binding.split()[0]
+  assert message.startswith(f"{name} is a t5x macro that trainer/configs "
+                            f"lacks; {instead}")
+  assert "did you mean" not in message
+
+
+def test_dropout_rate_macro_sets_the_network_dropout():
+  gin.clear_config()
+  try:
+    train.parse_gin(
+        ["trainer/configs/runs/stage2.gin", "trainer/configs/models/base.gin"],
+        [*REQUIRED_BINDINGS, "MIXTURE_OR_TASK_NAME = 'calrec_x'",
+         "INITIAL_CHECKPOINT_PATH = 'stage1'", "DROPOUT_RATE = 0.1"])
+    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    assert model.config.dropout_rate == 0.1
+  finally:
+    gin.clear_config()
+
+
+def test_a_missing_model_gin_file_is_named_in_one_line():
+  message = _parse_gin_error(["trainer/configs/runs/stage1.gin"],
+                             REQUIRED_BINDINGS)
+  assert message.startswith("no gin file defines MODEL: add a model, e.g. "
+                            "--gin_file=trainer/configs/models/tiny.gin")
+  assert "\n" not in message
+
+
+def test_tiny_stage1_keeps_a_few_model_selection_candidates():
+  gin.clear_config()
+  try:
+    train.parse_gin([TINY_STAGE1], REQUIRED_BINDINGS)
+    period = gin.query_parameter("train.checkpoint_period")
+    keep_period = gin.query_parameter("train.keep_period")
+    steps = range(period, gin.query_parameter("%TRAIN_STEPS") + 1, period)
+  finally:
+    gin.clear_config()
+  assert len([step for step in steps if step % keep_period == 0]) >= 2
+
+
+def test_stage2_from_another_network_names_the_differing_fields(straight_run,
+                                                                tmp_path):
+  stage1_dir, stage1 = straight_run
+  config = _model().config
+  other = dataclasses.replace(config, emb_dim=32, mlp_dim=256)
+  with pytest.raises(ValueError) as error:
+    _train(tmp_path / "other", train_steps=0,
+           model=models.CALRecModel(other),
+           initial_checkpoint_path=str(stage1_dir))
+  # The first line: gin adds the configurable's name below.
+  message = str(error.value).splitlines()[0]
+  assert re.fullmatch(
+      r"The checkpoint \S+/checkpoints/6 is of another network: emb_dim 64 "
+      r"there, 32 here; mlp_dim 128 there, 256 here \(network\."
+      r"TransformerConfig\)\. Train with the model gin file of that run \(see "
+      r"its model\.json\)\.", message), message
+  # Dropout leaves the parameters as they are: Stage II may change it.
+  dropout = models.CALRecModel(dataclasses.replace(config, dropout_rate=0.1))
+  stage2 = _train(tmp_path / "dropout", train_steps=0, model=dropout,
+                  initial_checkpoint_path=str(stage1_dir))
+  _assert_trees_equal(stage2.params, stage1.params)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "trainer.train", *args],
+                        cwd=REPO_ROOT, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_cli_reads_the_seqio_cache_dirs_it_is_given(tmp_path,
+                                                    vocabulary_path):
+  data_dir, cache_dir = tmp_path / "data", tmp_path / "cache"
+  tasks_test_utils.write_category(data_dir, "CDs", num_users=8, seed=0,
+                                  splits=("train", "validation"))
+  tasks_test_utils.write_manifest(data_dir)
+  subprocess.run(
+      [sys.executable, "-m", "seqio.scripts.cache_tasks_main",
+       "--module_import=tasks.mixtures", "--tasks=calrec_cds",
+       f"--output_cache_dir={cache_dir}",
+       "--pipeline_options=--runner=FnApiRunner"],
+      env=dict(os.environ, **{mixtures.DATA_DIR_ENV: str(data_dir),
+                              mixtures.VOCABULARY_ENV: vocabulary_path}),
+      check=True, capture_output=True, timeout=300)
+  # Unreadable records: only the cache can feed the run.
+  for record in (data_dir / "CDs").glob("*.tfrecord"):
+    record.write_bytes(b"not a TFRecord")
+  args = [f"--gin_file={TINY_STAGE1}",
+          f"--gin.MODEL_DIR='{tmp_path / 'model'}'",
+          f"--gin.DATA_DIR='{data_dir}'",
+          f"--gin.VOCABULARY='{vocabulary_path}'",
+          "--gin.USE_CACHED_TASKS=True", "--gin.TRAIN_STEPS=1",
+          "--gin.BATCH_SIZE=4"]
+  uncached = _cli(*args)
+  assert uncached.returncode == 1
+  assert "Traceback" not in uncached.stderr
+  assert ("ValueError: USE_CACHED_TASKS is True but calrec_cds has no seqio "
+          "cache in any cache directory: write it with") in uncached.stderr
+  cached = _cli(*args, f"--seqio_additional_cache_dirs={cache_dir}")
+  assert cached.returncode == 0, cached.stderr[-3000:]
+  assert checkpoints.available_steps(tmp_path / "model") == [1]

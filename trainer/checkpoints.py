@@ -294,6 +294,36 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> epath.Path:
       f"{CHECKPOINTS_DIR}/.")
 
 
+# TransformerConfig fields a run may change from the checkpoint it starts from:
+# they leave the parameters as they are.
+_FREE_NETWORK_FIELDS = frozenset(
+    {"dropout_rate", "dtype", "attention_implementation", "remat"})
+
+
+def check_same_network(step_dir: epath.Path,
+                       config: network.TransformerConfig) -> None:
+  """Raises ValueError if the run of `step_dir` trained another network.
+
+  Compares the network of the run's model.json, when `step_dir` is a step of a
+  MODEL_DIR of `trainer.train`, with `config`, but for the fields that leave
+  the parameters as they are (dropout, dtype, attention kernel, remat).
+  """
+  model_dir = step_dir.parent.parent
+  if (step_dir.parent.name != CHECKPOINTS_DIR or
+      not (model_dir / MODEL_JSON).exists()):
+    return
+  trained = _read_metadata(model_dir)["network"]
+  differing = [f"{name} {trained[name]!r} there, {value!r} here"
+               for name, value in dataclasses.asdict(config).items()
+               if name not in _FREE_NETWORK_FIELDS and name in trained and
+               trained[name] != value]
+  if differing:
+    raise ValueError(
+        f"The checkpoint {step_dir} is of another network: "
+        f"{'; '.join(differing)} (network.TransformerConfig). Train with the "
+        f"model gin file of that run (see its {MODEL_JSON}).")
+
+
 def restore_params(path: str | os.PathLike[str],
                    abstract_params: PyTree) -> PyTree:
   """Parameters of a checkpoint (see `resolve_checkpoint`), resharded."""

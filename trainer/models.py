@@ -12,7 +12,13 @@ metrics are plain arrays (the training loop averages them, no `clu.metrics`),
 there is no `eval_fn` or `predict_batch`, and `predict_batch_with_aux` always
 returns all `num_decodes` samples per prompt ([B, N, T], t5x's
 `return_all_decodes=True`), with the sampling settings as keyword arguments
-rather than t5x's `decoder_params`.
+rather than t5x's `decoder_params`. Two outputs differ from t5x's:
+`predict_batch_with_aux` sorts a prompt's samples best first (decreasing
+log-probability), where t5x's `return_all_decodes=True` sorts them by
+increasing log-probability (best last; the evaluator relies on best first);
+and `score_batch(..., return_intermediates=True)` returns
+`(scores, {'token_scores': [B, L]})`, not t5x's flax intermediates collection
+(`{'decoder': {'token_scores': (...,), ...}}`).
 
 Training batches hold the model features of docs/contracts.md. Attention is
 causal everywhere (as in PaLM-2), so `decoder_causal_attention` is only read
@@ -213,7 +219,8 @@ class CALRecModel:
 
     Returns:
       sequence scores [B]; with `return_intermediates`, also
-      {'token_scores': [B, L]} (weighted per-token log-probs).
+      {'token_scores': [B, L]} (weighted per-token log-probs), a flat dict
+      rather than t5x's nested flax intermediates.
     """
     logits, _, _ = self._forward(params, batch["decoder_input_tokens"])
     token_scores = losses.token_log_probs(
@@ -257,7 +264,8 @@ class CALRecModel:
       {'scores': [B, num_decodes] float32}: each sample's sequence
         log-probability under the model at temperature 1 (untempered: the
         model's probability of the text, not of the draw), EOS included.
-      Samples of a prompt are sorted by score, best first.
+      Samples of a prompt are sorted by score, best first: the reverse of
+      t5x's `return_all_decodes=True`, which puts the best last.
     """
     if rng is None:
       rng = jax.random.PRNGKey(0)

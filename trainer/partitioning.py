@@ -1,7 +1,8 @@
 """Maps logical axis names onto a ('data', 'model') device mesh, t5x style.
 
 Batches are split along 'data'; attention heads, MLP features and the
-vocabulary along 'model'; everything else is replicated. Functions are
+vocabulary along 'model' (so its size must divide theirs:
+`check_shardable`); everything else is replicated. Functions are
 compiled with `jax.jit` under the mesh and the logical axis rules, so the
 activation constraints of `trainer.network` apply.
 
@@ -16,13 +17,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from typing import Any, Callable, Iterator, Optional, Sequence
+import math
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import gin
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from trainer import network
 
 PyTree = Any
 LogicalRules = Sequence[tuple[str, Optional[str]]]
@@ -37,6 +41,17 @@ DEFAULT_LOGICAL_AXIS_RULES: LogicalRules = (
     ("embed", None),
     ("length", None),
 )
+
+# The `network.TransformerConfig` field that sizes each logical axis of the
+# parameters.
+AXIS_SIZE_FIELDS = {
+    "vocab": "vocab_size",
+    "embed": "emb_dim",
+    "heads": "num_heads",
+    "kv_heads": "num_kv_heads",
+    "kv": "head_dim",
+    "mlp": "mlp_dim",
+}
 
 
 def create_mesh(num_partitions: int = 1,
@@ -53,6 +68,44 @@ def create_mesh(num_partitions: int = 1,
   grid = np.asarray(devices).reshape(len(devices) // num_partitions,
                                      num_partitions)
   return Mesh(grid, ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+
+
+def check_shardable(config: network.TransformerConfig,
+                    mesh_shape: Mapping[str, int],
+                    logical_axis_rules: LogicalRules) -> None:
+  """Raises ValueError if the rules split a parameter axis unevenly.
+
+  jax would only fail when placing the parameters, naming an array shape.
+
+  Args:
+    config: the decoder's sizes.
+    mesh_shape: devices per mesh axis, e.g. {'data': 1, 'model': 8}.
+    logical_axis_rules: (logical axis, mesh axis or axes or None) pairs; the
+      first rule of a logical axis applies, as in flax.
+  """
+  mesh_axes_of = {}
+  for logical, mesh_axes in logical_axis_rules:
+    mesh_axes_of.setdefault(logical, mesh_axes)
+  fields_by_mesh_axes = {}
+  for logical, field in AXIS_SIZE_FIELDS.items():
+    mesh_axes = mesh_axes_of.get(logical)
+    if mesh_axes is not None:
+      mesh_axes = (mesh_axes,) if isinstance(mesh_axes, str) else tuple(
+          mesh_axes)
+      fields_by_mesh_axes.setdefault(mesh_axes, []).append(field)
+  problems = []
+  for mesh_axes, fields in fields_by_mesh_axes.items():
+    devices = math.prod(mesh_shape[axis] for axis in mesh_axes)
+    indivisible = [f"network.TransformerConfig.{field}={getattr(config, field)}"
+                   for field in fields if getattr(config, field) % devices]
+    if indivisible:
+      problems.append(
+          f"{', '.join(indivisible)} cannot be split over the {devices} "
+          f"devices of mesh axis {'x'.join(mesh_axes)!r}, which must divide "
+          f"{', '.join(fields)}")
+  if problems:
+    raise ValueError("; ".join(problems) + " (set by "
+                     "partitioning.Partitioner.num_partitions).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +167,10 @@ class Partitioner:
   @property
   def data_partitions(self) -> int:
     return self.mesh.shape["data"]
+
+  def check_shardable(self, config: network.TransformerConfig) -> None:
+    """Raises ValueError if the mesh cannot split `config`'s parameters."""
+    check_shardable(config, dict(self.mesh.shape), self.logical_axis_rules)
 
   @functools.cached_property
   def data_layout(self) -> DataLayout:

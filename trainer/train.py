@@ -17,17 +17,27 @@ from a Stage I checkpoint:
     --gin.INITIAL_CHECKPOINT_PATH="'models/stage1'"
 
 `--gin.NAME=VALUE` is short for `--gin_bindings='NAME = VALUE'` (values are
-gin literals: quote strings); a misspelt macro is an error, not a silently
-unused value (`check_macro_bindings`). Gin files are found from the working
-directory, on the Python path (trainer/configs/... works from anywhere) and in
-`--gin_search_paths`. The tiny CPU runs: trainer/configs/runs/tiny_stage1.gin
-and tiny_stage2.gin. A run in a MODEL_DIR that already holds checkpoints
-resumes from the latest one (see `trainer.train_loop`). A non-finite loss
-stops the run with exit status 1, keeping the last good checkpoint.
+gin literals: quote strings). A binding of a macro that no gin file defines
+and nothing uses (`check_macro_bindings`) is refused when it is a t5x macro
+with no counterpart here (the error names what to set instead) or resembles a
+macro of trainer/configs (a misspelling), and only logged as a warning
+otherwise; a macro the configuration uses but nothing defines, such as MODEL
+without a trainer/configs/models/*.gin, is refused (`check_macros_defined`).
+Gin files are found from the working directory, on the Python path
+(trainer/configs/... works from anywhere) and in `--gin_search_paths`. The
+tiny CPU runs: trainer/configs/runs/tiny_stage1.gin and tiny_stage2.gin. A run
+in a MODEL_DIR that already holds checkpoints resumes from the latest one (see
+`trainer.train_loop`). A non-finite loss stops the run with exit status 1,
+keeping the last good checkpoint.
+
+With USE_CACHED_TASKS = True, `--seqio_additional_cache_dirs` names the
+folders that seqio's cache script (`--output_cache_dir`) wrote.
 
 On several hosts, run the same command on every host with `--distributed`
 (Cloud TPU, SLURM and Open MPI are detected; elsewhere also pass
---coordinator_address=HOST0:PORT --num_processes=N --process_id=I).
+--coordinator_address=HOST0:PORT --num_processes=N --process_id=I). t5x's
+names of these flags also work: --multiprocess_gpu, --process_count,
+--process_index.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from absl import flags
 from absl import logging
 import gin
 import jax
+import seqio
 
 from trainer import checkpoints
 from trainer import train_loop
@@ -84,13 +95,58 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "num_processes", None, "With --distributed: the number of processes.")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "With --distributed: this process's index.")
+_SEQIO_CACHE_DIRS = flags.DEFINE_list(
+    "seqio_additional_cache_dirs", [],
+    "Comma-separated folders holding cached seqio tasks (the "
+    "--output_cache_dir of seqio.scripts.cache_tasks_main), searched besides "
+    "seqio's defaults when USE_CACHED_TASKS is True (as in t5x).")
+# t5x's names of the multi-host flags.
+flags.DEFINE_alias("multiprocess_gpu", "distributed")
+flags.DEFINE_alias("process_count", "num_processes")
+flags.DEFINE_alias("process_index", "process_id")
 
 
 # The macros of trainer/configs, for "did you mean" hints.
 _KNOWN_MACROS = ("MODEL_DIR", "DATA_DIR", "VOCABULARY", "MIXTURE_OR_TASK_NAME",
                  "VALIDATION_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS",
                  "BATCH_SIZE", "RANDOM_SEED", "INITIAL_CHECKPOINT_PATH",
-                 "LEARNING_RATE", "USE_CACHED_TASKS", "MODEL")
+                 "LEARNING_RATE", "USE_CACHED_TASKS", "DROPOUT_RATE", "MODEL")
+# The macros of t5x's configs/runs/*.gin that trainer/configs lacks: what to
+# set instead.
+_T5X_MACROS = {
+    "EVAL_PERIOD": "set train.checkpoint_period (validation runs at every "
+                   "checkpoint)",
+    "EVAL_STEPS": "set train.validation_batches",
+    "MIXTURE_OR_TASK_MODULE": "not needed: train.gin imports tasks.mixtures, "
+                              "which registers the tasks of DATA_DIR",
+    "TRAIN_STEPS_RELATIVE": "set TRAIN_STEPS (Stage II counts its own steps "
+                            "from 0)",
+    "SHUFFLE_TRAIN_EXAMPLES": "not needed: the training data is always "
+                              "shuffled, by RANDOM_SEED",
+    "USE_HARDWARE_RNG": "not needed: initialisation and dropout keys derive "
+                        "from RANDOM_SEED",
+    "ACTIVATION_DTYPE": "set network.TransformerConfig.dtype",
+    "FEATURE_LENGTHS": "set TASK_FEATURE_LENGTHS",
+    "CHECKPOINT_PATH": "set INITIAL_CHECKPOINT_PATH to train from it; "
+                       "evaluate it with python -m evaluator.evaluate "
+                       "--model_dir --checkpoint_step",
+    "EVAL_OUTPUT_DIR": "use python -m evaluator.evaluate --output_dir",
+    "INFER_OUTPUT_DIR": "use python -m evaluator.evaluate --output_dir",
+    "EVALUATOR_NUM_EXAMPLES": "not needed: training runs no inference; "
+                              "python -m evaluator.evaluate ranks every user",
+    "EVALUATOR_USE_MEMORY_CACHE": "not needed: training runs no inference",
+    "JSON_WRITE_N_RESULTS": "use python -m evaluator.evaluate "
+                            "--recommendations_k",
+    "BEAM_SIZE": "use python -m evaluator.evaluate --num_generations (CALRec "
+                 "samples, it does not beam-search)",
+    "MODEL_NAME": "not needed: there is no model export; "
+                  "evaluator.evaluate loads a MODEL_DIR",
+    "MODEL_OUTPUT_DIR": "not needed: there is no model export; "
+                        "evaluator.evaluate loads a MODEL_DIR",
+    "OUTPUT_FEATURES": "not needed: VOCABULARY sets the tasks' features",
+    "TF_EXAMPLE_FILE_PATHS": "use python -m evaluator.evaluate --data_dir",
+    "TF_EXAMPLE_FILE_TYPE": "use python -m evaluator.evaluate --data_dir",
+}
 # `NAME = ...` at the start of a line: a macro definition. Parameters
 # (`configurable.name`) and scoped names (`scope/...`) do not match.
 _MACRO_STATEMENT = re.compile(r"^([A-Za-z_]\w*)\s*=", re.MULTILINE)
@@ -108,23 +164,37 @@ def _is_defined_macro(name: str) -> bool:
   return True
 
 
+def _used_macros() -> set[str]:
+  """The macros that the parsed configuration refers to (`%NAME`)."""
+  config = gin.config._CONFIG  # pylint: disable=protected-access
+  return {"/".join(reference.scopes)
+          for reference in gin.config.iterate_references(config)
+          if reference.configurable.wrapped is gin.config.macro}
+
+
 def check_macro_bindings(bindings: Sequence[str]) -> None:
   """Catches misspelt macros in bindings, which t5x accepts silently.
 
-  A macro the bindings set that the parsed gin files do not define and no
-  binding refers to (`%NAME`) is either misspelt, refused when one of
-  trainer/configs' macros is close (`--gin.BATCH_SZE=64` would otherwise
+  A macro the bindings set that the parsed gin files neither define nor use
+  and no binding refers to (`%NAME`) is a t5x macro that has no counterpart
+  here (refused, naming what to set instead), misspelt (refused when one of
+  trainer/configs' macros is close: `--gin.BATCH_SZE=64` would otherwise
   train with the default batch size), or meant for a file the bindings
   include, which only gets a warning. Call after parsing the gin files and
   before parsing `bindings`.
 
   Raises:
-    ConfigError: naming the macro and the defined one it resembles.
+    ConfigError: naming the macro and what to set instead.
   """
   text = "\n".join(bindings)
+  used = _used_macros()
   for name in _MACRO_STATEMENT.findall(text):
-    if _is_defined_macro(name) or re.search(rf"%{name}\b", text):
+    if (_is_defined_macro(name) or name in used or
+        re.search(rf"%{name}\b", text)):
       continue
+    if name in _T5X_MACROS:
+      raise ConfigError(f"{name} is a t5x macro that trainer/configs "
+                        f"lacks; {_T5X_MACROS[name]}.")
     close = difflib.get_close_matches(
         name, [m for m in _KNOWN_MACROS if _is_defined_macro(m)], n=1)
     if close:
@@ -133,6 +203,28 @@ def check_macro_bindings(bindings: Sequence[str]) -> None:
     logging.warning("No gin file defines the macro %s, and no binding uses "
                     "it: it has an effect only if an included file does.",
                     name)
+
+
+def check_macros_defined() -> None:
+  """Catches macros that the configuration uses and nothing defines.
+
+  gin would report the first one at finalisation, with a dump of the whole
+  configuration. Call after parsing the files and the bindings.
+
+  Raises:
+    ConfigError: naming the macros, or the missing model gin file for MODEL.
+  """
+  undefined = sorted(name for name in _used_macros()
+                     if not _is_defined_macro(name))
+  if "MODEL" in undefined:
+    raise ConfigError("no gin file defines MODEL: add a model, e.g. "
+                      "--gin_file=trainer/configs/models/tiny.gin (or "
+                      "base.gin, large.gin of trainer/configs/models)")
+  if undefined:
+    raise ConfigError(
+        f"the configuration uses {', '.join(undefined)} but nothing defines "
+        f"{'it' if len(undefined) == 1 else 'them'}: add "
+        f"{' '.join(f'--gin.{name}=VALUE' for name in undefined)}")
 
 
 def _syntax_message(error: SyntaxError) -> str:
@@ -149,13 +241,15 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
   """Parses the gin files, then the checked bindings.
 
   Raises:
-    ConfigError: a missing file, a syntax error, a misspelt macro, an unknown
-      configurable, or a required value left unset.
+    ConfigError: a missing file, a syntax error, a misspelt or undefined
+      macro, an unknown configurable, or a required value left unset.
   """
   try:
     gin.parse_config_files_and_bindings(files, None, finalize_config=False)
     check_macro_bindings(bindings)
-    gin.parse_config_files_and_bindings([], bindings)
+    gin.parse_config_files_and_bindings([], bindings, finalize_config=False)
+    check_macros_defined()
+    gin.finalize()
   except SyntaxError as error:
     raise ConfigError(_syntax_message(error)) from error
   except tokenize.TokenError as error:
@@ -187,6 +281,7 @@ def main(argv: Sequence[str]) -> None:
   if _DISTRIBUTED.value:
     jax.distributed.initialize(_COORDINATOR_ADDRESS.value,
                                _NUM_PROCESSES.value, _PROCESS_ID.value)
+  seqio.add_global_cache_dirs(_SEQIO_CACHE_DIRS.value)
   for path in _GIN_SEARCH_PATHS.value:
     gin.add_config_file_search_path(path)
   try:

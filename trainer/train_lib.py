@@ -7,7 +7,7 @@ and the step number, so a resumed run draws exactly the same keys.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import flax
 import flax.linen as nn
@@ -31,6 +31,34 @@ class TrainState:
   opt_state: PyTree
 
 
+class LearningRateState(NamedTuple):
+  count: Array          # updates applied
+  learning_rate: Array  # the schedule's value at the last update
+
+
+def record_learning_rate(schedule: optax.Schedule
+                        ) -> optax.GradientTransformation:
+  """Keeps the rate of the last update in the optimizer state for logging.
+
+  The updates pass through unchanged; the train loop logs the state's
+  `learning_rate`, as t5x logs its learning rate function at each step.
+  """
+
+  def init(params: PyTree) -> LearningRateState:
+    del params
+    return LearningRateState(jnp.zeros([], jnp.int32),
+                             jnp.asarray(schedule(0), jnp.float32))
+
+  def update(updates: PyTree, state: LearningRateState,
+             params: Optional[PyTree] = None
+            ) -> tuple[PyTree, LearningRateState]:
+    del params
+    return updates, LearningRateState(
+        state.count + 1, jnp.asarray(schedule(state.count), jnp.float32))
+
+  return optax.GradientTransformation(init, update)
+
+
 @gin.configurable
 def create_optimizer(learning_rate: float = 1e-4,
                      warmup_steps: int = 0,
@@ -48,6 +76,7 @@ def create_optimizer(learning_rate: float = 1e-4,
   if clip_gradient_norm:
     parts.append(optax.clip_by_global_norm(clip_gradient_norm))
   parts.append(optax.adamw(schedule, b2=b2, weight_decay=weight_decay))
+  parts.append(record_learning_rate(schedule))
   return optax.chain(*parts)
 
 

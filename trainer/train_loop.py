@@ -13,6 +13,13 @@ process reads its own shard of the data and feeds its rows of each global
 batch (`partitioning.Partitioner.data_layout`); validation runs the same
 number of batches on all of them, and only process 0 writes the config and
 the summaries.
+
+TensorBoard summaries follow t5x's names: MODEL_DIR/train holds the loss
+terms, `gradient_norm`, `learning_rate`, `timing/steps_per_second`,
+`timing/tokens_per_second` and the gin config (a text summary);
+MODEL_DIR/validation holds the validation loss terms under the same names as
+the training ones (`loss`, `nig_loss`, ...), so TensorBoard draws both runs of
+a tag in one chart.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from absl import logging
 from clu import metric_writers
+from etils import epath
 import gin
 import jax
 from jax.experimental import multihost_utils
@@ -158,25 +166,47 @@ class _Progress:
     self._window_start += seconds
     self._run_start += seconds
 
-  def report(self, step: int) -> None:
-    """Writes the window's mean metrics and speed at `step`; a new window."""
+  def report(self, step: int, learning_rate: Optional[float] = None) -> None:
+    """Writes the window's mean metrics, speed and the learning rate (when
+    known) at `step`; starts a new window."""
     now = time.time()
     steps_per_second = len(self._window) / max(now - self._window_start, 1e-9)
-    averages = _mean_metrics(self._window)
+    scalars = _mean_metrics(self._window)
     # input_tokens: non-padding positions of the joint and item passes.
-    averages.update(
-        steps_per_second=steps_per_second,
-        tokens_per_second=steps_per_second * averages["input_tokens"])
-    self._writer.write_scalars(step, averages)
+    tokens_per_second = steps_per_second * scalars["input_tokens"]
+    scalars["timing/steps_per_second"] = steps_per_second
+    scalars["timing/tokens_per_second"] = tokens_per_second
+    if learning_rate is not None:
+      scalars["learning_rate"] = learning_rate
+    self._writer.write_scalars(step, scalars)
     overall_rate = (step - self._run_start_step) / max(now - self._run_start,
                                                        1e-9)
     logging.info(
         "step %d/%d  loss %.4f  nig %.4f  tt %.4f  ut %.4f  |  %.2f steps/s"
-        "  %.0f tokens/s  ETA %s", step, self._train_steps, averages["loss"],
-        averages["nig_loss"], averages["tt_loss"], averages["ut_loss"],
-        steps_per_second, averages["tokens_per_second"],
+        "  %.0f tokens/s  ETA %s", step, self._train_steps, scalars["loss"],
+        scalars["nig_loss"], scalars["tt_loss"], scalars["ut_loss"],
+        steps_per_second, tokens_per_second,
         _format_duration((self._train_steps - step) / overall_rate))
     self._window, self._window_start = [], time.time()
+
+
+def _learning_rate(opt_state: Any) -> Optional[float]:
+  """The learning rate of the last update, if the optimizer state holds it.
+
+  `train_lib.create_optimizer` keeps it there (`record_learning_rate`), as
+  does an optimizer built with `optax.inject_hyperparams`; others give None.
+  """
+  value = optax.tree_utils.tree_get(
+      opt_state, "learning_rate",
+      filtering=lambda _, leaf: isinstance(leaf, jax.Array))
+  return None if value is None else float(jax.device_get(value))
+
+
+def _write_gin_config(summary_dir: epath.Path, step: int) -> None:
+  """The gin config as a TensorBoard text summary, as t5x writes it."""
+  writer = metric_writers.SummaryWriter(str(summary_dir))
+  writer.write_texts(step, {"config": gin.markdown(gin.config_str())})
+  writer.close()
 
 
 def _check_vocabulary(vocabulary: seqio.Vocabulary,
@@ -197,6 +227,20 @@ def _check_registered(name: str, role: str) -> None:
   if name not in registered:
     raise ValueError(f"No seqio task or mixture {name!r} ({role}); "
                      f"registered: {', '.join(registered) or 'none'}.")
+
+
+def _check_cached(name: str) -> None:
+  """Raises ValueError if a task of the mixture or task `name` is not cached."""
+  missing = [task.name for task in seqio.get_subtasks(
+      seqio.get_mixture_or_task(name)) if not task.cache_dir]
+  if missing:
+    searched = seqio.utils.get_global_cache_dirs()
+    raise ValueError(
+        f"USE_CACHED_TASKS is True but {', '.join(missing)} has no seqio "
+        f"cache in {', '.join(searched) or 'any cache directory'}: write it "
+        "with python -m seqio.scripts.cache_tasks_main "
+        "--module_import=tasks.mixtures --output_cache_dir=DIR and pass "
+        "--seqio_additional_cache_dirs=DIR, or set USE_CACHED_TASKS = False.")
 
 
 def _check_positive(**values: Optional[int]) -> None:
@@ -244,18 +288,23 @@ def train(
       processes); each process reads batch_size / data shards of them.
     random_seed: seeds initialisation, data order and dropout.
     initial_checkpoint_path: Stage II: parameters to start from (a step
-      directory or a model directory, see `checkpoints.resolve_checkpoint`);
-      the optimizer and the data start fresh at step 0. Ignored when
-      model_dir already holds checkpoints (the run resumes instead).
-    optimizer: defaults to `train_lib.create_optimizer()`.
-    partitioner: defaults to all devices on the 'data' axis.
+      directory or a model directory, see `checkpoints.resolve_checkpoint`)
+      of a run of the same network (`checkpoints.check_same_network`); the
+      optimizer and the data start fresh at step 0. Ignored when model_dir
+      already holds checkpoints (the run resumes instead).
+    optimizer: defaults to `train_lib.create_optimizer()`; its learning rate
+      is logged when its state holds it (`create_optimizer`'s does).
+    partitioner: defaults to all devices on the 'data' axis; its mesh must
+      split the model's sharded sizes evenly (`check_shardable`).
     num_microbatches: gradient over this many microbatches of the batch, one
       at a time (less memory, one extra forward pass), with the loss of the
       whole batch: the contrastive negatives stay all `batch_size` examples.
     feature_converter_cls: defaults to tasks' CALRecFeatureConverter.
     register_tasks: called first, to register seqio tasks and mixtures.
     use_cached_tasks: read the tasks' seqio cache (written by seqio's
-      `cache_tasks_main`) instead of tokenizing the records on the fly.
+      `cache_tasks_main`, found in seqio's global cache directories:
+      `trainer.train --seqio_additional_cache_dirs`) instead of tokenizing
+      the records on the fly.
     validation_mixture_or_task_name: defaults to mixture_or_task_name.
     validation_split: split of the validation task.
     validation_batches: batches per validation (None: the whole split, 0: no
@@ -266,12 +315,15 @@ def train(
     keep_period: also keep every checkpoint whose step is a multiple of this
       (candidates for model selection by validation NDCG@10, paper section
       4, with `evaluator.select_checkpoint`); None keeps no extra ones.
-    best_metric: validation metric that selects the best checkpoint.
+    best_metric: validation metric that selects the best checkpoint:
+      'validation/' + the name of a validation summary.
     best_mode: 'min' or 'max' for best_metric.
     log_period: steps between progress lines and train summaries.
 
   Raises:
-    ValueError: bad arguments, or an input pipeline whose state cannot be
+    ValueError: bad arguments (a partitioner that cannot shard the model, an
+      initial checkpoint of another network, a task not cached with
+      use_cached_tasks), or an input pipeline whose state cannot be
       checkpointed (a stateful op in a preprocessor).
     NonFiniteLossError: a step's loss or updated parameters were NaN or
       infinite; nothing of that step is saved, the last good checkpoint stays
@@ -287,6 +339,12 @@ def train(
   _check_registered(mixture_or_task_name, "MIXTURE_OR_TASK_NAME")
   if validation_mixture_or_task_name is not None:
     _check_registered(validation_mixture_or_task_name, "VALIDATION_TASK_NAME")
+  validation_name = validation_mixture_or_task_name or mixture_or_task_name
+  validate = validation_batches != 0
+  if use_cached_tasks:
+    _check_cached(mixture_or_task_name)
+    if validate:
+      _check_cached(validation_name)
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
   vocabulary = provider.output_features["targets"].vocabulary
   _check_vocabulary(vocabulary, model)
@@ -296,6 +354,7 @@ def train(
   lengths = converter.get_model_feature_lengths(task_feature_lengths)
   input_shapes = {k: (batch_size, lengths[k]) for k in models.TRAIN_FEATURES}
   partitioner = partitioner or partitioning.Partitioner()
+  partitioner.check_shardable(model.config)
   layout = partitioner.data_layout
   local_batch_size = layout.local_batch_size(batch_size)
   shard_info = seqio.ShardInfo(layout.shard_id, layout.num_shards)
@@ -303,8 +362,6 @@ def train(
                               partitioner, input_shapes, random_seed,
                               num_microbatches)
 
-  validation_name = validation_mixture_or_task_name or mixture_or_task_name
-  validate = validation_batches != 0
   if not validate:
     best_metric = None
   model_dir = checkpoints.model_path(model_dir)
@@ -343,13 +400,14 @@ def train(
     if not results:
       raise ValueError(f"The {validation_split!r} split of "
                        f"{validation_name!r} is empty.")
-    return {f"validation/{k}": v
-            for k, v in _split_metrics(model, results).items()}
+    return _split_metrics(model, results)
 
   train_writer = metric_writers.create_default_writer(
       str(model_dir / "train"), just_logging=jax.process_index() > 0)
   validation_writer = metric_writers.create_default_writer(
       str(model_dir / "validation"), just_logging=jax.process_index() > 0)
+  if jax.process_index() == 0:
+    _write_gin_config(model_dir / "train", start_step)
   logging.info("Training %s (%s parameters) from step %d to %d in %s.",
                mixture_or_task_name, f"{model.config.num_params():,}",
                start_step, train_steps, model_dir)
@@ -372,7 +430,7 @@ def train(
           "rate or check the data.")
     progress.add(metrics)
     if step % log_period == 0 or step == train_steps:
-      progress.report(step)
+      progress.report(step, _learning_rate(state.opt_state))
     if step % checkpoint_period == 0 or step == train_steps:
       pause_start = time.time()
       validation = run_validation(state.params) if validate else None
@@ -380,6 +438,8 @@ def train(
         validation_writer.write_scalars(step, validation)
         logging.info("step %d validation: %s", step, "  ".join(
             f"{k} {v:.4f}" for k, v in validation.items()))
+        # The checkpoint's metrics keep the prefix: best_metric names them.
+        validation = {f"validation/{k}": v for k, v in validation.items()}
       manager.save(state, validation, train_batches)
       progress.pause(time.time() - pause_start)
   train_writer.flush()
@@ -403,6 +463,7 @@ def _initial_state(trainer: train_lib.Trainer,
                            dataset_iterator=train_batches)
   if initial_checkpoint_path:
     step_dir = checkpoints.resolve_checkpoint(initial_checkpoint_path)
+    checkpoints.check_same_network(step_dir, trainer.model.config)
     logging.info("Initialising parameters from %s.", step_dir)
     params = checkpoints.restore_params(step_dir, trainer.abstract_params)
     return trainer.state_from_params(params)
