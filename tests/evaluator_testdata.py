@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import pathlib
 from typing import Sequence
 
@@ -74,3 +75,35 @@ def write_split(directory: pathlib.Path, split: str, category: str,
               value=list(range(len(items))))),
       }))
       writer.write(example.SerializeToString())
+
+
+def quantized_length(length: int) -> int:
+  """Lengths below 40 are exact; above, length - 24 keeps 4 leading bits."""
+  if length < 24:
+    return length
+  excess = length - 24
+  shift = max(excess.bit_length() - 4, 0)
+  return 24 + (excess >> shift << shift)
+
+
+def textbook_lucene_bm25(docs: Sequence[Sequence[str]], query: Sequence[str],
+                         k1: float = 1.5, b: float = 0.75,
+                         quantize: bool = True) -> np.ndarray:
+  """Straightforward per-document BM25 in Lucene's variant, float64."""
+  lengths = [len(doc) for doc in docs]
+  doc_count = sum(1 for n in lengths if n)
+  avgdl = sum(lengths) / doc_count
+  scores = []
+  for doc in docs:
+    total = 0.0
+    for term in query:  # Repeated query terms count again.
+      df = sum(1 for other in docs if term in other)
+      freq = doc.count(term)
+      if not df or not freq:
+        continue
+      idf = math.log(1 + (doc_count - df + 0.5) / (df + 0.5))
+      length = quantized_length(len(doc)) if quantize else len(doc)
+      norm = k1 * (1 - b + b * length / avgdl)
+      total += idf * freq / (freq + norm)
+    scores.append(total)
+  return np.array(scores)

@@ -1,7 +1,5 @@
 """The fast BM25 scorer: Lucene's norm encoding, formula, and parity with Lucene."""
 
-import math
-
 import conftest
 import evaluator_testdata
 import numpy as np
@@ -12,45 +10,15 @@ from evaluator import lucene
 from evaluator import retrieval
 
 
-def _quantized_length(length: int) -> int:
-  """Lengths below 40 are exact; above, length - 24 keeps 4 leading bits."""
-  if length < 24:
-    return length
-  excess = length - 24
-  shift = max(excess.bit_length() - 4, 0)
-  return 24 + (excess >> shift << shift)
-
-
 def test_small_float_round_trip_matches_four_bit_rule():
   for length in range(0, 20000):
     assert bm25.byte4_to_int(bm25.int_to_byte4(length)) == (
-        _quantized_length(length)), length
+        evaluator_testdata.quantized_length(length)), length
   assert [bm25.byte4_to_int(bm25.int_to_byte4(n)) for n in (39, 41, 61, 100)
          ] == [39, 40, 60, 96]
   assert bm25.int_to_byte4(2**31 - 1) == 255
   with pytest.raises(ValueError, match="non-negative"):
     bm25.int_to_byte4(-1)
-
-
-def _textbook_lucene_bm25(docs, query, k1=1.5, b=0.75, quantize=True):
-  """Straightforward per-document BM25 in Lucene's variant, float64."""
-  lengths = [len(doc) for doc in docs]
-  doc_count = sum(1 for n in lengths if n)
-  avgdl = sum(lengths) / doc_count
-  scores = []
-  for doc in docs:
-    total = 0.0
-    for term in query:  # Repeated query terms count again.
-      df = sum(1 for other in docs if term in other)
-      freq = doc.count(term)
-      if not df or not freq:
-        continue
-      idf = math.log(1 + (doc_count - df + 0.5) / (df + 0.5))
-      length = _quantized_length(len(doc)) if quantize else len(doc)
-      norm = k1 * (1 - b + b * length / avgdl)
-      total += idf * freq / (freq + norm)
-    scores.append(total)
-  return np.array(scores)
 
 
 def test_fast_bm25_equals_textbook_formula_with_quantized_lengths():
@@ -65,11 +33,11 @@ def test_fast_bm25_equals_textbook_formula_with_quantized_lengths():
   scores = scorer.score(queries)
   assert scores.shape == (5, 5) and scores.dtype == np.float32
   for query, row in zip(queries, scores):
-    np.testing.assert_allclose(row, _textbook_lucene_bm25(docs, query),
+    np.testing.assert_allclose(row, evaluator_testdata.textbook_lucene_bm25(docs, query),
                                rtol=1e-6, atol=0)
   assert not scores[2].any() and not scores[3].any()
   # The 42-token document counts as 40 tokens: its exact length scores apart.
-  exact = _textbook_lucene_bm25(docs, ["red"], quantize=False)
+  exact = evaluator_testdata.textbook_lucene_bm25(docs, ["red"], quantize=False)
   assert abs(exact[2] - scores[0, 2]) > 1e-3 * scores[0, 2]
 
 

@@ -1,11 +1,17 @@
 """The sample run and the ablations end to end at a tiny scale."""
 
 import json
+import math
 import pathlib
 import re
 
+import evaluator_testdata
+import numpy as np
+import pipelines_testdata
+import pyarrow.parquet as pq
 import pytest
 
+from evaluator import lucene
 from evaluator import metrics as metrics_lib
 from experiments import ablations
 from experiments import sample_run
@@ -167,6 +173,45 @@ def test_sample_run_produces_every_artifact(run_dir: pathlib.Path):
 
   png = (run_dir / "training_curves.png").read_bytes()
   assert png.startswith(b"\x89PNG")
+
+
+def test_lir_ranks_and_metrics_equal_an_independent_computation(
+    run_dir: pathlib.Path):
+  """Every Games test user's LIR ranks from textbook BM25 over the corpus,
+  and the metrics of those ranks computed by hand (paper section 4)."""
+  corpus = pq.read_table(run_dir / "data" / "Games" /
+                         "corpus.parquet").to_pylist()
+  row_of = {row["item_id"]: row_number
+            for row_number, row in enumerate(corpus)}
+  analyzer = lucene.LuceneAnalyzer()
+  docs = analyzer.tokenize([row["text"] for row in corpus])
+  test = pipelines_testdata.read_split(run_dir / "data" / "Games", "test")
+  expected = {}
+  for user_id, (item_ids, _, item_texts, _) in test.items():
+    # LIR's one query: the last history item's text.
+    scores = evaluator_testdata.textbook_lucene_bm25(
+        docs, analyzer.tokenize([item_texts[-2]])[0])
+    target = scores[row_of[item_ids[-1]]]
+    expected[user_id] = (1 + int(np.sum(scores > target)),
+                         int(np.sum(scores >= target)))
+  users = pq.read_table(
+      list((run_dir / "eval" / "lir").glob("users-*.parquet"))).to_pylist()
+  assert {user["user_id"]: (user["rank_optimistic"], user["rank_pessimistic"])
+          for user in users} == expected
+
+  def means(ranks):
+    return {"NDCG@10": np.mean([1 / math.log2(r + 1) if r <= 10 else 0.0
+                                for r in ranks]),
+            "Recall@1": np.mean([r == 1 for r in ranks]),
+            "Recall@10": np.mean([r <= 10 for r in ranks]),
+            "MRR": np.mean([1 / r for r in ranks])}
+
+  summary = _summary(run_dir, "lir")
+  for variant, ranks in (("opt", [opt for opt, _ in expected.values()]),
+                         ("pes", [pes for _, pes in expected.values()])):
+    for metric, value in means(ranks).items():
+      assert summary["metrics"][f"{metric}/{variant}"] == pytest.approx(
+          value, rel=1e-12), (metric, variant)
 
 
 def test_ablations_reuse_the_run_and_add_each_variant(run_dir: pathlib.Path):
