@@ -47,7 +47,6 @@ of `tf.io.gfile`, e.g. gs://):
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Mapping, Sequence
 
@@ -55,6 +54,7 @@ import seqio
 import tensorflow as tf
 
 from pipelines import sequences
+from tasks import manifest
 from tasks import names
 from tasks import preprocessors
 from tasks import templates
@@ -63,10 +63,6 @@ from tasks import vocab
 # The splits the preprocessing job writes (docs/contracts.md).
 SPLITS = (sequences.TRAIN, sequences.VALIDATION, sequences.TEST)
 TRAIN_SPLIT = sequences.TRAIN
-
-# Written last by the preprocessing job (`pipelines.outputs.MANIFEST`, a
-# module that imports Beam, which registration does not need).
-MANIFEST = "manifest.json"
 
 # The TFRecord features the tasks read (docs/contracts.md).
 FEATURE_DESCRIPTION = {
@@ -113,23 +109,11 @@ def read_categories(data_dir: str | os.PathLike[str]
     ValueError: the manifest lists no category.
   """
   data_dir = os.fspath(data_dir)
-  path = os.path.join(data_dir, MANIFEST)
-  if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(
-        f"{path} is missing: preprocessing did not finish or this is not its "
-        "output folder. Pass the --output_dir of a completed "
-        "`python -m pipelines.preprocess` run (it writes manifest.json last).")
-  with tf.io.gfile.GFile(path) as f:
-    manifest = json.load(f)
-  entries = manifest.get("categories") if isinstance(manifest, dict) else None
-  if not entries:
-    raise ValueError(f"{path} lists no categories; it is not the manifest of "
-                     "a preprocessing run (docs/contracts.md).")
   return {
       category: {split: tuple(os.path.join(data_dir, file)
                               for file in entry["splits"][split]["files"])
                  for split in SPLITS if split in entry["splits"]}
-      for category, entry in sorted(entries.items())}
+      for category, entry in manifest.read_categories(data_dir).items()}
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:

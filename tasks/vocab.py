@@ -35,6 +35,7 @@ import seqio
 import sentencepiece as spm
 import tensorflow as tf
 
+from tasks import manifest
 from tasks import templates
 
 PAD_ID = 0
@@ -103,30 +104,23 @@ def check_prompt_additivity(vocabulary: seqio.Vocabulary,
 
 
 def find_corpora(data_dir: str | os.PathLike[str]) -> list[str]:
-  """The `{category}/corpus.parquet` files of a preprocessing output.
+  """The corpus.parquet files that data_dir's manifest.json lists.
 
   Raises:
-    FileNotFoundError: data_dir has none.
+    FileNotFoundError: data_dir has no manifest.json (an unfinished
+      preprocessing run, or not its output folder).
+    ValueError: the manifest lists no category.
   """
-  data_dir = os.fspath(data_dir)
-  corpora = sorted(tf.io.gfile.glob(
-      os.path.join(data_dir, "*", "corpus.parquet")))
-  if not corpora:
-    raise FileNotFoundError(
-        f"No {{category}}/corpus.parquet under {data_dir!r}. Pass the output "
-        "folder of `python -m pipelines.preprocess`, which holds "
-        "{category}/corpus.parquet, {category}/stats.json, "
-        "{category}/{split}-SSSSS-of-NNNNN.tfrecord and manifest.json "
-        "(docs/contracts.md).")
-  return corpora
+  return [os.path.join(os.fspath(data_dir), entry["corpus"])
+          for entry in manifest.read_categories(data_dir).values()]
 
 
 def read_corpus_texts(data_dir: str | os.PathLike[str]) -> Iterator[str]:
-  """The item texts of every `{category}/corpus.parquet` in data_dir.
+  """The item texts of every corpus that data_dir's manifest.json lists.
 
   Raises:
-    FileNotFoundError: data_dir has no corpora (raised by this call, not
-      when iterating).
+    FileNotFoundError, ValueError: as `find_corpora` (raised by this call,
+      not when iterating).
   """
   return _read_texts(find_corpora(data_dir))
 
@@ -228,7 +222,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                  f"{args.vocab_size}.")
   try:
     find_corpora(args.data_dir)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, ValueError) as e:
     parser.error(str(e))
   return args
 

@@ -13,10 +13,17 @@ from tasks import test_utils
 from tasks import vocab
 
 
+def _write_output(data_dir, texts_by_category):
+  """A finished preprocessing output with these corpora: manifest.json last."""
+  for seed, (category, texts) in enumerate(texts_by_category.items()):
+    test_utils.write_category(data_dir, category, num_users=2, seed=seed)
+    test_utils.write_corpus(data_dir, category, texts)
+  test_utils.write_manifest(data_dir)
+
+
 def test_cli_warns_when_the_corpora_make_fewer_pieces(tmp_path, caplog):
-  test_utils.write_corpus(tmp_path / "data", "Arts",
-                          test_utils.random_item_texts(random.Random(0), 50,
-                                                       "Arts"))
+  _write_output(tmp_path / "data", {
+      "Arts": test_utils.random_item_texts(random.Random(0), 50, "Arts")})
   output = tmp_path / "small.model"
   vocab.main([f"--data_dir={tmp_path / 'data'}", f"--output={output}",
               "--vocab_size=5000"])
@@ -28,11 +35,9 @@ def test_cli_warns_when_the_corpora_make_fewer_pieces(tmp_path, caplog):
 
 def test_cli_trains_model_with_t5_special_ids(tmp_path):
   rng = random.Random(0)
-  test_utils.write_corpus(tmp_path / "data", "Arts",
-                          test_utils.random_item_texts(rng, 200, "Arts"))
-  test_utils.write_corpus(
-      tmp_path / "data", "Pet",
-      test_utils.random_item_texts(rng, 200, "Pet Supplies"))
+  _write_output(tmp_path / "data", {
+      "Arts": test_utils.random_item_texts(rng, 200, "Arts"),
+      "Pet": test_utils.random_item_texts(rng, 200, "Pet Supplies")})
   output = tmp_path / "out" / "calrec.model"
   vocab.main([f"--data_dir={tmp_path / 'data'}", f"--output={output}",
               "--vocab_size=400"])
@@ -49,14 +54,25 @@ def test_cli_trains_model_with_t5_special_ids(tmp_path):
   vocab.check_prompt_additivity(vocabulary, history)
 
 
+def test_corpora_are_those_the_manifest_lists(tmp_path):
+  data_dir = tmp_path / "data"
+  _write_output(data_dir, {"Arts": ["Title: A."], "Pet": ["Title: P."]})
+  # A folder left by another run, after the manifest: not this output's.
+  test_utils.write_corpus(data_dir, "Stale", ["Title: S."])
+  assert vocab.find_corpora(data_dir) == [
+      str(data_dir / "Arts" / "corpus.parquet"),
+      str(data_dir / "Pet" / "corpus.parquet")]
+  assert list(vocab.read_corpus_texts(data_dir)) == ["Title: A.", "Title: P."]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--data_dir={missing}", "--output=x.model"], "is not a folder"),
     (["--data_dir={tmp}", "--output=x.bin"], "must end in '.model'"),
     (["--data_dir={tmp}", "--output=x.model", "--vocab_size=100"],
      "at least 300"),
-    # A folder, but no preprocessing output: name the expected layout.
+    # A folder, but no finished preprocessing output.
     (["--data_dir={tmp}", "--output=x.model"],
-     "{category}/corpus.parquet, {category}/stats.json"),
+     "manifest.json is missing: preprocessing did not finish"),
 ])
 def test_cli_validates_arguments(tmp_path, capsys, args, message):
   args = [a.format(missing=tmp_path / "missing", tmp=tmp_path) for a in args]
