@@ -120,7 +120,7 @@ def write_category_files(output_dir: str,
   counts["meta_duplicate_rows"] = counts["meta_rows"] - counts["meta_items"]
   total_words, vocabulary = stats_lib.corpus_words(
       columns["text"], itertools.chain.from_iterable(
-          columns[name] for name in processing.ATTRIBUTE_COLUMNS))
+          columns[column] for column in processing.ATTRIBUTE_COLUMNS))
   stats = stats_lib.category_stats(counts, len(columns["item_id"]),
                                    total_words, len(vocabulary),
                                    category.user_fraction)

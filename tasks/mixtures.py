@@ -84,8 +84,8 @@ def register_mixtures(data_dir: str | os.PathLike[str] = gin.REQUIRED,
   """
   task_names = tasks.register_tasks(data_dir, vocabulary_path,
                                     augmentation_seed)
-  trained = [category for category, splits in tasks.read_categories(
-      data_dir).items() if tasks.TRAIN_SPLIT in splits]
+  trained = [category for category, name in task_names.items()
+             if tasks.TRAIN_SPLIT in seqio.TaskRegistry.get(name).splits]
   rates = stage1_rates(data_dir, trained, rate_exponent)
   seqio.MixtureRegistry.remove(STAGE1_MIXTURE)
   seqio.MixtureRegistry.add(

@@ -20,6 +20,7 @@ import tensorflow as tf
 from pipelines import config as config_lib
 from pipelines import outputs
 from pipelines import sequences
+from tasks import tasks as tasks_lib
 from tasks import templates
 from tasks import vocab
 
@@ -126,8 +127,7 @@ def _category_files(data_dir: str, category: str
   """The category's config, its role told by the splits on disk, and files."""
   found = {split: sorted(tf.io.gfile.glob(os.path.join(
       data_dir, category, f"{split}-*-of-*.tfrecord")))
-           for split in (sequences.TRAIN, sequences.VALIDATION,
-                         sequences.TEST)}
+           for split in tasks_lib.SPLITS}
   splits = tuple(split for split, paths in found.items() if paths)
   roles = {role_splits: role
            for role, role_splits in sequences.ROLE_SPLITS.items()}
