@@ -23,7 +23,7 @@ import numpy as np
 
 from benchmarks import figures
 from benchmarks import train_step
-from pipelines import options as cli
+from pipelines import cli
 from trainer import models
 
 

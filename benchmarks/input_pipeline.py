@@ -23,7 +23,7 @@ import seqio
 import tensorflow as tf
 
 from benchmarks import figures
-from pipelines import options as cli
+from pipelines import cli
 from pipelines import preprocess
 from pipelines import sample_data
 

@@ -35,7 +35,7 @@ from evaluator import data
 from evaluator import lucene
 from evaluator import retrieval
 from evaluator import transforms
-from pipelines import options as cli
+from pipelines import cli
 from tasks import templates
 
 TEXTS_PER_USER = 10

@@ -10,9 +10,10 @@ accelerator's peak given by --peak_tflops, or looked up for known GPUs.
   python -m benchmarks.train_step                      # tiny, CPU
   python -m benchmarks.train_step --model=base --batch_size=1 --steps=2 \
       --inputs_length=944 --targets_length=80
-  # On a GPU: the ~110M model at sequence length 1,024 in bf16.
+  # On a GPU: the ~110M model at sequence length 1,024 in bf16 (41.5 % MFU
+  # on one H100 at batch 128; 38.6 % at batch 64).
   python -m benchmarks.train_step --model=base --inputs_length=944 \
-      --targets_length=80 --batch_size=32 --attention=cudnn
+      --targets_length=80 --batch_size=128 --attention=cudnn
 
 Prints one JSON line per figure: {"name", "value", "unit", "baseline",
 "ratio"}.
@@ -30,7 +31,7 @@ import jax
 import numpy as np
 
 from benchmarks import figures
-from pipelines import options as cli
+from pipelines import cli
 from trainer import models
 from trainer import network
 from trainer import partitioning

@@ -41,7 +41,8 @@ from evaluator import metrics
 from evaluator import report
 from evaluator import retrieval
 from evaluator import transforms
-from pipelines import options as cli
+from pipelines import cli
+from pipelines import options as beam_cli
 from pipelines import sequences
 
 if TYPE_CHECKING:
@@ -139,10 +140,10 @@ def parse_args(argv: Sequence[str], check_model: bool = True,
   caller supplies the generator itself). `prog` names the command in errors.
   """
   parser = _parser(prog)
-  args, beam_argv = cli.parse_job_args(parser, argv)
+  args, beam_argv = beam_cli.parse_job_args(parser, argv)
   try:
-    cli.checked_beam_options(beam_argv)
-  except cli.BeamOptionsError as error:
+    beam_cli.checked_beam_options(beam_argv)
+  except beam_cli.BeamOptionsError as error:
     parser.error(str(error))
   if not files.exists(corpus_path(args)):
     parser.error(f"--data_dir/--category: missing {corpus_path(args)}; is "
@@ -359,7 +360,7 @@ def run_parsed(args: argparse.Namespace, beam_argv: Sequence[str],
     vocabulary_path = load_generator.vocabulary_path
   files.make_dirs(args.output_dir)
   files.delete(earlier_outputs(args.output_dir))
-  options = cli.beam_options(beam_argv)
+  options = beam_cli.beam_options(beam_argv)
   logging.info("Evaluating %s/%s (%s, %s retrieval) into %s", args.category,
                args.split, args.model, args.retrieval, args.output_dir)
   with beam.Pipeline(options=options) as root:

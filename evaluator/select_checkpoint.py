@@ -31,7 +31,7 @@ from evaluator import files
 from evaluator import generation
 from evaluator import metrics
 from evaluator import report
-from pipelines import options as cli
+from pipelines import cli
 from trainer import checkpoints
 
 SELECTION_FILE = "selection.json"

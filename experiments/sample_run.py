@@ -53,7 +53,7 @@ from typing import Sequence
 from experiments import commands
 from experiments import stages
 from experiments.layout import RunLayout
-from pipelines import options as cli
+from pipelines import cli
 from pipelines import sample_data
 from tasks import names
 

@@ -1,5 +1,5 @@
-"""Command-line flags of `python -m pipelines.preprocess`, and the helpers
-every command line of the project shares (imported elsewhere as `cli`).
+"""Command-line flags of `python -m pipelines.preprocess`, and the parsing of
+Beam pipeline options that every Beam job of the project shares.
 
 A Beam job's own flags are parsed by its parser; every other flag must be a
 Beam pipeline option (`parse_job_args`) and goes to `PipelineOptions`
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import logging
 from typing import Sequence
 
 from apache_beam import runners
@@ -20,6 +19,7 @@ from apache_beam.options import pipeline_options_validator
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import textio
+from pipelines.cli import positive_int
 
 DEFAULT_RUNNER = "FnApiRunner"
 DEFAULT_LINES_PER_CALL = 250_000
@@ -43,14 +43,6 @@ Output (docs/contracts.md): {category}/{split}-SSSSS-of-NNNNN.tfrecord,
 {category}/corpus.parquet, {category}/stats.json,
 rejects/{category}-SSSSS-of-NNNNN.jsonl and manifest.json, written last.
 """
-
-
-def positive_int(text: str) -> int:
-  """argparse type: an integer >= 1."""
-  value = int(text)
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-  return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,15 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
             "worker's memory on a gzip file, which is read as one range "
             f"(default {DEFAULT_LINES_PER_CALL:,})"))
   return parser
-
-
-def configure_logging() -> None:
-  """INFO progress lines with times; Beam's own INFO lines (type hints,
-  servers) hidden, since they bury them."""
-  # force: an import-time warning may already have configured the root logger.
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                      force=True)
-  logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
 
 def _beam_flag_parser() -> argparse.ArgumentParser:

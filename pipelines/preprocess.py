@@ -18,6 +18,7 @@ from typing import Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines import cli
 from pipelines import config as config_lib
 from pipelines import options
 from pipelines import outputs
@@ -154,7 +155,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  options.configure_logging()
+  cli.configure_logging()
   stats = run(sys.argv[1:] if argv is None else argv)
   print(stats_lib.format_table(stats))
 

@@ -1,4 +1,9 @@
-"""The MFU numerator of benchmarks/train_step against XLA's own FLOP count."""
+"""benchmarks/train_step: the MFU numerator against XLA's own FLOP count,
+and its imports on a host without Beam or TensorFlow."""
+
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -12,6 +17,7 @@ CONFIG = network.TransformerConfig(vocab_size=1024, emb_dim=64, num_heads=4,
                                    num_kv_heads=1, head_dim=16, mlp_dim=256,
                                    num_layers=2)
 BATCH, INPUTS, TARGETS = 4, 96, 32
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("alpha,beta", [(0.125, -0.025), (0.0, 0.0)])
@@ -34,3 +40,20 @@ def test_model_flops_match_the_compiled_gradient_step(alpha, beta):
   formula = train_step.model_flops_per_step(
       CONFIG, BATCH, INPUTS + TARGETS, TARGETS, item_tower=alpha != 0)
   assert 0.95 * xla_flops <= formula <= xla_flops
+
+
+def test_benchmarks_import_without_beam_or_tensorflow():
+  """An accelerator host may carry only the JAX stack (README, Benchmarks)."""
+  blocked = ("apache_beam", "tensorflow", "tensorflow_text", "seqio", "clu")
+  script = f"""
+import importlib.abc, sys
+class Refuse(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in {blocked!r}:
+      raise ImportError("refused " + name)
+sys.meta_path.insert(0, Refuse())
+import benchmarks.decode, benchmarks.train_step
+"""
+  result = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                          text=True, cwd=REPO_ROOT, check=False)
+  assert result.returncode == 0, result.stderr

@@ -1,0 +1,27 @@
+"""Helpers every command line of the project shares.
+
+Free of Beam imports, so that trainer and benchmark commands run where only
+the JAX stack is installed (a GPU or TPU host).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def positive_int(text: str) -> int:
+  """argparse type: an integer >= 1."""
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+  return value
+
+
+def configure_logging() -> None:
+  """INFO progress lines with times; Beam's own INFO lines (type hints,
+  servers) hidden, since they bury them."""
+  # force: an import-time warning may already have configured the root logger.
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                      force=True)
+  logging.getLogger("apache_beam").setLevel(logging.WARNING)
