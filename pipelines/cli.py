@@ -20,8 +20,10 @@ def positive_int(text: str) -> int:
 
 def configure_logging() -> None:
   """INFO progress lines with times; Beam's own INFO lines (type hints,
-  servers) hidden, since they bury them."""
+  servers) hidden, since they bury them, except the Dataflow runner's (job
+  id, console URL, state changes and the service's job messages)."""
   # force: an import-time warning may already have configured the root logger.
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                       force=True)
   logging.getLogger("apache_beam").setLevel(logging.WARNING)
+  logging.getLogger("apache_beam.runners.dataflow").setLevel(logging.INFO)

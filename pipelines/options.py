@@ -84,7 +84,8 @@ def _beam_flag_parser() -> argparse.ArgumentParser:
   """A parser of every Beam pipeline option, built as PipelineOptions does
   (it discards, with only a log line, any flag this parser does not know)."""
   # pylint: disable-next=protected-access
-  parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)
+  parser = pipeline_options._BeamArgumentParser(allow_abbrev=False,
+                                                exit_on_error=False)
   classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
   for cls in classes.values():
     cls._add_argparse_args(parser)  # pylint: disable=protected-access
@@ -94,14 +95,18 @@ def _beam_flag_parser() -> argparse.ArgumentParser:
 def parse_job_args(
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-  """The job's flags and Beam's; a flag that is neither is a usage error.
+  """The job's flags and Beam's; a flag that is neither, or a Beam flag with
+  a bad value, is a one-line usage error of the job's parser.
 
   Beam would otherwise drop a misspelt flag (say --recomendations_k) with a
   warning in the log, and the job would run with the default.
   """
   args, beam_args = parser.parse_known_args(argv)
   beam_parser = _beam_flag_parser()
-  _, unknown = beam_parser.parse_known_args(beam_args)
+  try:
+    _, unknown = beam_parser.parse_known_args(beam_args)
+  except argparse.ArgumentError as error:  # A bad value, say a typo'd choice.
+    parser.error(f"Beam pipeline option {error}")
   if unknown:
     # pylint: disable-next=protected-access
     actions = parser._actions + beam_parser._actions

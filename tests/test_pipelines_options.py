@@ -1,0 +1,53 @@
+"""pipelines.options and pipelines.cli: flag parsing and logging shared by
+the Beam jobs."""
+
+import argparse
+import logging
+
+import pytest
+
+from pipelines import cli
+from pipelines import options
+
+
+def _job_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="job", allow_abbrev=False)
+  parser.add_argument("--output_dir", required=True)
+  return parser
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--direct_num_workers=two",
+     "argument --direct_num_workers: invalid int value: 'two'"),
+    ("--direct_running_mode=multi_procesing",
+     "argument --direct_running_mode: invalid choice: 'multi_procesing'"),
+])
+def test_a_bad_beam_flag_value_is_one_line_of_the_jobs_usage(
+    capsys, flag, message):
+  with pytest.raises(SystemExit) as exit_info:
+    options.parse_job_args(_job_parser(), ["--output_dir=o", flag])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  error_lines = [line for line in err.splitlines() if "error:" in line]
+  assert len(error_lines) == 1 and message in error_lines[0], err
+  assert error_lines[0].startswith("job: error: Beam pipeline option")
+  assert "--dataflow_service_options" not in err  # Not Beam's own usage.
+
+
+def test_beam_flags_pass_through_unchanged():
+  args, beam_args = options.parse_job_args(
+      _job_parser(), ["--output_dir=o", "--direct_num_workers=2",
+                      "--runner=FnApiRunner"])
+  assert args.output_dir == "o"
+  assert beam_args == ["--direct_num_workers=2", "--runner=FnApiRunner"]
+
+
+def test_logging_keeps_the_dataflow_runners_info_lines_only():
+  cli.configure_logging()
+  assert logging.getLogger(
+      "apache_beam.runners.dataflow.internal.apiclient").isEnabledFor(
+          logging.INFO)
+  assert not logging.getLogger(
+      "apache_beam.runners.portability.fn_api_runner").isEnabledFor(
+          logging.INFO)
+  assert logging.getLogger("pipelines.preprocess").isEnabledFor(logging.INFO)
