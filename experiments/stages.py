@@ -4,13 +4,16 @@ Each stage is a separate process (`python -m pipelines.preprocess ...`), so a
 run exercises the real command lines, and JAX, TensorFlow, Beam and the JVM
 never share one interpreter. A stage whose output is already complete is
 skipped, so an interrupted run picks up where it stopped, unless the stage's
-command or that of a stage it reads from changed since: each stage records
-both in `{log_dir}/{name}.json` before it runs.
+command or that of a stage it reads from, or the project's code and configs,
+changed since: each stage records all three in `{log_dir}/{name}.json` before
+it runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 import pathlib
@@ -50,9 +53,34 @@ class Stage:
     return [sys.executable, "-m", self.module, *self.args]
 
   def record(self) -> dict[str, Any]:
-    """What its output depends on: its command and its inputs' records."""
-    return {"command": [self.module, *self.args],
+    """What its output depends on: its command, the code and its inputs'
+    records."""
+    return {"command": [self.module, *self.args], "code": code_digest(),
             "inputs": {stage.name: stage.record() for stage in self.inputs}}
+
+
+# The packages (with their gin and JSON configs) whose code a stage runs.
+_CODE_PACKAGES = ("pipelines", "tasks", "trainer", "evaluator", "experiments")
+_CODE_SUFFIXES = (".py", ".gin", ".json")
+
+
+@functools.cache
+def code_digest() -> str:
+  """The digest of the project's code and configs: an output written by other
+  code is not taken as complete."""
+  return tree_digest(pathlib.Path(__file__).resolve().parents[1])
+
+
+def tree_digest(root: pathlib.Path) -> str:
+  """SHA-256 over the code and config files of the packages under `root`,
+  each with its path relative to `root`."""
+  digest = hashlib.sha256()
+  for package in _CODE_PACKAGES:
+    for path in sorted((root / package).rglob("*")):
+      if path.suffix in _CODE_SUFFIXES and path.is_file():
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+  return digest.hexdigest()
 
 
 def main_exiting_on_stage_error(run: Callable[[Sequence[str] | None], object],

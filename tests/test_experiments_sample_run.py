@@ -66,6 +66,38 @@ def test_a_step_reruns_when_its_or_its_inputs_flags_change(tmp_path, capsys):
   assert list(json.loads((tmp_path / "second.json").read_text())) == ["a", "b"]
 
 
+def test_every_step_reruns_when_the_code_changes(tmp_path, capsys,
+                                                monkeypatch):
+  (tmp_path / "in.json").write_text('{"b": 1}')
+
+  def run() -> list[str]:
+    first = _json_tool("first", tmp_path / "in.json", tmp_path / "first.json")
+    stages.run_stage(first, tmp_path / "logs")
+    return _ran(capsys)
+
+  assert run() == ["first"]
+  assert not run()
+  monkeypatch.setattr(stages, "code_digest", lambda: "other code")
+  assert run() == ["first"]
+
+
+def test_the_code_digest_covers_code_and_configs_only(tmp_path):
+  (tmp_path / "trainer" / "configs").mkdir(parents=True)
+  (tmp_path / "trainer" / "configs" / "run.gin").write_text("A = 1")
+  (tmp_path / "pipelines").mkdir()
+  (tmp_path / "pipelines" / "job.py").write_text("x = 1")
+  digest = stages.tree_digest(tmp_path)
+  (tmp_path / "pipelines" / "job.cpython-311.pyc").write_bytes(b"compiled")
+  (tmp_path / "output").mkdir()
+  (tmp_path / "output" / "stats.json").write_text("{}")
+  assert stages.tree_digest(tmp_path) == digest
+  (tmp_path / "trainer" / "configs" / "run.gin").write_text("A = 2")
+  assert stages.tree_digest(tmp_path) != digest
+  (tmp_path / "trainer" / "configs" / "run.gin").write_text("A = 1")
+  (tmp_path / "pipelines" / "job.py").rename(tmp_path / "pipelines" / "j.py")
+  assert stages.tree_digest(tmp_path) != digest
+
+
 def test_an_interrupted_step_resumes_unless_its_flags_changed(tmp_path,
                                                               capsys):
   source, output = tmp_path / "in.json", tmp_path / "out.json"
