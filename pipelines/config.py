@@ -189,9 +189,12 @@ def load_config(path: str, data_dir: str | None = None) -> Config:
   """Reads and validates a config file."""
   try:
     with FileSystems.open(path) as f:
-      raw = json.loads(f.read())
-  except (OSError, IOError) as e:
+      text = f.read()
+  # ValueError: no file system for the path's scheme (gs:// needs [gcp]).
+  except (OSError, ValueError) as e:
     raise ConfigError(f"cannot read config {path}: {e}") from None
-  except ValueError as e:
+  try:
+    raw = json.loads(text)
+  except ValueError as e:  # JSONDecodeError or UnicodeDecodeError.
     raise ConfigError(f"config {path} is not valid JSON: {e}") from None
   return parse_config(raw, os.path.dirname(path) or ".", data_dir)

@@ -434,8 +434,8 @@ def main(argv: Sequence[str] | None = None) -> None:
       allow_abbrev=False,
       prog="python -m pipelines.sample_data",
       description=("Writes a deterministic sample of Amazon-2018-format "
-                   "review and meta files for four categories (one per "
-                   "role) and config.json for pipelines.preprocess."))
+                   "review and meta files for four categories covering the "
+                   "three roles, and config.json for pipelines.preprocess."))
   parser.add_argument("--output_dir", required=True,
                       help="folder to write the files and config.json into")
   parser.add_argument("--seed", type=int, default=0,

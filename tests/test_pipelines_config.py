@@ -113,3 +113,10 @@ def test_load_config_reports_unreadable_and_invalid_files(tmp_path):
   good.write_text(json.dumps(_raw()))
   assert config_lib.load_config(str(good)).categories[0].reviews == (
       str(tmp_path / "r.json"),)
+
+
+def test_an_unreadable_config_path_is_not_called_bad_json():
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.load_config("gss://bucket/config.json")
+  assert str(error.value).startswith(
+      "cannot read config gss://bucket/config.json: Unable to get filesystem")
