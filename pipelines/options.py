@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from apache_beam import runners
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options import pipeline_options
 from apache_beam.options import pipeline_options_validator
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -23,6 +24,8 @@ from pipelines.cli import positive_int
 
 DEFAULT_RUNNER = "FnApiRunner"
 DEFAULT_LINES_PER_CALL = 250_000
+# Runners whose workers are other machines, without the launcher's disk.
+REMOTE_WORKER_RUNNERS = ("DataflowRunner", "TestDataflowRunner")
 
 
 class BeamOptionsError(ValueError):
@@ -123,6 +126,27 @@ def _with_hint(flag: str, known: Sequence[str]) -> str:
   return f"{flag} (did you mean {match[0]}?)" if match else flag
 
 
+def _check_worker_paths(options: PipelineOptions,
+                        worker_paths: Mapping[str, str]) -> None:
+  """Each path is remote where workers are, and has a file system here."""
+  runner = options.view_as(pipeline_options.StandardOptions).runner
+  runner_name = str(runner).rsplit(".", maxsplit=1)[-1]
+  local = [f"{label} {path}" for label, path in worker_paths.items()
+           if FileSystems.get_scheme(path) is None]
+  if local and runner_name in REMOTE_WORKER_RUNNERS:
+    raise BeamOptionsError(
+        f"{runner_name} workers cannot reach local paths: "
+        f"{', '.join(local)}; give gs:// paths.")
+  for label, path in worker_paths.items():
+    try:
+      FileSystems.get_filesystem(path)
+    except ValueError:  # gs:// without apache-beam[gcp], a mistyped scheme.
+      raise BeamOptionsError(
+          f"{label} {path}: no file system for this path here (gs:// "
+          "needs pip install -e '.[gcp]', README: Beam jobs on Dataflow)."
+      ) from None
+
+
 def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
   """Pipeline options from the remaining flags, FnApiRunner by default."""
   flags = list(beam_args)
@@ -131,14 +155,23 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
   return PipelineOptions(flags=flags)
 
 
-def checked_beam_options(beam_args: Sequence[str]) -> PipelineOptions:
+def checked_beam_options(
+    beam_args: Sequence[str],
+    worker_paths: Mapping[str, str] | None = None) -> PipelineOptions:
   """`beam_options(beam_args)` after the checks `beam.Pipeline` makes (the
   runner exists and can be created, the options suit it), so that a job
   can refuse them before it reads or deletes any file.
 
+  worker_paths: what the workers read or write, by a label for messages
+  (the flag that names it, say "--output_dir").
+  A path with no file system here (gs:// without the gcp extra) is refused;
+  so is a local path on a runner whose workers are other machines (Dataflow),
+  where it would be each worker's own disk.
+
   Raises BeamOptionsError with Beam's message on one line.
   """
   options = beam_options(beam_args)
+  _check_worker_paths(options, worker_paths or {})
   try:
     runner = runners.create_runner(
         options.view_as(pipeline_options.StandardOptions).runner)

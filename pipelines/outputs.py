@@ -5,6 +5,9 @@
   {output_dir}/{category}/stats.json
   {output_dir}/rejects/{category}-SSSSS-of-NNNNN.jsonl
   {output_dir}/manifest.json          (written last: the run completed)
+  {output_dir}/_RUN_STARTED           (written first, deleted after
+                                       manifest.json; found without it: a run
+                                       that failed or was cancelled)
 
 Every writer takes already sorted or order-free inputs, so a file's bytes
 depend only on the data.
@@ -31,6 +34,9 @@ REJECTS_DIR = "rejects"
 MANIFEST = "manifest.json"
 STATS = "stats.json"
 CORPUS = "corpus.parquet"
+RUN_STARTED = "_RUN_STARTED"
+_RUN_STARTED_TEXT = (b"python -m pipelines.preprocess started writing here; "
+                     b"manifest.json marks a completed run.\n")
 
 _CORPUS_SCHEMA = pa.schema([(name, pa.string())
                             for name in processing.CORPUS_COLUMNS])
@@ -52,6 +58,17 @@ def _write(path: str, data: bytes) -> None:
 def _json_bytes(value: Any) -> bytes:
   return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) +
           "\n").encode("utf-8")
+
+
+def write_run_started(output_dir: str) -> None:
+  """Marks `output_dir` as the output of a run of this job, before any other
+  file: proof for `--overwrite` of a run that failed before its rejects/."""
+  _write(FileSystems.join(output_dir, RUN_STARTED), _RUN_STARTED_TEXT)
+
+
+def delete_run_started(output_dir: str) -> None:
+  """Removes the marker of `write_run_started` once the run completed."""
+  FileSystems.delete([FileSystems.join(output_dir, RUN_STARTED)])
 
 
 def shard_path(output_dir: str, category: str, split: str, shard: int,

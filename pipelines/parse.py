@@ -128,7 +128,8 @@ def _rating(record: dict[str, Any]) -> float:
     rating = float(value)
   except (TypeError, ValueError, OverflowError):
     raise RejectError("invalid_overall") from None
-  if rating != rating:  # NaN breaks ordering and equality.
+  # NaN breaks ordering and equality; no rating is infinite ("1e999").
+  if not math.isfinite(rating):
     raise RejectError("invalid_overall")
   return rating
 
@@ -142,7 +143,8 @@ def review_event(record: dict[str, Any]) -> tuple[str, Event]:
   """Reads (reviewerID, event) from one review record.
 
   Strings that UTF-8 cannot encode (a lone surrogate) are `invalid_encoding`,
-  timestamps outside int64's [0, 2**63) `invalid_unixReviewTime`.
+  timestamps outside int64's [0, 2**63) `invalid_unixReviewTime`, a rating
+  that is not a finite number `invalid_overall`.
   """
   user_id = record.get("reviewerID")
   asin = record.get("asin")
@@ -154,7 +156,7 @@ def review_event(record: dict[str, Any]) -> tuple[str, Event]:
           type(asin) is str and asin.isascii() and asin and
           not asin.isspace() and len(asin) <= MAX_ASIN_LENGTH and
           type(timestamp) is int and 0 <= timestamp < _TIMESTAMP_END and
-          type(rating) is float and rating == rating):
+          type(rating) is float and math.isfinite(rating)):
     # Anything but the common well-formed case takes the checked path.
     user_id = _required_string(record, "reviewerID")
     asin = _asin(record)

@@ -7,6 +7,17 @@ Implements paper section 4: join reviews with meta, order each user's events,
 drop consecutive exact duplicates, sample users, split by category role,
 template item texts, and write Table 1 statistics. See docs/contracts.md for
 the output folder.
+
+Before the job starts, the launcher writes `_RUN_STARTED` into the output
+folder (`outputs.RUN_STARTED`), and deletes it once the job has written
+`manifest.json`: a folder holding the marker without a manifest is a run that
+failed or was cancelled, which `--overwrite` replaces like a finished one.
+Only `manifest.json` says a run completed.
+
+The job's Beam counters (namespace "preprocess", named `{category}/{count}`)
+show its progress while it runs: the counts of `stats.json` (lines read,
+records parsed, rejects by reason, users kept ...), plus `shards_written`,
+`{split}_examples_written` and `rejects_written`.
 """
 
 from __future__ import annotations
@@ -98,7 +109,24 @@ def _files_under(output_dir: str) -> tuple[str, list[str]]:
   return pattern[:-len("**")], [metadata.path for metadata in files]
 
 
-def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+def _is_file(path: str) -> bool:
+  """Whether `path` is a file rather than a folder. Only a file system with
+  folders can tell: in an object store, a name can be both."""
+  # "file/" does not exist where "file" does; "folder/" does.
+  return (FileSystems.get_filesystem(path).has_dirs() and
+          FileSystems.exists(path) and
+          not FileSystems.exists(FileSystems.join(path, "")))
+
+
+def _holds_earlier_run(names: Sequence[str]) -> bool:
+  """Whether file names relative to the output folder show a run of this job:
+  finished (manifest.json), or stopped after it began (`_RUN_STARTED`) or
+  while it wrote rejects/."""
+  return any(name in (outputs.MANIFEST, outputs.RUN_STARTED) or
+             name.startswith(outputs.REJECTS_DIR + "/") for name in names)
+
+
+def _empty_output_dir(output_dir: str, overwrite: bool) -> None:
   """Refuses a non-empty folder unless it holds an earlier run to replace,
   which it then deletes."""
   prefix, files = _files_under(output_dir)
@@ -108,15 +136,34 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     raise OutputDirError(f"--output_dir {output_dir} is not empty; pass "
                          "--overwrite to replace an earlier run or choose "
                          "another folder")
-  names = [path[len(prefix):] for path in files]
-  if not any(name == outputs.MANIFEST or
-             name.startswith(outputs.REJECTS_DIR + "/") for name in names):
+  if not _holds_earlier_run([path[len(prefix):] for path in files]):
     raise OutputDirError(f"--output_dir {output_dir} is not empty and holds "
-                         "no earlier run (no manifest.json or rejects/); "
+                         f"no earlier run (no {outputs.MANIFEST}, "
+                         f"{outputs.RUN_STARTED} or {outputs.REJECTS_DIR}/); "
                          "refusing to delete it")
   FileSystems.delete(files)
   if FileSystems.get_filesystem(output_dir).has_dirs():
     FileSystems.delete([output_dir])  # The folders left empty.
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+  """Empties the folder for the job (`_empty_output_dir`) and marks it as
+  this job's output (`outputs.write_run_started`)."""
+  if _is_file(output_dir):
+    raise OutputDirError(f"--output_dir {output_dir} is a file, not a folder")
+  _empty_output_dir(output_dir, overwrite)
+  outputs.write_run_started(output_dir)
+
+
+def _worker_paths(config: config_lib.Config,
+                  output_dir: str) -> dict[str, str]:
+  """The input patterns and output folder the workers use, by label."""
+  paths = {"--output_dir": output_dir}
+  for category in config.categories:
+    for kind in ("reviews", "meta"):
+      for number, pattern in enumerate(getattr(category, kind)):
+        paths[f"{category.name} {kind} #{number}"] = pattern
+  return paths
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
@@ -124,9 +171,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
   parser = options.build_parser()
   args, beam_args = options.parse_job_args(parser, argv)
   try:
-    # Before any file is read or deleted: Beam checks the runner and options.
-    beam_options = options.checked_beam_options(beam_args)
     config = config_lib.load_config(args.config, args.data_dir)
+    # Before any input is read or file deleted: Beam checks the runner and
+    # options, and the paths the workers use.
+    beam_options = options.checked_beam_options(
+        beam_args, _worker_paths(config, args.output_dir))
     review_tasks, meta_tasks = plan_tasks(config, args.read_range_mb << 20)
     prepare_output_dir(args.output_dir, args.overwrite)
   except textio.InputError as e:
@@ -144,6 +193,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
   with beam.Pipeline(options=beam_options) as pipeline:
     build_pipeline(pipeline, config, args.output_dir, review_tasks,
                    meta_tasks, args.lines_per_call)
+  outputs.delete_run_started(args.output_dir)
   stats = outputs.read_stats(args.output_dir, config)
   for name, category_stats in stats.items():
     if not category_stats["num_users"]:

@@ -5,7 +5,9 @@ its first byte lies in. Gzip files cannot be split and form one range each.
 Offsets are positions in the (decompressed) stream, so a reject can be found
 again in its source file. A file that cannot be read to its end (a corrupt or
 truncated gzip file, a folder) raises InputError naming it: the job fails
-rather than reading part of it.
+rather than reading part of it. So does gzip data (magic bytes 1f 8b) in a
+file whose name does not end in .gz: read as text, each of its lines would be
+a malformed_line reject; renamed to .gz, it is read as gzip.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 
 DEFAULT_RANGE_BYTES = 16 << 20
 _GZIP_SUFFIX = ".gz"
+_GZIP_MAGIC = b"\x1f\x8b"  # No UTF-8 text starts with these bytes.
 _PROBE_BYTES = 4096
 
 
@@ -59,6 +62,14 @@ def _has_content(path: str) -> bool:
   return False
 
 
+def _is_unnamed_gzip(path: str) -> bool:
+  """Whether a file not named .gz holds gzip data."""
+  if path.endswith(_GZIP_SUFFIX):
+    return False
+  with _open(path) as f:
+    return f.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+
+
 def _same_file_key(path: str) -> str:
   """`path`, resolved if local: two names of one local file share a key."""
   if FileSystems.get_scheme(path) is None:
@@ -72,8 +83,8 @@ def plan_ranges(patterns: Sequence[str], what: str,
 
   A file that several patterns match is read once, under its first name.
   Raises InputError naming the pattern that matches nothing or the file that
-  holds no data or cannot be read; `what` says which input it is (e.g.
-  "reviews of Office").
+  holds no data, cannot be read or holds gzip data under a name not ending in
+  .gz; `what` says which input it is (e.g. "reviews of Office").
   """
   ranges = []
   seen = {}
@@ -91,9 +102,14 @@ def plan_ranges(patterns: Sequence[str], what: str,
       seen[key] = metadata.path
       try:
         empty = metadata.size_in_bytes == 0 or not _has_content(metadata.path)
+        gzip_data = not empty and _is_unnamed_gzip(metadata.path)
       except _READ_ERRORS as e:
         raise InputError(f"cannot read input file {metadata.path} ({what}): "
                          f"{e}") from e
+      if gzip_data:
+        raise InputError(f"input file {metadata.path} holds gzip data but its "
+                         f"name does not end in {_GZIP_SUFFIX} ({what}); "
+                         f"rename it to end in {_GZIP_SUFFIX}")
       if empty:
         raise InputError(f"input file {metadata.path} is empty ({what})")
       if metadata.path.endswith(_GZIP_SUFFIX):

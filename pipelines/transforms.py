@@ -12,6 +12,10 @@ rows of bought items that the corpus and statistics files need.
 Meta joins reviews by key, never as a whole-category side input: workers hold
 only a compact index of asins (`processing.AsinIndex`), one meta bucket while
 joining, and one shard's item rows while building it.
+
+Every DoFn that counts adds its counts to Beam counters (`_add_to_counters`)
+once per call, so a long run shows its progress on the runner (Dataflow's
+job page) at no cost per element.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import collections
 import itertools
 import logging
 import pickle
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 from pipelines import config as config_lib
 from pipelines import outputs
@@ -36,6 +41,8 @@ RangeTask = tuple[str, str, int, int]
 _Packed = tuple[tuple[str, int], bytes]
 # A key and, by input name, the values CoGroupByKey grouped under it.
 _Grouped = tuple[Any, dict[str, Iterable[Any]]]
+
+METRICS_NAMESPACE = "preprocess"
 
 
 def _describe(task: RangeTask) -> str:
@@ -67,11 +74,20 @@ def _unpack_union(packed: Iterable[bytes]) -> dict:
   return union
 
 
+def _add_to_counters(category: str, counts: Mapping[str, int]) -> None:
+  """Adds each non-zero count to the counter `{category}/{key}`."""
+  for key, value in counts.items():
+    if value:
+      Metrics.counter(METRICS_NAMESPACE, f"{category}/{key}").inc(value)
+
+
 def _side_outputs(category: config_lib.CategoryConfig,
                   rejects: Sequence[processing.Reject],
                   counts: collections.Counter
                   ) -> Iterator[beam.pvalue.TaggedOutput]:
-  """Rejects keyed by (category, reject bucket); counts by category."""
+  """Rejects keyed by (category, reject bucket); counts by category, also
+  added to the counters."""
+  _add_to_counters(category.name, counts)
   for bucket, part in sorted(processing.bucket_rejects(
       rejects, category.num_shards).items()):
     yield beam.pvalue.TaggedOutput("rejects", ((category.name, bucket), part))
@@ -161,8 +177,9 @@ class _JoinMetaBucketFn(beam.DoFn):
               ) -> Iterator[_Packed | beam.pvalue.TaggedOutput]:
     (name, _), grouped = keyed
     meta = processing.merge_meta(map(pickle.loads, grouped["rows"]))
-    yield beam.pvalue.TaggedOutput("counts",
-                                   (name, {"meta_items": len(meta)}))
+    counts = {"meta_items": len(meta)}
+    _add_to_counters(name, counts)
+    yield beam.pvalue.TaggedOutput("counts", (name, counts))
     bought = {}
     for shard, rows in processing.meta_for_shards(
         meta, map(pickle.loads, grouped["wanted"])).items():
@@ -187,8 +204,11 @@ class _BuildShardFn(beam.DoFn):
     result = processing.build_shard(
         processing.merge_user_events(map(pickle.loads, grouped["users"])),
         category, _unpack_union(grouped["meta"]))
-    yield from outputs.write_shard(self._output_dir, category, shard,
-                                   result.records)
+    files = outputs.write_shard(self._output_dir, category, shard,
+                                result.records)
+    _add_to_counters(name, {"shards_written": 1, **{
+        f"{split}_examples_written": count for _, split, _, count in files}})
+    yield from files
     logging.info("%s shard %d: %d users", name, shard,
                  result.counts["users"])
     yield beam.pvalue.TaggedOutput("items", (name, result.item_ids))
@@ -259,8 +279,12 @@ class _WriteRejectsFn(beam.DoFn):
   def process(self, keyed: tuple[tuple[str, int], Iterable[list[tuple]]]
               ) -> Iterator[outputs.RejectFile]:
     (name, bucket), parts = keyed
-    yield outputs.write_rejects(self._output_dir, self._config.category(name),
-                                bucket, itertools.chain.from_iterable(parts))
+    written = outputs.write_rejects(
+        self._output_dir, self._config.category(name), bucket,
+        itertools.chain.from_iterable(parts))
+    _, _, count = written
+    _add_to_counters(name, {"rejects_written": count})
+    yield written
 
 
 class WriteRejects(beam.PTransform):

@@ -51,3 +51,28 @@ def test_logging_keeps_the_dataflow_runners_info_lines_only():
       "apache_beam.runners.portability.fn_api_runner").isEnabledFor(
           logging.INFO)
   assert logging.getLogger("pipelines.preprocess").isEnabledFor(logging.INFO)
+
+
+def test_dataflow_refuses_local_paths_before_checking_anything_else():
+  with pytest.raises(options.BeamOptionsError) as error:
+    options.checked_beam_options(
+        ["--runner=DataflowRunner"],
+        {"--output_dir": "/tmp/out", "--data_dir": "gs://bucket/data",
+         "Games reviews": "relative/reviews.json.gz"})
+  assert str(error.value) == (
+      "DataflowRunner workers cannot reach local paths: --output_dir "
+      "/tmp/out, Games reviews relative/reviews.json.gz; give gs:// paths.")
+
+
+def test_local_runners_take_local_paths():
+  beam_options = options.checked_beam_options(
+      ["--direct_num_workers=2"], {"--output_dir": "/tmp/out"})
+  assert beam_options.get_all_options()["direct_num_workers"] == 2
+
+
+def test_a_path_without_a_file_system_is_refused_naming_its_flag():
+  with pytest.raises(options.BeamOptionsError) as error:
+    options.checked_beam_options([], {"--output_dir": "/tmp/out",
+                                      "--data_dir": "gss://bucket/data"})
+  assert str(error.value).startswith(
+      "--data_dir gss://bucket/data: no file system for this path here")

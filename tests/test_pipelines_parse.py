@@ -80,6 +80,11 @@ def test_review_event_rejects_missing_or_invalid_fields(record, reason):
     ("unixReviewTime", 2**64 + 1, "invalid_unixReviewTime"),
     ("unixReviewTime", 1e20, "invalid_unixReviewTime"),
     pytest.param("overall", 10**400, "invalid_overall", id="overall-10**400"),
+    # JSON's 1e999, Infinity and NaN: no finite rating.
+    ("overall", float("inf"), "invalid_overall"),
+    ("overall", float("-inf"), "invalid_overall"),
+    ("overall", float("nan"), "invalid_overall"),
+    ("overall", "1e999", "invalid_overall"),
 ])
 @pytest.mark.parametrize("complete", [True, False])
 def test_review_event_rejects_values_it_cannot_store(field, value, reason,
@@ -260,6 +265,19 @@ def test_plan_ranges_names_unreadable_inputs(tmp_path):
                        match=f"cannot read input file .*{name} "
                              r"\(reviews of X\): \S"):
       textio.plan_ranges([str(tmp_path / name)], "reviews of X")
+
+
+def test_plan_ranges_refuses_gzip_data_in_a_file_not_named_gz(tmp_path):
+  path = tmp_path / "reviews.json"
+  _write(path, ['{"a": 1}'] * 10, compress=True)
+  with pytest.raises(textio.InputError) as e:
+    textio.plan_ranges([str(tmp_path / "*.json")], "reviews of X")
+  assert str(e.value) == (f"input file {path} holds gzip data but its name "
+                          "does not end in .gz (reviews of X); rename it to "
+                          "end in .gz")
+  path.rename(tmp_path / "reviews.json.gz")
+  [file_range] = textio.plan_ranges([str(tmp_path / "*.json.gz")], "x")
+  assert len(list(textio.read_lines(file_range))) == 10
 
 
 def _truncated_gzip(path, num_lines):

@@ -7,13 +7,16 @@ import gzip
 import json
 
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 import pyarrow.parquet as pq
 import pytest
 
 import beam_testfs
 from pipelines import config as config_lib
 from pipelines import options
+from pipelines import outputs
 from pipelines import preprocess
+from pipelines import transforms
 import pipelines_testdata
 from tasks import templates
 
@@ -179,6 +182,37 @@ def test_manifest_lists_every_file_and_is_last(run_output):
              for p in output.rglob("*") if p.is_file())
 
 
+def test_counters_equal_the_counts_of_the_files_written(tmp_path):
+  """The Beam counters a runner shows, read from the PipelineResult: the
+  counts of stats.json, the records read back from the shards, and the lines
+  of the rejects files."""
+  config = config_lib.load_config(str(_write_fixture(tmp_path / "data")))
+  output = tmp_path / "out"
+  pipeline = beam.Pipeline(options=options.beam_options([]))
+  preprocess.build_pipeline(pipeline, config, str(output),
+                            *preprocess.plan_tasks(config))
+  result = pipeline.run()
+  result.wait_until_finish()
+  query = MetricsFilter().with_namespace(transforms.METRICS_NAMESPACE)
+  counters = {counter.key.metric.name: counter.committed
+              for counter in result.metrics().query(query)["counters"]}
+  expected = {}
+  for category in config.categories:
+    name = category.name
+    counts = json.loads((output / name / "stats.json").read_text())["counts"]
+    del counts["meta_duplicate_rows"]  # Derived from two counts at the end.
+    counts["shards_written"] = category.num_shards
+    rejects = _reject_files(output, name).values()
+    counts["rejects_written"] = sum(map(len, rejects))
+    for split in category.splits:
+      counts[f"{split}_examples_written"] = len(
+          pipelines_testdata.read_split(output / name, split))
+    expected.update((f"{name}/{key}", value)
+                    for key, value in counts.items() if value)
+  assert expected["Games/review_lines"] == len(REVIEWS)
+  assert counters == expected
+
+
 def test_bad_inputs_fail_early_with_a_message_naming_them(tmp_path, capsys):
   config = _write_fixture(tmp_path / "data")
   raw = json.loads(config.read_text())
@@ -214,6 +248,14 @@ def test_unreadable_inputs_fail_early_naming_them(tmp_path, capsys):
     preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/o"])
   assert "(reviews of Games): [Errno 21] Is a directory" in (
       capsys.readouterr().err)
+  # Gzip data under a plain name: each line would be a malformed_line reject.
+  (tmp_path / "data" / "Games_5.json").write_bytes(gzip.compress(
+      (tmp_path / "data" / "Games_5.json").read_bytes()))
+  with pytest.raises(SystemExit):
+    preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/o"])
+  assert ("input file " + str(tmp_path / "data" / "Games_5.json") +
+          " holds gzip data but its name does not end in .gz (reviews of "
+          "Stage1); rename it") in capsys.readouterr().err
   assert not (tmp_path / "o").exists()
 
 
@@ -231,6 +273,8 @@ def test_bad_lines_become_counted_rejects_without_changing_the_rest(
       '{"reviewerID": "U1", "asin": "B1", "unixReviewTime": 1' + "0" * 20 +
       ', "overall": 5.0}',
       '{"reviewerID": "U1", "asin": "' + "B" * 2000 + '", "unixReviewTime": 1}',
+      '{"reviewerID": "U1", "asin": "B1", "unixReviewTime": 1, '
+      '"overall": 1e999}',
   ]
   bad_meta = ['{"asin": "B\\ud800"}', "{[1]: 2}",
               '{"asin": "' + "B" * 2000 + '", "title": "Wide"}']
@@ -255,6 +299,7 @@ def test_bad_lines_become_counted_rejects_without_changing_the_rest(
                      ("reviews_rejected_malformed_line", 2),
                      ("reviews_rejected_invalid_unixReviewTime", 2),
                      ("reviews_rejected_asin_too_long", 1),
+                     ("reviews_rejected_invalid_overall", 1),
                      ("meta_rejected_invalid_encoding", 1),
                      ("meta_rejected_malformed_line", 1),
                      ("meta_rejected_asin_too_long", 1)):
@@ -302,6 +347,24 @@ def test_non_empty_output_dir_needs_overwrite(tmp_path, capsys, object_store):
   assert (tmp_path / "out" / "sub" / "keep.txt").exists()
 
 
+@pytest.mark.parametrize("url_only", [False, True])
+def test_an_output_dir_that_is_a_file_is_refused_up_front(
+    tmp_path, capsys, url_only):
+  config = _write_fixture(tmp_path / "data")
+  (tmp_path / "out").write_text("x")
+  beam_testfs.set_root(tmp_path)
+  output = beam_testfs.url("out") if url_only else tmp_path / "out"
+  for overwrite in ([], ["--overwrite"]):
+    with pytest.raises(SystemExit):
+      preprocess.run([f"--config={config}", f"--output_dir={output}",
+                      *overwrite])
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if "error:" in line]
+    assert errors == [f"python -m pipelines.preprocess: error: --output_dir "
+                      f"{output} is a file, not a folder"]
+  assert (tmp_path / "out").read_text() == "x"
+
+
 def _files(folder):
   return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                 if p.is_file())
@@ -309,9 +372,11 @@ def _files(folder):
 
 @pytest.mark.parametrize("object_store", [False, True])
 def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys,
+                                                     monkeypatch,
                                                      object_store):
   """Also where a folder is only a prefix of object names (GCS): the checks
-  and the delete of --overwrite find every file of the earlier run."""
+  and the delete of --overwrite find every file of the earlier run, a failed
+  one's too."""
   config = _write_fixture(tmp_path / "data")
   raw = json.loads(config.read_text())
   raw["categories"][1]["num_shards"] = 3
@@ -335,6 +400,22 @@ def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys,
   config.write_text(json.dumps(raw))
   # A run that stopped before its manifest is known by rejects/ alone.
   (tmp_path / "out" / "manifest.json").unlink()
+  # A worker fails after the shards are written, before any rejects file: the
+  # marker the launcher wrote first is what shows it was a run of this job.
+  def fail(*args):
+    raise OSError("disk full")
+
+  monkeypatch.setattr(outputs, "write_rejects", fail)
+  with pytest.raises(Exception, match="disk full"):
+    preprocess.run(flags + ["--overwrite"])
+  assert {"Stage1/train-00000-of-00001.tfrecord", "_RUN_STARTED"} <= set(
+      _files(tmp_path / "out"))
+  assert not [name for name in _files(tmp_path / "out")
+              if name.startswith(("rejects/", "manifest.json"))]
+  monkeypatch.undo()
+  with pytest.raises(SystemExit):
+    preprocess.run(flags)
+  assert "pass --overwrite" in capsys.readouterr().err
   stats = preprocess.run(flags + ["--overwrite"])
   assert _files(tmp_path / "out") == [
       "Stage1/corpus.parquet", "Stage1/stats.json",
@@ -365,6 +446,30 @@ def test_an_invalid_runner_is_a_usage_error_before_any_delete(tmp_path,
     preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/out",
                     "--overwrite", "--runner=apache_beam.runners.Nope"])
   assert "has no attribute 'Nope'" in capsys.readouterr().err
+  assert (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--runner=DataflowRunner"],
+     "DataflowRunner workers cannot reach local paths: --output_dir {out}, "
+     "Games reviews #0 {data}/Games_5.json, Games meta #0 {data}/"),
+    (["--output_dir=gss://bucket/out"],
+     "--output_dir gss://bucket/out: no file system for this path here"),
+])
+def test_paths_workers_cannot_use_are_refused_before_any_delete(
+    tmp_path, capsys, flags, message):
+  config = _write_fixture(tmp_path / "data")
+  (tmp_path / "out" / "rejects").mkdir(parents=True)
+  (tmp_path / "out" / "manifest.json").write_text("{}")
+  with pytest.raises(SystemExit):
+    preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/out",
+                    "--overwrite", *flags])
+  errors = [line for line in capsys.readouterr().err.splitlines()
+            if "error:" in line]
+  assert len(errors) == 1
+  assert errors[0].startswith(
+      "python -m pipelines.preprocess: error: " +
+      message.format(out=tmp_path / "out", data=tmp_path / "data")), errors
   assert (tmp_path / "out" / "manifest.json").exists()
 
 
