@@ -1,6 +1,7 @@
 """Reading the preprocessing output: split records and the item corpus.
 
-See docs/contracts.md: each validation/test `tf.train.Example` holds a user's
+See docs/contracts.md: `manifest.json` lists each category's split files and
+their record counts; each validation/test `tf.train.Example` holds a user's
 chronological `item_ids` and `item_texts`, the LAST one the target and the
 rest the history; `{category}/corpus.parquet` holds every item of a category.
 """
@@ -8,12 +9,73 @@ rest the history; `{category}/corpus.parquet` holds every item of a category.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
+from typing import Any
 
 import numpy as np
 
 from evaluator import files
 
 CORPUS_COLUMNS = ("item_id", "text")
+# The preprocessing job's manifest, as `tasks.manifest` reads it; read here
+# through Beam's FileSystems, as that module imports TensorFlow.
+MANIFEST = "manifest.json"
+
+
+class DataError(ValueError):
+  """A preprocessing output that cannot be evaluated; one line says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitFiles:
+  """A category's split as the preprocessing output's manifest lists it."""
+
+  paths: tuple[str, ...]
+  num_records: int | None  # None when the manifest does not count them.
+  manifest_sha256: str  # Of the manifest's contents: names the data.
+
+
+def _read_manifest(data_dir: str) -> dict[str, Any]:
+  path = os.path.join(data_dir, MANIFEST)
+  if not files.exists(path):
+    raise DataError(f"{data_dir} has no {MANIFEST}: preprocessing did not "
+                    "finish or this is not the --output_dir of "
+                    "`python -m pipelines.preprocess`.")
+  manifest = files.read_json(path)
+  if not isinstance(manifest, dict) or not manifest.get("categories"):
+    raise DataError(f"{path} lists no categories; it is not the manifest of a "
+                    "preprocessing run (docs/contracts.md).")
+  return manifest
+
+
+def split_files(data_dir: str, category: str, split: str) -> SplitFiles:
+  """The split's files that `{data_dir}/manifest.json` lists, each present.
+
+  Raises:
+    DataError: naming data_dir, when it has no manifest, the manifest lacks
+      the category or its split, or a listed file is missing.
+  """
+  manifest = _read_manifest(data_dir)
+  categories = manifest["categories"]
+  if category not in categories:
+    raise DataError(f"{data_dir}/{MANIFEST} lists no category {category!r}; "
+                    f"it has {', '.join(sorted(categories))}.")
+  splits = categories[category].get("splits", {})
+  if split not in splits:
+    raise DataError(f"{data_dir}/{MANIFEST} lists no {split} split of "
+                    f"{category}; it has {', '.join(sorted(splits))}.")
+  paths = tuple(os.path.join(data_dir, name)
+                for name in splits[split]["files"])
+  missing = [path for path in paths if not files.exists(path)]
+  if missing:
+    raise DataError(f"{data_dir} lacks {len(missing)} of the {len(paths)} "
+                    f"{split} files of {category} that {MANIFEST} lists, "
+                    f"e.g. {missing[0]}.")
+  digest = hashlib.sha256(
+      json.dumps(manifest, sort_keys=True).encode("utf-8")).hexdigest()
+  return SplitFiles(paths, splits[split].get("records"), digest)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,8 +6,9 @@ r"""Batch evaluation of a category's split: generation, retrieval, metrics.
       [Beam flags, e.g. --runner=FnApiRunner --direct_num_workers=2 \
        --direct_running_mode=multi_processing]
 
-Reads `{data_dir}/{category}/{split}-*.tfrecord` and `corpus.parquet`
-(docs/contracts.md), generates N_gen samples per user with the model (or uses
+Reads the category's split files that `{data_dir}/manifest.json` lists, each
+checked to exist and their records counted against it, and `corpus.parquet`
+(docs/contracts.md); generates N_gen samples per user with the model (or uses
 the last history item for `--model=lir`), ranks every corpus item by paper
 Algorithm 1 (or hierarchical exact match, paper section 6) and writes to
 `output_dir`:
@@ -35,6 +36,7 @@ import apache_beam as beam
 from apache_beam.ml.inference import base as inference
 
 from evaluator import baselines
+from evaluator import data
 from evaluator import files
 from evaluator import generation
 from evaluator import metrics
@@ -141,16 +143,25 @@ def parse_args(argv: Sequence[str], check_model: bool = True,
   """
   parser = _parser(prog)
   args, beam_argv = beam_cli.parse_job_args(parser, argv)
+  worker_paths = {"--data_dir": args.data_dir, "--output_dir": args.output_dir}
+  if args.model == "calrec" and args.model_dir:
+    worker_paths["--model_dir"] = args.model_dir
   try:
-    beam_cli.checked_beam_options(beam_argv)
+    beam_cli.checked_beam_options(beam_argv, worker_paths)
   except beam_cli.BeamOptionsError as error:
     parser.error(str(error))
+  try:
+    args.split_files = data.split_files(args.data_dir, args.category,
+                                        args.split)
+  except data.DataError as error:
+    parser.error(str(error))
+  if args.split_files.num_records == 0:
+    parser.error(f"{args.data_dir}: the {args.split} split of "
+                 f"{args.category} holds no users (preprocessing left none; "
+                 "see its rejects/).")
   if not files.exists(corpus_path(args)):
-    parser.error(f"--data_dir/--category: missing {corpus_path(args)}; is "
-                 f"{args.category} a category of the preprocessing output?")
-  if not files.glob(split_pattern(args)):
-    parser.error(f"No {args.split} records match {split_pattern(args)}; is "
-                 f"{args.category} an evaluated category?")
+    parser.error(f"{args.data_dir} lacks the corpus of {args.category}, "
+                 f"{corpus_path(args)}.")
   if args.model == "calrec" and not args.model_dir:
     parser.error("--model=calrec needs --model_dir (or use --model=lir).")
   args.params_fingerprint = None
@@ -177,10 +188,6 @@ def parse_args(argv: Sequence[str], check_model: bool = True,
     parser.error(f"{args.output_dir} holds results of an earlier run; pass "
                  "--overwrite to replace them or pick another --output_dir.")
   return args, beam_argv
-
-
-def split_pattern(args: argparse.Namespace) -> str:
-  return os.path.join(args.data_dir, args.category, f"{args.split}-*.tfrecord")
 
 
 def corpus_path(args: argparse.Namespace) -> str:
@@ -215,7 +222,17 @@ def write_summary(summary: dict[str, Any], num_rejected: int,
 
   The metrics average over every test user: the `num_users` ranked ones and
   the `num_unranked` ones, which count as misses (`metrics.with_misses`).
+
+  Raises:
+    data.DataError: the split files held another number of records than
+      the manifest counts (`run["num_records"]`): files changed since.
   """
+  num_read = summary["num_users"] + num_rejected
+  if run["num_records"] not in (None, num_read):
+    raise data.DataError(
+        f"{run['data_dir']}: read {num_read} {run['split']} records of "
+        f"{run['category']}, but its {data.MANIFEST} counts "
+        f"{run['num_records']}.")
   summary = {**run, **summary, "num_unranked": num_unranked,
              "num_rejected": num_rejected}
   if summary["num_users"] + num_unranked:
@@ -244,7 +261,8 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
   with; the corpus is matched in its normal form (`transforms.RetrievalOptions`).
   """
   parsed = (root
-            | "ReadSplit" >> beam.io.ReadFromTFRecord(split_pattern(args))
+            | "SplitFiles" >> beam.Create(args.split_files.paths)
+            | "ReadSplit" >> beam.io.ReadAllFromTFRecord()
             | "ParseUsers" >> beam.ParDo(transforms.ParseUsers()).with_outputs(
                 transforms.REJECTS, main="users"))
   evaluated = (
@@ -270,7 +288,7 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
        | "WriteSummary" >> beam.Map(
            write_summary, num_rejected=beam.pvalue.AsSingleton(num_rejected),
            num_unranked=beam.pvalue.AsSingleton(num_unranked),
-           run=_run_settings(args), output_dir=args.output_dir))
+           run=run_settings(args), output_dir=args.output_dir))
 
 
 def _with_samples(users: beam.PCollection, args: argparse.Namespace,
@@ -318,17 +336,28 @@ def _write_users(results: beam.PCollection,
              file_name_suffix=".jsonl"))
 
 
-def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
-  """The settings metrics.json records beside the metrics."""
-  run = {"category": args.category, "split": args.split, "model": args.model,
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+  """What metrics.json records beside the metrics: all the results depend on.
+
+  The data is `data_dir` as given and a digest of its manifest, which lists
+  every file of the preprocessing run and its record count.
+  """
+  split_files = args.split_files
+  run = {"data_dir": args.data_dir,
+         "manifest_sha256": split_files.manifest_sha256,
+         "num_records": split_files.num_records, "category": args.category,
+         "split": args.split, "model": args.model,
          "retrieval": args.retrieval, "bm25_backend": args.bm25_backend,
-         "num_preds": args.num_preds, "epsilon": args.epsilon}
+         "num_preds": args.num_preds, "epsilon": args.epsilon,
+         "recommendations_k": args.recommendations_k}
   if args.model == "calrec":
+    # The batch shapes round the kept log-probs (by about 1e-6).
     run.update(model_dir=args.model_dir, checkpoint_step=args.checkpoint_step,
                params_fingerprint=args.params_fingerprint,
                num_generations=args.num_generations,
                temperature=args.temperature,
-               max_decode_length=args.max_decode_length, seed=args.seed)
+               max_decode_length=args.max_decode_length, seed=args.seed,
+               batch_size=args.batch_size)
   return run
 
 

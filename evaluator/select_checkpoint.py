@@ -10,11 +10,11 @@ run with `evaluator.evaluate` and names the best one:
       [--steps=45000,135000] [any evaluator.evaluate or Beam flag]
 
 Writes `{output_dir}/{step}/`, the evaluation of each step (a step evaluated
-before with the same settings and the same parameter files is reused; a step
-trained again since is evaluated again), and `{output_dir}/selection.json`
-with every step's score, the best step and its checkpoint path, which is what
-Stage II's INITIAL_CHECKPOINT_PATH and `evaluator.evaluate --checkpoint_step`
-take. Ties go to the earlier step.
+before with the same settings, data and parameter files is reused; a step
+trained again since, or evaluated before on other data, is evaluated again),
+and `{output_dir}/selection.json` with every step's score, the best step and
+its checkpoint path, which is what Stage II's INITIAL_CHECKPOINT_PATH and
+`evaluator.evaluate --checkpoint_step` take. Ties go to the earlier step.
 """
 
 from __future__ import annotations
@@ -123,16 +123,16 @@ def evaluate_step(args: argparse.Namespace, passed_on: Sequence[str],
                       [], generation.TextGenerator]]) -> dict[str, Any]:
   """metrics.json of one step's evaluation.
 
-  An earlier evaluation in the step's folder is reused when every setting it
-  recorded equals this run's; otherwise it is replaced.
+  An earlier evaluation in the step's folder is reused when it recorded every
+  setting of this run (`evaluate.run_settings`: the data too) with the same
+  value; otherwise, older ones recording fewer included, it is replaced.
   """
   step_args, beam_argv = evaluate.parse_args(
       step_argv(args, passed_on, step), check_model=load_generator is None)
   output_dir = step_dir(args, step)
   if files.exists(os.path.join(output_dir, report.METRICS_FILE)):
     summary = report.load_summary(output_dir)
-    if all(summary[key] == value for key, value in vars(step_args).items()
-           if key in summary):
+    if evaluate.run_settings(step_args).items() <= summary.items():
       logging.info("Step %d: reusing %s.", step, output_dir)
       return summary
   logging.info("Step %d: evaluating %s/%s into %s.", step, args.category,

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from pipelines import processing
 from tasks import templates
+from tasks import test_utils
 
 def gift_cards_items(meta_path: pathlib.Path) -> list[dict[str, str]]:
   """Items of a real meta file, cleaned and templated by the pipeline."""
@@ -75,6 +76,19 @@ def write_split(directory: pathlib.Path, split: str, category: str,
               value=list(range(len(items))))),
       }))
       writer.write(example.SerializeToString())
+
+
+def write_output(data_dir: pathlib.Path, category: str,
+                 items: Sequence[dict[str, str]],
+                 users: Sequence[tuple[str, Sequence[dict[str, str]]]],
+                 splits: Sequence[str]) -> None:
+  """A preprocessing output of one category: the corpus, `users` in each of
+  `splits`, stats.json and manifest.json (written last, as the job does)."""
+  write_corpus(data_dir / category, items)
+  for split in splits:
+    write_split(data_dir / category, split, category, users)
+  test_utils.write_stats(data_dir, category, len(users), len(items))
+  test_utils.write_manifest(data_dir)
 
 
 def quantized_length(length: int) -> int:

@@ -1,4 +1,7 @@
-"""Reading split records and the corpus, with bad input."""
+"""Reading split files, records and the corpus, with bad input."""
+
+import re
+import shutil
 
 import evaluator_testdata
 import pyarrow as pa
@@ -7,6 +10,7 @@ import pytest
 from tensorflow.core.example import example_pb2
 
 from evaluator import data
+from tasks import test_utils
 
 
 def _example(**features):
@@ -51,3 +55,49 @@ def test_corpus_rows_and_bad_corpora(tmp_path):
                  tmp_path / "dup.parquet")
   with pytest.raises(ValueError, match="appears twice"):
     data.load_corpus(tmp_path / "dup.parquet")
+
+
+def _write_output(root, num_users):
+  """Toys, an evaluation category with 3 shards, and CDs, a validation one."""
+  test_utils.write_category(root, "Toys", num_users, seed=0,
+                            splits=("train", "validation", "test"),
+                            num_shards=3)
+  test_utils.write_category(root, "CDs", 2, seed=1,
+                            splits=("train", "validation"))
+  test_utils.write_manifest(root)
+
+
+def test_split_files_come_from_the_manifest(tmp_path):
+  _write_output(tmp_path / "a", num_users=6)
+  split = data.split_files(str(tmp_path / "a"), "Toys", "test")
+  assert split.paths == tuple(
+      str(tmp_path / "a" / "Toys" / f"test-{shard:05d}-of-00003.tfrecord")
+      for shard in range(3))
+  assert split.num_records == 6
+  # The digest names the manifest's contents, wherever the folder is.
+  shutil.copytree(tmp_path / "a", tmp_path / "copy")
+  assert data.split_files(str(tmp_path / "copy"), "Toys",
+                          "test").manifest_sha256 == split.manifest_sha256
+  _write_output(tmp_path / "b", num_users=7)
+  assert data.split_files(str(tmp_path / "b"), "Toys",
+                          "test").manifest_sha256 != split.manifest_sha256
+
+
+def test_split_files_refused_naming_the_folder(tmp_path):
+  root = str(tmp_path)
+  with pytest.raises(data.DataError, match=re.escape(
+      f"{root} has no manifest.json: preprocessing did not finish")):
+    data.split_files(root, "Toys", "test")
+  _write_output(tmp_path, num_users=6)
+  with pytest.raises(data.DataError, match=re.escape(
+      f"{root}/manifest.json lists no category 'Nope'; it has CDs, Toys.")):
+    data.split_files(root, "Nope", "test")
+  with pytest.raises(data.DataError, match=re.escape(
+      f"{root}/manifest.json lists no test split of CDs; it has train, "
+      "validation.")):
+    data.split_files(root, "CDs", "test")
+  (tmp_path / "Toys" / "test-00001-of-00003.tfrecord").unlink()
+  with pytest.raises(data.DataError, match=re.escape(
+      f"{root} lacks 1 of the 3 test files of Toys that manifest.json lists, "
+      f"e.g. {root}/Toys/test-00001-of-00003.tfrecord.")):
+    data.split_files(root, "Toys", "test")

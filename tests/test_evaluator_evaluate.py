@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from evaluator import lucene
 from evaluator import report
 from evaluator import retrieval
 from evaluator import transforms
+from pipelines import sequences
 from tasks import templates
 from tasks import test_utils
 
@@ -83,6 +85,11 @@ def _expected_means(num_missed):
   return {key: value * share for key, value in means.items()}
 
 
+def _write_data(root, items, users):
+  evaluator_testdata.write_output(root, CATEGORY, items, users,
+                                  sequences.ROLE_SPLITS[sequences.Role.EVAL])
+
+
 def _split_words(texts):
   return [text.split() for text in texts]
 
@@ -119,13 +126,15 @@ class EchoGenerator:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("data")
-  category_dir = root / CATEGORY
-  evaluator_testdata.write_corpus(category_dir, [_item(i) for i in ITEMS])
-  users = [(u, [_item(i) for i in items]) for u, (items, _) in USERS.items()]
-  users += [("short", [_item("A")]), ("lost", [_item("A"), {
-      "item_id": "Z", "text": "not in corpus"}])]
-  evaluator_testdata.write_split(category_dir, "test", CATEGORY, users)
+  _write_data(root, [_item(i) for i in ITEMS], _data_users())
   return root
+
+
+def _data_users():
+  """USERS, a record too short to evaluate, and a target outside the corpus."""
+  users = [(u, [_item(i) for i in items]) for u, (items, _) in USERS.items()]
+  return users + [("short", [_item("A")]), ("lost", [_item("A"), {
+      "item_id": "Z", "text": "not in corpus"}])]
 
 
 def _run(data_dir, output_dir, *flags, load_generator=None):
@@ -202,6 +211,10 @@ def test_lir_pipeline_writes_metrics_users_and_rejects(data_dir, tmp_path,
   # Beam's default DirectRunner would first try to download Prism.
   assert not [r for r in caplog.records if "prism" in r.getMessage().lower()]
   assert summary["num_users"] == 4 and summary["num_rejected"] == 2
+  # The data it ran on; LIR has no generation batches.
+  assert summary["data_dir"] == str(data_dir)
+  assert summary["num_records"] == len(_data_users())
+  assert "batch_size" not in summary and summary["recommendations_k"] == 0
   # "lost" (target outside the corpus) is a test user: a miss, not dropped;
   # "short" is a bad record, not a user.
   assert summary["num_unranked"] == 1
@@ -241,6 +254,7 @@ def test_generator_pipeline_through_run_inference_and_lucene(data_dir,
                  "--model_dir=unused", "--bm25_backend=lucene",
                  "--recommendations_k=3",
                  load_generator=EchoGenerator)
+  assert (summary["batch_size"], summary["recommendations_k"]) == (32, 3)
   # Unmatchable and empty texts add all-zero columns: LIR's ranks again.
   assert summary["metrics"] == pytest.approx(_expected_means(num_missed=1))
   # Table 7 counts all 4 samples of each ranked user, the repeated one too
@@ -321,12 +335,9 @@ def test_hierarchical_retrieval_ranks_and_table_7_by_hand(tmp_path):
   h3: an unknown title and an empty text match nothing: all five tie, (1, 5).
   """
   data_dir, output_dir = tmp_path / "data", tmp_path / "eval"
-  evaluator_testdata.write_corpus(data_dir / CATEGORY,
-                                  [_templated_item(i) for i in TEMPLATED])
-  evaluator_testdata.write_split(
-      data_dir / CATEGORY, "test", CATEGORY,
-      [(user, [_templated_item(i) for i in items])
-       for user, (items, _, _) in HIERARCHICAL_USERS.items()])
+  _write_data(data_dir, [_templated_item(i) for i in TEMPLATED],
+              [(user, [_templated_item(i) for i in items])
+               for user, (items, _, _) in HIERARCHICAL_USERS.items()])
   summary = _run(data_dir, output_dir, "--model=calrec", "--model_dir=unused",
                  "--retrieval=hierarchical", load_generator=TableGenerator)
 
@@ -409,11 +420,9 @@ def test_generation_is_spread_over_the_workers(tmp_path, monkeypatch):
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
       [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
   data_dir, output_dir = tmp_path / "data", tmp_path / "eval"
-  evaluator_testdata.write_corpus(data_dir / CATEGORY,
-                                  [_item(i) for i in ITEMS])
   users = [(f"{user}_{copy}", [_item(i) for i in items])
            for user, (items, _) in USERS.items() for copy in range(10)]
-  evaluator_testdata.write_split(data_dir / CATEGORY, "test", CATEGORY, users)
+  _write_data(data_dir, [_item(i) for i in ITEMS], users)
   summary = _run(data_dir, output_dir, "--model=calrec", "--model_dir=unused",
                  "--direct_num_workers=2",
                  "--direct_running_mode=multi_processing",
@@ -506,7 +515,7 @@ def test_bad_flags_say_what_to_fix(data_dir, tmp_path, capsys):
   with pytest.raises(SystemExit):
     evaluate.parse_args([f"--data_dir={data_dir}", "--category=Nope",
                          f"--output_dir={tmp_path}", "--model=lir"])
-  assert "is Nope a category of the preprocessing output" in (
+  assert f"{data_dir}/manifest.json lists no category 'Nope'; it has Toys." in (
       capsys.readouterr().err)
   (tmp_path / "metrics.json").write_text("{}")
   with pytest.raises(SystemExit):
@@ -520,6 +529,71 @@ def test_bad_flags_say_what_to_fix(data_dir, tmp_path, capsys):
                   "--runner=Nope"])
   assert "error: Unexpected pipeline runner: Nope." in capsys.readouterr().err
   assert (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("manifest.json", "has no manifest.json: preprocessing did not finish"),
+    (f"{CATEGORY}/test-00000-of-00001.tfrecord",
+     "lacks 1 of the 1 test files of Toys that manifest.json lists"),
+])
+def test_an_unfinished_or_incomplete_output_is_refused(data_dir, tmp_path,
+                                                       capsys, damage,
+                                                       message):
+  copy = tmp_path / "data"
+  shutil.copytree(data_dir, copy)
+  (copy / damage).unlink()
+  with pytest.raises(SystemExit):
+    evaluate.parse_args([f"--data_dir={copy}", f"--category={CATEGORY}",
+                         f"--output_dir={tmp_path / 'out'}", "--model=lir"])
+  error = capsys.readouterr().err.splitlines()[-1]
+  assert f"error: {copy} " in error and message in error
+
+
+def test_a_category_left_without_users_is_refused(tmp_path, capsys):
+  _write_data(tmp_path / "data", [_item(i) for i in ITEMS], [])
+  with pytest.raises(SystemExit):
+    evaluate.parse_args([f"--data_dir={tmp_path / 'data'}",
+                         f"--category={CATEGORY}",
+                         f"--output_dir={tmp_path / 'out'}", "--model=lir"])
+  assert capsys.readouterr().err.splitlines()[-1].endswith(
+      f"error: {tmp_path / 'data'}: the test split of {CATEGORY} holds no "
+      "users (preprocessing left none; see its rejects/).")
+
+
+def test_dataflow_workers_are_not_given_local_folders(data_dir, tmp_path,
+                                                      capsys):
+  with pytest.raises(SystemExit):
+    evaluate.parse_args([f"--data_dir={data_dir}", f"--category={CATEGORY}",
+                         "--output_dir=gs://bucket/eval", "--model=calrec",
+                         "--model_dir=runs/stage2", "--runner=DataflowRunner"])
+  assert capsys.readouterr().err.splitlines()[-1].endswith(
+      f"error: DataflowRunner workers cannot reach local paths: --data_dir "
+      f"{data_dir}, --model_dir runs/stage2; give gs:// paths.")
+
+
+def test_only_the_split_files_of_the_manifest_are_read(data_dir, tmp_path):
+  """A file beside them (e.g. of an earlier run) is not part of the split."""
+  copy = tmp_path / "data"
+  shutil.copytree(data_dir, copy)
+  evaluator_testdata.write_split(tmp_path / "stray", "test", CATEGORY,
+                                 _data_users())
+  (tmp_path / "stray" / "test-00000-of-00001.tfrecord").rename(
+      copy / CATEGORY / "test-00001-of-00002.tfrecord")
+  summary = _run(copy, tmp_path / "eval", "--model=lir")
+  assert (summary["num_users"], summary["num_rejected"]) == (4, 2)
+
+
+def test_split_files_changed_since_the_manifest_are_refused(data_dir,
+                                                            tmp_path):
+  copy, output_dir = tmp_path / "data", tmp_path / "eval"
+  shutil.copytree(data_dir, copy)
+  evaluator_testdata.write_split(copy / CATEGORY, "test", CATEGORY,
+                                 _data_users()[:-1])
+  with pytest.raises(Exception, match=re.escape(
+      f"{copy}: read 5 test records of Toys, but its manifest.json counts "
+      "6.")):
+    _run(copy, output_dir, "--model=lir")
+  assert not (output_dir / "metrics.json").exists()
 
 
 @pytest.mark.parametrize("flags,message", [

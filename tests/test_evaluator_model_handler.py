@@ -15,6 +15,7 @@ from evaluator import evaluate
 from evaluator import generation
 from evaluator import model_handler
 from evaluator import retrieval
+from pipelines import sequences
 from tasks import preprocessors
 from tasks import templates
 from tasks import test_utils
@@ -161,9 +162,9 @@ def eval_data_dir(tmp_path_factory):
   """Tools corpus and 5 test users; returns (data dir, {user: history})."""
   items = evaluator_testdata.generated_items(30, seed=3)
   data_dir = tmp_path_factory.mktemp("data")
-  evaluator_testdata.write_corpus(data_dir / "Tools", items)
   users = [(f"u{i}", items[i:i + 3]) for i in range(5)]
-  evaluator_testdata.write_split(data_dir / "Tools", "test", "Tools", users)
+  evaluator_testdata.write_output(data_dir, "Tools", items, users,
+                                  sequences.ROLE_SPLITS[sequences.Role.EVAL])
   return data_dir, {user: tuple(item["text"] for item in user_items[:-1])
                     for user, user_items in users}
 

@@ -11,6 +11,7 @@ from evaluator import evaluate
 from evaluator import files
 from evaluator import report
 from evaluator import select_checkpoint
+from pipelines import sequences
 
 CATEGORY = "CDs"
 ITEMS = {"A": "alpha beta", "B": "gamma delta", "C": "epsilon zeta",
@@ -44,13 +45,18 @@ def _item(item_id):
           "category": CATEGORY, "brand": "Unknown", "price": "Unknown"}
 
 
+def _write_data(root, users):
+  """CATEGORY, a validation category, with `users` ({id: item letters})."""
+  evaluator_testdata.write_output(
+      root, CATEGORY, [_item(i) for i in ITEMS],
+      [(user, [_item(i) for i in items]) for user, items in users.items()],
+      sequences.ROLE_SPLITS[sequences.Role.VALIDATION])
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("data")
-  evaluator_testdata.write_corpus(root / CATEGORY, [_item(i) for i in ITEMS])
-  evaluator_testdata.write_split(
-      root / CATEGORY, "validation", CATEGORY,
-      [(user, [_item(i) for i in items]) for user, items in USERS.items()])
+  _write_data(root, USERS)
   return root
 
 
@@ -107,6 +113,52 @@ def test_best_step_by_pessimistic_ndcg_and_reuse(data_dir, model_dir,
                                   300: NoGenerator}, "--steps=200")
   assert _select(data_dir, model_dir, {200: LastItemGenerator},
                  "--steps=200")["scores"] == {"200": selection["scores"]["200"]}
+
+
+def test_a_step_is_evaluated_again_on_other_data(data_dir, model_dir,
+                                                 tmp_path):
+  """The data folder, and the data in it, are settings of the evaluation."""
+  four_users = _select(data_dir, model_dir, {200: LastItemGenerator},
+                       "--steps=200")["scores"]["200"]
+  # Another folder with one user, whose last item is the target: NDCG 1.
+  other = tmp_path / "other"
+  _write_data(other, {"u4": USERS["u4"]})
+  assert _select(other, model_dir, {200: LastItemGenerator},
+                 "--steps=200")["scores"] == {"200": 1.0} != four_users
+  # The same folder preprocessed again (its manifest.json differs): each
+  # target ties the 4 other items at 0 and comes last, pessimistically.
+  _write_data(other, {"u2": USERS["u2"], "u3": USERS["u3"]})
+  again = _select(other, model_dir, {200: LastItemGenerator}, "--steps=200")
+  assert again["scores"] == {"200": pytest.approx(1 / math.log2(len(ITEMS)
+                                                                + 1))}
+  assert _select(other, model_dir, {200: NoGenerator}, "--steps=200") == again
+
+
+@pytest.mark.parametrize("flags", [["--batch_size=4"],
+                                   ["--recommendations_k=3"]])
+def test_a_step_is_evaluated_again_with_other_batches_or_outputs(
+    data_dir, model_dir, flags):
+  _select(data_dir, model_dir, {200: LastItemGenerator}, "--steps=200")
+  with pytest.raises(Exception, match="should have been reused"):
+    _select(data_dir, model_dir, {200: NoGenerator}, "--steps=200", *flags)
+
+
+def test_an_evaluation_that_recorded_fewer_settings_is_replaced(data_dir,
+                                                                model_dir):
+  """metrics.json of a version that did not record the data or batches."""
+  selection = _select(data_dir, model_dir, {200: LastItemGenerator},
+                      "--steps=200")
+  metrics_path = (model_dir / f"selection_{CATEGORY}_validation" / "200" /
+                  report.METRICS_FILE)
+  summary = json.loads(metrics_path.read_text())
+  for key in ("data_dir", "manifest_sha256", "num_records", "batch_size",
+              "recommendations_k"):
+    del summary[key]
+  metrics_path.write_text(json.dumps(summary))
+  with pytest.raises(Exception, match="should have been reused"):
+    _select(data_dir, model_dir, {200: NoGenerator}, "--steps=200")
+  assert _select(data_dir, model_dir, {200: LastItemGenerator},
+                 "--steps=200") == selection
 
 
 def test_ties_go_to_the_earlier_step_and_metric_is_selectable(data_dir,
