@@ -77,9 +77,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       "must divide --batch_size.")
   args = parser.parse_args(argv)
   for count in args.num_microbatches:
-    if args.batch_size % count:
-      parser.error(f"--batch_size {args.batch_size} does not split into "
-                   f"{count} microbatches.")
+    train_step.check_microbatches(parser, args.batch_size, count)
   return args
 
 

@@ -162,6 +162,16 @@ def run(args: argparse.Namespace) -> None:
                  40.0)
 
 
+def check_microbatches(parser: argparse.ArgumentParser, batch_size: int,
+                       num_microbatches: int, data_partitions: int = 1) -> None:
+  """A usage error unless each microbatch splits over the data partitions,
+  as `train_lib.Trainer` needs."""
+  if batch_size % (num_microbatches * data_partitions):
+    over = f" over {data_partitions} data partitions" * (data_partitions > 1)
+    parser.error(f"--batch_size {batch_size} does not split into "
+                 f"{num_microbatches} microbatches{over}.")
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       allow_abbrev=False, prog="python -m benchmarks.train_step",
@@ -178,8 +188,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="Activation dtype (default: the model's).")
   parser.add_argument("--attention", choices=["xla", "cudnn"],
                       help="jax.nn.dot_product_attention implementation.")
-  parser.add_argument("--num_partitions", type=int, default=1,
-                      help="Devices on the 'model' mesh axis.")
+  parser.add_argument("--num_partitions", type=cli.positive_int, default=1,
+                      help="Devices on the 'model' mesh axis; must divide the "
+                      "device count and the model's sharded sizes.")
   parser.add_argument("--num_microbatches", type=cli.positive_int, default=1,
                       help="Gradient over this many microbatches (MFU counts "
                       "the model FLOPs of the batch, not the extra pass).")
@@ -187,6 +198,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                       help="Peak TFLOP/s per device for MFU (default: known "
                       "GPUs only).")
   args = parser.parse_args(argv)
+  try:
+    mesh_shape = dict(partitioning.create_mesh(args.num_partitions).shape)
+    partitioning.check_shardable(load_config(args.model), mesh_shape,
+                                 partitioning.DEFAULT_LOGICAL_AXIS_RULES)
+  except ValueError as error:
+    parser.error(str(error))
+  check_microbatches(parser, args.batch_size, args.num_microbatches,
+                     mesh_shape["data"])
   return args
 
 

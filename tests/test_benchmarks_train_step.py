@@ -1,6 +1,7 @@
 """benchmarks/train_step: the MFU numerator against XLA's own FLOP count,
-and its imports on a host without Beam or TensorFlow."""
+its imports on a host without Beam or TensorFlow, and its flag checks."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -57,3 +58,37 @@ import benchmarks.decode, benchmarks.train_step
   result = subprocess.run([sys.executable, "-c", script], capture_output=True,
                           text=True, cwd=REPO_ROOT, check=False)
   assert result.returncode == 0, result.stderr
+
+
+def _usage_error(capsys, *argv: str) -> str:
+  with pytest.raises(SystemExit) as exit_info:
+    train_step.parse_args(argv)
+  assert exit_info.value.code == 2
+  return capsys.readouterr().err
+
+
+def test_flags_the_step_cannot_run_with_are_usage_errors(capsys):
+  """Refused before start-up, not by a traceback of the first step."""
+  devices = jax.device_count()
+  assert (f"error: num_partitions={devices + 1} must divide the {devices} "
+          "available devices.") in _usage_error(
+              capsys, f"--num_partitions={devices + 1}")
+  assert ("error: argument --num_partitions: must be an integer >= 1, got 0"
+          in _usage_error(capsys, "--num_partitions=0"))
+  assert ("error: --batch_size 16 does not split into 3 microbatches."
+          in _usage_error(capsys, "--batch_size=16", "--num_microbatches=3"))
+
+
+def test_partitions_that_cannot_split_the_model_are_a_usage_error():
+  """3 of 3 devices on 'model': the tiny model's 4 heads do not split."""
+  result = subprocess.run(
+      [sys.executable, "-c", "from benchmarks import train_step; "
+       "train_step.parse_args(['--num_partitions=3'])"],
+      capture_output=True, text=True, cwd=REPO_ROOT, check=False,
+      env=dict(os.environ,
+               XLA_FLAGS="--xla_force_host_platform_device_count=3"))
+  assert result.returncode == 2
+  assert ("error: network.TransformerConfig.vocab_size=1024, "
+          "network.TransformerConfig.num_heads=4, "
+          "network.TransformerConfig.mlp_dim=512 cannot be split over the 3 "
+          "devices of mesh axis 'model'") in result.stderr

@@ -72,22 +72,24 @@ def vocabulary_path(tmp_path_factory):
       tmp_path_factory.mktemp("vocab") / "test.model")
 
 
+def _examples(split, shuffle_files, seed=None):
+  """The seqio dataset_fn of the test tasks: the same examples in any split."""
+  del split, shuffle_files, seed
+  return tf.data.Dataset.from_tensor_slices({"inputs": PROMPTS,
+                                             "targets": TARGETS})
+
+
 @pytest.fixture(scope="module", autouse=True)
 def task(vocabulary_path):
-
-  def dataset_fn(split, shuffle_files, seed=None):
-    del split, shuffle_files, seed
-    return tf.data.Dataset.from_tensor_slices({"inputs": PROMPTS,
-                                               "targets": TARGETS})
 
   def stateful_shuffle_of_targets(dataset):
     # Stateful randomness: tf.data cannot checkpoint it.
     return dataset.map(lambda ex: {**ex, "targets": tf.random.shuffle(
         ex["targets"])})
 
-  tasks_test_utils.register_in_memory_task(TASK, dataset_fn, vocabulary_path)
+  tasks_test_utils.register_in_memory_task(TASK, _examples, vocabulary_path)
   tasks_test_utils.register_in_memory_task(
-      STATEFUL_TASK, dataset_fn, vocabulary_path,
+      STATEFUL_TASK, _examples, vocabulary_path,
       preprocessors_after_tokenize=[stateful_shuffle_of_targets])
   yield
   seqio.TaskRegistry.remove(TASK)
@@ -385,6 +387,51 @@ def test_unknown_task_names_the_registered_ones(tmp_path):
            validation_mixture_or_task_name="calrec_none")
 
 
+def test_a_validation_task_without_its_split_fails_before_training(
+    tmp_path):
+  train_only, mixture = "trainer_test_train_only", "trainer_test_mixture"
+  task = seqio.TaskRegistry.get(TASK)
+  seqio.TaskRegistry.add(
+      train_only, source=seqio.FunctionDataSource(_examples, splits=["train"]),
+      preprocessors=task.preprocessors, output_features=task.output_features)
+  seqio.MixtureRegistry.add(mixture, [TASK, train_only], default_rate=1.0)
+  try:
+    for name, of_mixture in ((train_only, ""), (mixture, f" (of '{mixture}')")):
+      with pytest.raises(ValueError, match=re.escape(
+          f"The validation task '{train_only}'{of_mixture} has no "
+          "'validation' split, only train: set VALIDATION_TASK_NAME to a task "
+          "that has one, or train.validation_batches = 0")):
+        _train(tmp_path, train_steps=3, validation_mixture_or_task_name=name)
+  finally:
+    seqio.MixtureRegistry.remove(mixture)
+    seqio.TaskRegistry.remove(train_only)
+  assert not (tmp_path / checkpoints.MODEL_JSON).exists()
+
+
+@pytest.mark.parametrize("lengths", [{"inputs": 32}, {"inputs": 32,
+                                                      "targets": 0}])
+def test_feature_lengths_without_a_positive_target_budget_are_refused(
+    tmp_path, lengths):
+  with pytest.raises(ValueError, match=re.escape(
+      "TASK_FEATURE_LENGTHS must give positive token budgets for 'inputs' and "
+      f"'targets', got {lengths!r}.")):
+    _train(tmp_path, train_steps=3, task_feature_lengths=lengths)
+
+
+def test_a_model_dir_without_checkpoints_says_so(tmp_path, vocabulary_path):
+  """A run that stopped before its first checkpoint leaves model.json."""
+  checkpoints.write_model_metadata(
+      tmp_path, _model(), seqio.SentencePieceVocabulary(str(vocabulary_path)),
+      LENGTHS, "validation/loss", "min")
+  message = re.escape(f"MODEL_DIR {tmp_path} has no checkpoints yet")
+  for step in (None, 200):
+    with pytest.raises(FileNotFoundError, match=message):
+      checkpoints.inference_checkpoint(tmp_path, step)
+  (tmp_path / checkpoints.CHECKPOINTS_DIR).mkdir()
+  with pytest.raises(FileNotFoundError, match=message):
+    checkpoints.resolve_checkpoint(tmp_path)
+
+
 def test_overfits_and_generates_its_training_targets(tmp_path):
   """Near-zero NIG loss; the loaded checkpoint greedily decodes the targets."""
   final = _train(tmp_path, train_steps=200, learning_rate=1e-2,
@@ -597,6 +644,16 @@ def test_a_missing_model_gin_file_is_named_in_one_line():
   assert "\n" not in message
 
 
+@pytest.mark.parametrize("bindings", [[], ["MODEL_DIR = 'm'"]])
+def test_a_missing_run_config_is_named_not_a_close_macro(bindings):
+  message = _parse_gin_error(["trainer/configs/models/tiny.gin"], bindings)
+  assert message.startswith(
+      "no gin file configures the run (defines MODEL_DIR and the run's other "
+      "macros): add a run config, one of trainer/configs/runs/stage1.gin, ")
+  assert "trainer/configs/runs/tiny_stage2.gin" in message
+  assert "did you mean" not in message
+
+
 def test_tiny_stage1_keeps_a_few_model_selection_candidates():
   gin.clear_config()
   try:
@@ -636,6 +693,16 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", "trainer.train", *args],
                         cwd=REPO_ROOT, capture_output=True, text=True,
                         timeout=300)
+
+
+def test_cli_distributed_without_a_cluster_names_the_flags_to_pass():
+  result = _cli(f"--gin_file={TINY_STAGE1}", "--distributed")
+  assert result.returncode == 2
+  assert "Traceback" not in result.stderr
+  assert ("error: --distributed: coordinator_address should be defined. Where "
+          "no Cloud TPU, SLURM or Open MPI cluster is detected, pass "
+          "--coordinator_address=HOST0:PORT --num_processes=N --process_id=I."
+          ) in result.stderr
 
 
 def test_cli_reads_the_seqio_cache_dirs_it_is_given(tmp_path,

@@ -272,6 +272,12 @@ class CheckpointManager:
     self._manager.close()
 
 
+def _no_checkpoints_yet(model_dir: epath.Path) -> FileNotFoundError:
+  return FileNotFoundError(
+      f"MODEL_DIR {model_dir} has no checkpoints yet: its run stopped before "
+      "its first checkpoint or has not reached it (train.checkpoint_period).")
+
+
 def resolve_checkpoint(path: str | os.PathLike[str]) -> epath.Path:
   """The step directory a checkpoint path names.
 
@@ -288,6 +294,8 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> epath.Path:
     manager.close()
     if step is not None:
       return step_path(path, step)
+  if (path / MODEL_JSON).exists():
+    raise _no_checkpoints_yet(path)
   raise FileNotFoundError(
       f"No checkpoint at {path}: give a step directory "
       f"(MODEL_DIR/{CHECKPOINTS_DIR}/STEP) or a model directory holding "
@@ -393,8 +401,9 @@ def inference_checkpoint(model_dir: str | os.PathLike[str],
   """The step directory `load_for_inference` reads (see there).
 
   Raises:
-    FileNotFoundError: model_dir is not a MODEL_DIR of `trainer.train`, or
-      has no such checkpoint (the message lists the steps it has).
+    FileNotFoundError: model_dir is not a MODEL_DIR of `trainer.train`, has
+      no checkpoints yet, or has no such checkpoint (the message lists the
+      steps it has).
   """
   model_dir = model_path(model_dir)
   _read_metadata(model_dir)
@@ -402,8 +411,11 @@ def inference_checkpoint(model_dir: str | os.PathLike[str],
     return resolve_checkpoint(model_dir)
   path = step_path(model_dir, step)
   if not (path / "params").is_dir():
+    steps = available_steps(model_dir)
+    if not steps:
+      raise _no_checkpoints_yet(model_dir)
     raise FileNotFoundError(f"No checkpoint at {path}; {model_dir} has steps "
-                            f"{available_steps(model_dir)}.")
+                            f"{steps}.")
   return path
 
 

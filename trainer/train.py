@@ -22,7 +22,9 @@ and nothing uses (`check_macro_bindings`) is refused when it is a t5x macro
 with no counterpart here (the error names what to set instead) or resembles a
 macro of trainer/configs (a misspelling), and only logged as a warning
 otherwise; a macro the configuration uses but nothing defines, such as MODEL
-without a trainer/configs/models/*.gin, is refused (`check_macros_defined`).
+without a trainer/configs/models/*.gin, is refused (`check_macros_defined`),
+as is a configuration without a run config of trainer/configs/runs
+(`check_run_config`).
 Gin files are found from the working directory, on the Python path
 (trainer/configs/... works from anywhere) and in `--gin_search_paths`. The
 tiny CPU runs: trainer/configs/runs/tiny_stage1.gin and tiny_stage2.gin. A run
@@ -43,6 +45,7 @@ names of these flags also work: --multiprocess_gpu, --process_count,
 from __future__ import annotations
 
 import difflib
+import pathlib
 import re
 import sys
 import tokenize
@@ -147,6 +150,8 @@ _T5X_MACROS = {
     "TF_EXAMPLE_FILE_PATHS": "use python -m evaluator.evaluate --data_dir",
     "TF_EXAMPLE_FILE_TYPE": "use python -m evaluator.evaluate --data_dir",
 }
+# The run configs: each binds `train` and defines the macros of train.gin.
+_RUN_CONFIGS = pathlib.Path(__file__).parent / "configs" / "runs"
 # `NAME = ...` at the start of a line: a macro definition. Parameters
 # (`configurable.name`) and scoped names (`scope/...`) do not match.
 _MACRO_STATEMENT = re.compile(r"^([A-Za-z_]\w*)\s*=", re.MULTILINE)
@@ -170,6 +175,26 @@ def _used_macros() -> set[str]:
   return {"/".join(reference.scopes)
           for reference in gin.config.iterate_references(config)
           if reference.configurable.wrapped is gin.config.macro}
+
+
+def check_run_config() -> None:
+  """Catches a configuration without a run config (one that binds `train`).
+
+  Without one, a binding of MODEL_DIR would only get a "did you mean" hint
+  and no binding a RuntimeError at the start of training. Call after parsing
+  the gin files.
+
+  Raises:
+    ConfigError: listing the run configs of trainer/configs/runs.
+  """
+  try:
+    gin.query_parameter("train.model_dir")
+  except ValueError:
+    runs = ", ".join(f"trainer/configs/runs/{path.name}"
+                     for path in sorted(_RUN_CONFIGS.glob("*.gin")))
+    raise ConfigError(
+        "no gin file configures the run (defines MODEL_DIR and the run's "
+        f"other macros): add a run config, one of {runs}") from None
 
 
 def check_macro_bindings(bindings: Sequence[str]) -> None:
@@ -246,6 +271,7 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
   """
   try:
     gin.parse_config_files_and_bindings(files, None, finalize_config=False)
+    check_run_config()
     check_macro_bindings(bindings)
     gin.parse_config_files_and_bindings([], bindings, finalize_config=False)
     check_macros_defined()
@@ -270,6 +296,18 @@ def _usage_error(message: str) -> NoReturn:
   sys.exit(2)
 
 
+def _initialize_distributed() -> None:
+  """jax.distributed.initialize from the flags; a usage error where jax
+  finds neither a cluster nor the flags to set it up."""
+  try:
+    jax.distributed.initialize(_COORDINATOR_ADDRESS.value,
+                               _NUM_PROCESSES.value, _PROCESS_ID.value)
+  except ValueError as error:
+    _usage_error(f"--distributed: {error} Where no Cloud TPU, SLURM or Open "
+                 "MPI cluster is detected, pass --coordinator_address="
+                 "HOST0:PORT --num_processes=N --process_id=I.")
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     _usage_error(f"unexpected arguments: {' '.join(argv[1:])} (--help lists "
@@ -279,8 +317,7 @@ def main(argv: Sequence[str]) -> None:
                  "--gin_file=trainer/configs/runs/tiny_stage1.gin")
   checkpoints.hide_orbax_info_logs()
   if _DISTRIBUTED.value:
-    jax.distributed.initialize(_COORDINATOR_ADDRESS.value,
-                               _NUM_PROCESSES.value, _PROCESS_ID.value)
+    _initialize_distributed()
   seqio.add_global_cache_dirs(_SEQIO_CACHE_DIRS.value)
   for path in _GIN_SEARCH_PATHS.value:
     gin.add_config_file_search_path(path)

@@ -243,6 +243,29 @@ def _check_cached(name: str) -> None:
         "--seqio_additional_cache_dirs=DIR, or set USE_CACHED_TASKS = False.")
 
 
+def _check_validation_split(name: str, split: str) -> None:
+  """Raises ValueError if a task of the mixture or task `name` lacks `split`.
+
+  seqio would only fail at the first checkpoint, where validation first runs.
+  """
+  for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)):
+    if split not in task.splits:
+      of_mixture = "" if task.name == name else f" (of {name!r})"
+      raise ValueError(
+          f"The validation task {task.name!r}{of_mixture} has no "
+          f"{split!r} split, only {', '.join(task.splits)}: set "
+          "VALIDATION_TASK_NAME to a task that has one, or "
+          "train.validation_batches = 0 to train without validation.")
+
+
+def _check_feature_lengths(task_feature_lengths: Mapping[str, int]) -> None:
+  if not all(isinstance(task_feature_lengths.get(key), int) and
+             task_feature_lengths[key] > 0 for key in ("inputs", "targets")):
+    raise ValueError(
+        "TASK_FEATURE_LENGTHS must give positive token budgets for 'inputs' "
+        f"and 'targets', got {dict(task_feature_lengths)!r}.")
+
+
 def _check_positive(**values: Optional[int]) -> None:
   for name, value in values.items():
     if value is not None and value <= 0:
@@ -323,8 +346,9 @@ def train(
   Raises:
     ValueError: bad arguments (a partitioner that cannot shard the model, an
       initial checkpoint of another network, a task not cached with
-      use_cached_tasks), or an input pipeline whose state cannot be
-      checkpointed (a stateful op in a preprocessor).
+      use_cached_tasks, a validation task without validation_split), or an
+      input pipeline whose state cannot be checkpointed (a stateful op in a
+      preprocessor).
     NonFiniteLossError: a step's loss or updated parameters were NaN or
       infinite; nothing of that step is saved, the last good checkpoint stays
       in model_dir.
@@ -332,6 +356,7 @@ def train(
   _check_positive(batch_size=batch_size, checkpoint_period=checkpoint_period,
                   log_period=log_period, keep_checkpoints=keep_checkpoints,
                   keep_period=keep_period)
+  _check_feature_lengths(task_feature_lengths)
   if train_steps < 0:
     raise ValueError(f"train_steps must be >= 0, got {train_steps}.")
   if register_tasks is not None:
@@ -341,6 +366,8 @@ def train(
     _check_registered(validation_mixture_or_task_name, "VALIDATION_TASK_NAME")
   validation_name = validation_mixture_or_task_name or mixture_or_task_name
   validate = validation_batches != 0
+  if validate:
+    _check_validation_split(validation_name, validation_split)
   if use_cached_tasks:
     _check_cached(mixture_or_task_name)
     if validate:
