@@ -114,13 +114,22 @@ def evaluate_users(batch: Sequence[tuple[data.UserExample, generation.Samples]],
     }
 
 
+# Beam counters of the job (Dataflow's job page shows them as it runs).
+METRICS_NAMESPACE = "evaluator"
+
+
 class ParseUsers(beam.DoFn):
   """Serialized split records -> `UserExample`s; bad records to REJECTS."""
+
+  def __init__(self):
+    self._bad_records = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
+                                                     "bad_records")
 
   def process(self, serialized: bytes) -> Iterator[Any]:
     try:
       yield data.parse_example(serialized)
     except data.BadRecordError as error:
+      self._bad_records.inc()
       yield beam.pvalue.TaggedOutput(REJECTS,
                                      reject("", f"bad record: {error}"))
 
@@ -178,8 +187,10 @@ class RetrieveAndRank(beam.DoFn):
     self._corpus_path = corpus_path
     self._options = options
     self._shared_retrieval = shared.Shared()
-    self._evaluated = beam.metrics.Metrics.counter("evaluator", "users")
-    self._rejected = beam.metrics.Metrics.counter("evaluator", "rejected")
+    self._ranked = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
+                                                "ranked_users")
+    self._unranked = beam.metrics.Metrics.counter(METRICS_NAMESPACE,
+                                                  "unranked_users")
 
   def setup(self) -> None:
     self.retrieval = self._shared_retrieval.acquire(
@@ -195,10 +206,10 @@ class RetrieveAndRank(beam.DoFn):
                                       retrieval.scorer, retrieval.matcher,
                                       self._options):
       if tag == REJECTS:
-        self._rejected.inc()
+        self._unranked.inc()
         yield beam.pvalue.TaggedOutput(REJECTS, record)
       else:
-        self._evaluated.inc()
+        self._ranked.inc()
         yield record
     previous, self._done = self._done, self._done + len(batch)
     if self._done // 1000 > previous // 1000:

@@ -14,7 +14,9 @@ import subprocess
 import sys
 import tempfile
 
+import apache_beam as beam
 from apache_beam.internal import pickler
+from apache_beam.metrics.metric import MetricsFilter
 import beam_testfs
 import conftest
 import evaluator_testdata
@@ -31,6 +33,7 @@ from evaluator import lucene
 from evaluator import report
 from evaluator import retrieval
 from evaluator import transforms
+from pipelines import options as beam_cli
 from pipelines import sequences
 from tasks import templates
 from tasks import test_utils
@@ -241,6 +244,27 @@ def test_lir_pipeline_writes_metrics_users_and_rejects(data_dir, tmp_path,
              for line in open(path)]
   assert sorted(r["reason"].split(":")[0] for r in rejects) == [
       "bad record", "target item Z is not in the corpus"]
+
+
+def test_counters_equal_the_counts_of_metrics_json(data_dir, tmp_path):
+  args, beam_argv = evaluate.parse_args([
+      f"--data_dir={data_dir}", f"--category={CATEGORY}",
+      f"--output_dir={tmp_path}", "--model=lir"])
+  root = beam.Pipeline(options=beam_cli.beam_options(beam_argv))
+  evaluate.build_pipeline(root, args, None, None)
+  result = root.run()
+  result.wait_until_finish()
+  query = MetricsFilter().with_namespace(transforms.METRICS_NAMESPACE)
+  counters = {metric.key.metric.name: metric.committed
+              for metric in result.metrics().query(query)["counters"]}
+  summary = report.load_summary(tmp_path)
+  assert counters == {
+      "ranked_users": summary["num_users"],
+      "unranked_users": summary["num_unranked"],
+      "bad_records": summary["num_rejected"] - summary["num_unranked"]}
+  # "lost" is unranked, "short" a bad record (see _data_users).
+  assert counters == {"ranked_users": len(USERS), "unranked_users": 1,
+                      "bad_records": 1}
 
 
 def test_generator_pipeline_through_run_inference_and_lucene(data_dir,
