@@ -170,6 +170,7 @@ def parse_args(argv: Sequence[str], check_model: bool = True,
     # The step is fixed now: every worker loads it, and metrics.json names
     # it, even when the default (the run's best) changes meanwhile.
     from trainer import checkpoints  # pylint: disable=g-import-not-at-top
+    checkpoints.hide_orbax_info_logs()
     if check_model:
       try:
         args.checkpoint_step = int(checkpoints.inference_checkpoint(

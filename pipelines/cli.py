@@ -19,11 +19,13 @@ def positive_int(text: str) -> int:
 
 
 def configure_logging() -> None:
-  """INFO progress lines with times; Beam's own INFO lines (type hints,
-  servers) hidden, since they bury them, except the Dataflow runner's (job
-  id, console URL, state changes and the service's job messages)."""
+  """INFO progress lines with times; Beam's and JAX's own INFO lines (type
+  hints, servers, backends not found) hidden, since they bury them, except
+  the Dataflow runner's (job id, console URL, state changes and the
+  service's job messages)."""
   # force: an import-time warning may already have configured the root logger.
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                       force=True)
-  logging.getLogger("apache_beam").setLevel(logging.WARNING)
+  for library in ("apache_beam", "jax"):
+    logging.getLogger(library).setLevel(logging.WARNING)
   logging.getLogger("apache_beam.runners.dataflow").setLevel(logging.INFO)

@@ -47,9 +47,9 @@ def test_logging_keeps_the_dataflow_runners_info_lines_only():
   assert logging.getLogger(
       "apache_beam.runners.dataflow.internal.apiclient").isEnabledFor(
           logging.INFO)
-  assert not logging.getLogger(
-      "apache_beam.runners.portability.fn_api_runner").isEnabledFor(
-          logging.INFO)
+  for library_module in ("apache_beam.runners.portability.fn_api_runner",
+                         "jax._src.xla_bridge"):
+    assert not logging.getLogger(library_module).isEnabledFor(logging.INFO)
   assert logging.getLogger("pipelines.preprocess").isEnabledFor(logging.INFO)
 
 
