@@ -43,7 +43,10 @@ def _read_manifest(data_dir: str) -> dict[str, Any]:
     raise DataError(f"{data_dir} has no {MANIFEST}: preprocessing did not "
                     "finish or this is not the --output_dir of "
                     "`python -m pipelines.preprocess`.")
-  manifest = files.read_json(path)
+  try:
+    manifest = files.read_json(path)
+  except ValueError as error:  # Not JSON, or not UTF-8.
+    raise DataError(f"{path} is not valid JSON: {error}") from None
   if not isinstance(manifest, dict) or not manifest.get("categories"):
     raise DataError(f"{path} lists no categories; it is not the manifest of a "
                     "preprocessing run (docs/contracts.md).")
@@ -54,8 +57,9 @@ def split_files(data_dir: str, category: str, split: str) -> SplitFiles:
   """The split's files that `{data_dir}/manifest.json` lists, each present.
 
   Raises:
-    DataError: naming data_dir, when it has no manifest, the manifest lacks
-      the category or its split, or a listed file is missing.
+    DataError: naming data_dir, when it has no manifest, the manifest is not
+      JSON or lacks the category, its split or the split's files, or a listed
+      file is missing.
   """
   manifest = _read_manifest(data_dir)
   categories = manifest["categories"]
@@ -66,8 +70,11 @@ def split_files(data_dir: str, category: str, split: str) -> SplitFiles:
   if split not in splits:
     raise DataError(f"{data_dir}/{MANIFEST} lists no {split} split of "
                     f"{category}; it has {', '.join(sorted(splits))}.")
-  paths = tuple(os.path.join(data_dir, name)
-                for name in splits[split]["files"])
+  names = splits[split].get("files")
+  if not isinstance(names, list) or not names:
+    raise DataError(f"{data_dir}/{MANIFEST} lists no files of the {split} "
+                    f"split of {category}.")
+  paths = tuple(os.path.join(data_dir, name) for name in names)
   missing = [path for path in paths if not files.exists(path)]
   if missing:
     raise DataError(f"{data_dir} lacks {len(missing)} of the {len(paths)} "

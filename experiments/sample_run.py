@@ -31,13 +31,15 @@ Everything lands in `--output_dir`:
   eval/calrec/    evaluation output of the Stage II model
   eval/lir/       evaluation output of the Last-Item-Repeater
   logs/           the full output of every step, and (NAME.json) the
-                  command and inputs it ran with
+                  command, inputs and code digest it ran with
   results.md      Table 1 and Table 2
   training_curves.png
 
 A step whose output is complete is skipped, so rerunning after an interruption
 continues where it stopped; a step whose flags changed since, or that reads the
-output of one that did, runs again. `--force` reruns every step. A non-empty
+output of one that did, runs again, and so does every step after a change of
+the project's code or configs (an interrupted training restarts from step 0
+then). `--force` reruns every step. A non-empty
 `--output_dir` without `.sample_run` is refused, so neither a run nor `--force`
 touches other files.
 """

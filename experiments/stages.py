@@ -112,11 +112,12 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
     if earlier == {"stage": record, "complete": True}:
       _log(f"[{stage.name}] already complete ({stage.done_marker}), skipped")
       return 0.0
-    _log(f"[{stage.name}] {stage.done_marker} was not made with these flags "
-         f"and inputs (see {record_path}), rerunning")
+    _log(f"[{stage.name}] {stage.done_marker} was not made with these flags, "
+         f"inputs and code (see {record_path}), rerunning")
   if (earlier.get("stage") != record and stage.resume_dir and
       stage.resume_dir.exists()):
-    _log(f"[{stage.name}] deleting {stage.resume_dir}, made with other flags")
+    _log(f"[{stage.name}] deleting {stage.resume_dir}, made with other flags, "
+         "inputs or code")
     shutil.rmtree(stage.resume_dir)
   log_dir.mkdir(parents=True, exist_ok=True)
   _write_record(record_path, record, complete=False)

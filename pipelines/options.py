@@ -24,8 +24,9 @@ from pipelines.cli import positive_int
 
 DEFAULT_RUNNER = "FnApiRunner"
 DEFAULT_LINES_PER_CALL = 250_000
-# Runners whose workers are other machines, without the launcher's disk.
-REMOTE_WORKER_RUNNERS = ("DataflowRunner", "TestDataflowRunner")
+# Runners whose workers are other machines, without the launcher's disk, in
+# the form `_runner_key` gives them.
+REMOTE_WORKER_RUNNERS = ("dataflow", "testdataflow")
 
 
 class BeamOptionsError(ValueError):
@@ -126,14 +127,20 @@ def _with_hint(flag: str, known: Sequence[str]) -> str:
   return f"{flag} (did you mean {match[0]}?)" if match else flag
 
 
+def _runner_key(runner_name: str) -> str:
+  """A runner name as Beam matches it: its class name, lower case, without
+  "runner" (so Dataflow, dataflow and DataflowRunner are one)."""
+  key = runner_name.rsplit(".", maxsplit=1)[-1].lower()
+  return key.removesuffix("runner")
+
+
 def _check_worker_paths(options: PipelineOptions,
                         worker_paths: Mapping[str, str]) -> None:
   """Each path is remote where workers are, and has a file system here."""
-  runner = options.view_as(pipeline_options.StandardOptions).runner
-  runner_name = str(runner).rsplit(".", maxsplit=1)[-1]
+  runner_name = str(options.view_as(pipeline_options.StandardOptions).runner)
   local = [f"{label} {path}" for label, path in worker_paths.items()
            if FileSystems.get_scheme(path) is None]
-  if local and runner_name in REMOTE_WORKER_RUNNERS:
+  if local and _runner_key(runner_name) in REMOTE_WORKER_RUNNERS:
     raise BeamOptionsError(
         f"{runner_name} workers cannot reach local paths: "
         f"{', '.join(local)}; give gs:// paths.")

@@ -67,8 +67,11 @@ def write_run_started(output_dir: str) -> None:
 
 
 def delete_run_started(output_dir: str) -> None:
-  """Removes the marker of `write_run_started` once the run completed."""
-  FileSystems.delete([FileSystems.join(output_dir, RUN_STARTED)])
+  """Removes the marker of `write_run_started`, if any, once the manifest is
+  written (a pipeline built without the launcher has none)."""
+  path = FileSystems.join(output_dir, RUN_STARTED)
+  if FileSystems.exists(path):
+    FileSystems.delete([path])
 
 
 def shard_path(output_dir: str, category: str, split: str, shard: int,

@@ -9,7 +9,7 @@ template item texts, and write Table 1 statistics. See docs/contracts.md for
 the output folder.
 
 Before the job starts, the launcher writes `_RUN_STARTED` into the output
-folder (`outputs.RUN_STARTED`), and deletes it once the job has written
+folder (`outputs.RUN_STARTED`), and the job deletes it once it has written
 `manifest.json`: a folder holding the marker without a manifest is a run that
 failed or was cancelled, which `--overwrite` replaces like a finished one.
 Only `manifest.json` says a run completed.
@@ -17,7 +17,8 @@ Only `manifest.json` says a run completed.
 The job's Beam counters (namespace "preprocess", named `{category}/{count}`)
 show its progress while it runs: the counts of `stats.json` (lines read,
 records parsed, rejects by reason, users kept ...), plus `shards_written`,
-`{split}_examples_written` and `rejects_written`.
+`{split}_examples_written` and `rejects_written`. Counts of 0 are not sent,
+and `meta_duplicate_rows`, derived from two others at the end, is no counter.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def _is_file(path: str) -> bool:
   """Whether `path` is a file rather than a folder. Only a file system with
   folders can tell: in an object store, a name can be both."""
   # "file/" does not exist where "file" does; "folder/" does.
+  path = path.rstrip("/") or path
   return (FileSystems.get_filesystem(path).has_dirs() and
           FileSystems.exists(path) and
           not FileSystems.exists(FileSystems.join(path, "")))
@@ -193,7 +195,6 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
   with beam.Pipeline(options=beam_options) as pipeline:
     build_pipeline(pipeline, config, args.output_dir, review_tasks,
                    meta_tasks, args.lines_per_call)
-  outputs.delete_run_started(args.output_dir)
   stats = outputs.read_stats(args.output_dir, config)
   for name, category_stats in stats.items():
     if not category_stats["num_users"]:

@@ -369,6 +369,8 @@ class WriteManifest(beam.PTransform):
               stats: dict[str, dict[str, Any]]) -> None:
       outputs.write_manifest(self._output_dir, self._config, shard_files,
                              reject_files, stats)
+      # In the job, not the launcher: the launcher may not wait for the job.
+      outputs.delete_run_started(self._output_dir)
 
     return (shard_files.pipeline | "Once" >> beam.Create([None])
             | "Write" >> beam.Map(write, beam.pvalue.AsList(shard_files),

@@ -1,5 +1,6 @@
 """Reading split files, records and the corpus, with bad input."""
 
+import json
 import re
 import shutil
 
@@ -100,4 +101,15 @@ def test_split_files_refused_naming_the_folder(tmp_path):
   with pytest.raises(data.DataError, match=re.escape(
       f"{root} lacks 1 of the 3 test files of Toys that manifest.json lists, "
       f"e.g. {root}/Toys/test-00001-of-00003.tfrecord.")):
+    data.split_files(root, "Toys", "test")
+  manifest_path = tmp_path / "manifest.json"
+  manifest = json.loads(manifest_path.read_text())
+  del manifest["categories"]["Toys"]["splits"]["test"]["files"]
+  manifest_path.write_text(json.dumps(manifest))
+  with pytest.raises(data.DataError, match=re.escape(
+      f"{root}/manifest.json lists no files of the test split of Toys.")):
+    data.split_files(root, "Toys", "test")
+  manifest_path.write_text("{bad")
+  with pytest.raises(data.DataError, match=re.escape(
+      f"{root}/manifest.json is not valid JSON: ")):
     data.split_files(root, "Toys", "test")

@@ -53,14 +53,15 @@ def test_logging_keeps_the_dataflow_runners_info_lines_only():
   assert logging.getLogger("pipelines.preprocess").isEnabledFor(logging.INFO)
 
 
-def test_dataflow_refuses_local_paths_before_checking_anything_else():
+@pytest.mark.parametrize("runner", ["DataflowRunner", "dataflow", "Dataflow"])
+def test_dataflow_refuses_local_paths_before_checking_anything_else(runner):
   with pytest.raises(options.BeamOptionsError) as error:
     options.checked_beam_options(
-        ["--runner=DataflowRunner"],
+        [f"--runner={runner}"],
         {"--output_dir": "/tmp/out", "--data_dir": "gs://bucket/data",
          "Games reviews": "relative/reviews.json.gz"})
   assert str(error.value) == (
-      "DataflowRunner workers cannot reach local paths: --output_dir "
+      f"{runner} workers cannot reach local paths: --output_dir "
       "/tmp/out, Games reviews relative/reviews.json.gz; give gs:// paths.")
 
 

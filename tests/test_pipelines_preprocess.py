@@ -4,6 +4,7 @@ import collections
 import filecmp
 import glob
 import gzip
+import itertools
 import json
 
 import apache_beam as beam
@@ -354,14 +355,15 @@ def test_an_output_dir_that_is_a_file_is_refused_up_front(
   (tmp_path / "out").write_text("x")
   beam_testfs.set_root(tmp_path)
   output = beam_testfs.url("out") if url_only else tmp_path / "out"
-  for overwrite in ([], ["--overwrite"]):
+  for spelling, overwrite in itertools.product(
+      (f"{output}", f"{output}/"), ([], ["--overwrite"])):
     with pytest.raises(SystemExit):
-      preprocess.run([f"--config={config}", f"--output_dir={output}",
+      preprocess.run([f"--config={config}", f"--output_dir={spelling}",
                       *overwrite])
     errors = [line for line in capsys.readouterr().err.splitlines()
               if "error:" in line]
     assert errors == [f"python -m pipelines.preprocess: error: --output_dir "
-                      f"{output} is a file, not a folder"]
+                      f"{spelling} is a file, not a folder"]
   assert (tmp_path / "out").read_text() == "x"
 
 
