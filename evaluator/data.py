@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from evaluator import files
+from pipelines import outputs
 
 CORPUS_COLUMNS = ("item_id", "text")
-# The preprocessing job's manifest, as `tasks.manifest` reads it; read here
-# through Beam's FileSystems, as that module imports TensorFlow.
-MANIFEST = "manifest.json"
+# The preprocessing job's manifest (`pipelines.outputs` writes it). Read here
+# through Beam's FileSystems: `tasks.manifest` reads it with TensorFlow.
+MANIFEST = outputs.MANIFEST
 
 
 class DataError(ValueError):
@@ -58,8 +59,8 @@ def split_files(data_dir: str, category: str, split: str) -> SplitFiles:
 
   Raises:
     DataError: naming data_dir, when it has no manifest, the manifest is not
-      JSON or lacks the category, its split or the split's files, or a listed
-      file is missing.
+      JSON or lacks the category, its split or the split's files, a listed
+      file is missing, or the split holds no users.
   """
   manifest = _read_manifest(data_dir)
   categories = manifest["categories"]
@@ -74,6 +75,10 @@ def split_files(data_dir: str, category: str, split: str) -> SplitFiles:
   if not isinstance(names, list) or not names:
     raise DataError(f"{data_dir}/{MANIFEST} lists no files of the {split} "
                     f"split of {category}.")
+  num_records = splits[split].get("records")
+  if num_records == 0:
+    raise DataError(f"{data_dir}: the {split} split of {category} holds no "
+                    "users (preprocessing left none; see its rejects/).")
   paths = tuple(os.path.join(data_dir, name) for name in names)
   missing = [path for path in paths if not files.exists(path)]
   if missing:
@@ -82,7 +87,7 @@ def split_files(data_dir: str, category: str, split: str) -> SplitFiles:
                     f"e.g. {missing[0]}.")
   digest = hashlib.sha256(
       json.dumps(manifest, sort_keys=True).encode("utf-8")).hexdigest()
-  return SplitFiles(paths, splits[split].get("records"), digest)
+  return SplitFiles(paths, num_records, digest)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -155,10 +155,6 @@ def parse_args(argv: Sequence[str], check_model: bool = True,
                                         args.split)
   except data.DataError as error:
     parser.error(str(error))
-  if args.split_files.num_records == 0:
-    parser.error(f"{args.data_dir}: the {args.split} split of "
-                 f"{args.category} holds no users (preprocessing left none; "
-                 "see its rejects/).")
   if not files.exists(corpus_path(args)):
     parser.error(f"{args.data_dir} lacks the corpus of {args.category}, "
                  f"{corpus_path(args)}.")
