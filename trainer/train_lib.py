@@ -7,7 +7,8 @@ and the step number, so a resumed run draws exactly the same keys.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+import re
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import flax
 import flax.linen as nn
@@ -59,13 +60,40 @@ def record_learning_rate(schedule: optax.Schedule
   return optax.GradientTransformation(init, update)
 
 
+def _frozen_labels(frozen: Sequence[str]) -> Callable[[PyTree], PyTree]:
+  """Labels each parameter 'frozen' or 'trained' by its '/'-joined path.
+
+  A parameter is frozen when a pattern of `frozen` matches its path with
+  `re.fullmatch`, e.g. 'embedding/.*' for the token embedding.
+  """
+  patterns = [re.compile(pattern) for pattern in frozen]
+
+  def labels(params: PyTree) -> PyTree:
+    def label(path, _):
+      name = "/".join(str(getattr(key, "key", key)) for key in path)
+      return ("frozen" if any(p.fullmatch(name) for p in patterns)
+              else "trained")
+    return jax.tree_util.tree_map_with_path(label, params)
+
+  return labels
+
+
 @gin.configurable
 def create_optimizer(learning_rate: float = 1e-4,
                      warmup_steps: int = 0,
                      weight_decay: float = 0.0,
                      clip_gradient_norm: Optional[float] = 1.0,
-                     b2: float = 0.99) -> optax.GradientTransformation:
-  """AdamW at a constant rate after a linear warmup (paper section 4: lr 1e-4)."""
+                     b2: float = 0.99,
+                     frozen_params: Sequence[str] = ()
+                    ) -> optax.GradientTransformation:
+  """AdamW at a constant rate after a linear warmup (paper section 4: lr 1e-4).
+
+  `frozen_params`: regular expressions over parameter paths ('/'-joined,
+  e.g. 'embedding/embedding') of parameters kept as they are. They get no
+  update and no AdamW moments (parameter-efficient fine-tuning of a
+  pretrained model: Gemma 3 270M's embedding is 63 % of its parameters).
+  Gradient clipping sees only the trained parameters' gradients.
+  """
   if warmup_steps:
     schedule = optax.linear_schedule(0.0, learning_rate, warmup_steps)
     schedule = optax.join_schedules(
@@ -77,7 +105,12 @@ def create_optimizer(learning_rate: float = 1e-4,
     parts.append(optax.clip_by_global_norm(clip_gradient_norm))
   parts.append(optax.adamw(schedule, b2=b2, weight_decay=weight_decay))
   parts.append(record_learning_rate(schedule))
-  return optax.chain(*parts)
+  optimizer = optax.chain(*parts)
+  if not frozen_params:
+    return optimizer
+  return optax.multi_transform(
+      {"trained": optimizer, "frozen": optax.set_to_zero()},
+      _frozen_labels(frozen_params))
 
 
 class Trainer:
