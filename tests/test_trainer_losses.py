@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from trainer import losses
+from trainer import output_projection
 
 
 def test_negative_log_likelihood_sums_weighted_positions():
@@ -123,3 +124,81 @@ def test_gradients_match_finite_differences(which):
       step = jnp.zeros_like(x0).at[index].set(eps)
       numeric[index] = (float(f(x0 + step)) - float(f(x0 - step))) / (2 * eps)
   np.testing.assert_allclose(analytic, numeric, atol=1e-7, rtol=1e-5)
+
+
+def _projection(rng, vocab_axis, scaled, vocab=67, emb=8):
+  shape = (vocab, emb) if vocab_axis == 0 else (emb, vocab)
+  return output_projection.OutputProjection(
+      jnp.asarray(rng.randn(*shape), jnp.float32), vocab_axis,
+      jnp.dtype("float32"), emb if scaled else None)
+
+
+@pytest.mark.parametrize("vocab_axis", [0, 1], ids=["tied", "untied"])
+@pytest.mark.parametrize("scaled", [True, False])
+@pytest.mark.parametrize("chunk_size", [67, 10, 1])  # 1, 7 + tail, 67
+def test_chunked_token_log_probs_equal_full_log_softmax(vocab_axis, scaled,
+                                                        chunk_size):
+  """Value and gradients (hidden, weights) of the streaming logsumexp."""
+  rng = np.random.RandomState(0)
+  projection = _projection(rng, vocab_axis, scaled)
+  hidden = jnp.asarray(rng.randn(3, 5, 8), jnp.float32)
+  targets = jnp.asarray(rng.randint(0, 67, (3, 5)))
+  cotangent = jnp.asarray(rng.randn(3, 5), jnp.float32)
+
+  def full(h, w):
+    logits = output_projection.logits(projection._replace(weights=w), h)
+    return losses.token_log_probs(logits, targets)
+
+  def chunked(h, w):
+    return output_projection.token_log_probs(
+        projection._replace(weights=w), h, targets, chunk_size)
+
+  args = (hidden, projection.weights)
+  np.testing.assert_allclose(chunked(*args), full(*args), rtol=1e-6,
+                             atol=1e-6)
+  for expected, actual in zip(
+      jax.grad(lambda h, w: jnp.vdot(full(h, w), cotangent), (0, 1))(*args),
+      jax.jit(jax.grad(lambda h, w: jnp.vdot(chunked(h, w), cotangent),
+                       (0, 1)))(*args)):
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_output_projection_reads_the_decoder_layout():
+  class Config:
+    emb_dim = 4
+    activation_dtype = jnp.dtype("bfloat16")
+
+  table = jnp.ones((6, 4))
+  tied = output_projection.from_params({"embedding": {"embedding": table}},
+                                       Config())
+  assert (tied.vocab_axis, tied.vocab_size, tied.scaled_by) == (0, 6, 4)
+  assert tied.dtype == jnp.bfloat16
+  Config.logit_scaling = False
+  untied = output_projection.from_params(
+      {"embedding": {"embedding": table}, "output": {"kernel": table.T}},
+      Config())
+  assert (untied.vocab_axis, untied.vocab_size, untied.scaled_by) == (1, 6,
+                                                                      None)
+
+
+def test_chunked_log_probs_gradient_holds_no_full_logits():
+  """Compiled temporaries: the gradient over 64 positions x 16,384 ids needs
+  [64, V] float32 logits (4 MiB a copy) unchunked, a fraction chunked."""
+  rng = np.random.RandomState(0)
+  projection = _projection(rng, 0, True, vocab=16384, emb=16)
+  hidden = jnp.asarray(rng.randn(64, 16), jnp.float32)
+  targets = jnp.asarray(rng.randint(0, 16384, (64,)))
+
+  def temp_bytes(log_probs):
+    step = jax.jit(jax.grad(lambda w: jnp.sum(log_probs(w))))
+    analysis = step.lower(projection.weights).compile().memory_analysis()
+    return analysis.temp_size_in_bytes
+
+  full = temp_bytes(lambda w: losses.token_log_probs(
+      output_projection.logits(projection._replace(weights=w), hidden),
+      targets))
+  chunked = temp_bytes(lambda w: output_projection.token_log_probs(
+      projection._replace(weights=w), hidden, targets, 1024))
+  logits_bytes = 64 * 16384 * 4
+  assert full >= logits_bytes
+  assert chunked < logits_bytes / 4, (chunked, full)

@@ -1,5 +1,7 @@
 """The model object: loss, scoring and KV-cached sampling (paper 3.4, 3.5)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -280,3 +282,67 @@ def test_first_sampled_token_follows_tempered_softmax(model, apply, params,
   noise = 0.5 * np.sum(np.sqrt(2 * expected * (1 - expected) /
                                (np.pi * num_decodes)))
   assert 0.5 * np.abs(empirical - expected).sum() < 2 * noise
+
+
+# The chunked L_NIG (trainer.output_projection) against the decoder's own
+# full-vocabulary logits on a small model; NIG only (alpha = beta = 0), so the
+# gradients compared are L_NIG's alone (the contrastive terms do not change).
+# tests/test_trainer_losses.py covers more layouts on the projection alone.
+_SMALL = network.TransformerConfig(vocab_size=64, emb_dim=16, num_heads=2,
+                                   num_kv_heads=1, head_dim=8, mlp_dim=32,
+                                   num_layers=1)
+
+
+@pytest.mark.parametrize("output_layer,chunk_size", [
+    ({}, 10),  # tied, 1/sqrt(E): 7 strided chunks of 9 ids and a tail of 1
+    ({"logit_scaling": False, "tie_embedding": False}, 16),  # 4 chunks
+], ids=["tied_scaled", "untied_unscaled"])
+def test_chunked_loss_equals_full_logits_value_and_gradients(output_layer,
+                                                             chunk_size):
+  fields = {f.name for f in dataclasses.fields(network.TransformerConfig)}
+  if not set(output_layer) <= fields:
+    pytest.skip(f"network has no {sorted(output_layer)} switch")
+  config = dataclasses.replace(_SMALL, **output_layer)
+  full, chunked = (models.CALRecModel(config, alpha=0.0, beta=0.0,
+                                      loss_vocab_chunk_size=size)
+                   for size in (None, chunk_size))
+  params = models.unboxed_params(full.get_initial_variables(
+      jax.random.PRNGKey(1), {"decoder_input_tokens": (1, 8)}))
+  if "tie_embedding" in output_layer:
+    assert "output" in params
+  batch = trainer_batches.random_batch(seed=2, batch_size=4,
+                                       vocab_size=config.vocab_size)
+
+  def value_and_grad(model):
+    return jax.jit(jax.value_and_grad(
+        lambda p: model.loss_fn(p, batch, None), has_aux=True))(params)
+
+  (loss, metrics), grads = value_and_grad(full)
+  (chunked_loss, chunked_metrics), chunked_grads = value_and_grad(chunked)
+  np.testing.assert_allclose(float(chunked_metrics["nig_loss"]),
+                             float(metrics["nig_loss"]), rtol=1e-6)
+  np.testing.assert_allclose(float(chunked_loss), float(loss), rtol=1e-6)
+  assert jax.tree.structure(chunked_grads) == jax.tree.structure(grads)
+  for (path, grad), chunked_grad in zip(
+      jax.tree_util.tree_leaves_with_path(grads),
+      jax.tree.leaves(chunked_grads)):
+    grad = np.asarray(grad)
+    np.testing.assert_allclose(np.asarray(chunked_grad), grad, rtol=1e-5,
+                               atol=1e-6 * np.abs(grad).max(),
+                               err_msg=jax.tree_util.keystr(path))
+
+  score = {name: jax.jit(lambda p, b, m=m: m.score_batch(
+      p, b, return_intermediates=True)) for name, m in (("full", full),
+                                                        ("chunked", chunked))}
+  (sequence, aux), (chunked_sequence, chunked_aux) = (
+      score[name](params, batch) for name in ("full", "chunked"))
+  np.testing.assert_allclose(np.asarray(chunked_aux["token_scores"]),
+                             np.asarray(aux["token_scores"]), rtol=1e-6,
+                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(chunked_sequence),
+                             np.asarray(sequence), rtol=1e-6)
+
+
+def test_loss_vocab_chunk_size_must_be_positive():
+  with pytest.raises(ValueError, match="loss_vocab_chunk_size"):
+    models.CALRecModel(_SMALL, loss_vocab_chunk_size=0)

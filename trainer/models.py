@@ -40,6 +40,7 @@ import numpy as np
 from trainer import decoding
 from trainer import losses
 from trainer import network
+from trainer import output_projection
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -78,7 +79,8 @@ class CALRecModel:
                alpha: float = 0.125,
                beta: float = -0.025,
                temperature: float = 0.5,
-               eos_id: int = 1):
+               eos_id: int = 1,
+               loss_vocab_chunk_size: Optional[int] = 16384):
     """Creates the model object.
 
     Args:
@@ -87,6 +89,11 @@ class CALRecModel:
       beta: weight of L_UT (paper section 4: -0.025).
       temperature: tau_c of equations 2 and 3 (paper section 4: 0.5).
       eos_id: end-of-sequence id of the vocabulary.
+      loss_vocab_chunk_size: L_NIG and `score_batch` take log-probabilities
+        over chunks of this many vocabulary ids (`trainer.output_projection`),
+        so no [positions, vocab] logits are held; vocabularies up to this
+        size are one chunk. None projects the whole vocabulary at once (the
+        decoder's own output layer).
     """
     if temperature <= 0:
       raise ValueError(f"Contrastive temperature must be > 0, got "
@@ -97,6 +104,10 @@ class CALRecModel:
     self.beta = beta
     self.temperature = temperature
     self.eos_id = eos_id
+    if loss_vocab_chunk_size is not None and loss_vocab_chunk_size < 1:
+      raise ValueError(f"loss_vocab_chunk_size must be >= 1, got "
+                       f"{loss_vocab_chunk_size}.")
+    self.loss_vocab_chunk_size = loss_vocab_chunk_size
     self._predict = jax.jit(
         self._predict_impl,
         static_argnames=("num_decodes", "max_decode_length"))
@@ -131,8 +142,9 @@ class CALRecModel:
     """The additive parts of the loss of one (micro)batch.
 
     The output projection runs on the target span only (at most Li positions
-    per row, Li = item_input_tokens' length); `with_nig=False` skips it (and
-    L_NIG) altogether. v^{T|U} and v^U are mean-pooled final hidden states of
+    per row, Li = item_input_tokens' length), over vocabulary chunks unless
+    `loss_vocab_chunk_size` is None; `with_nig=False` skips it (and L_NIG)
+    altogether. v^{T|U} and v^U are mean-pooled final hidden states of
     the joint pass over `target_pool_weights` and `history_pool_weights`; v^T
     of the item-alone pass over `item_pool_weights`.
     """
@@ -145,13 +157,17 @@ class CALRecModel:
                                         batch["item_input_tokens"].shape[1])
     logits, hidden, _ = self._forward(
         params, batch["decoder_input_tokens"], dropout_rng=joint_rng,
-        compute_logits=with_nig, logits_at=positions)
+        compute_logits=with_nig and self.loss_vocab_chunk_size is None,
+        logits_at=positions)
     nig_total = jnp.float32(0.0)
     if with_nig:
-      nig_total = losses.negative_log_likelihood(
-          logits,
+      log_probs = self._token_log_probs(
+          params, logits, hidden,
           jnp.take_along_axis(batch["decoder_target_tokens"], positions, 1),
-          jnp.take_along_axis(batch["decoder_loss_weights"], positions, 1))
+          positions)
+      weights = jnp.take_along_axis(batch["decoder_loss_weights"], positions,
+                                    1)
+      nig_total = -jnp.sum(log_probs * weights.astype(log_probs.dtype))
     vectors = None
     if self.uses_item_tower:
       _, item_hidden, _ = self._forward(params, batch["item_input_tokens"],
@@ -165,6 +181,20 @@ class CALRecModel:
     return LossTerms(nig_total=nig_total,
                      target_tokens=jnp.sum(batch["decoder_loss_weights"]),
                      vectors=vectors)
+
+  def _token_log_probs(self, params: PyTree, logits: Optional[Array],
+                       hidden: Array, targets: Array,
+                       positions: Optional[Array] = None) -> Array:
+    """log P(targets) [B, K] from the decoder's logits [B, K, V] when given,
+    else from hidden states [B, L, E] (taken at `positions` [B, K]) over
+    vocabulary chunks (`trainer.output_projection`; paper section 3.4)."""
+    if logits is not None:
+      return losses.token_log_probs(logits, targets)
+    if positions is not None:
+      hidden = jnp.take_along_axis(hidden, positions[:, :, None], axis=1)
+    return output_projection.token_log_probs(
+        output_projection.from_params(params, self.config), hidden, targets,
+        self.loss_vocab_chunk_size)
 
   def contrastive_losses(self, vectors: PooledVectors) -> tuple[Array, Array]:
     """(L_TT, L_UT), equations 2 and 3, over every example of `vectors`."""
@@ -217,14 +247,19 @@ class CALRecModel:
                  ) -> Array | tuple[Array, dict[str, Array]]:
     """Sum of log P(decoder_target_tokens) weighted by decoder_loss_weights.
 
+    Log-probabilities are taken over vocabulary chunks (no [B, L, V] logits)
+    unless `loss_vocab_chunk_size` is None.
+
     Returns:
       sequence scores [B]; with `return_intermediates`, also
       {'token_scores': [B, L]} (weighted per-token log-probs), a flat dict
       rather than t5x's nested flax intermediates.
     """
-    logits, _, _ = self._forward(params, batch["decoder_input_tokens"])
-    token_scores = losses.token_log_probs(
-        logits, batch["decoder_target_tokens"]) * batch[
+    logits, hidden, _ = self._forward(
+        params, batch["decoder_input_tokens"],
+        compute_logits=self.loss_vocab_chunk_size is None)
+    token_scores = self._token_log_probs(
+        params, logits, hidden, batch["decoder_target_tokens"]) * batch[
             "decoder_loss_weights"].astype(jnp.float32)
     sequence_scores = jnp.sum(token_scores, axis=-1)
     if return_intermediates:
