@@ -119,8 +119,8 @@ def test_logits_equal_transformers(checkpoints, converted, model_type):
   config, params = converted[model_type]
   if model_type == "llama":
     assert any(name.startswith("model-") for name in os.listdir(path))
-  variables = network.Decoder(config).init(jax.random.PRNGKey(0),
-                                           jnp.ones((1, 4), jnp.int32))
+  variables = jax.eval_shape(network.Decoder(config).init,
+                             jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))
   shapes = jax.tree.map(lambda x: x.shape, nn.meta.unbox(variables)["params"])
   assert jax.tree.map(np.shape, params) == shapes
   assert config.num_params() == sum(
@@ -177,12 +177,11 @@ def test_cached_decoding_of_unpadded_prompt(converted, checkpoints):
   config, params = converted["gemma3_text"]
   tokens = checkpoints["gemma3_text"][2]
   full = _our_logits(config, params, tokens)
-  decoder = network.Decoder(config)
+  apply = jax.jit(network.Decoder(config).apply)
   cache = network.init_cache(config, 2, LENGTH)
-  _, _, cache = decoder.apply({"params": params}, tokens[:, :9], cache=cache)
+  _, _, cache = apply({"params": params}, tokens[:, :9], cache=cache)
   positions = np.arange(9, LENGTH)[None].repeat(2, 0)
-  logits, _, _ = decoder.apply({"params": params}, tokens[:, 9:], positions,
-                               cache)
+  logits, _, _ = apply({"params": params}, tokens[:, 9:], positions, cache)
   np.testing.assert_allclose(logits, full[:, 9:], atol=TOLERANCE)
 
 

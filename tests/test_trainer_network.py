@@ -132,3 +132,30 @@ def test_rotary_dot_product_depends_only_on_offset():
     np.testing.assert_allclose(dots, dots[0], atol=1e-4)
   assert abs(float(rotate(q, 3) @ rotate(k, 0)) -
              float(q[0, 0, 0] @ k[0, 0, 0])) > 1e-2
+
+
+def test_num_params_counts_every_switch():
+  config = network.TransformerConfig(
+      vocab_size=64, emb_dim=16, num_heads=4, num_kv_heads=2, head_dim=8,
+      mlp_dim=24, num_layers=3, norm_scale_offset=1.0, post_norms=True,
+      qk_norm=True, qkv_bias=True, tie_embedding=False, sliding_window=2,
+      layer_types=["local", "global", "local"], mlp_activation="gelu_tanh")
+  variables = jax.eval_shape(network.Decoder(config).init,
+                             jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))
+  leaves = jax.tree.leaves(nn.meta.unbox(variables)["params"])
+  assert config.num_params() == sum(leaf.size for leaf in leaves)
+  assert config.layer_types == ("local", "global", "local")  # Hashable.
+  assert CONFIG.num_params() == 64 * 32 + 32 + 2 * (
+      32 * 8 * 12 + 3 * 32 * 64 + 2 * 32)
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"layer_types": ("local",)}, "layer_types has 1 entries"),
+    ({"layer_types": ("global", "sliding")}, "not one of"),
+    ({"layer_types": ("local", "global")}, "positive sliding_window"),
+    ({"mlp_activation": "relu"}, "mlp_activation 'relu'"),
+    ({"rope_scaling_type": "yarn"}, "rope_scaling_type 'yarn'"),
+])
+def test_config_validation(fields, message):
+  with pytest.raises(ValueError, match=message):
+    network.TransformerConfig(num_layers=2, **fields)
