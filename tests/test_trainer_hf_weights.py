@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints against transformers' own models (trainer.hf_weights).
+"""Hugging Face checkpoints against transformers (trainer.hf_weights).
 
 Tiny random Gemma 3, Llama (llama3 rope scaling, untied) and Qwen2 (q/k/v
 biases) models are built here, saved with save_pretrained, read back, converted

@@ -411,6 +411,7 @@ class Attention(nn.Module):
           scale=cfg.query_scale, mask=mask[:, None])
       if lengths is None:
         lengths = jnp.full((x.shape[0],), x.shape[1], jnp.int32)
+      lengths = jnp.clip(lengths, 0, x.shape[1]).astype(jnp.int32)
       new_cache = _write_ring(cache, key, value, positions, lengths[:, None])
     attended = _constrain(attended, ("batch", "length", "heads", "kv"))
     out = DenseGeneral((cfg.emb_dim,), ("heads", "kv", "embed"),
