@@ -19,12 +19,19 @@ Task pipeline (see `tasks.tasks`) runs
                        item text is cut to the targets length.
 
 The prompt's tokens are the concatenation of the tokens of its pieces (user
-prefix, item prefix, item text, ..., trailing prefix; see
-`tasks.vocab.prompt_pieces`), so the token count of any choice of kept items
-is a sum and the truncation is exact. With the blocks, the prompt of history
-items s.. is user prefix + first-item prefix + the blocks from s on without
-block s's next-item prefix + the trailing next-item prefix: a slice.
-`budgeted_prompt` is the same computation in plain Python for inference.
+prefix, " " + first-item prefix, " " + item text, next-item prefix, ...,
+trailing next-item prefix; see `tasks.vocab.prompt_pieces`): strings that
+concatenate to the prompt exactly and meet where the vocabulary never merges
+across (`tasks.vocab.check_prompt_additivity`), so the token count of any
+choice of kept items is a sum and the truncation gives exactly the tokens of
+the whole prompt string, for vocabularies with a dummy prefix (trained here)
+and without (Gemma 3, which keeps "\n") alike. With the blocks, the prompt
+of history items s.. is user prefix + first-item prefix + the blocks from s
+on without block s's next-item prefix + the trailing next-item prefix: a
+slice. `budgeted_prompt` is the same computation in plain Python for
+inference. Items (the target too) are tokenized with their leading space,
+as the prompt holds them: the target is what the model continues the prompt
+with.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import seqio
 import tensorflow as tf
 
 from tasks import templates
+from tasks import vocab
 
 # Paper section 4: the last k items are cut, k in {0, 1, 2, 3, 4}.
 MAX_CUT_ITEMS = 4
@@ -53,9 +61,10 @@ class _PrefixTokens:
 
   @classmethod
   def of(cls, vocabulary: seqio.Vocabulary) -> _PrefixTokens:
-    return cls(user=tuple(vocabulary.encode(templates.USER_PREFIX)),
-               first_item=tuple(vocabulary.encode(templates.FIRST_ITEM_PREFIX)),
-               next_item=tuple(vocabulary.encode(templates.NEXT_ITEM_PREFIX)))
+    return cls(
+        user=tuple(vocabulary.encode(templates.USER_PREFIX)),
+        first_item=tuple(vocabulary.encode(vocab.first_item_prefix_piece())),
+        next_item=tuple(vocabulary.encode(templates.NEXT_ITEM_PREFIX)))
 
   @property
   def fixed_length(self) -> int:
@@ -93,7 +102,8 @@ def budgeted_prompt(history_texts: Sequence[str],
   if not history_texts:
     raise ValueError("A user prompt needs at least one history item.")
   prefixes = _PrefixTokens.of(vocabulary)
-  item_tokens = [tuple(vocabulary.encode(text)) for text in history_texts]
+  item_tokens = [tuple(vocabulary.encode(vocab.item_piece(text)))
+                 for text in history_texts]
   # Cost of keeping items start..end: each item plus a "next" prefix per item
   # after the first (the first item's prefix is in fixed_length).
   cost = prefixes.fixed_length - len(prefixes.next_item)
@@ -123,7 +133,8 @@ def tokenize_items(dataset: tf.data.Dataset,
   """Tokenizes `item_texts` with the targets vocabulary into item blocks.
 
   Replaces `item_texts` by `block_tokens` (int32: for every item, the tokens
-  of `templates.NEXT_ITEM_PREFIX` then the item's tokens, no EOS) and
+  of `templates.NEXT_ITEM_PREFIX` then the tokens of `vocab.item_piece` of
+  the item, its text after a space, no EOS) and
   `block_lengths` (int32, tokens per block). Records with fewer than two
   items hold no (history, target) pair and are skipped (preprocessing emits
   none for the paper's 5-core data).
@@ -133,7 +144,10 @@ def tokenize_items(dataset: tf.data.Dataset,
 
   def tokenize(records):
     records = dict(records)
-    tokens = tf.cast(vocabulary.encode_tf(records.pop("item_texts")), tf.int32)
+    texts = tf.ragged.map_flat_values(
+        lambda texts: tf.strings.join([vocab.ITEM_SEPARATOR, texts]),
+        records.pop("item_texts"))
+    tokens = tf.cast(vocabulary.encode_tf(texts), tf.int32)
     items = tokens.values  # [items of the block of records, (tokens)]
     prefixes = tf.RaggedTensor.from_uniform_row_length(
         tf.tile(next_item, [items.nrows()]), tf.size(next_item)

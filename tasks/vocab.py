@@ -1,8 +1,12 @@
 r"""SentencePiece vocabulary of the CALRec tasks (paper sections 3.2 and 4).
 
-Ids: pad=0, eos=1, unk=2, no bos, as seqio and t5x expect.
+Ids: pad=0 and eos=1, as seqio and t5x expect; unk anywhere. Models trained
+here have unk=2 and no BOS; a pretrained LM's vocabulary may have a BOS (Gemma
+3: pad=0, eos=1, bos=2, unk=3), and then every decoder sequence starts with it
+(`decoder_start_id`, docs/contracts.md).
 
-Use an existing model (e.g. the tokenizer of a pretrained LM):
+Use an existing model (e.g. the tokenizer of a pretrained LM, see
+`tasks.gguf_vocab` for one rebuilt from a GGUF file):
 
   vocabulary = tasks.vocab.get_vocabulary("/path/to/spm.model")
 
@@ -13,12 +17,16 @@ or train one on the item corpora and prompt strings of a preprocessing output:
 
 Paths may be local or any filesystem of `tf.io.gfile` (e.g. gs://).
 
-The prompt's token sequence is built from separately tokenized pieces (user
-prefix, item prefixes, item texts; see `tasks.preprocessors`), so a vocabulary
-must tokenize the prompt as the concatenation of its pieces.
-`check_prompt_additivity` verifies that; models trained here pass it because
-their default normalisation (`nmt_nfkc`) maps "\n" to a space and SentencePiece
-never merges pieces across spaces.
+The prompt's token sequence is built from separately tokenized pieces (see
+`prompt_pieces` and `tasks.preprocessors`): strings that concatenate to the
+prompt exactly, each history item carrying its leading separator (" " or the
+"\n" of the next-item prefix), so that every boundary falls between a "." and
+a separator. A vocabulary with no piece across such a boundary tokenizes the
+prompt as the concatenation of its pieces, whatever the item texts:
+`check_prompt_additivity` verifies that on the model's pieces and on a probe
+history. Models trained here pass it (they split on whitespace and normalise
+"\n" to a space); so does Gemma 3's (no dummy prefix, "\n" kept: its only
+piece with a separator after another character is ">▁</").
 """
 
 from __future__ import annotations
@@ -55,9 +63,13 @@ DEFAULT_VOCAB_SIZE = 8192
 def get_vocabulary(model_path: str | os.PathLike[str]) -> seqio.Vocabulary:
   """A `seqio.SentencePieceVocabulary` for a SentencePiece model file.
 
+  The model must have pad=0 (seqio pads with 0, and the feature converter
+  tells lengths by it) and eos=1 (t5x's and the trainer's default); its unk
+  and BOS, if any, may have any id.
+
   Raises:
     FileNotFoundError: the model file does not exist.
-    ValueError: the model's special ids are not pad=0, eos=1, unk=2.
+    ValueError: the model's pad and EOS ids are not 0 and 1.
   """
   model_path = os.fspath(model_path)
   if not tf.io.gfile.exists(model_path):
@@ -66,21 +78,100 @@ def get_vocabulary(model_path: str | os.PathLike[str]) -> seqio.Vocabulary:
         "`python -m tasks.vocab --data_dir=... --output=...`.")
   vocabulary = seqio.SentencePieceVocabulary(model_path)
   processor = vocabulary.tokenizer
-  ids = (processor.pad_id(), processor.eos_id(), processor.unk_id())
-  if ids != (PAD_ID, EOS_ID, UNK_ID):
+  ids = (processor.pad_id(), processor.eos_id())
+  if ids != (PAD_ID, EOS_ID):
     raise ValueError(
-        f"{model_path}: special ids (pad, eos, unk) are {ids}, expected "
-        f"({PAD_ID}, {EOS_ID}, {UNK_ID}).")
+        f"{model_path}: special ids (pad, eos) are {ids}, expected "
+        f"({PAD_ID}, {EOS_ID}).")
   return vocabulary
 
 
+def decoder_start_id(vocabulary: seqio.Vocabulary) -> int:
+  """The first token of every decoder sequence: BOS if the vocabulary has one.
+
+  0 otherwise (t5x's decoder-only convention, the models trained here). A
+  pretrained LM saw its BOS at the start of every sequence, so the prompt
+  (joint pass) and the item-alone pass start with it (docs/contracts.md).
+  """
+  bos = vocabulary.bos_id
+  return int(bos) if bos is not None and bos > 0 else 0
+
+
+# Prompt pieces (section 3.2) are split where the prompt string has a "."
+# followed by a separator (" " before an item text and before the first-item
+# prefix, "\n" starting the next-item prefix).
+ITEM_SEPARATOR = " "
+
+
+def first_item_prefix_piece() -> str:
+  """The first-item prefix with its leading separator."""
+  return ITEM_SEPARATOR + templates.FIRST_ITEM_PREFIX
+
+
+def item_piece(text: str) -> str:
+  """An item text with its leading separator: how a prompt holds it, and
+  the spelling of the target the model continues the prompt with."""
+  return ITEM_SEPARATOR + text
+
+
 def prompt_pieces(history_item_texts: Sequence[str]) -> list[str]:
-  """The pieces whose tokenizations concatenate to the prompt's tokens."""
-  pieces = [templates.USER_PREFIX]
+  """Strings that concatenate to `templates.user_prompt` exactly.
+
+  User prefix, " " + first-item prefix, " " + item text, then "\n" + next-
+  item prefix and " " + item text per further item, and the trailing
+  next-item prefix.
+  """
+  pieces = [templates.USER_PREFIX, first_item_prefix_piece()]
   for position, text in enumerate(history_item_texts):
-    pieces += [templates.item_prefix(position), text]
+    if position:
+      pieces.append(templates.NEXT_ITEM_PREFIX)
+    pieces.append(item_piece(text))
   pieces.append(templates.NEXT_ITEM_PREFIX)
   return pieces
+
+
+def _boundary_pairs() -> set[str]:
+  """The two characters around every piece boundary, as pieces spell them.
+
+  Every piece but the first starts with a separator; the one before it ends
+  with the "." of a prefix or of an item text (`templates.format_item`).
+  SentencePiece writes a space as "\u2581", and a newline as itself or (e.g.
+  nmt_nfkc) as a space: both spellings count.
+  """
+  ends = {templates.USER_PREFIX[-1], templates.FIRST_ITEM_PREFIX[-1],
+          templates.NEXT_ITEM_PREFIX[-1],
+          templates.format_item(templates.ItemAttributes())[-1]}
+  starts = {ITEM_SEPARATOR, templates.NEXT_ITEM_PREFIX[0]}
+  spellings = {" ": ("\u2581",), "\n": ("\n", "\u2581")}
+  return {end + spelled for end in ends for start in starts
+          for spelled in spellings.get(start, (start,))}
+
+
+def pieces_across_boundaries(vocabulary: seqio.Vocabulary) -> list[str]:
+  """The model's pieces that span a prompt-piece boundary (should be none).
+
+  A piece holding the two characters around a boundary (a "." then a space
+  or a newline) could merge tokens of neighbouring prompt pieces. With none,
+  a BPE or unigram model tokenizes the prompt as the concatenation of its
+  pieces whenever its normalizer maps characters one by one (identity);
+  nmt_nfkc's whitespace handling and dummy prefix are covered by the probe
+  of `check_prompt_additivity`. Only pieces that text can produce (normal
+  and user-defined) are scanned, of SentencePiece vocabularies only (others
+  give []).
+  """
+  if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    return []
+  processor = vocabulary.tokenizer
+  pairs = _boundary_pairs()
+  found = []
+  for i in range(processor.get_piece_size()):
+    if (processor.is_control(i) or processor.is_unknown(i) or
+        processor.is_byte(i) or processor.is_unused(i)):
+      continue
+    piece = processor.id_to_piece(i)
+    if any(pair in piece for pair in pairs):
+      found.append(piece)
+  return found
 
 
 def check_prompt_additivity(vocabulary: seqio.Vocabulary,
@@ -89,18 +180,24 @@ def check_prompt_additivity(vocabulary: seqio.Vocabulary,
 
   Budget truncation (`tasks.preprocessors`) counts and concatenates the tokens
   of the prompt's pieces; this check makes sure that equals tokenizing the
-  whole prompt string, for the given probe history.
+  whole prompt string: no piece of the model spans a piece boundary
+  (`pieces_across_boundaries`), and the probe history tokenizes alike both
+  ways.
   """
+  across = pieces_across_boundaries(vocabulary)
   whole = vocabulary.encode(templates.user_prompt(history_item_texts))
   by_piece = [token for piece in prompt_pieces(history_item_texts)
               for token in vocabulary.encode(piece)]
-  if list(whole) != by_piece:
+  if across or list(whole) != by_piece:
+    found = (f" (pieces across a boundary: {across[:5]!r})" if across
+             else "")
     raise ValueError(
         "This vocabulary tokenizes the prompt differently from the "
         "concatenation of its pieces (user prefix, item prefixes, item "
-        "texts), so input-budget truncation could not be exact. Use a "
-        "SentencePiece model that splits on whitespace and normalises "
-        "'\\n' to a space (e.g. one trained by `python -m tasks.vocab`).")
+        f"texts){found}, so input-budget truncation could not be exact. Use "
+        "a SentencePiece model with no piece holding a '.' followed by a "
+        "space or newline (e.g. one trained by `python -m tasks.vocab`, or "
+        "Gemma 3's).")
 
 
 def find_corpora(data_dir: str | os.PathLike[str]) -> list[str]:

@@ -102,11 +102,48 @@ def test_rejects_model_with_other_special_ids(tmp_path):
   spm.SentencePieceTrainer.train(input=str(sentences),
                                  model_prefix=str(tmp_path / "default"),
                                  vocab_size=60, minloglevel=2)
-  with pytest.raises(ValueError, match=r"\(pad, eos, unk\)"):
+  with pytest.raises(ValueError, match=r"\(pad, eos\) are \(-1, 2\)"):
     vocab.get_vocabulary(tmp_path / "default.model")
 
 
-def test_additivity_check_rejects_byte_vocabulary():
+def test_accepts_any_unk_and_bos_when_pad_and_eos_are_0_and_1(tmp_path):
+  sentences = tmp_path / "s.txt"
+  sentences.write_text("\n".join(
+      test_utils.random_item_texts(random.Random(1), 100, "Arts")))
+  spm.SentencePieceTrainer.train(
+      input=str(sentences), model_prefix=str(tmp_path / "bos"),
+      vocab_size=80, pad_id=0, eos_id=1, bos_id=5, unk_id=7, minloglevel=2)
+  vocabulary = vocab.get_vocabulary(tmp_path / "bos.model")
+  assert (vocabulary.unk_id, vocabulary.bos_id) == (7, 5)
+  assert vocab.decoder_start_id(vocabulary) == 5
+
+
+def test_decoder_start_is_0_without_bos():
+  assert vocab.decoder_start_id(seqio.ByteVocabulary()) == 0
+
+
+def test_prompt_pieces_concatenate_to_the_prompt():
+  history = test_utils.random_item_texts(random.Random(2), 3, "Arts")
+  assert "".join(vocab.prompt_pieces(history)) == templates.user_prompt(
+      history)
+
+
+def test_additivity_holds_for_a_byte_vocabulary():
+  # Bytes are additive: the pieces spell the prompt exactly.
+  history = [templates.item_text("A", "B", "C", "D")] * 2
+  vocab.check_prompt_additivity(seqio.ByteVocabulary(), history)
+
+
+def test_additivity_check_rejects_a_piece_across_a_boundary(tmp_path):
+  sentences = tmp_path / "s.txt"
+  sentences.write_text("\n".join(
+      test_utils.random_item_texts(random.Random(1), 100, "Arts")))
+  spm.SentencePieceTrainer.train(
+      input=str(sentences), model_prefix=str(tmp_path / "merging"),
+      vocab_size=80, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+      user_defined_symbols=[".\u2581Title"], minloglevel=2)
+  vocabulary = vocab.get_vocabulary(tmp_path / "merging.model")
+  assert vocab.pieces_across_boundaries(vocabulary) == [".\u2581Title"]
   history = [templates.item_text("A", "B", "C", "D")]
   with pytest.raises(ValueError, match="concatenation of its pieces"):
-    vocab.check_prompt_additivity(seqio.ByteVocabulary(), history)
+    vocab.check_prompt_additivity(vocabulary, history)
