@@ -283,9 +283,11 @@ class CALRecModel:
 
     Inference batch (t5x decoder-only convention; build it with
     `prompt_batch`):
-      decoder_input_tokens [B, P] int32: 0 (start), then the prompt tokens
-        (no EOS), then 0 padding. The training features of a validation or
-        test example can be passed as they are: only the prompt is read.
+      decoder_input_tokens [B, P] int32: the start token (0, or the
+        vocabulary's BOS: `tasks.vocab.decoder_start_id`, as in training),
+        then the prompt tokens (no EOS), then 0 padding. The training
+        features of a validation or test example can be passed as they
+        are: only the prompt is read.
       decoder_causal_attention [B, P] int32: 1 on the start position and the
         prompt positions, 0 elsewhere; its row sum is the prompt length + 1.
 
@@ -317,7 +319,7 @@ class CALRecModel:
     cache = network.init_cache(self.config, batch_size,
                                prompt_length + max_decode_length)
     logits, _, cache = self.module.apply(
-        {"params": params}, tokens, cache=cache,
+        {"params": params}, tokens, cache=cache, lengths=prompt_lengths,
         logits_at=(prompt_lengths - 1)[:, None])
 
     def repeat(x):
@@ -340,7 +342,8 @@ class CALRecModel:
 
 
 def prompt_batch(prompt_tokens: Sequence[Sequence[int]], batch_size: int,
-                 prompt_length: int) -> dict[str, np.ndarray]:
+                 prompt_length: int,
+                 start_token: int = 0) -> dict[str, np.ndarray]:
   """Builds a fixed-shape inference batch from tokenized prompts.
 
   Args:
@@ -348,6 +351,9 @@ def prompt_batch(prompt_tokens: Sequence[Sequence[int]], batch_size: int,
     batch_size: rows of the batch; rows past len(prompt_tokens) hold an
       empty prompt and their decodes are to be ignored.
     prompt_length: P, at least the longest prompt + 1 (the start token).
+    start_token: first token of every row: the decoder start the model
+      trained with, `tasks.vocab.decoder_start_id` of its vocabulary (0, or
+      the BOS of a pretrained LM's vocabulary such as Gemma 3's).
 
   Returns:
     {'decoder_input_tokens', 'decoder_causal_attention'}, int32 [B, P].
@@ -360,6 +366,7 @@ def prompt_batch(prompt_tokens: Sequence[Sequence[int]], batch_size: int,
     raise ValueError(f"{len(prompt_tokens)} prompts do not fit a batch of "
                      f"{batch_size}.")
   tokens = np.zeros((batch_size, prompt_length), np.int32)
+  tokens[:, 0] = start_token
   causal = np.zeros((batch_size, prompt_length), np.int32)
   causal[:, 0] = 1
   for row, ids in enumerate(prompt_tokens):
