@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import gguf
 import numpy as np
@@ -40,7 +40,8 @@ HIDDEN, HEADS, KV_HEADS, HEAD_DIM, MLP, VOCAB = 64, 2, 1, 32, 96, 40
 
 
 def write_gguf(path: pathlib.Path, arch: str, tensors: Mapping[str, Any],
-               layers: int = 1, **metadata: Any) -> pathlib.Path:
+               layers: int = 1, tokenizer: Optional[str] = None,
+               **metadata: Any) -> pathlib.Path:
   """A GGUF file of `arch` with tiny sizes.
 
   Args:
@@ -49,6 +50,8 @@ def write_gguf(path: pathlib.Path, arch: str, tensors: Mapping[str, Any],
     tensors: GGUF name -> float array in Hugging Face (row-major) shape, or
       (quantized bytes, quantization type).
     layers: block_count.
+    tokenizer: None, or tokenizer.ggml.model ('llama': a SentencePiece
+      vocabulary of VOCAB pieces, Gemma's special ids; 'gpt2': byte-level).
     **metadata: '{arch}.'-relative keys overriding the default sizes, a value
       None leaves the key out.
   """
@@ -72,6 +75,20 @@ def write_gguf(path: pathlib.Path, arch: str, tensors: Mapping[str, Any],
       writer.add_uint32(f"{arch}.{key}", value)
   writer.add_uint32("tokenizer.ggml.bos_token_id", 2)
   writer.add_uint32("tokenizer.ggml.eos_token_id", 1)
+  if tokenizer is not None:
+    pieces = ["<pad>", "<eos>", "<bos>", "<unk>"] + [
+        chr(ord("a") + i) for i in range(26)] + [
+            "\u2581" + w for w in ("the", "a", "of", "is", "in", "on", "to",
+                                   "it", "at", "by")]
+    assert len(pieces) == VOCAB
+    writer.add_string("tokenizer.ggml.model", tokenizer)
+    writer.add_array("tokenizer.ggml.tokens", pieces)
+    writer.add_array("tokenizer.ggml.scores",
+                     [0.0] * 4 + [-float(i) for i in range(VOCAB - 4)])
+    writer.add_array("tokenizer.ggml.token_type", [3] * 4 + [1] * (VOCAB - 4))
+    writer.add_uint32("tokenizer.ggml.unknown_token_id", 3)
+    writer.add_uint32("tokenizer.ggml.padding_token_id", 0)
+    writer.add_bool("tokenizer.ggml.add_space_prefix", False)
   for name, tensor in tensors.items():
     if isinstance(tensor, tuple):
       data, qtype = tensor

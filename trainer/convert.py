@@ -1,0 +1,430 @@
+r"""Converts pretrained checkpoints into model directories of this project.
+
+Import (a GGUF file or a transformers safetensors directory):
+
+  python -m trainer.convert --source gemma-3-270m-q4_k_m.gguf \
+      --output_dir models/gemma3_270m --name gemma3_270m
+
+writes into --output_dir
+  checkpoints/0/params  the parameters (orbax), the step a run's
+                        `initial_checkpoint_path` (the model directory or
+                        this step directory) starts from
+  model.json            the network config, as `trainer.checkpoints` writes
+                        it (the loader reads it to find the checkpoint and to
+                        check that a run trains the same network)
+  vocabulary.model      the SentencePiece model of the checkpoint's tokenizer
+  model.gin             the `network.TransformerConfig` bindings (float32;
+                        a run may set dtype = 'bfloat16')
+  source.json           source file(s) sha256 and size, architecture,
+                        licence, conversion time
+
+Export (a model directory, converted or trained, to transformers):
+
+  python -m trainer.convert --source models/gemma3_270m \
+      --export_safetensors hf/gemma3_270m [--model_type gemma3_text]
+
+writes config.json, model.safetensors and, when the model directory has
+one, tokenizer.model. An import with --export_safetensors writes both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import re
+import resource
+import shutil
+import sys
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from trainer import gguf_import
+from trainer import hf_weights
+from trainer import network
+
+SOURCE_JSON = "source.json"
+MODEL_GIN = "model.gin"
+STEP = 0
+
+# Licences of model families, when the source does not name one.
+KNOWN_LICENSES = {"gemma3": "gemma", "gemma3_text": "gemma"}
+# TransformerConfig fields left out of model.gin: run settings.
+_RUN_FIELDS = ("dropout_rate", "attention_implementation", "remat")
+_LLAMA3_FIELDS = ("rope_low_freq_factor", "rope_high_freq_factor",
+                  "rope_original_max_position")
+
+Log = Callable[[str], None]
+
+
+def _print(line: str) -> None:
+  print(line, flush=True)
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _gin_value(value: Any) -> str:
+  if isinstance(value, tuple):
+    return "(" + ", ".join(_gin_value(v) for v in value) + (
+        ",)" if len(value) == 1 else ")")
+  return repr(value)
+
+
+def gin_bindings(config: network.TransformerConfig) -> list[str]:
+  """`network.TransformerConfig.field = value` lines of every field that
+  changes what the network computes (rope-scaling details only when used)."""
+  lines = []
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    if field.name in _RUN_FIELDS:
+      continue
+    if config.rope_scaling_type is None and field.name == (
+        "rope_scaling_factor"):
+      continue
+    if config.rope_scaling_type != "llama3" and field.name in _LLAMA3_FIELDS:
+      continue
+    line = f"network.TransformerConfig.{field.name} = {_gin_value(value)}"
+    if len(line) > 80 and isinstance(value, tuple):
+      line = line.split("(", 1)[0] + "(\n" + _wrap(
+          [_gin_value(v) for v in value]) + ")"
+    lines.append(line)
+  return lines
+
+
+def _wrap(items: list[str], width: int = 76) -> str:
+  """Comma-separated items on lines of at most `width`, indented by 4."""
+  lines, line = [], ""
+  for item in items:
+    piece = item + ","
+    if line and len(line) + 1 + len(piece) > width:
+      lines.append(line)
+      line = ""
+    line = f"{line} {piece}" if line else piece
+  lines.append(line)
+  return "\n".join("    " + l for l in lines).removesuffix(",")
+
+
+def model_gin(config: network.TransformerConfig, name: str,
+              description: str) -> str:
+  """The text of a model gin file (trainer/configs/models/*.gin layout)."""
+  return "\n".join([
+      f"# {name}: {description}",
+      "# Written by python -m trainer.convert; activations in float32 (a run",
+      "# may bind network.TransformerConfig.dtype = 'bfloat16').",
+      "import trainer.models",
+      "import trainer.network",
+      "",
+      "MODEL = @models.CALRecModel()",
+      "models.CALRecModel.config = @network.TransformerConfig()",
+      "",
+      *gin_bindings(config),
+  ]) + "\n"
+
+
+def _license_from_readme(directory: str) -> Optional[str]:
+  """`license:` of a Hugging Face model card's front matter, if any."""
+  path = os.path.join(directory, "README.md")
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8", errors="replace") as f:
+    text = f.read(20_000)
+  match = re.match(r"---\s*\n(.*?)\n---", text, re.S)
+  if match:
+    found = re.search(r"^license:\s*(\S+)", match.group(1), re.M)
+    if found:
+      return found.group(1).strip("'\"")
+  return None
+
+
+@dataclasses.dataclass
+class Source:
+  """A checkpoint read into Hugging Face form."""
+
+  hf_config: dict[str, Any]
+  tensors: dict[str, np.ndarray]
+  vocabulary: Optional[bytes]
+  description: dict[str, Any]
+
+
+def _gguf_vocabulary(path: str) -> bytes:
+  from tasks import gguf_vocab  # pylint: disable=g-import-not-at-top
+  return gguf_vocab.sentencepiece_model_from_gguf(path)
+
+
+def _safetensors_vocabulary(path: str) -> bytes:
+  model = os.path.join(path, "tokenizer.model")
+  if os.path.isfile(model):
+    with open(model, "rb") as f:
+      return f.read()
+  found = [name for name in ("tokenizer.json", "vocab.json", "merges.txt")
+           if os.path.isfile(os.path.join(path, name))]
+  raise ValueError(
+      f"{path} has no tokenizer.model (it has "
+      f"{', '.join(found) or 'no tokenizer files'}): tokenizers other than "
+      "SentencePiece (e.g. byte-level BPE) are not supported yet; supported: "
+      "a SentencePiece tokenizer.model, or a GGUF file whose "
+      "tokenizer.ggml.model is 'llama'. Pass --no_vocabulary to convert the "
+      "weights alone.")
+
+
+def read_source(path: str, *, vocabulary: bool = True,
+                log: Log = _print) -> Source:
+  """Reads a .gguf file or a transformers safetensors directory.
+
+  The vocabulary is built first (cheap), so that an unsupported tokenizer
+  fails before the weights are read.
+
+  Raises:
+    ValueError: an unsupported architecture or tokenizer, or bad tensors.
+    FileNotFoundError: no such file, or a directory that is not a
+      transformers checkpoint.
+  """
+  if os.path.isfile(path):
+    if not path.endswith(".gguf"):
+      raise ValueError(f"{path}: expected a .gguf file or a transformers "
+                       "checkpoint directory.")
+    vocab = _gguf_vocabulary(path) if vocabulary else None
+    info = gguf_import.describe_gguf(path)
+    log(f"GGUF: {info['name']} ({info['architecture']}), tensors "
+        f"{info['tensor_types']}")
+    hf_config, tensors = gguf_import.read_gguf(path, log=log)
+    log(f"hashing {path}")
+    description = {
+        "format": "gguf",
+        "file": os.path.basename(path),
+        "sha256": _sha256(path),
+        "size_bytes": os.path.getsize(path),
+        "architecture": info["architecture"],
+        "name": info["name"],
+        "license": info["license"] or KNOWN_LICENSES.get(
+            info["architecture"]),
+        "tensor_types": info["tensor_types"],
+    }
+  elif os.path.isdir(path):
+    vocab = _safetensors_vocabulary(path) if vocabulary else None
+    log(f"reading {path}")
+    hf_config, tensors = hf_weights.read_safetensors_dir(path)
+    files = {}
+    for name in sorted(os.listdir(path)):
+      if name.endswith((".safetensors", ".json", ".model")):
+        full = os.path.join(path, name)
+        log(f"hashing {name}")
+        files[name] = {"sha256": _sha256(full),
+                       "size_bytes": os.path.getsize(full)}
+    model_type = hf_config.get("model_type")
+    description = {
+        "format": "safetensors",
+        "files": files,
+        "size_bytes": sum(f["size_bytes"] for f in files.values()),
+        "architecture": (hf_config.get("architectures") or [model_type])[0],
+        "name": hf_config.get("_name_or_path") or os.path.basename(
+            os.path.normpath(path)),
+        "license": _license_from_readme(path) or KNOWN_LICENSES.get(
+            model_type),
+    }
+  else:
+    raise FileNotFoundError(f"No file or directory {path}.")
+  description["model_type"] = hf_config.get("model_type")
+  return Source(hf_config, tensors, vocab, description)
+
+
+def _write_params(output_dir: str, params: Mapping[str, Any]) -> str:
+  """Writes `params` as step STEP of output_dir/checkpoints (orbax)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from trainer import checkpoints  # pylint: disable=g-import-not-at-top
+  checkpoints.hide_orbax_info_logs()
+  directory = checkpoints.model_path(output_dir) / checkpoints.CHECKPOINTS_DIR
+  options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False,
+                                         create=True)
+  with ocp.CheckpointManager(directory, options=options,
+                             item_names=("params",)) as manager:
+    manager.save(STEP, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params)), force=True)
+    manager.wait_until_finished()
+  return os.fspath(directory / str(STEP))
+
+
+def _model_json(config: network.TransformerConfig,
+                hf_config: Mapping[str, Any]) -> dict[str, Any]:
+  """model.json as `checkpoints.write_model_metadata` lays it out; a
+  converted model has no training settings (task_feature_lengths empty)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from trainer import models  # pylint: disable=g-import-not-at-top
+  defaults = inspect.signature(models.CALRecModel.__init__).parameters
+  return {
+      "network": dataclasses.asdict(config),
+      "loss": {key: defaults[key].default
+               for key in ("alpha", "beta", "temperature")},
+      "eos_id": int(hf_config.get("eos_token_id",
+                                  defaults["eos_id"].default)),
+      "extra_ids": 0,
+      "task_feature_lengths": {},
+      "best_metric": None,
+      "best_mode": "min",
+  }
+
+
+def import_checkpoint(source: str, output_dir: str, name: str, *,
+                      vocabulary: bool = True, overwrite: bool = False,
+                      log: Log = _print) -> network.TransformerConfig:
+  """Converts `source` into the model directory `output_dir` (see module
+  docstring) and returns the network config."""
+  started = time.time()
+  if os.path.exists(output_dir) and os.listdir(output_dir):
+    if not overwrite:
+      raise ValueError(f"--output_dir {output_dir} is not empty; pass "
+                       "--overwrite to replace it.")
+    shutil.rmtree(output_dir)
+  loaded = read_source(source, vocabulary=vocabulary, log=log)
+  config = hf_weights.config_from_hf(loaded.hf_config)
+  log("mapping tensors onto trainer.network parameters")
+  params = hf_weights.params_from_hf(loaded.tensors, config)
+  del loaded.tensors
+  os.makedirs(output_dir, exist_ok=True)
+  log(f"writing {output_dir}")
+  step_dir = _write_params(output_dir, params)
+  del params
+  with open(os.path.join(output_dir, "model.json"), "w") as f:
+    json.dump(_model_json(config, loaded.hf_config), f, indent=2)
+    f.write("\n")
+  if loaded.vocabulary is not None:
+    with open(os.path.join(output_dir, "vocabulary.model"), "wb") as f:
+      f.write(loaded.vocabulary)
+  description = (f"{loaded.description['name']}, converted from "
+                 f"{loaded.description['format']} "
+                 f"({loaded.description['architecture']}).")
+  with open(os.path.join(output_dir, MODEL_GIN), "w") as f:
+    f.write(model_gin(config, name, description))
+  source_json = dict(
+      loaded.description, name_given=name,
+      converted_at=datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      conversion_seconds=round(time.time() - started, 1),
+      hf_config=loaded.hf_config, checkpoint=os.path.relpath(step_dir,
+                                                            output_dir))
+  with open(os.path.join(output_dir, SOURCE_JSON), "w") as f:
+    json.dump(source_json, f, indent=2)
+    f.write("\n")
+  return config
+
+
+def export_safetensors(model_dir: str, output_dir: str,
+                       model_type: Optional[str] = None,
+                       step: Optional[int] = None,
+                       log: Log = _print) -> dict[str, Any]:
+  """Writes a model directory's checkpoint as a transformers directory.
+
+  Args:
+    model_dir: a model directory with model.json (converted or trained).
+    output_dir: the transformers directory to write.
+    model_type: transformers' model_type; defaults to the one source.json
+      records (converted directories).
+    step: the checkpoint; None: as `checkpoints.resolve_checkpoint` picks.
+
+  Returns:
+    The written config.json dict.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from trainer import checkpoints  # pylint: disable=g-import-not-at-top
+  checkpoints.hide_orbax_info_logs()
+  with open(os.path.join(model_dir, "model.json")) as f:
+    config = network.TransformerConfig(**json.load(f)["network"])
+  if model_type is None:
+    source_path = os.path.join(model_dir, SOURCE_JSON)
+    if not os.path.isfile(source_path):
+      raise ValueError(f"{model_dir} has no {SOURCE_JSON}: pass "
+                       "--model_type (e.g. gemma3_text, llama, qwen2).")
+    with open(source_path) as f:
+      model_type = json.load(f)["model_type"]
+  hf_config = hf_weights.config_to_hf(config, model_type)
+  step_dir = (checkpoints.step_path(model_dir, step) if step is not None
+              else checkpoints.resolve_checkpoint(model_dir))
+  log(f"reading {step_dir}")
+  with ocp.StandardCheckpointer() as checkpointer:
+    params = checkpointer.restore(step_dir / "params")
+  tensors = hf_weights.params_to_hf(params, config, model_type)
+  del params
+  log(f"writing {output_dir}")
+  hf_weights.write_safetensors_dir(output_dir, hf_config, tensors)
+  vocabulary = os.path.join(model_dir, "vocabulary.model")
+  if os.path.isfile(vocabulary):
+    shutil.copyfile(vocabulary, os.path.join(output_dir, "tokenizer.model"))
+  return hf_config
+
+
+def _peak_rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog="python -m trainer.convert",
+      description="Import a GGUF file or transformers safetensors directory "
+      "as a model directory (orbax checkpoint, model.json, vocabulary.model, "
+      "model.gin, source.json), or export a model directory to safetensors.")
+  parser.add_argument("--source", required=True,
+                      help="a .gguf file or a transformers checkpoint "
+                      "directory to import; with only --export_safetensors, "
+                      "a model directory to export")
+  parser.add_argument("--output_dir",
+                      help="the model directory to write (import)")
+  parser.add_argument("--name", help="the model's name, e.g. gemma3_270m "
+                      "(import; recorded in model.gin and source.json)")
+  parser.add_argument("--export_safetensors", metavar="DIR",
+                      help="also (or, without --output_dir: only) write a "
+                      "transformers directory (config.json, "
+                      "model.safetensors, tokenizer.model)")
+  parser.add_argument("--model_type", help="transformers model_type of the "
+                      "export when the model directory has no source.json")
+  parser.add_argument("--no_vocabulary", action="store_true",
+                      help="write no vocabulary.model (for tokenizers not "
+                      "supported yet)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace a non-empty --output_dir")
+  args = parser.parse_args(argv)
+  if args.output_dir is None and args.export_safetensors is None:
+    parser.error("give --output_dir (import), --export_safetensors "
+                 "(export), or both.")
+  if args.output_dir is not None and not args.name:
+    parser.error("--name is required with --output_dir.")
+  return args
+
+
+def main(argv: Sequence[str]) -> int:
+  args = parse_args(argv)
+  # TensorFlow (under orbax) would log its CPU and CUDA probing otherwise.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+  started = time.time()
+  try:
+    if args.output_dir is not None:
+      import_checkpoint(args.source, args.output_dir, args.name,
+                        vocabulary=not args.no_vocabulary,
+                        overwrite=args.overwrite)
+      _print(f"imported {args.source} into {args.output_dir} in "
+             f"{time.time() - started:.1f} s")
+    if args.export_safetensors is not None:
+      model_dir = args.output_dir or args.source
+      export_safetensors(model_dir, args.export_safetensors,
+                         model_type=args.model_type)
+      _print(f"exported {model_dir} to {args.export_safetensors}")
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  _print(f"done in {time.time() - started:.1f} s, peak RSS "
+         f"{_peak_rss_gb():.2f} GB")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
