@@ -7,6 +7,8 @@ their sequence log-probs, through `CALRecModel.predict_batch_with_aux`:
   budgeted_prompt`: the oldest history items dropped whole);
 - every call runs the same padded shapes [batch_size, prompt_length], so the
   sampler compiles once;
+- prompts start with the decoder start token the model trained with, the
+  vocabulary's BOS if it has one (`tasks.vocab.decoder_start_id`);
 - users are vmapped one per row, each with the PRNG key of its own seed, so a
   user's samples are the same whatever the batch it lands in.
 
@@ -28,6 +30,7 @@ import seqio
 
 from evaluator import generation
 from tasks import preprocessors
+from tasks import vocab
 from trainer import models
 
 PyTree = Any
@@ -50,6 +53,7 @@ class JaxGenerator:
     self._prompt_length = prompt_length
     self._batch_size = batch_size
     self._eos_id = model.eos_id
+    self._start_token = vocab.decoder_start_id(vocabulary)
     self._progress = _Progress()
 
     def sample_one_user(params, tokens, causal_attention, key):
@@ -89,7 +93,8 @@ class JaxGenerator:
       chunk = requests[start:start + self._batch_size]
       prompts = [self._prompt_tokens(request) for request in chunk]
       batch = models.prompt_batch([p or () for p in prompts], self._batch_size,
-                                  self._prompt_length)
+                                  self._prompt_length,
+                                  start_token=self._start_token)
       seeds = [r.seed for r in chunk] + [0] * (self._batch_size - len(chunk))
       keys = jax.vmap(jax.random.PRNGKey)(np.array(seeds, np.uint32))
       decodes, scores = jax.device_get(self._sample(

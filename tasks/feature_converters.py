@@ -4,7 +4,8 @@
 next item + EOS} into prefix-LM features for the joint pass (next-item
 generation, v^U, v^{T|U}) plus the target item alone for the item tower (v^T).
 Packing is off: every example is one row. Lengths: L = inputs length + targets
-length for the joint pass, Li = targets length for the item tower.
+length for the joint pass, Li = targets length for the item tower (+ 1 with a
+BOS, below).
 
 Token-level example, inputs length 4, targets length 3, prompt [9, 4, 6],
 target item [3, 8] + EOS 1 (L = 7, Li = 3):
@@ -19,6 +20,17 @@ target item [3, 8] + EOS 1 (L = 7, Li = 3):
 
   item_input_tokens         3  8  1
   item_pool_weights         1  1  1                                        v^T
+
+Decoder inputs start with `bos_id`: 0 (t5x's convention, the models trained
+here; `tasks.vocab.decoder_start_id` of a vocabulary without BOS) or the
+vocabulary's BOS (a pretrained LM such as Gemma 3, which saw <bos> first in
+every sequence). With a BOS the item-alone pass starts with it too, and
+its pooling skips it, as the joint pass' pooling skips the start position;
+same example with BOS 2 (Li = 4):
+
+  decoder_input_tokens      2  9  4  6  3  8  1
+  item_input_tokens         2  3  8  1
+  item_pool_weights         0  1  1  1
 
 The pooled vectors are means of the final hidden states over the weighted
 positions. A hidden state at position p has read decoder_input_tokens[:p+1],
@@ -60,25 +72,36 @@ class CALRecFeatureConverter(seqio.FeatureConverter):
     """seqio's arguments, less `passthrough_features` (the model reads only
     MODEL_FEATURES).
 
-    With `apply_length_check=False`, over-long `inputs` and `targets` are
-    trimmed to their lengths, as seqio's converters do (`utils.
-    trim_and_pad_dataset`): the prompt loses its newest tokens, the target
-    its EOS; the pooling spans cover what is kept.
+    Args:
+      pack: must be False.
+      use_custom_packing_ops: seqio's; unused without packing.
+      apply_length_check: with False, over-long `inputs` and `targets` are
+        trimmed to their lengths, as seqio's converters do (`utils.
+        trim_and_pad_dataset`): the prompt loses its newest tokens, the
+        target its EOS; the pooling spans cover what is kept.
+      bos_id: the decoder's start token, `tasks.vocab.decoder_start_id` of
+        the tasks' vocabulary: 0 without a BOS, else the BOS, which then
+        starts the item-alone pass too. Inference must start prompts with the
+        same token (`trainer.models.prompt_batch`'s `start_token`).
     """
     if pack:
       raise ValueError("CALRecFeatureConverter does not pack: each row must "
                        "hold one user for the in-batch contrastive losses.")
-    if bos_id != 0:
-      raise ValueError(f"bos_id must be 0, got {bos_id}: decoder inputs start "
-                       "with token 0, which the model's prompt convention "
-                       "(models.prompt_batch) expects.")
+    if bos_id < 0:
+      raise ValueError(f"bos_id must be 0 (no BOS) or the vocabulary's BOS, "
+                       f"got {bos_id}.")
     super().__init__(pack=False, use_custom_packing_ops=use_custom_packing_ops,
-                     apply_length_check=apply_length_check, bos_id=0)
+                     apply_length_check=apply_length_check, bos_id=bos_id)
+
+  @property
+  def _item_offset(self) -> int:
+    """Positions before the item in the item-alone pass: 1 for a BOS."""
+    return 1 if self.bos_id else 0
 
   def get_model_feature_lengths(
       self, task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
     joint = task_feature_lengths["inputs"] + task_feature_lengths["targets"]
-    item = task_feature_lengths["targets"]
+    item = task_feature_lengths["targets"] + self._item_offset
     return {name: item if name.startswith("item_") else joint
             for name in self.MODEL_FEATURES}
 
@@ -87,10 +110,13 @@ class CALRecFeatureConverter(seqio.FeatureConverter):
       task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
     """Converts blocks of examples at once, then yields them one by one.
 
-    Token 0 is padding (seqio's convention) and never a prompt or item token,
-    so the padded blocks tell each example's lengths. Features are trimmed to
-    their lengths first (a no-op unless the length check is off).
+    Token 0 is padding (seqio's convention; `tasks.vocab.get_vocabulary`
+    requires pad=0) and never a prompt or item token, so the padded blocks
+    tell each example's lengths. Features are trimmed to their lengths first
+    (a no-op unless the length check is off).
     """
+    bos_id = self.bos_id
+    item_offset = self._item_offset
     inputs_length = task_feature_lengths["inputs"]
     item_length = task_feature_lengths["targets"]
     joint_length = inputs_length + item_length
@@ -113,9 +139,12 @@ class CALRecFeatureConverter(seqio.FeatureConverter):
       def weights(mask):
         return tf.cast(mask, tf.int32)
 
+      item_tokens = tf.pad(targets, [[0, 0], [item_offset, 0]],
+                           constant_values=bos_id)
       return {
           "decoder_target_tokens": tokens,
-          "decoder_input_tokens": tf.pad(tokens[:, :-1], [[0, 0], [1, 0]]),
+          "decoder_input_tokens": tf.pad(tokens[:, :-1], [[0, 0], [1, 0]],
+                                         constant_values=bos_id),
           "decoder_loss_weights": weights(
               (position >= num_inputs) & (position < target_end)),
           "decoder_causal_attention": weights(position <= num_inputs),
@@ -123,8 +152,10 @@ class CALRecFeatureConverter(seqio.FeatureConverter):
               (position >= 1) & (position <= num_inputs)),
           "target_pool_weights": weights(
               (position > num_inputs) & (position <= target_end)),
-          "item_input_tokens": targets,
-          "item_pool_weights": weights(targets != 0),
+          "item_input_tokens": item_tokens,
+          "item_pool_weights": weights(
+              (item_tokens != 0) &
+              (tf.range(item_length + item_offset) >= item_offset)),
       }
 
     ds = ds.map(lambda ex: {"inputs": ex["inputs"][:inputs_length],

@@ -32,6 +32,33 @@ def test_docstring_example():
   assert {k: v.tolist() for k, v in features.items()} == expected
 
 
+def test_docstring_example_with_bos():
+  (features,) = _convert([{"inputs": [9, 4, 6], "targets": [3, 8, 1]}],
+                         {"inputs": 4, "targets": 3}, bos_id=2)
+  expected = {
+      "decoder_target_tokens": [9, 4, 6, 3, 8, 1, 0],
+      "decoder_input_tokens": [2, 9, 4, 6, 3, 8, 1],
+      "decoder_loss_weights": [0, 0, 0, 1, 1, 1, 0],
+      "decoder_causal_attention": [1, 1, 1, 1, 0, 0, 0],
+      "history_pool_weights": [0, 1, 1, 1, 0, 0, 0],
+      "target_pool_weights": [0, 0, 0, 0, 1, 1, 1],
+      "item_input_tokens": [2, 3, 8, 1],
+      "item_pool_weights": [0, 1, 1, 1],
+  }
+  assert {k: v.tolist() for k, v in features.items()} == expected
+
+
+def test_bos_lengthens_only_the_item_features():
+  converter = feature_converters.CALRecFeatureConverter(bos_id=2)
+  lengths = converter.get_model_feature_lengths({"inputs": 6, "targets": 4})
+  assert lengths["item_input_tokens"] == lengths["item_pool_weights"] == 5
+  assert lengths["decoder_input_tokens"] == 10
+  (f,) = _convert([{"inputs": [7], "targets": [5, 1]}],
+                  {"inputs": 6, "targets": 4}, bos_id=2)
+  assert f["item_input_tokens"].tolist() == [2, 5, 1, 0, 0]
+  assert f["item_pool_weights"].tolist() == [0, 1, 1, 0, 0]
+
+
 @pytest.mark.parametrize("num_inputs,num_targets", [(1, 1), (5, 2), (6, 4),
                                                     (2, 4)])
 def test_spans_select_prompt_and_target_tokens(num_inputs, num_targets):
@@ -83,8 +110,8 @@ def test_packing_is_refused():
 
 
 def test_settings_the_model_cannot_read_are_refused():
-  with pytest.raises(ValueError, match="bos_id must be 0"):
-    feature_converters.CALRecFeatureConverter(bos_id=5)
+  with pytest.raises(ValueError, match="bos_id must be 0 .* or the"):
+    feature_converters.CALRecFeatureConverter(bos_id=-1)
   with pytest.raises(TypeError, match="passthrough_features"):
     feature_converters.CALRecFeatureConverter(
         passthrough_features={"user_id": None})

@@ -57,6 +57,11 @@ def default_feature_converter_cls() -> type[seqio.FeatureConverter]:
   return feature_converters.CALRecFeatureConverter
 
 
+def _decoder_start_id(vocabulary: seqio.Vocabulary) -> int:
+  from tasks import vocab  # pylint: disable=g-import-not-at-top
+  return vocab.decoder_start_id(vocabulary)
+
+
 def _dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
                                                                       int],
              converter: seqio.FeatureConverter, split: str, *, shuffle: bool,
@@ -376,8 +381,10 @@ def train(
   vocabulary = provider.output_features["targets"].vocabulary
   _check_vocabulary(vocabulary, model)
 
+  # Decoder inputs start with the vocabulary's BOS if it has one, else 0
+  # (seqio's bos_id); inference starts prompts alike (docs/contracts.md).
   converter = (feature_converter_cls or default_feature_converter_cls())(
-      pack=False)
+      pack=False, bos_id=_decoder_start_id(vocabulary))
   lengths = converter.get_model_feature_lengths(task_feature_lengths)
   input_shapes = {k: (batch_size, lengths[k]) for k in models.TRAIN_FEATURES}
   partitioner = partitioner or partitioning.Partitioner()
