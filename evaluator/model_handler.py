@@ -9,6 +9,8 @@ their sequence log-probs, through `CALRecModel.predict_batch_with_aux`:
   sampler compiles once;
 - prompts start with the decoder start token the model trained with, the
   vocabulary's BOS if it has one (`tasks.vocab.decoder_start_id`);
+- a sample's text ends where its log-prob does: at EOS, or within the
+  newline piece that ends a pretrained LM's item (`CALRecModel.stop_ids`);
 - users are vmapped one per row, each with the PRNG key of its own seed, so a
   user's samples are the same whatever the batch it lands in.
 
@@ -53,6 +55,7 @@ class JaxGenerator:
     self._prompt_length = prompt_length
     self._batch_size = batch_size
     self._eos_id = model.eos_id
+    self._stop_ids = frozenset(model.stop_ids)
     self._start_token = vocab.decoder_start_id(vocabulary)
     self._progress = _Progress()
 
@@ -77,12 +80,19 @@ class JaxGenerator:
       return None
 
   def _text(self, tokens: np.ndarray) -> str:
-    """Decoded tokens up to the first EOS (or padding)."""
-    ids = tokens.tolist()
-    for end, token in enumerate(ids):
+    """The sample's text: its tokens up to its stop token (paper 3.5).
+
+    EOS and padding are left out; a newline stop piece (a pretrained LM's
+    item end, scored in the sample's log-prob) is decoded and its text cut
+    at the newline, so the item text holds no newline.
+    """
+    ids = []
+    for token in tokens.tolist():
       if token in (self._eos_id, 0):
-        ids = ids[:end]
         break
+      ids.append(token)
+      if token in self._stop_ids:
+        return self._vocabulary.decode(ids).split("\n", 1)[0]
     return self._vocabulary.decode(ids)
 
   def generate(self, requests: Sequence[generation.GenerationRequest]

@@ -7,6 +7,7 @@ import evaluator_testdata
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import newline_vocab
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -21,6 +22,7 @@ from tasks import templates
 from tasks import test_utils
 from tasks import vocab
 from trainer import checkpoints
+from trainer import decoding
 from trainer import models
 from trainer import network
 from trainer import train_lib
@@ -131,6 +133,60 @@ def test_request_whose_newest_item_cannot_fit_gets_no_samples(generator_parts):
   assert all(len(samples) == NUM_GENERATIONS for samples in outputs[:-1])
 
 
+def test_vocabularies_trained_here_end_items_at_eos_only(generator_parts):
+  """They normalise "\n" away: samples are what they were before stop ids."""
+  _, _, vocabulary = generator_parts
+  assert decoding.item_stop_ids(vocabulary) == (vocabulary.eos_id,)
+
+
+@pytest.fixture(scope="module")
+def newline_parts(tmp_path_factory):
+  """A model sampling from a vocabulary with newline pieces, ending at them."""
+  vocabulary = newline_vocab.newline_vocabulary(
+      tmp_path_factory.mktemp("newline") / "spm.model")
+  config = network.TransformerConfig(
+      vocab_size=vocabulary.vocab_size, emb_dim=32, num_heads=4,
+      num_kv_heads=2, head_dim=8, mlp_dim=64, num_layers=2)
+  model = models.CALRecModel(config,
+                             stop_ids=decoding.item_stop_ids(vocabulary))
+  variables = model.get_initial_variables(jax.random.PRNGKey(0),
+                                          {"decoder_input_tokens": (1, 8)})
+  return model, nn.meta.unbox(variables)["params"], vocabulary
+
+
+def test_texts_end_at_the_first_newline_as_their_log_probs_do(newline_parts):
+  model, params, vocabulary = newline_parts
+  newline_ids = set(model.stop_ids) - {model.eos_id}
+  request = generation.GenerationRequest(("Title: a.", "Title: b."), 4)
+  prompt = preprocessors.budgeted_prompt(request.history_texts, vocabulary,
+                                         199).token_ids
+  num_generations = 64
+  decodes, aux = model.predict_batch_with_aux(
+      params, models.prompt_batch([prompt], 1, 200),
+      jax.random.PRNGKey(request.seed), num_decodes=num_generations,
+      temperature=1.0, max_decode_length=10)
+  generator = model_handler.JaxGenerator(
+      model, params, vocabulary, prompt_length=200,
+      num_generations=num_generations, temperature=1.0, max_decode_length=10,
+      batch_size=1)
+  samples = generator.generate([request])[0]
+  cut = 0
+  for (text, logprob), row, score in zip(
+      samples, np.asarray(decodes[0]).tolist(),
+      np.asarray(aux["scores"][0]).tolist(), strict=True):
+    assert "\n" not in text
+    np.testing.assert_allclose(logprob, score, rtol=1e-5)
+    kept = list(itertools.takewhile(lambda token: token not in model.stop_ids,
+                                    row))
+    if len(kept) < len(row) and row[len(kept)] in newline_ids:
+      # The stop piece's text before its newline ('.' of '.\n') is kept.
+      cut += 1
+      assert text == vocabulary.decode(kept + [row[len(kept)]]).split("\n")[0]
+    elif len(kept) < len(row) and row[len(kept)] == model.eos_id:
+      assert text == vocabulary.decode(kept)
+  assert cut >= 3
+
+
 STEPS = (7, 9)
 
 
@@ -155,6 +211,24 @@ def model_dir(generator_parts, tmp_path_factory):
                                       opt_state=optimizer.init(step_params)))
   manager.close()
   return model_dir, params_by_step
+
+
+def test_load_for_inference_sets_the_vocabularys_stop_ids(model_dir,
+                                                         newline_parts,
+                                                         tmp_path):
+  assert checkpoints.load_for_inference(model_dir[0]).model.stop_ids == (1,)
+  model, params, vocabulary = newline_parts
+  checkpoints.write_model_metadata(tmp_path / "model", model, vocabulary,
+                                   {"inputs": 40, "targets": 8},
+                                   best_metric=None, best_mode="min")
+  optimizer = train_lib.create_optimizer()
+  manager = checkpoints.CheckpointManager(tmp_path / "model")
+  manager.save(train_lib.TrainState(step=jnp.int32(1), params=params,
+                                    opt_state=optimizer.init(params)))
+  manager.close()
+  loaded = checkpoints.load_for_inference(tmp_path / "model")
+  assert loaded.model.stop_ids == decoding.item_stop_ids(vocabulary)
+  assert len(loaded.model.stop_ids) == 5
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +269,7 @@ def expected_kept(generator_parts, model_dir, eval_data_dir):
 # --checkpoint_step, and the step whose parameters it must load; without
 # one, the run's best step, here the latest (no validation metric tracked).
 @pytest.mark.parametrize("flag_step, step", [(7, 7), (9, 9), (None, 9)])
+@pytest.mark.slow
 def test_evaluate_generates_with_the_checkpoint_step_asked_for(
     model_dir, eval_data_dir, expected_kept, tmp_path, flag_step, step):
   data_dir, _ = eval_data_dir

@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import newline_vocab
 import trainer_batches
+from trainer import decoding
 from trainer import models
 from trainer import network
 
@@ -151,6 +153,7 @@ def test_score_batch_agrees_with_training_cross_entropy(model, loss_fn, params,
   assert np.all(np.asarray(aux["token_scores"])[weights == 0] == 0)
 
 
+@pytest.mark.slow
 def test_model_loss_gradient_matches_finite_difference(loss_fn, params, batch):
   """Directional derivative of the whole loss against central differences."""
   def loss(p):
@@ -171,15 +174,22 @@ def test_model_loss_gradient_matches_finite_difference(loss_fn, params, batch):
   np.testing.assert_allclose(analytic, numeric, rtol=2e-2)
 
 
-def _rescoring_batch(prompt, samples, eos_id=1):
-  """Rows [0, prompt, sample] scored on the sample's tokens up to its EOS."""
+def _kept(sample, stop_ids=(1,)):
+  """A sample's tokens up to and including its first stop id."""
+  for index, token in enumerate(sample):
+    if token in stop_ids:
+      return sample[:index + 1]
+  return sample
+
+
+def _rescoring_batch(prompt, samples, stop_ids=(1,)):
+  """Rows [0, prompt, sample] scored on the sample's tokens up to its stop."""
   length = 1 + len(prompt) + samples.shape[1]
   inputs = np.zeros((len(samples), length), np.int32)
   targets = np.zeros_like(inputs)
   weights = np.zeros_like(inputs)
   for row, sample in enumerate(samples.tolist()):
-    if eos_id in sample:
-      sample = sample[:sample.index(eos_id) + 1]
+    sample = _kept(sample, stop_ids)
     sequence = list(prompt) + sample
     targets[row, :len(sequence)] = sequence
     inputs[row, 1:len(sequence)] = sequence[:-1]
@@ -201,6 +211,7 @@ def _sample(model, params, seed, temperature):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
+@pytest.mark.slow
 def test_kv_cached_sampling_log_probs_equal_rescoring(model, params,
                                                       temperature):
   """Scores are the untempered log-probs that re-scoring the text gives."""
@@ -215,6 +226,41 @@ def test_kv_cached_sampling_log_probs_equal_rescoring(model, params,
     rescored = score(params, _rescoring_batch(prompt, decodes[index]))
     np.testing.assert_allclose(scores[index], np.asarray(rescored),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_samples_end_at_newline_pieces_of_a_pretrained_vocabulary(tmp_path):
+  """A newline piece ends a sample like EOS: 0 after it, scored up to it."""
+  vocabulary = newline_vocab.newline_vocabulary(tmp_path / "spm.model")
+  stop_ids = decoding.item_stop_ids(vocabulary)
+  newline_ids = set(stop_ids) - {1}
+  assert len(newline_ids) == 4  # "\n", ".\n", "\n\n" and '<0x0A>'.
+  model = models.CALRecModel(
+      dataclasses.replace(CONFIG, vocab_size=vocabulary.vocab_size),
+      stop_ids=sorted(newline_ids))
+  assert model.stop_ids == stop_ids  # EOS always among them.
+  params = models.unboxed_params(model.get_initial_variables(
+      jax.random.PRNGKey(0), {"decoder_input_tokens": (1, 8)}))
+  prompts = [vocabulary.encode("Title: a.\nTitle: b."),
+             vocabulary.encode("Price: 10.\nTitle:")]
+  batch = models.prompt_batch(prompts, batch_size=2, prompt_length=24)
+  decodes, aux = model.predict_batch_with_aux(
+      params, batch, jax.random.PRNGKey(5), num_decodes=64, temperature=1.0,
+      max_decode_length=10)
+  decodes, scores = np.asarray(decodes), np.asarray(aux["scores"])
+  ended_early = 0
+  for row in decodes.reshape(-1, 10).tolist():
+    kept = _kept(row, stop_ids)
+    assert not any(row[len(kept):])
+    if kept[-1] in newline_ids:
+      ended_early += len(kept) < len(row)
+      assert "\n" not in vocabulary.decode(kept[:-1])
+  assert ended_early >= 5
+  score = jax.jit(model.score_batch)
+  for index, prompt in enumerate(prompts):
+    rescored = score(params, _rescoring_batch(prompt, decodes[index],
+                                              stop_ids))
+    np.testing.assert_allclose(scores[index], np.asarray(rescored),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_sampling_is_seeded(model, params):

@@ -32,6 +32,7 @@ from orbax.checkpoint import checkpoint_managers
 import seqio
 import tensorflow as tf
 
+from trainer import decoding
 from trainer import models
 from trainer import network
 from trainer import train_lib
@@ -423,6 +424,10 @@ def load_for_inference(model_dir: str | os.PathLike[str],
                        step: Optional[int] = None) -> LoadedModel:
   """Loads model, parameters (on the default device) and vocabulary.
 
+  The model's samples end at the vocabulary's item stop ids
+  (`decoding.item_stop_ids`: EOS, and the newline pieces of a pretrained
+  LM's vocabulary; paper section 3.5).
+
   Args:
     model_dir: a MODEL_DIR written by `trainer.train`.
     step: checkpoint step; None picks the best checkpoint by the run's
@@ -432,7 +437,10 @@ def load_for_inference(model_dir: str | os.PathLike[str],
   model_dir = model_path(model_dir)
   metadata = _read_metadata(model_dir)
   config = network.TransformerConfig(**metadata["network"])
+  vocabulary = seqio.SentencePieceVocabulary(
+      str(model_dir / VOCABULARY_FILE), extra_ids=metadata["extra_ids"])
   model = models.CALRecModel(config, eos_id=metadata["eos_id"],
+                             stop_ids=decoding.item_stop_ids(vocabulary),
                              **metadata["loss"])
   abstract = jax.eval_shape(
       lambda: models.unboxed_params(model.get_initial_variables(
@@ -442,8 +450,6 @@ def load_for_inference(model_dir: str | os.PathLike[str],
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
       abstract)
   params = restore_params(step_dir, abstract)
-  vocabulary = seqio.SentencePieceVocabulary(
-      str(model_dir / VOCABULARY_FILE), extra_ids=metadata["extra_ids"])
   return LoadedModel(model=model, params=params, vocabulary=vocabulary,
                      task_feature_lengths=metadata["task_feature_lengths"],
                      step=int(step_dir.name))

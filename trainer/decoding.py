@@ -3,17 +3,54 @@
 The sampler is model-agnostic: it calls `step_fn(tokens [B, 1], positions
 [B, 1], cache) -> (logits [B, V], cache)` once per generated token, so each step
 costs one token's forward pass instead of re-running the whole prefix.
+
+A sample ends at the first of its stop ids: EOS, and for a pretrained LM's
+vocabulary every piece that holds a newline (`item_stop_ids`), since such a
+model runs on past the item into a new line of text.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
 StepFn = Callable[[Array, Array, Any], tuple[Array, Any]]
+
+# SentencePiece's byte-fallback piece of "\n".
+_NEWLINE_BYTE_PIECE = "<0x0A>"
+
+
+def item_stop_ids(vocabulary: Any) -> tuple[int, ...]:
+  """The ids that end a sampled item text: EOS and newline-bearing pieces.
+
+  A SentencePiece vocabulary that keeps "\\n" (Gemma 3's) ends an item at
+  every piece whose text contains "\\n", the byte-fallback piece '<0x0A>'
+  included. One that normalises "\\n" away (the vocabularies trained here:
+  no text ever tokenizes to a newline piece, so a model never learns one)
+  ends it at EOS only.
+
+  Args:
+    vocabulary: a seqio vocabulary; a `SentencePieceVocabulary` (one with a
+      `tokenizer` of SentencePiece pieces) may have newline pieces, any other
+      gives (EOS,).
+
+  Returns:
+    sorted ids, EOS among them.
+  """
+  eos_id = int(vocabulary.eos_id)
+  processor = getattr(vocabulary, "tokenizer", None)
+  if not hasattr(processor, "id_to_piece"):
+    return (eos_id,)
+  newline = {
+      index for index in range(processor.get_piece_size())
+      if "\n" in processor.id_to_piece(index) or
+      processor.id_to_piece(index) == _NEWLINE_BYTE_PIECE}
+  if not newline.intersection(vocabulary.encode("a\nb")):
+    return (eos_id,)
+  return tuple(sorted(newline | {eos_id}))
 
 
 def temperature_sample(
@@ -25,9 +62,9 @@ def temperature_sample(
     *,
     temperature: float | Array,
     max_decode_length: int,
-    eos_id: int,
+    stop_ids: Sequence[int],
 ) -> tuple[Array, Array]:
-  """Samples up to `max_decode_length` tokens per row, stopping at EOS.
+  """Samples up to `max_decode_length` tokens per row, up to a stop id.
 
   Args:
     step_fn: feeds one token per row at the given positions.
@@ -37,17 +74,23 @@ def temperature_sample(
     rng: PRNG key.
     temperature: sampling temperature; 0 means greedy (argmax).
     max_decode_length: number of tokens generated at most.
-    eos_id: the end-of-sequence id; it is kept in the output and scored.
+    stop_ids: the ids that end a sample (EOS and, for pretrained LMs, the
+      newline pieces: `item_stop_ids`); the stop token is kept in the output
+      and scored.
 
   Returns:
-    tokens [B, max_decode_length] (0 after EOS) and log-probs [B]: the sum over
-    generated tokens, EOS included, of the UNTEMPERED model log-probability
-    log softmax(logits). Temperature only shapes which tokens are drawn; the
-    score is the model's probability of the text, comparable across samples
-    and temperatures and equal to re-scoring the text with the model.
+    tokens [B, max_decode_length] (0 after the stop token) and log-probs [B]:
+    the sum over generated tokens, the stop token included, of the UNTEMPERED
+    model log-probability log softmax(logits). Temperature only shapes which
+    tokens are drawn; the score is the model's probability of the text,
+    comparable across samples and temperatures and equal to re-scoring the
+    text with the model. The loop ends once every row has stopped.
   """
+  if not len(stop_ids):
+    raise ValueError("stop_ids must hold at least one id (EOS).")
   batch_size = initial_logits.shape[0]
   temperature = jnp.asarray(temperature, jnp.float32)
+  stop_ids = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
 
   def sample(logits, key):
     tempered = logits / jnp.maximum(temperature, 1e-6)
@@ -67,7 +110,7 @@ def temperature_sample(
         jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
     log_prob = log_prob + jnp.where(done, 0.0, token_log_prob)
     tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
-    done = done | (token == eos_id)
+    done = done | jnp.any(token[:, None] == stop_ids[None, :], axis=-1)
     next_logits, cache = step_fn(token[:, None],
                                  (start_positions + step)[:, None], cache)
     return step + 1, tokens, next_logits, cache, done, log_prob, key

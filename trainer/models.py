@@ -80,7 +80,8 @@ class CALRecModel:
                beta: float = -0.025,
                temperature: float = 0.5,
                eos_id: int = 1,
-               loss_vocab_chunk_size: Optional[int] = 16384):
+               loss_vocab_chunk_size: Optional[int] = 16384,
+               stop_ids: Sequence[int] = ()):
     """Creates the model object.
 
     Args:
@@ -94,6 +95,10 @@ class CALRecModel:
         so no [positions, vocab] logits are held; vocabularies up to this
         size are one chunk. None projects the whole vocabulary at once (the
         decoder's own output layer).
+      stop_ids: ids besides EOS that end a sample (paper section 3.5): the
+        newline-bearing pieces of a pretrained LM's vocabulary, whose text
+        runs on past the item (`decoding.item_stop_ids`, set by
+        `checkpoints.load_for_inference`). EOS always ends one.
     """
     if temperature <= 0:
       raise ValueError(f"Contrastive temperature must be > 0, got "
@@ -104,6 +109,7 @@ class CALRecModel:
     self.beta = beta
     self.temperature = temperature
     self.eos_id = eos_id
+    self.stop_ids = tuple(sorted({int(eos_id), *(int(i) for i in stop_ids)}))
     if loss_vocab_chunk_size is not None and loss_vocab_chunk_size < 1:
       raise ValueError(f"loss_vocab_chunk_size must be >= 1, got "
                        f"{loss_vocab_chunk_size}.")
@@ -294,13 +300,17 @@ class CALRecModel:
     The prompt is run once (prefill), its cache is copied `num_decodes`
     times, then each step feeds one token. Compiled once per (B, P,
     num_decodes, max_decode_length); temperature and rng are traced.
+    Sampling ends once every sample has reached a stop id (`stop_ids`: EOS,
+    and newline pieces for a pretrained LM) or `max_decode_length` tokens.
 
     Returns:
       decodes [B, num_decodes, max_decode_length] int32: the generated tokens,
-        EOS included when generated, 0 after it;
+        the stop token (EOS or newline piece) included when generated, 0
+        after it;
       {'scores': [B, num_decodes] float32}: each sample's sequence
         log-probability under the model at temperature 1 (untempered: the
-        model's probability of the text, not of the draw), EOS included.
+        model's probability of the text, not of the draw), the stop token
+        included and nothing after it.
       Samples of a prompt are sorted by score, best first: the reverse of
       t5x's `return_all_decodes=True`, which puts the best last.
     """
@@ -333,7 +343,7 @@ class CALRecModel:
     decodes, scores = decoding.temperature_sample(
         step_fn, repeat(logits[:, 0]), jax.tree.map(repeat, cache),
         repeat(prompt_lengths), rng, temperature=temperature,
-        max_decode_length=max_decode_length, eos_id=self.eos_id)
+        max_decode_length=max_decode_length, stop_ids=self.stop_ids)
     decodes = decodes.reshape(batch_size, num_decodes, max_decode_length)
     scores = scores.reshape(batch_size, num_decodes)
     order = jnp.argsort(-scores, axis=-1)
