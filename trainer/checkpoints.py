@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import tempfile
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from etils import epath
 import jax
@@ -307,6 +307,9 @@ def resolve_checkpoint(path: str | os.PathLike[str]) -> epath.Path:
 # they leave the parameters as they are.
 _FREE_NETWORK_FIELDS = frozenset(
     {"dropout_rate", "dtype", "attention_implementation", "remat"})
+# LoRA's fields: free when the checkpoint has no LoRA parameters (a run adds
+# fresh ones, see `restore_params`), else they must match.
+_LORA_NETWORK_FIELDS = frozenset({"lora_rank", "lora_alpha", "lora_targets"})
 
 
 def check_same_network(step_dir: epath.Path,
@@ -315,17 +318,23 @@ def check_same_network(step_dir: epath.Path,
 
   Compares the network of the run's model.json, when `step_dir` is a step of a
   MODEL_DIR of `trainer.train`, with `config`, but for the fields that leave
-  the parameters as they are (dropout, dtype, attention kernel, remat).
+  the parameters as they are (dropout, dtype, attention kernel, remat), and
+  the LoRA fields when the checkpoint has no LoRA (lora_rank 0): LoRA
+  fine-tuning starts from a pretrained checkpoint.
   """
   model_dir = step_dir.parent.parent
   if (step_dir.parent.name != CHECKPOINTS_DIR or
       not (model_dir / MODEL_JSON).exists()):
     return
   trained = _read_metadata(model_dir)["network"]
+  free = _FREE_NETWORK_FIELDS
+  if not trained.get("lora_rank"):
+    free = free | _LORA_NETWORK_FIELDS
+  # JSON holds tuples as lists.
   differing = [f"{name} {trained[name]!r} there, {value!r} here"
                for name, value in dataclasses.asdict(config).items()
-               if name not in _FREE_NETWORK_FIELDS and name in trained and
-               trained[name] != value]
+               if name not in free and name in trained and
+               _json_value(trained[name]) != _json_value(value)]
   if differing:
     raise ValueError(
         f"The checkpoint {step_dir} is of another network: "
@@ -333,12 +342,92 @@ def check_same_network(step_dir: epath.Path,
         f"model gin file of that run (see its {MODEL_JSON}).")
 
 
-def restore_params(path: str | os.PathLike[str],
-                   abstract_params: PyTree) -> PyTree:
-  """Parameters of a checkpoint (see `resolve_checkpoint`), resharded."""
+def _json_value(value: Any) -> Any:
+  return list(value) if isinstance(value, tuple) else value
+
+
+def _flat_params(tree: PyTree) -> dict[str, Any]:
+  """'/'-joined parameter paths (as `train_lib.create_optimizer`'s
+  frozen_params see them) to leaves."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {"/".join(str(getattr(key, "key", key)) for key in path): leaf
+          for path, leaf in leaves}
+
+
+def _nested_params(flat: Mapping[str, Any]) -> dict[str, Any]:
+  tree: dict[str, Any] = {}
+  for path, leaf in flat.items():
+    *parents, name = path.split("/")
+    node = tree
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[name] = leaf
+  return tree
+
+
+def _is_lora_param(path: str) -> bool:
+  return path.rsplit("/", 1)[-1] in network.LORA_PARAMS
+
+
+def _listed(paths: list[str], limit: int = 4) -> str:
+  more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+  return ", ".join(paths[:limit]) + more
+
+
+def restore_params(path: str | os.PathLike[str], abstract_params: PyTree,
+                   fresh_params: Optional[Callable[[], PyTree]] = None
+                  ) -> PyTree:
+  """Parameters of a checkpoint (see `resolve_checkpoint`), resharded.
+
+  A checkpoint without LoRA parameters restores into a model with them (LoRA
+  fine-tuning of a pretrained or Stage I checkpoint): the checkpoint gives
+  every other parameter and `fresh_params()`, a fresh initialisation of the
+  model, gives the LoRA ones.
+
+  Args:
+    path: a step directory or a model directory.
+    abstract_params: shapes, dtypes and shardings of the model's parameters.
+    fresh_params: called only when the checkpoint lacks the LoRA parameters.
+
+  Raises:
+    ValueError: the checkpoint lacks parameters other than LoRA's, holds ones
+      the model has not (LoRA's into a model without LoRA, say), has another
+      shape for one, or lacks LoRA's and `fresh_params` is None.
+  """
   step_dir = resolve_checkpoint(path)
+  params_dir = step_dir / "params"
+  wanted = _flat_params(abstract_params)
   with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(step_dir / "params", abstract_params)
+    stored = _flat_params(checkpointer.metadata(params_dir).item_metadata.tree)
+    missing = [name for name in wanted if name not in stored]
+    extra = [name for name in stored if name not in wanted]
+    reshaped = [f"{name} {tuple(stored[name].shape)} there, "
+                f"{tuple(wanted[name].shape)} here" for name in wanted
+                if name in stored and
+                tuple(stored[name].shape) != tuple(wanted[name].shape)]
+    problems = []
+    if [name for name in missing if not _is_lora_param(name)]:
+      problems.append(f"lacks {_listed(missing)}")
+    if extra:
+      problems.append(f"holds {_listed(extra)}, which the model has not")
+    if reshaped:
+      problems.append(f"has other shapes: {_listed(reshaped)}")
+    if problems:
+      raise ValueError(
+          f"The checkpoint {step_dir} does not fit the model: "
+          f"{'; '.join(problems)} (network.TransformerConfig).")
+    if not missing:
+      return checkpointer.restore(params_dir, abstract_params)
+    if fresh_params is None:
+      raise ValueError(f"The checkpoint {step_dir} has no LoRA parameters "
+                       f"({_listed(missing)}) and no fresh ones were given.")
+    restored = _flat_params(checkpointer.restore(params_dir, _nested_params(
+        {name: leaf for name, leaf in wanted.items() if name in stored})))
+  fresh = _flat_params(fresh_params())
+  return jax.tree_util.tree_unflatten(
+      jax.tree_util.tree_structure(abstract_params),
+      [restored[name] if name in restored else fresh[name]
+       for name in wanted])
 
 
 def write_model_metadata(model_dir: str | os.PathLike[str],

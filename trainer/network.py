@@ -11,6 +11,8 @@ represent pretrained Gemma 3, Llama-family and Qwen2 decoders exactly
 (`trainer.hf_weights` maps their checkpoints): Gemma's (1 + w) norms, GeGLU,
 post-norms, query/key norms, scaled embeddings and interleaved sliding-window
 layers; Qwen2's query/key/value biases; Llama 3's rope scaling; untied output.
+`lora_rank` > 0 adds LoRA adapters to the attention and MLP kernels for
+parameter-efficient fine-tuning of such a pretrained model.
 
 Parameters and activations carry logical axis names ('batch', 'length',
 'embed', 'heads', 'kv_heads', 'kv', 'mlp', 'vocab') that
@@ -46,6 +48,12 @@ Cache = list[dict[str, Array]]
 MLP_ACTIVATIONS = ("silu", "gelu_tanh")
 LAYER_TYPES = ("global", "local")
 ROPE_SCALING_TYPES = (None, "linear", "llama3")
+# The DenseGeneral modules LoRA may adapt: attention's projections and the
+# gated MLP's three kernels.
+LORA_TARGETS = ("query", "key", "value", "out", "wi_gate", "wi_up", "wo")
+# Names of the LoRA parameters (`DenseGeneral`); frozen_params patterns and
+# checkpoint restoring recognise LoRA parameters by them.
+LORA_PARAMS = ("lora_a", "lora_b")
 
 
 @gin.configurable
@@ -115,6 +123,15 @@ class TransformerConfig:
   rope_high_freq_factor: float = 4.0
   rope_original_max_position: int = 8192
 
+  # LoRA (low-rank adaptation, Hu et al. 2021) of the `lora_targets`
+  # DenseGenerals of every layer: y = x W + (lora_alpha / lora_rank) x A B
+  # with A [in, rank] small random and B [rank, out] zero, so a fresh LoRA
+  # model computes what its base does. 0: no LoRA parameters. Freeze the rest
+  # with train_lib.create_optimizer.frozen_params (configs/peft/lora.gin).
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = LORA_TARGETS
+
   def __post_init__(self):
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
@@ -128,6 +145,13 @@ class TransformerConfig:
                        f"{MLP_ACTIVATIONS}.")
     # gin passes lists; a tuple keeps the config hashable.
     object.__setattr__(self, "layer_types", tuple(self.layer_types))
+    object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+    if self.lora_rank < 0:
+      raise ValueError(f"lora_rank must be >= 0 (0: no LoRA), got "
+                       f"{self.lora_rank}.")
+    unknown = [name for name in self.lora_targets if name not in LORA_TARGETS]
+    if unknown:
+      raise ValueError(f"lora_targets {unknown} are not among {LORA_TARGETS}.")
     if self.layer_types:
       if len(self.layer_types) != self.num_layers:
         raise ValueError(
@@ -156,8 +180,31 @@ class TransformerConfig:
     """Whether layer `layer` attends within the sliding window only."""
     return bool(self.layer_types) and self.layer_types[layer] == "local"
 
+  def lora_rank_of(self, name: str) -> int:
+    """The LoRA rank of the DenseGeneral `name` of a layer (0: none)."""
+    return self.lora_rank if name in self.lora_targets else 0
+
+  @property
+  def lora_scale(self) -> float:
+    """alpha / rank, the multiplier of the LoRA product."""
+    return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
+  def num_lora_params(self) -> int:
+    """Parameters of LoRA's A and B matrices, all layers."""
+    query = self.num_heads * self.head_dim
+    key_value = self.num_kv_heads * self.head_dim
+    # (fan-in, fan-out) of each target.
+    sizes = {"query": (self.emb_dim, query), "key": (self.emb_dim, key_value),
+             "value": (self.emb_dim, key_value), "out": (query, self.emb_dim),
+             "wi_gate": (self.emb_dim, self.mlp_dim),
+             "wi_up": (self.emb_dim, self.mlp_dim),
+             "wo": (self.mlp_dim, self.emb_dim)}
+    return self.num_layers * sum(
+        self.lora_rank_of(name) * (fan_in + fan_out)
+        for name, (fan_in, fan_out) in sizes.items())
+
   def num_params(self) -> int:
-    """Parameter count (embedding counted once when tied)."""
+    """Parameter count (embedding counted once when tied; LoRA included)."""
     attention = self.emb_dim * self.head_dim * (
         2 * self.num_heads + 2 * self.num_kv_heads)
     if self.qkv_bias:
@@ -168,7 +215,8 @@ class TransformerConfig:
     norms = (4 if self.post_norms else 2) * self.emb_dim
     output = 0 if self.tie_embedding else self.emb_dim * self.vocab_size
     return (self.vocab_size * self.emb_dim + self.emb_dim + output +
-            self.num_layers * (attention + mlp + norms))
+            self.num_layers * (attention + mlp + norms) +
+            self.num_lora_params())
 
 
 def _constrain(x: Array, names: Sequence[Optional[str]]) -> Array:
@@ -182,6 +230,11 @@ class DenseGeneral(nn.Module):
   `kernel_axes`, and a truncated-normal init scaled by its fan-in. With
   `use_bias`, a zero-initialised 'bias' of shape `features` (logical axes the
   kernel's last ones) is added.
+
+  With `lora_rank` r > 0, `lora_scale` * x A B is added (LoRA): 'lora_a' of
+  shape contracted + (r,) (the kernel's input axes, then 'lora_rank'),
+  initialised like the kernel, and 'lora_b' of shape (r,) + features
+  ('lora_rank', then the kernel's output axes), initialised to zero.
   """
 
   features: tuple[int, ...]
@@ -189,6 +242,8 @@ class DenseGeneral(nn.Module):
   num_contracted: int = 1
   dtype: Any = jnp.float32
   use_bias: bool = False
+  lora_rank: int = 0
+  lora_scale: float = 0.0
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -212,7 +267,30 @@ class DenseGeneral(nn.Module):
               self.kernel_axes[self.num_contracted:]),
           tuple(self.features), jnp.float32)
       y = y + bias.astype(self.dtype)
+    if self.lora_rank:
+      y = y + self._lora(x, x_axes)
     return y
+
+  def _lora(self, x: Array, x_axes: tuple[int, ...]) -> Array:
+    """lora_scale * x A B, in the activation dtype."""
+    contracted = tuple(x.shape[-self.num_contracted:])
+    rank_axis = ("lora_rank",)
+    a_init = nn.initializers.variance_scaling(
+        1.0, "fan_in", "truncated_normal",
+        in_axis=tuple(range(self.num_contracted)), out_axis=-1)
+    lora_a = self.param(
+        "lora_a", nn.with_logical_partitioning(
+            a_init, self.kernel_axes[:self.num_contracted] + rank_axis),
+        contracted + (self.lora_rank,), jnp.float32)
+    lora_b = self.param(
+        "lora_b", nn.with_logical_partitioning(
+            nn.initializers.zeros,
+            rank_axis + self.kernel_axes[self.num_contracted:]),
+        (self.lora_rank,) + tuple(self.features), jnp.float32)
+    low = jnp.tensordot(x.astype(self.dtype), lora_a.astype(self.dtype),
+                        axes=(x_axes, tuple(range(self.num_contracted))))
+    low = low * jnp.asarray(self.lora_scale, self.dtype)
+    return jnp.tensordot(low, lora_b.astype(self.dtype), axes=((-1,), (0,)))
 
 
 class RMSNorm(nn.Module):
@@ -358,7 +436,9 @@ class Attention(nn.Module):
 
     def projection(name, heads, head_axis):
       return DenseGeneral((heads, cfg.head_dim), ("embed", head_axis, "kv"),
-                          dtype=dtype, use_bias=cfg.qkv_bias, name=name)(x)
+                          dtype=dtype, use_bias=cfg.qkv_bias,
+                          lora_rank=cfg.lora_rank_of(name),
+                          lora_scale=cfg.lora_scale, name=name)(x)
 
     query = projection("query", cfg.num_heads, "heads")
     key = projection("key", cfg.num_kv_heads, "kv_heads")
@@ -415,7 +495,9 @@ class Attention(nn.Module):
       new_cache = _write_ring(cache, key, value, positions, lengths[:, None])
     attended = _constrain(attended, ("batch", "length", "heads", "kv"))
     out = DenseGeneral((cfg.emb_dim,), ("heads", "kv", "embed"),
-                       num_contracted=2, dtype=dtype, name="out")(attended)
+                       num_contracted=2, dtype=dtype,
+                       lora_rank=cfg.lora_rank_of("out"),
+                       lora_scale=cfg.lora_scale, name="out")(attended)
     return out, new_cache
 
 
@@ -430,7 +512,9 @@ class GatedMLP(nn.Module):
     dtype = cfg.activation_dtype
 
     def dense(name, features, names):
-      return DenseGeneral((features,), names, dtype=dtype, name=name)
+      return DenseGeneral((features,), names, dtype=dtype,
+                          lora_rank=cfg.lora_rank_of(name),
+                          lora_scale=cfg.lora_scale, name=name)
 
     gate = dense("wi_gate", cfg.mlp_dim, ("embed", "mlp"))(x)
     up = dense("wi_up", cfg.mlp_dim, ("embed", "mlp"))(x)

@@ -64,7 +64,9 @@ def _frozen_labels(frozen: Sequence[str]) -> Callable[[PyTree], PyTree]:
   """Labels each parameter 'frozen' or 'trained' by its '/'-joined path.
 
   A parameter is frozen when a pattern of `frozen` matches its path with
-  `re.fullmatch`, e.g. 'embedding/.*' for the token embedding.
+  `re.fullmatch`, e.g. 'embedding/.*' for the token embedding. A parameter
+  boxed with its logical axes (`Trainer`'s initialisation) is one leaf of
+  the same path, so the boxed and the plain trees get the same labels.
   """
   patterns = [re.compile(pattern) for pattern in frozen]
 
@@ -73,7 +75,8 @@ def _frozen_labels(frozen: Sequence[str]) -> Callable[[PyTree], PyTree]:
       name = "/".join(str(getattr(key, "key", key)) for key in path)
       return ("frozen" if any(p.fullmatch(name) for p in patterns)
               else "trained")
-    return jax.tree_util.tree_map_with_path(label, params)
+    return jax.tree_util.tree_map_with_path(
+        label, params, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
 
   return labels
 

@@ -317,8 +317,9 @@ def train(
     random_seed: seeds initialisation, data order and dropout.
     initial_checkpoint_path: Stage II: parameters to start from (a step
       directory or a model directory, see `checkpoints.resolve_checkpoint`)
-      of a run of the same network (`checkpoints.check_same_network`); the
-      optimizer and the data start fresh at step 0. Ignored when model_dir
+      of a run of the same network (`checkpoints.check_same_network`), or of
+      the same network without LoRA, whose LoRA parameters then start fresh;
+      the optimizer and the data start fresh at step 0. Ignored when model_dir
       already holds checkpoints (the run resumes instead).
     optimizer: defaults to `train_lib.create_optimizer()`; its learning rate
       is logged when its state holds it (`create_optimizer`'s does).
@@ -499,6 +500,10 @@ def _initial_state(trainer: train_lib.Trainer,
     step_dir = checkpoints.resolve_checkpoint(initial_checkpoint_path)
     checkpoints.check_same_network(step_dir, trainer.model.config)
     logging.info("Initialising parameters from %s.", step_dir)
-    params = checkpoints.restore_params(step_dir, trainer.abstract_params)
+    # A checkpoint without LoRA parameters gives a LoRA model all others;
+    # the LoRA ones start fresh (B = 0: the checkpoint's function).
+    params = checkpoints.restore_params(
+        step_dir, trainer.abstract_params,
+        fresh_params=lambda: trainer.initial_state().params)
     return trainer.state_from_params(params)
   return trainer.initial_state()

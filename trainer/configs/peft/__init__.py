@@ -1,0 +1,1 @@
+"""Parameter-efficient fine-tuning switches: a frozen embedding, LoRA."""
