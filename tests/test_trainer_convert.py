@@ -137,12 +137,8 @@ def test_gguf_import_export_round_trip(tmp_path):
   assert json.loads((again / "source.json").read_text())["license"] == "gemma"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="checkpoints.check_same_network compares model.json's layer_types"
-    " (a JSON list) with the config's tuple, so every config with layer_types"
-    " differs; it needs to compare tuple(value) for list fields.")
 def test_converted_dir_passes_same_network_check(tmp_path):
+  # model.json holds layer_types as a JSON list, the config a tuple.
   model_dir = tmp_path / "model"
   config = convert.import_checkpoint(
       str(tiny_gemma(tmp_path / "g.gguf")), str(model_dir), "tiny",
@@ -222,13 +218,14 @@ def _greedy(decoder, params, prompt, steps):
   tokens[0, :length] = prompt
 
   @jax.jit
-  def next_logits(tokens, position):
+  def next_logits(params, tokens, position):
     logits, _, _ = decoder.apply({"params": params}, tokens,
                                  logits_at=position[None, None])
     return logits[0, 0]
 
   for i in range(steps):
-    logits = next_logits(jnp.asarray(tokens), jnp.int32(length + i - 1))
+    logits = next_logits(params, jnp.asarray(tokens),
+                         jnp.int32(length + i - 1))
     tokens[0, length + i] = int(jnp.argmax(logits))
   return tokens[0, length:]
 
@@ -239,8 +236,9 @@ def test_converted_gemma_matches_transformers_golden(converted_gemma):
   golden = np.load(GOLDEN)
   params = restored_params(model_dir, config)
   decoder = network.Decoder(config)
-  apply = jax.jit(lambda tokens: decoder.apply({"params": params},
-                                               tokens)[0][0])
+  # Parameters as an argument: closed over, jit would embed them as constants.
+  apply = jax.jit(lambda params, tokens: decoder.apply({"params": params},
+                                                       tokens)[0][0])
 
   import sentencepiece  # pylint: disable=g-import-not-at-top
   vocabulary = sentencepiece.SentencePieceProcessor(
@@ -250,7 +248,7 @@ def test_converted_gemma_matches_transformers_golden(converted_gemma):
     ids = golden[f"ids_{i}"]
     # transformers' tokenizer of the same file: <bos>, then the pieces.
     assert ids[0] == 2 and vocabulary.encode(prompt) == ids[1:].tolist()
-    logits = np.asarray(apply(jnp.asarray(ids[None])))
+    logits = np.asarray(apply(params, jnp.asarray(ids[None])))
     ours = np.take_along_axis(logits, golden[f"topk_ids_{i}"], axis=-1)
     worst[i] = float(np.max(np.abs(ours - golden[f"topk_logits_{i}"])))
     lse = jax.nn.logsumexp(logits, axis=-1)

@@ -42,6 +42,7 @@ import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+import gguf
 import numpy as np
 
 from trainer import gguf_import
@@ -54,8 +55,10 @@ STEP = 0
 
 # Licences of model families, when the source does not name one.
 KNOWN_LICENSES = {"gemma3": "gemma", "gemma3_text": "gemma"}
-# TransformerConfig fields left out of model.gin: run settings.
+# TransformerConfig fields left out of model.gin: run settings, and
+# fine-tuning adapters (any 'lora_*' field) that a run chooses.
 _RUN_FIELDS = ("dropout_rate", "attention_implementation", "remat")
+_RUN_PREFIXES = ("lora_",)
 _LLAMA3_FIELDS = ("rope_low_freq_factor", "rope_high_freq_factor",
                   "rope_original_max_position")
 
@@ -87,7 +90,7 @@ def gin_bindings(config: network.TransformerConfig) -> list[str]:
   lines = []
   for field in dataclasses.fields(config):
     value = getattr(config, field.name)
-    if field.name in _RUN_FIELDS:
+    if field.name in _RUN_FIELDS or field.name.startswith(_RUN_PREFIXES):
       continue
     if config.rope_scaling_type is None and field.name == (
         "rope_scaling_factor"):
@@ -195,10 +198,13 @@ def read_source(path: str, *, vocabulary: bool = True,
       raise ValueError(f"{path}: expected a .gguf file or a transformers "
                        "checkpoint directory.")
     vocab = _gguf_vocabulary(path) if vocabulary else None
-    info = gguf_import.describe_gguf(path)
+    log(f"reading {path}")
+    reader = gguf.GGUFReader(path)
+    info = gguf_import.describe_gguf(path, reader)
     log(f"GGUF: {info['name']} ({info['architecture']}), tensors "
         f"{info['tensor_types']}")
-    hf_config, tensors = gguf_import.read_gguf(path, log=log)
+    hf_config, tensors = gguf_import.read_gguf(path, log=log, reader=reader)
+    del reader
     log(f"hashing {path}")
     description = {
         "format": "gguf",
