@@ -263,6 +263,39 @@ def test_samples_end_at_newline_pieces_of_a_pretrained_vocabulary(tmp_path):
                                rtol=1e-5, atol=1e-5)
 
 
+# Gemma-like: local layers whose window (5) is shorter than prompt + decode,
+# so a window spans the shared prompt and the sample's own tokens.
+_GEMMA_LIKE = network.TransformerConfig(
+    vocab_size=64, emb_dim=32, num_heads=4, num_kv_heads=1, head_dim=8,
+    mlp_dim=64, num_layers=3, sliding_window=5,
+    layer_types=("local", "global", "local"), post_norms=True, qk_norm=True,
+    norm_scale_offset=1.0, mlp_activation="gelu_tanh", scale_embedding=True,
+    query_scale=0.3, logit_scaling=False, local_rope_max_wavelength=100.0)
+
+
+@pytest.mark.parametrize("config", [CONFIG, _GEMMA_LIKE],
+                         ids=["global", "gemma_like"])
+def test_shared_prefix_sampling_equals_copying_the_prompt_cache(config):
+  """One prompt cache for all samples: the tokens and log-probs of copies."""
+  shared = models.CALRecModel(config)
+  copying = models.CALRecModel(config, shared_prefix=False)
+  assert shared.shared_prefix and not copying.shared_prefix
+  params = models.unboxed_params(shared.get_initial_variables(
+      jax.random.PRNGKey(0), {"decoder_input_tokens": (1, 8)}))
+  batch = models.prompt_batch(PROMPTS + [[30, 31, 32, 33, 34, 35, 36, 37, 38]],
+                              batch_size=4, prompt_length=10)
+  decodes, scores = [], []
+  for model in (shared, copying):
+    decode, aux = model.predict_batch_with_aux(
+        params, batch, jax.random.PRNGKey(7), num_decodes=5, temperature=1.0,
+        max_decode_length=11)
+    decodes.append(np.asarray(decode))
+    scores.append(np.asarray(aux["scores"]))
+  np.testing.assert_array_equal(decodes[0], decodes[1])
+  np.testing.assert_allclose(scores[0], scores[1], rtol=0, atol=1e-5)
+  assert np.count_nonzero(decodes[0]) > 100  # Long samples, windows full.
+
+
 def test_sampling_is_seeded(model, params):
   runs = [_sample(model, params, seed, 0.5)[0] for seed in (1, 1, 2)]
   np.testing.assert_array_equal(runs[0], runs[1])

@@ -81,7 +81,8 @@ class CALRecModel:
                temperature: float = 0.5,
                eos_id: int = 1,
                loss_vocab_chunk_size: Optional[int] = 16384,
-               stop_ids: Sequence[int] = ()):
+               stop_ids: Sequence[int] = (),
+               shared_prefix: bool = True):
     """Creates the model object.
 
     Args:
@@ -99,6 +100,9 @@ class CALRecModel:
         newline-bearing pieces of a pretrained LM's vocabulary, whose text
         runs on past the item (`decoding.item_stop_ids`, set by
         `checkpoints.load_for_inference`). EOS always ends one.
+      shared_prefix: sampling keeps one copy of each prompt's cache for all
+        its samples (`network.shared_prefix_cache`); False copies it per
+        sample (the benchmark's baseline, same tokens).
     """
     if temperature <= 0:
       raise ValueError(f"Contrastive temperature must be > 0, got "
@@ -110,6 +114,7 @@ class CALRecModel:
     self.temperature = temperature
     self.eos_id = eos_id
     self.stop_ids = tuple(sorted({int(eos_id), *(int(i) for i in stop_ids)}))
+    self.shared_prefix = shared_prefix
     if loss_vocab_chunk_size is not None and loss_vocab_chunk_size < 1:
       raise ValueError(f"loss_vocab_chunk_size must be >= 1, got "
                        f"{loss_vocab_chunk_size}.")
@@ -297,8 +302,11 @@ class CALRecModel:
       decoder_causal_attention [B, P] int32: 1 on the start position and the
         prompt positions, 0 elsewhere; its row sum is the prompt length + 1.
 
-    The prompt is run once (prefill), its cache is copied `num_decodes`
-    times, then each step feeds one token. Compiled once per (B, P,
+    The prompt is run once (prefill), then each step feeds one token per
+    sample. With `shared_prefix` the samples of a prompt all read its one
+    cache and keep caches of their generated tokens only
+    (`network.shared_prefix_cache`, a cascade as in Hydragen); else the
+    prompt's cache is copied `num_decodes` times. Compiled once per (B, P,
     num_decodes, max_decode_length); temperature and rng are traced.
     Sampling ends once every sample has reached a stop id (`stop_ids`: EOS,
     and newline pieces for a pretrained LM) or `max_decode_length` tokens.
@@ -326,8 +334,11 @@ class CALRecModel:
     batch_size, prompt_length = tokens.shape
     prompt_lengths = jnp.maximum(
         jnp.sum(causal_attention, axis=-1).astype(jnp.int32), 1)
-    cache = network.init_cache(self.config, batch_size,
-                               prompt_length + max_decode_length)
+    # The shared prompt cache holds the prompt only; copies also hold the
+    # generated tokens.
+    cache = network.init_cache(
+        self.config, batch_size,
+        prompt_length + (0 if self.shared_prefix else max_decode_length))
     logits, _, cache = self.module.apply(
         {"params": params}, tokens, cache=cache, lengths=prompt_lengths,
         logits_at=(prompt_lengths - 1)[:, None])
@@ -335,15 +346,30 @@ class CALRecModel:
     def repeat(x):
       return jnp.repeat(x, num_decodes, axis=0)
 
+    prefixes = None
+    if self.shared_prefix:
+      cache = network.shared_prefix_cache(self.config, cache, prompt_lengths,
+                                          num_decodes, max_decode_length)
+      # The loop carries the samples' own caches; the prompt's is constant.
+      prefixes = [layer.pop("prefix") for layer in cache]
+    else:
+      cache = jax.tree.map(repeat, cache)
+
     def step_fn(step_tokens, positions, step_cache):
+      if prefixes is not None:
+        step_cache = [dict(layer, prefix=prefix)
+                      for layer, prefix in zip(step_cache, prefixes)]
       step_logits, _, step_cache = self.module.apply(
           {"params": params}, step_tokens, positions, step_cache)
+      if prefixes is not None:
+        step_cache = [{name: value for name, value in layer.items()
+                       if name != "prefix"} for layer in step_cache]
       return step_logits[:, 0], step_cache
 
     decodes, scores = decoding.temperature_sample(
-        step_fn, repeat(logits[:, 0]), jax.tree.map(repeat, cache),
-        repeat(prompt_lengths), rng, temperature=temperature,
-        max_decode_length=max_decode_length, stop_ids=self.stop_ids)
+        step_fn, repeat(logits[:, 0]), cache, repeat(prompt_lengths), rng,
+        temperature=temperature, max_decode_length=max_decode_length,
+        stop_ids=self.stop_ids)
     decodes = decodes.reshape(batch_size, num_decodes, max_decode_length)
     scores = scores.reshape(batch_size, num_decodes)
     order = jnp.argsort(-scores, axis=-1)

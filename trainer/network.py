@@ -25,6 +25,10 @@ The decoder runs in two modes:
   queries attend to cache slots at or before their position. Sliding-window
   ('local') layers keep only their window: a ring buffer of `sliding_window`
   slots indexed by position mod window, with the position held in each slot.
+- shared-prefix sampling (`shared_prefix_cache`, paper section 3.5): several
+  samples per prompt read one copy of the prompt's cache and keep their own
+  cache of generated tokens only; each query's attention is one softmax over
+  the scores of both.
 """
 
 from __future__ import annotations
@@ -43,7 +47,11 @@ Array = jax.Array
 # num_kv_heads, head_dim]: cache_length slots for global layers; for local
 # (sliding-window) layers min(cache_length, sliding_window) slots used as a
 # ring, plus 'positions' [batch, slots] int32, each slot's position (-1: empty).
-Cache = list[dict[str, Array]]
+# A shared-prefix cache (`shared_prefix_cache`) holds, per layer, 'prefix': the
+# prompt's keys, values and positions [batch, prefix slots] (-1: padding),
+# read by all samples of the row, and 'keys', 'values', 'positions' [batch *
+# samples, suffix slots]: each sample's generated tokens, as a ring.
+Cache = list[dict[str, Any]]
 
 MLP_ACTIVATIONS = ("silu", "gelu_tanh")
 LAYER_TYPES = ("global", "local")
@@ -416,6 +424,76 @@ def _write_ring(cache: dict[str, Array], key: Array, value: Array,
   }
 
 
+def _shared_prefix_attention(query: Array, key: Array, value: Array,
+                             positions: Array, cache: dict[str, Any],
+                             window: Optional[int],
+                             scale: Optional[float]) -> Array:
+  """Attention of sampled tokens over a shared prompt and their own tokens.
+
+  Rows r = b * samples + n of query [R, T, H, d] (sample n of prompt b) attend
+  to three key sets: the prompt's cache `cache['prefix']` [B, Sp, K, d], read
+  once for all samples of b (their queries are batched together, as in
+  Hydragen); the row's earlier generated tokens `cache['keys']` [R, Ss, K, d];
+  and this call's key [R, T, K, d] (causally). One float32 softmax runs over
+  the concatenated scores, so the result equals attention over one cache
+  holding all of them (paper section 3.5). A key is visible when its
+  position is at or before the query's and, with a `window`, within it.
+
+  Returns:
+    [R, T, H, d] in the query's dtype.
+  """
+  rows, length, num_heads, head_dim = query.shape
+  prefix = cache["prefix"]
+  batch, _, num_kv_heads, _ = prefix["keys"].shape
+  samples = rows // batch
+  groups = num_heads // num_kv_heads
+  dtype = query.dtype
+  if scale is None:
+    scale = 1.0 / math.sqrt(head_dim)
+
+  def per_prompt(x):  # [R, ...] -> [B, N, ...]
+    return x.reshape((batch, samples) + x.shape[1:])
+
+  grouped = per_prompt(query).reshape(batch, samples, length, num_kv_heads,
+                                      groups, head_dim)
+  query_positions = per_prompt(positions)[:, :, :, None]  # [B, N, T, 1]
+
+  def visible(key_positions):  # [B, N or 1, 1 or T, S] -> [B, N, T, S]
+    mask = (key_positions >= 0) & (key_positions <= query_positions)
+    if window is not None:
+      mask &= key_positions > query_positions - window
+    return mask
+
+  start = per_prompt(positions[:, :1])[:, :, :, None]  # [B, N, 1, 1]
+  suffix_positions = per_prompt(cache["positions"])[:, :, None, :]
+  masks = [
+      visible(prefix["positions"][:, None, None, :]),
+      visible(jnp.where(suffix_positions < start, suffix_positions, -1)),
+      visible(per_prompt(positions)[:, :, None, :]),
+  ]
+  keys = [prefix["keys"], per_prompt(cache["keys"]), per_prompt(key)]
+  values = [prefix["values"], per_prompt(cache["values"]), per_prompt(value)]
+  equations = ["bntkgd,bskd->bnkgts", "bntkgd,bnskd->bnkgts",
+               "bntkgd,bnskd->bnkgts"]
+  large_negative = jnp.float32(-0.7 * jnp.finfo(jnp.float32).max)
+  scores = []
+  for equation, keys_part, mask in zip(equations, keys, masks):
+    part = jnp.einsum(equation, grouped, keys_part.astype(dtype),
+                      preferred_element_type=jnp.float32) * scale
+    scores.append(jnp.where(mask[:, :, None, None], part, large_negative))
+  sizes = [part.shape[-1] for part in scores]
+  probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)
+  probs = jnp.split(probs.astype(dtype), [sizes[0], sizes[0] + sizes[1]],
+                    axis=-1)
+  out_equations = ["bnkgts,bskd->bntkgd", "bnkgts,bnskd->bntkgd",
+                   "bnkgts,bnskd->bntkgd"]
+  attended = sum(
+      jnp.einsum(equation, part, values_part.astype(dtype),
+                 preferred_element_type=jnp.float32)
+      for equation, part, values_part in zip(out_equations, probs, values))
+  return attended.astype(dtype).reshape(rows, length, num_heads, head_dim)
+
+
 class Attention(nn.Module):
   """Grouped-query self-attention, rotary positions, an optional cache.
 
@@ -460,6 +538,15 @@ class Attention(nn.Module):
           query, key, value, scale=cfg.query_scale, is_causal=True,
           local_window_size=None if window is None else (window - 1, 0),
           implementation=cfg.attention_implementation)
+    elif "prefix" in cache:
+      # Shared-prefix sampling: attend, then write this call's tokens into
+      # the rows' own ring of generated tokens.
+      attended = _shared_prefix_attention(query, key, value, positions, cache,
+                                          window, cfg.query_scale)
+      new_cache = _write_ring(
+          cache, key, value, positions,
+          jnp.full((x.shape[0], 1), x.shape[1], jnp.int32))
+      new_cache["prefix"] = cache["prefix"]
     elif not self.local:
       start = positions[:, 0]
       new_cache = {
@@ -579,8 +666,9 @@ class Decoder(nn.Module):
       tokens: [B, T] int token ids.
       positions: [B, T] absolute positions; defaults to 0..T-1. In cached mode
         each row's positions must be consecutive.
-      cache: per-layer key/value cache (see `init_cache`), or None for plain
-        causal attention over `tokens`.
+      cache: per-layer key/value cache (see `init_cache`, and
+        `shared_prefix_cache` for samples sharing a prompt's), or None for
+        plain causal attention over `tokens`.
       deterministic: disables dropout.
       logits_at: optional [B, K] positions; logits are then computed only
         there (shape [B, K, V]), which saves the output projection and the
@@ -662,4 +750,46 @@ def init_cache(config: TransformerConfig, batch_size: int,
     if config.is_local(index):
       layer["positions"] = jnp.full((batch_size, slots), -1, jnp.int32)
     cache.append(layer)
+  return cache
+
+
+def shared_prefix_cache(config: TransformerConfig, prompt_cache: Cache,
+                        lengths: Array, num_samples: int,
+                        suffix_length: int) -> Cache:
+  """The cache of `num_samples` samples per prompt sharing one prompt cache.
+
+  The cascade layout of paper section 3.5's N_gen samples: the prefilled
+  `prompt_cache` (`init_cache` of B rows, then a cached call with `lengths`)
+  is kept once as each layer's 'prefix', and every sample (row b *
+  num_samples + n) gets a ring of its own for the tokens it generates:
+  `suffix_length` slots (min(suffix_length, sliding_window) for local layers).
+  Decoding with it (same positions as with `num_samples` copies of the
+  prompt cache) gives the same attention.
+
+  Args:
+    config: the decoder's config.
+    prompt_cache: the prompt's cache, [B, slots, ...] per layer.
+    lengths: [B] real prompt tokens per row; later global slots are padding.
+    num_samples: samples per prompt.
+    suffix_length: tokens each sample generates at most.
+  """
+  rows = lengths.shape[0] * num_samples
+  cache = []
+  for index, layer in enumerate(prompt_cache):
+    slots = layer["keys"].shape[1]
+    positions = layer.get("positions")
+    if positions is None:
+      slot = jnp.arange(slots, dtype=jnp.int32)[None, :]
+      positions = jnp.where(slot < lengths[:, None], slot, -1)
+    suffix_slots = suffix_length
+    if config.is_local(index):
+      suffix_slots = min(suffix_length, config.sliding_window)
+    shape = (rows, suffix_slots, config.num_kv_heads, config.head_dim)
+    cache.append({
+        "prefix": {"keys": layer["keys"], "values": layer["values"],
+                   "positions": positions.astype(jnp.int32)},
+        "keys": jnp.zeros(shape, layer["keys"].dtype),
+        "values": jnp.zeros(shape, layer["values"].dtype),
+        "positions": jnp.full((rows, suffix_slots), -1, jnp.int32),
+    })
   return cache
