@@ -264,3 +264,34 @@ def test_load_for_inference_loads_a_lora_run(tmp_path):
   np.testing.assert_array_equal(
       loaded.model.module.apply({"params": loaded.params}, tokens)[0],
       network.Decoder(LORA).apply({"params": state.params}, tokens)[0])
+
+
+@pytest.mark.parametrize("peft, lora_rank, frozen", [
+    (None, 0, ()), ("frozen_embedding", 0, ("embedding/.*",)),
+    ("lora", 16, ("(?!.*/lora_[ab]$).*",))])
+def test_gemma_stage2_config_and_its_switches(peft, lora_rank, frozen):
+  from trainer import train  # pylint: disable=g-import-not-at-top
+  files = ["trainer/configs/runs/gemma3_270m_stage2.gin"]
+  if peft:
+    files.append(f"trainer/configs/peft/{peft}.gin")
+  gin.clear_config()
+  try:
+    train.parse_gin(files, [
+        "MODEL_DIR = 'm'", "DATA_DIR = 'd'", "VOCABULARY = 'v'",
+        "MIXTURE_OR_TASK_NAME = 'calrec_scientific'",
+        "INITIAL_CHECKPOINT_PATH = 'gemma3_270m'"])
+    model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+    assert (model.config.dtype, model.config.remat) == ("bfloat16", True)
+    assert model.config.lora_rank == lora_rank
+    assert model.config.vocab_size == 262144 and model.config.num_layers == 18
+    assert (model.alpha, model.beta, model.temperature) == (0.125, -0.025,
+                                                            0.5)
+    assert gin.query_parameter("%LEARNING_RATE") == 1e-4
+    try:
+      bound = tuple(gin.query_parameter(
+          "train_lib.create_optimizer.frozen_params"))
+    except ValueError:
+      bound = ()
+    assert bound == frozen
+  finally:
+    gin.clear_config()
