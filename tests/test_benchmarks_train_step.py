@@ -22,6 +22,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("alpha,beta", [(0.125, -0.025), (0.0, 0.0)])
+@pytest.mark.slow
 def test_model_flops_match_the_compiled_gradient_step(alpha, beta):
   """The formula counts matmuls only; XLA adds norms, softmax and the like.
 

@@ -8,6 +8,9 @@ import pytest
 
 from conftest import REPO_ROOT
 
+# Starts a Python process per command line.
+pytestmark = pytest.mark.slow
+
 # module -> a flag its help must name.
 COMMANDS = {
     "pipelines.sample_data": "--num_users",

@@ -79,6 +79,7 @@ def _queries(texts):
       "Price: $25.00.", "gift gift gift card", "", "zzqv wwxy", "the of and"]
 
 
+@pytest.mark.slow
 def test_batched_tokenization_equals_one_call_per_text(lucene_and_fast):
   texts, analyzer, _, _ = lucene_and_fast
   sample = texts[:200] + ["", "Mixed CASE Running shoes's", "a qx7separatorqx7"]
@@ -86,6 +87,7 @@ def test_batched_tokenization_equals_one_call_per_text(lucene_and_fast):
                                        for t in sample]
 
 
+@pytest.mark.slow
 def test_fast_scores_equal_lucene_on_every_returned_document(lucene_and_fast):
   texts, _, searcher, fast = lucene_and_fast
   queries = _queries(texts)
@@ -102,6 +104,7 @@ def test_fast_scores_equal_lucene_on_every_returned_document(lucene_and_fast):
     assert list(retrieval.top_k(row, 10)[:len(hits)]) == lucene_top[:10], query
 
 
+@pytest.mark.slow
 def test_tie_groups_equal_lucene_s(lucene_and_fast):
   texts, _, searcher, fast = lucene_and_fast
   queries = _queries(texts)

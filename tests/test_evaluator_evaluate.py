@@ -147,6 +147,7 @@ def _run(data_dir, output_dir, *flags, load_generator=None):
                        *flags], load_generator)
 
 
+@pytest.mark.slow
 def test_the_command_prints_results_md(data_dir, tmp_path, capsys):
   evaluate.main([f"--data_dir={data_dir}", f"--category={CATEGORY}",
                  "--split=test", f"--output_dir={tmp_path}", "--model=lir"])
@@ -181,6 +182,7 @@ def test_corpus_is_matched_in_the_normal_form_of_the_model_vocabulary(
   assert scores[0, 0] > scores[0, 1]
 
 
+@pytest.mark.slow
 def test_the_dofns_of_a_worker_share_one_retrieval(data_dir, tmp_path,
                                                   monkeypatch):
   monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
@@ -207,6 +209,7 @@ def test_the_dofns_of_a_worker_share_one_retrieval(data_dir, tmp_path,
   assert not list(tmp_path.glob("calrec_lucene_*"))
 
 
+@pytest.mark.slow
 def test_lir_pipeline_writes_metrics_users_and_rejects(data_dir, tmp_path,
                                                        caplog):
   caplog.set_level(logging.INFO)
@@ -246,6 +249,7 @@ def test_lir_pipeline_writes_metrics_users_and_rejects(data_dir, tmp_path,
       "bad record", "target item Z is not in the corpus"]
 
 
+@pytest.mark.slow
 def test_counters_equal_the_counts_of_metrics_json(data_dir, tmp_path):
   args, beam_argv = evaluate.parse_args([
       f"--data_dir={data_dir}", f"--category={CATEGORY}",
@@ -267,6 +271,7 @@ def test_counters_equal_the_counts_of_metrics_json(data_dir, tmp_path):
                       "bad_records": 1}
 
 
+@pytest.mark.slow
 def test_generator_pipeline_through_run_inference_and_lucene(data_dir,
                                                              tmp_path):
   lir_dir, model_dir = tmp_path / "lir", tmp_path / "model"
@@ -346,6 +351,7 @@ class TableGenerator:
     return [by_last_text[request.history_texts[-1]] for request in requests]
 
 
+@pytest.mark.slow
 def test_hierarchical_retrieval_ranks_and_table_7_by_hand(tmp_path):
   """Paper section 6: exact matches at 4, 3, 2, then 1 attributes.
 
@@ -400,6 +406,7 @@ def test_hierarchical_retrieval_ranks_and_table_7_by_hand(tmp_path):
 
 @pytest.mark.parametrize("remote_url", [beam_testfs.url,
                                         beam_testfs.object_url])
+@pytest.mark.slow
 def test_remote_paths_through_beam_filesystems(data_dir, tmp_path,
                                                remote_url):
   """gs:// on Dataflow: data, outputs and reports only through FileSystems,
@@ -430,6 +437,7 @@ class ProcessIdGenerator:
             for request in requests]
 
 
+@pytest.mark.slow
 def test_generation_is_spread_over_the_workers(tmp_path, monkeypatch):
   """The split is one file, read by one worker; generation uses both.
 
@@ -486,6 +494,7 @@ def _seeds_in_subprocess(hash_seed):
   return json.loads(completed.stdout)
 
 
+@pytest.mark.slow
 def test_user_seeds_depend_on_user_and_run_seed_only():
   # Independent implementation of generation.user_seed: the first 4 bytes of
   # SHA-256("{seed}:{user_id}") read little-endian, top bit cleared (31 bits).
@@ -595,6 +604,7 @@ def test_dataflow_workers_are_not_given_local_folders(data_dir, tmp_path,
       f"{data_dir}, --model_dir runs/stage2; give gs:// paths.")
 
 
+@pytest.mark.slow
 def test_only_the_split_files_of_the_manifest_are_read(data_dir, tmp_path):
   """A file beside them (e.g. of an earlier run) is not part of the split."""
   copy = tmp_path / "data"
@@ -607,6 +617,7 @@ def test_only_the_split_files_of_the_manifest_are_read(data_dir, tmp_path):
   assert (summary["num_users"], summary["num_rejected"]) == (4, 2)
 
 
+@pytest.mark.slow
 def test_split_files_changed_since_the_manifest_are_refused(data_dir,
                                                             tmp_path):
   copy, output_dir = tmp_path / "data", tmp_path / "eval"

@@ -87,6 +87,7 @@ def _assert_same_samples(outputs, expected):
                                [s for _, s in expected_samples], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_samples_do_not_depend_on_batching(generator_parts):
   requests = _requests()
   batched = _generator(generator_parts, batch_size=4)
@@ -103,6 +104,7 @@ def test_samples_do_not_depend_on_batching(generator_parts):
   assert together[0] != together[1]
 
 
+@pytest.mark.slow
 def test_samples_equal_the_models_own_sampling(generator_parts):
   # Batches of 2 over 3 requests: the last batch has a padding row.
   requests = _requests()
@@ -111,6 +113,7 @@ def test_samples_equal_the_models_own_sampling(generator_parts):
       [_direct_samples(generator_parts, request) for request in requests])
 
 
+@pytest.mark.slow
 def test_samples_follow_the_seed_and_the_temperature(generator_parts):
   history = _requests()[1].history_texts
   requests = [generation.GenerationRequest(history, seed)

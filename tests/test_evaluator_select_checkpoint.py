@@ -75,6 +75,7 @@ def _select(data_dir, model_dir, generators, *flags):
                                   lambda step: generators[step])
 
 
+@pytest.mark.slow
 def test_best_step_by_pessimistic_ndcg_and_reuse(data_dir, model_dir,
                                                  tmp_path):
   selection = _select(data_dir, model_dir, {100: UnmatchableGenerator,
@@ -115,6 +116,7 @@ def test_best_step_by_pessimistic_ndcg_and_reuse(data_dir, model_dir,
                  "--steps=200")["scores"] == {"200": selection["scores"]["200"]}
 
 
+@pytest.mark.slow
 def test_a_step_is_evaluated_again_on_other_data(data_dir, model_dir,
                                                  tmp_path):
   """The data folder, and the data in it, are settings of the evaluation."""
@@ -136,6 +138,7 @@ def test_a_step_is_evaluated_again_on_other_data(data_dir, model_dir,
 
 @pytest.mark.parametrize("flags", [["--batch_size=4"],
                                    ["--recommendations_k=3"]])
+@pytest.mark.slow
 def test_a_step_is_evaluated_again_with_other_batches_or_outputs(
     data_dir, model_dir, flags):
   _select(data_dir, model_dir, {200: LastItemGenerator}, "--steps=200")
@@ -143,6 +146,7 @@ def test_a_step_is_evaluated_again_with_other_batches_or_outputs(
     _select(data_dir, model_dir, {200: NoGenerator}, "--steps=200", *flags)
 
 
+@pytest.mark.slow
 def test_an_evaluation_that_recorded_fewer_settings_is_replaced(data_dir,
                                                                 model_dir):
   """metrics.json of a version that did not record the data or batches."""
@@ -161,6 +165,7 @@ def test_an_evaluation_that_recorded_fewer_settings_is_replaced(data_dir,
                  "--steps=200") == selection
 
 
+@pytest.mark.slow
 def test_ties_go_to_the_earlier_step_and_metric_is_selectable(data_dir,
                                                               model_dir):
   selection = _select(data_dir, model_dir,
@@ -171,6 +176,7 @@ def test_ties_go_to_the_earlier_step_and_metric_is_selectable(data_dir,
   assert selection["best_step"] == 200
 
 
+@pytest.mark.slow
 def test_selection_written_to_a_remote_folder(data_dir, model_dir, tmp_path):
   beam_testfs.set_root(tmp_path)
   output_dir = beam_testfs.url("selection")

@@ -169,6 +169,7 @@ def _summary(run_dir: pathlib.Path, name: str) -> dict:
   return json.loads((run_dir / "eval" / name / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_sample_run_produces_every_artifact(run_dir: pathlib.Path):
   manifest = json.loads((run_dir / "data" / "manifest.json").read_text())
   assert [c["name"] for c in manifest["config"]["categories"]] == list(
@@ -207,6 +208,7 @@ def test_sample_run_produces_every_artifact(run_dir: pathlib.Path):
   assert png.startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_lir_ranks_and_metrics_equal_an_independent_computation(
     run_dir: pathlib.Path):
   """Every Games test user's LIR ranks from textbook BM25 over the corpus,
@@ -246,6 +248,7 @@ def test_lir_ranks_and_metrics_equal_an_independent_computation(
           value, rel=1e-12), (metric, variant)
 
 
+@pytest.mark.slow
 def test_ablations_reuse_the_run_and_add_each_variant(run_dir: pathlib.Path):
   stage1_checkpoint = run_dir / "stage1" / "checkpoints" / "2"
   before = stage1_checkpoint.stat().st_mtime_ns
@@ -275,6 +278,7 @@ def test_ablations_reuse_the_run_and_add_each_variant(run_dir: pathlib.Path):
   assert (run_dir / "ablations.md").read_text() == markdown
 
 
+@pytest.mark.slow
 def test_a_rerun_with_other_flags_reruns_what_they_change(
     run_dir: pathlib.Path):
   checkpoint = run_dir / "stage2" / "checkpoints" / "2"

@@ -90,6 +90,7 @@ def run_output(tmp_path_factory):
   return output, stats
 
 
+@pytest.mark.slow
 def test_sequences_are_ordered_deduplicated_and_split(run_output):
   output, _ = run_output
   test = pipelines_testdata.read_split(output / "Games", "test")
@@ -111,6 +112,7 @@ def test_sequences_are_ordered_deduplicated_and_split(run_output):
   assert stage1["U2"][3] == "Stage1"
 
 
+@pytest.mark.slow
 def test_item_texts_use_cleaned_meta_and_the_shared_template(run_output):
   output, _ = run_output
   ids, _, item_texts, _ = pipelines_testdata.read_split(output / "Games",
@@ -135,6 +137,7 @@ def test_item_texts_use_cleaned_meta_and_the_shared_template(run_output):
                        "price": "Unknown"}
 
 
+@pytest.mark.slow
 def test_stats_and_rejects_account_for_every_line(run_output):
   output, stats = run_output
   games = stats["Games"]
@@ -164,6 +167,7 @@ def test_stats_and_rejects_account_for_every_line(run_output):
   assert stats["Stage1"]["num_users"] == 3
 
 
+@pytest.mark.slow
 def test_manifest_lists_every_file_and_is_last(run_output):
   output, _ = run_output
   manifest = json.loads((output / "manifest.json").read_text())
@@ -183,6 +187,7 @@ def test_manifest_lists_every_file_and_is_last(run_output):
              for p in output.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_counters_equal_the_counts_of_the_files_written(tmp_path):
   """The Beam counters a runner shows, read from the PipelineResult: the
   counts of stats.json, the records read back from the shards, and the lines
@@ -260,6 +265,7 @@ def test_unreadable_inputs_fail_early_naming_them(tmp_path, capsys):
   assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_bad_lines_become_counted_rejects_without_changing_the_rest(
     tmp_path, run_output):
   bad_reviews = [
@@ -311,6 +317,7 @@ def test_bad_lines_become_counted_rejects_without_changing_the_rest(
   assert records >= set(bad_reviews + bad_meta)
 
 
+@pytest.mark.slow
 def test_a_truncated_gzip_fails_the_job_naming_the_file(tmp_path):
   config = _write_fixture(tmp_path / "data")
   reviews = "\n".join(
@@ -373,6 +380,7 @@ def _files(folder):
 
 
 @pytest.mark.parametrize("object_store", [False, True])
+@pytest.mark.slow
 def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys,
                                                      monkeypatch,
                                                      object_store):
@@ -475,6 +483,7 @@ def test_paths_workers_cannot_use_are_refused_before_any_delete(
   assert (tmp_path / "out" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_no_worker_is_given_the_whole_meta(tmp_path):
   """Meta reaches the shards by key; the only side input of the review and
   shard steps is the asin index, and the corpus step has none."""
@@ -502,6 +511,7 @@ def test_no_worker_is_given_the_whole_meta(tmp_path):
                          ["ReadMeta", "Index"])]
 
 
+@pytest.mark.slow
 def test_rejects_are_sorted_bucket_files_identical_across_workers(tmp_path):
   """With num_shards=3, Games' rejects (300 reviews of items without meta
   among them) spread over 3 files, each sorted, together every reject; each
@@ -560,6 +570,7 @@ def test_rejects_are_sorted_bucket_files_identical_across_workers(tmp_path):
                        shallow=False), name
 
 
+@pytest.mark.slow
 def test_a_category_left_without_users_points_at_its_rejects(tmp_path,
                                                             caplog):
   """Meta that covers no review: every review is an unknown_asin reject, and
@@ -583,6 +594,7 @@ def test_a_category_left_without_users_points_at_its_rejects(tmp_path,
       REVIEWS)
 
 
+@pytest.mark.slow
 def test_rejects_are_grouped_by_bucket_and_never_by_category(tmp_path):
   """The one grouping the rejects reach is WriteRejects', keyed by (category,
   bucket): no worker is given every reject of a category, and the

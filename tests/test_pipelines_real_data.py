@@ -16,10 +16,14 @@ GIFT_REVIEWS = conftest.SHARED_DATA / "Gift_Cards_5.json.gz"
 GIFT_META = conftest.SHARED_DATA / "meta_Gift_Cards.json.gz"
 BEAUTY_REVIEWS = conftest.SHARED_DATA / "All_Beauty_5.json.gz"
 
-pytestmark = pytest.mark.skipif(
-    not all(p.exists() for p in (GIFT_REVIEWS, GIFT_META, BEAUTY_REVIEWS)),
-    reason=f"real Amazon 2018 samples not found under {conftest.SHARED_DATA} "
-           "(set CALREC_SHARED_DATA)")
+pytestmark = [
+    # Runs the preprocessing job on the real files.
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not all(p.exists() for p in (GIFT_REVIEWS, GIFT_META, BEAUTY_REVIEWS)),
+        reason=f"real Amazon 2018 samples not found under "
+               f"{conftest.SHARED_DATA} (set CALREC_SHARED_DATA)"),
+]
 
 
 def _rows(path):

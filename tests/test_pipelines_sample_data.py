@@ -111,6 +111,7 @@ def test_next_item_follows_from_history_but_is_not_the_last_item(
   assert repeats / len(tests) < 0.06
 
 
+@pytest.mark.slow
 def test_output_is_byte_identical_across_workers_ranges_and_parts(sample):
   """2 workers, ranges of 50 kB and calls of 40 lines write what 1 worker
   with whole files and the default part size wrote."""

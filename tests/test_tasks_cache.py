@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import seqio
 
 from tasks import mixtures
@@ -18,6 +19,9 @@ from trainer import train_loop
 CATEGORY = "Cached_Cat"
 TASK = "calrec_cached_cat"
 LENGTHS = {"inputs": 512, "targets": 64}
+
+# Runs the Beam cache job and training in subprocesses.
+pytestmark = pytest.mark.slow
 
 
 def _by_user(ds):

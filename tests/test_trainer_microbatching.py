@@ -51,6 +51,7 @@ def _assert_close(a, b):
 
 @pytest.mark.parametrize("alpha,beta,num_microbatches", [
     (0.125, -0.025, 2), (0.125, -0.025, 4), (0.0, 0.0, 2)])
+@pytest.mark.slow
 def test_microbatched_loss_and_gradients_equal_the_full_batch(
     batch, params, alpha, beta, num_microbatches):
   model = models.CALRecModel(CONFIG, alpha=alpha, beta=beta)
@@ -79,6 +80,7 @@ def _dropout_reference(model, params, batch, dropout_rng, num_microbatches):
       vectors))
 
 
+@pytest.mark.slow
 def test_microbatched_dropout_gradient_equals_direct_differentiation(
     batch, params):
   """Dropout keeps the gradient cache exact.
@@ -108,6 +110,7 @@ def test_microbatched_dropout_gradient_equals_direct_differentiation(
                          np.asarray(jax.tree.leaves(grads)[0]), rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_naive_accumulation_would_shrink_the_negatives(batch, params):
   """Averaging per-microbatch losses is not the paper's loss (negatives = the
   whole batch), which is why the gradient is cached instead."""
@@ -138,6 +141,7 @@ def test_trainer_refuses_microbatches_that_do_not_split_the_batch(batch):
                       num_microbatches=3)
 
 
+@pytest.mark.slow
 def test_trainer_draws_dropout_from_the_seed_folded_with_the_step(
     batch, params):
   """Step s runs dropout under fold_in(PRNGKey(seed), s): a plain SGD step

@@ -34,6 +34,9 @@ from trainer import partitioning
 from trainer import train_lib
 from trainer import train_loop
 
+# Trains in child processes over loopback.
+pytestmark = pytest.mark.slow
+
 _REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The name the children's gin configuration imports this module by.
 _MODULE = pathlib.Path(__file__).stem

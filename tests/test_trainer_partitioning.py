@@ -68,6 +68,7 @@ def _run_steps(output_path: str) -> None:
   np.savez(output_path, **results)
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device_step(tmp_path):
   output = tmp_path / "steps.npz"
   repo_root = pathlib.Path(__file__).resolve().parent.parent

@@ -125,6 +125,7 @@ def straight_run(tmp_path_factory):
   return model_dir, _train(model_dir, train_steps=6)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_straight_run(straight_run, tmp_path):
   _, straight = straight_run
   halfway = _train(tmp_path, train_steps=3)
@@ -143,6 +144,7 @@ def _training_batches():
       shard_info=seqio.ShardInfo(0, 1)).as_numpy_iterator()
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_the_input_state_of_its_step(straight_run):
   """Restoring the saved state gives the next batch without replaying."""
   model_dir, _ = straight_run
@@ -159,6 +161,7 @@ def test_checkpoint_holds_the_input_state_of_its_step(straight_run):
     np.testing.assert_array_equal(batch[k], straight[3][k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_resume_without_input_state_fails_clearly(straight_run, tmp_path):
   model_dir, _ = straight_run
   shutil.copytree(model_dir, tmp_path, dirs_exist_ok=True)
@@ -184,6 +187,7 @@ def test_padded_batches_pad_the_last_batch_and_stop():
       iter(examples), padding, 2, 2))) == 2
 
 
+@pytest.mark.slow
 def test_stage2_starts_from_stage1_parameters(straight_run, tmp_path):
   stage1_dir, stage1 = straight_run
   stage2 = _train(tmp_path, train_steps=0,
@@ -195,6 +199,7 @@ def test_stage2_starts_from_stage1_parameters(straight_run, tmp_path):
       stage2.opt_state) if np.ndim(x) > 0)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(train_loop.NonFiniteLossError,
                      match=r"Non-finite loss.*last good checkpoint is step \d+"):
@@ -225,6 +230,7 @@ def _summaries(directory: pathlib.Path) -> dict[str, dict[int, float | str]]:
   return values
 
 
+@pytest.mark.slow
 def test_summaries_log_each_loss_term_and_real_tokens_per_step(straight_run):
   model_dir, _ = straight_run
   train_values = _summaries(model_dir / "train")
@@ -252,6 +258,7 @@ def test_summaries_log_each_loss_term_and_real_tokens_per_step(straight_run):
   assert validation_values["contrastive_examples"][6] == 4
 
 
+@pytest.mark.slow
 def test_summaries_log_the_learning_rate_of_the_step(tmp_path):
   # The shipped optimizer: a linear warm-up from 0 to 1e-2 over 4 steps.
   _train(tmp_path, train_steps=6, log_period=2, checkpoint_period=6,
@@ -274,6 +281,7 @@ def test_gin_config_text_summary(tmp_path):
   assert "train.log_period = 7" in text
 
 
+@pytest.mark.slow
 def test_training_curves_plot_the_loss_terms_not_the_config(straight_run,
                                                             tmp_path):
   model_dir, _ = straight_run
@@ -286,6 +294,7 @@ def test_training_curves_plot_the_loss_terms_not_the_config(straight_run,
   assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_orbax_info_logs_can_be_hidden(straight_run, caplog):
   model_dir, _ = straight_run
   absl_logger = logging.getLogger("absl")
@@ -365,6 +374,7 @@ def test_a_non_finite_validation_metric_never_ranks_best(tmp_path):
   manager.close()
 
 
+@pytest.mark.slow
 def test_cli_reports_configuration_errors_without_a_traceback(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "trainer.train",
@@ -432,6 +442,7 @@ def test_a_model_dir_without_checkpoints_says_so(tmp_path, vocabulary_path):
     checkpoints.resolve_checkpoint(tmp_path)
 
 
+@pytest.mark.slow
 def test_overfits_and_generates_its_training_targets(tmp_path):
   """Near-zero NIG loss; the loaded checkpoint greedily decodes the targets."""
   final = _train(tmp_path, train_steps=200, learning_rate=1e-2,
@@ -497,6 +508,7 @@ def test_shipped_gin_configs_bind_the_paper_settings():
     gin.clear_config()
 
 
+@pytest.mark.slow
 def test_cli_explains_an_unquoted_gin_string(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "trainer.train",
@@ -561,6 +573,7 @@ def test_gin_syntax_errors_name_the_statement(tmp_path, files, bindings,
     gin.clear_config()
 
 
+@pytest.mark.slow
 def test_cli_rejects_a_missing_gin_file():
   result = subprocess.run(
       [sys.executable, "-m", "trainer.train"], cwd=REPO_ROOT,
@@ -666,6 +679,7 @@ def test_tiny_stage1_keeps_a_few_model_selection_candidates():
   assert len([step for step in steps if step % keep_period == 0]) >= 2
 
 
+@pytest.mark.slow
 def test_stage2_from_another_network_names_the_differing_fields(straight_run,
                                                                 tmp_path):
   stage1_dir, stage1 = straight_run
@@ -695,6 +709,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                         timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_distributed_without_a_cluster_names_the_flags_to_pass():
   result = _cli(f"--gin_file={TINY_STAGE1}", "--distributed")
   assert result.returncode == 2
@@ -705,6 +720,7 @@ def test_cli_distributed_without_a_cluster_names_the_flags_to_pass():
           ) in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_reads_the_seqio_cache_dirs_it_is_given(tmp_path,
                                                     vocabulary_path):
   data_dir, cache_dir = tmp_path / "data", tmp_path / "cache"
