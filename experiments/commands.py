@@ -51,15 +51,18 @@ def build_vocabulary(data_dir: pathlib.Path, vocabulary: pathlib.Path,
 
 def train(name: str, gin_file: str, model_dir: pathlib.Path,
           data_dir: pathlib.Path, vocabulary: pathlib.Path, train_steps: int,
-          bindings: Sequence[str], inputs: Sequence[Stage]) -> Stage:
+          bindings: Sequence[str], inputs: Sequence[Stage],
+          extra_gin_files: Sequence[str] = ()) -> Stage:
   """`trainer.train` with t5x-style `--gin.NAME=VALUE` macros.
 
+  `extra_gin_files` are read after `gin_file` (e.g. a PEFT switch).
   Complete once the checkpoint of the last step exists. An interrupted run
   resumes from its checkpoints; one with other flags starts afresh.
   """
   return Stage(
       name=name, module="trainer.train",
       args=[f"--gin_file={gin_file}",
+            *(f"--gin_file={extra}" for extra in extra_gin_files),
             f"--gin.MODEL_DIR={_gin_string(model_dir)}",
             f"--gin.DATA_DIR={_gin_string(data_dir)}",
             f"--gin.VOCABULARY={_gin_string(vocabulary)}",
@@ -67,6 +70,16 @@ def train(name: str, gin_file: str, model_dir: pathlib.Path,
             *(f"--gin.{binding}" for binding in bindings)],
       done_marker=model_dir / "checkpoints" / str(train_steps),
       inputs=inputs, resume_dir=model_dir)
+
+
+def convert(source: pathlib.Path, model_dir: pathlib.Path,
+            name: str) -> Stage:
+  """`trainer.convert` of a pretrained checkpoint into a model directory."""
+  return Stage(
+      name="convert", module="trainer.convert",
+      args=[f"--source={source}", f"--output_dir={model_dir}",
+            f"--name={name}"],
+      done_marker=model_dir / "source.json")
 
 
 def evaluate(name: str, data_dir: pathlib.Path, category: str,

@@ -1,9 +1,10 @@
-"""Where every artifact of a run on the generated sample lives."""
+"""Where every artifact of an experiment run lives."""
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
+import shutil
 
 
 @dataclasses.dataclass(frozen=True)
@@ -11,11 +12,21 @@ class RunLayout:
   """Where every artifact of a sample run lives."""
 
   root: pathlib.Path
+  # Names the kind of run (sample run, pretrained experiment) in its folder.
+  marker_name: str = ".sample_run"
 
   @property
   def marker(self) -> pathlib.Path:
     """Written first by a run; only a folder holding it is reused or deleted."""
-    return self.root / ".sample_run"
+    return self.root / self.marker_name
+
+  def open(self, force: bool = False) -> None:
+    """Creates and marks the run's folder; `force` deletes an earlier run's
+    first. Callers have refused folders that hold anything but a run."""
+    if force and self.root.exists():
+      shutil.rmtree(self.root)
+    self.root.mkdir(parents=True, exist_ok=True)
+    self.marker.touch()
 
   def holds_other_files(self) -> bool:
     """Whether `root` is a file or a non-empty folder no run marked."""

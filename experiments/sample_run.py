@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import shutil
 import time
 from typing import Sequence
 
@@ -170,10 +169,7 @@ def open_layout(args: argparse.Namespace) -> RunLayout:
   `parse_args` has refused folders holding anything but a run.
   """
   layout = RunLayout(pathlib.Path(args.output_dir))
-  if args.force and layout.root.exists():
-    shutil.rmtree(layout.root)
-  layout.root.mkdir(parents=True, exist_ok=True)
-  layout.marker.touch()
+  layout.open(force=args.force)
   return layout
 
 

@@ -17,18 +17,21 @@ COMMANDS = {
     "pipelines.preprocess": "--config",
     "tasks.vocab": "--vocab_size",
     "trainer.train": "--gin_file",
+    "trainer.convert": "--export_safetensors",
     "evaluator.evaluate": "--num_generations",
     "evaluator.report": "ttest",
     "evaluator.select_checkpoint": "--metric",
     "experiments.sample_run": "--output_dir",
     "experiments.ablations": "--output_dir",
     "experiments.report": "--output_dir",
+    "experiments.pretrained": "--quick",
     "benchmarks.preprocess": "--num_reviews",
     "benchmarks.input_pipeline": "--num_batches",
     "benchmarks.train_step": "--peak_tflops",
     "benchmarks.train_memory": "--num_microbatches",
     "benchmarks.decode": "--num_decodes",
     "benchmarks.retrieval": "--num_items",
+    "benchmarks.finetune_memory": "--num_layers",
 }
 
 

