@@ -72,13 +72,15 @@ def train(name: str, gin_file: str, model_dir: pathlib.Path,
       inputs=inputs, resume_dir=model_dir)
 
 
-def convert(source: pathlib.Path, model_dir: pathlib.Path,
-            name: str) -> Stage:
-  """`trainer.convert` of a pretrained checkpoint into a model directory."""
+def convert(source: pathlib.Path, model_dir: pathlib.Path, name: str,
+            inputs_length: int) -> Stage:
+  """`trainer.convert` of a pretrained checkpoint into a model directory
+  whose zero-shot evaluation budgets prompts to `inputs_length` tokens."""
   return Stage(
       name="convert", module="trainer.convert",
       args=[f"--source={source}", f"--output_dir={model_dir}",
-            f"--name={name}"],
+            f"--name={name}", f"--inputs_length={inputs_length}",
+            "--overwrite"],
       done_marker=model_dir / "source.json")
 
 

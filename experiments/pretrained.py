@@ -189,7 +189,7 @@ def model_stages(layout: RunLayout, args: argparse.Namespace,
       [seed, task, "INITIAL_CHECKPOINT_PATH=None"], [data, vocabulary])
   converted_dir = layout.model_dir("gemma3_270m")
   converted = commands.convert(gguf_file(layout), converted_dir,
-                               "gemma3_270m")
+                               "gemma3_270m", args.inputs_length)
   gemma_vocabulary = converted_dir / "vocabulary.model"
   steps = max(1, math.ceil(epoch_steps * args.epochs))
   gemma_bindings = [
