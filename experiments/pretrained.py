@@ -44,6 +44,7 @@ from experiments import commands
 from experiments import stages
 from experiments.layout import RunLayout
 from pipelines import cli
+from tasks import manifest
 from tasks import names
 
 CATEGORY = "Gift_Cards"
@@ -153,11 +154,10 @@ def gguf_file(layout: RunLayout) -> pathlib.Path:
 
 def train_records(data_dir: pathlib.Path) -> int:
   """Training records of the category, as manifest.json counts them."""
-  manifest = json.loads((data_dir / "manifest.json").read_text())
-  for entry in manifest["categories"]:
-    if entry["name"] == CATEGORY:
-      return int(entry["splits"]["train"]["num_records"])
-  raise ValueError(f"{data_dir}/manifest.json lists no {CATEGORY}.")
+  categories = manifest.read_categories(data_dir)
+  if CATEGORY not in categories:
+    raise ValueError(f"{data_dir}/manifest.json lists no {CATEGORY}.")
+  return int(categories[CATEGORY]["splits"]["train"]["records"])
 
 
 def _feature_lengths(args: argparse.Namespace) -> str:
