@@ -10,9 +10,9 @@ in three modes:
 Per mode: XLA's memory analysis of the compiled step (peak = arguments +
 outputs + temporaries - donated aliases), the bytes of the AdamW moments
 (exact, from the state's shapes) and seconds per step (best of --rounds, one
-mode after the other so that only one state is held). The step still
-computes the frozen parameters' gradients (its gradient_norm metric reads
-them), so temporaries stay those of full fine-tuning. The defaults keep a
+mode after the other so that only one state is held). With frozen
+parameters the step differentiates the trained ones only, so neither the
+frozen parameters' gradients nor their temporaries exist. The defaults keep a
 2-core CPU run to a few minutes; the output names give layers, sequence
 length, batch and platform.
 

@@ -21,7 +21,7 @@ each holds an equal part of every data shard.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -52,18 +52,37 @@ def _merge(x: Array) -> Array:
   return x.reshape((-1,) + x.shape[2:])
 
 
-def value_and_grad(model: models.CALRecModel, params: PyTree,
-                   batch: Mapping[str, Array], dropout_rng: Optional[Array],
-                   num_microbatches: int = 1
-                  ) -> tuple[tuple[Array, dict[str, Array]], PyTree]:
+def value_and_grad(
+    model: models.CALRecModel, params: PyTree, batch: Mapping[str, Array],
+    dropout_rng: Optional[Array], num_microbatches: int = 1,
+    to_params: Optional[Callable[[PyTree], PyTree]] = None
+) -> tuple[tuple[Array, dict[str, Array]], PyTree]:
   """((loss, metrics), gradients) of `model.loss_fn` on the whole batch.
 
   With one microbatch this is `jax.value_and_grad(model.loss_fn)`. Otherwise
   microbatch m draws dropout from `fold_in(dropout_rng, m)` in both passes.
+
+  Args:
+    model: the model whose `loss_fn` is differentiated.
+    params: what the gradients are of.
+    batch: the whole batch.
+    dropout_rng: None without dropout.
+    num_microbatches: see the module docstring.
+    to_params: the model's parameters from `params` (by default `params`
+      themselves), e.g. the trained parameters merged with frozen ones, which
+      then get no gradient.
   """
+  if to_params is None:
+    loss_fn, loss_terms = model.loss_fn, model.loss_terms
+  else:
+    def loss_fn(p, *args):
+      return model.loss_fn(to_params(p), *args)
+
+    def loss_terms(p, *args, **kwargs):
+      return model.loss_terms(to_params(p), *args, **kwargs)
   if num_microbatches == 1:
-    return jax.value_and_grad(model.loss_fn, has_aux=True)(params, batch,
-                                                           dropout_rng)
+    return jax.value_and_grad(loss_fn, has_aux=True)(params, batch,
+                                                     dropout_rng)
   microbatches = split(batch, num_microbatches)
   indices = jnp.arange(num_microbatches)
   num_tokens = jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32))
@@ -76,8 +95,8 @@ def value_and_grad(model: models.CALRecModel, params: PyTree,
   vectors = None
   if model.uses_item_tower:
     vectors = jax.lax.stop_gradient(jax.lax.map(
-        lambda xs: model.loss_terms(params, xs[0], rng_of(xs[1]),
-                                    with_nig=False).vectors,
+        lambda xs: loss_terms(params, xs[0], rng_of(xs[1]),
+                              with_nig=False).vectors,
         (microbatches, indices)))
 
   def batch_loss(nig_total, pooled):
@@ -100,7 +119,7 @@ def value_and_grad(model: models.CALRecModel, params: PyTree,
 
   # Pass 2: each microbatch's share of the full-batch parameter gradient.
   def surrogate(p, microbatch, index, grads_of_pooled):
-    terms = model.loss_terms(p, microbatch, rng_of(index))
+    terms = loss_terms(p, microbatch, rng_of(index))
     value = nig_weight * terms.nig_total
     if grads_of_pooled is not None:
       value += sum(jnp.vdot(g, v) for g, v in zip(

@@ -60,6 +60,19 @@ def record_learning_rate(schedule: optax.Schedule
   return optax.GradientTransformation(init, update)
 
 
+class PartlyFrozen(NamedTuple):
+  """An optax transformation that leaves the parameters labelled 'frozen'.
+
+  `create_optimizer(frozen_params=...)` returns it: `init` and `update` are
+  those of the optimizer (no update and no state for frozen parameters), and
+  `labels` maps a parameter tree to 'frozen' or 'trained' per parameter.
+  `Trainer` reads `labels` to differentiate only the trained parameters.
+  """
+  init: optax.TransformInitFn
+  update: optax.TransformUpdateFn
+  labels: Callable[[PyTree], PyTree]
+
+
 def _frozen_labels(frozen: Sequence[str]) -> Callable[[PyTree], PyTree]:
   """Labels each parameter 'frozen' or 'trained' by its '/'-joined path.
 
@@ -88,14 +101,16 @@ def create_optimizer(learning_rate: float = 1e-4,
                      clip_gradient_norm: Optional[float] = 1.0,
                      b2: float = 0.99,
                      frozen_params: Sequence[str] = ()
-                    ) -> optax.GradientTransformation:
+                    ) -> optax.GradientTransformation | PartlyFrozen:
   """AdamW at a constant rate after a linear warmup (paper section 4: lr 1e-4).
 
   `frozen_params`: regular expressions over parameter paths ('/'-joined,
   e.g. 'embedding/embedding') of parameters kept as they are. They get no
   update and no AdamW moments (parameter-efficient fine-tuning of a
   pretrained model: Gemma 3 270M's embedding is 63 % of its parameters).
-  Gradient clipping sees only the trained parameters' gradients.
+  Gradient clipping sees only the trained parameters' gradients. With frozen
+  parameters the result is a `PartlyFrozen`, from which `Trainer` learns to
+  leave their gradients uncomputed.
   """
   if warmup_steps:
     schedule = optax.linear_schedule(0.0, learning_rate, warmup_steps)
@@ -111,16 +126,43 @@ def create_optimizer(learning_rate: float = 1e-4,
   optimizer = optax.chain(*parts)
   if not frozen_params:
     return optimizer
-  return optax.multi_transform(
-      {"trained": optimizer, "frozen": optax.set_to_zero()},
-      _frozen_labels(frozen_params))
+  labels = _frozen_labels(frozen_params)
+  optimizer = optax.multi_transform(
+      {"trained": optimizer, "frozen": optax.set_to_zero()}, labels)
+  return PartlyFrozen(optimizer.init, optimizer.update, labels)
+
+
+class _Split(NamedTuple):
+  """A parameter tree's leaves split into trained and frozen ones."""
+  treedef: Any
+  frozen: tuple[bool, ...]  # per leaf, in tree order
+
+  @classmethod
+  def of(cls, params: PyTree,
+         labels: Callable[[PyTree], PyTree]) -> _Split:
+    return cls(jax.tree.structure(params),
+               tuple(label == "frozen"
+                     for label in jax.tree.leaves(labels(params))))
+
+  def parts(self, tree: PyTree) -> tuple[list[Array], list[Array]]:
+    """(trained leaves, frozen leaves) of a tree of the parameters' shape."""
+    leaves = self.treedef.flatten_up_to(tree)
+    return ([x for x, f in zip(leaves, self.frozen) if not f],
+            [x for x, f in zip(leaves, self.frozen) if f])
+
+  def merge(self, trained: Sequence[Array],
+            frozen: Sequence[Array]) -> PyTree:
+    """The inverse of `parts`."""
+    trained, frozen = iter(trained), iter(frozen)
+    return self.treedef.unflatten(
+        [next(frozen) if f else next(trained) for f in self.frozen])
 
 
 class Trainer:
   """Sharded initialisation, train step and eval step of one model."""
 
   def __init__(self, model: models.CALRecModel,
-               optimizer: optax.GradientTransformation,
+               optimizer: optax.GradientTransformation | PartlyFrozen,
                partitioner: partitioning.Partitioner,
                input_shapes: Mapping[str, Sequence[int]], seed: int,
                num_microbatches: int = 1):
@@ -128,7 +170,9 @@ class Trainer:
 
     Args:
       model: the model object.
-      optimizer: optax transformation of the gradients.
+      optimizer: optax transformation of the gradients. For a `PartlyFrozen`
+        one (`create_optimizer(frozen_params=...)`) the train step computes
+        the gradients of the trained parameters only.
       partitioner: mesh and logical axis rules.
       input_shapes: global batch shapes of the training features.
       seed: seeds initialisation and the per-step dropout keys.
@@ -145,6 +189,8 @@ class Trainer:
           f"{partitioner.data_partitions} data partitions.")
     self.model = model
     self.optimizer = optimizer
+    self._labels = (optimizer.labels if isinstance(optimizer, PartlyFrozen)
+                    else None)
     self.partitioner = partitioner
     self.seed = seed
     self.num_microbatches = num_microbatches
@@ -196,14 +242,33 @@ class Trainer:
     if self.model.config.dropout_rate > 0:
       dropout_rng = jax.random.fold_in(jax.random.PRNGKey(self.seed),
                                        state.step)
-    (_, metrics), grads = microbatching.value_and_grad(
-        self.model, state.params, batch, dropout_rng, self.num_microbatches)
-    updates, opt_state = self.optimizer.update(grads, state.opt_state,
-                                               state.params)
-    params = optax.apply_updates(state.params, updates)
+    if self._labels is None:
+      (_, metrics), grads = microbatching.value_and_grad(
+          self.model, state.params, batch, dropout_rng,
+          self.num_microbatches)
+      updates, opt_state = self.optimizer.update(grads, state.opt_state,
+                                                 state.params)
+      params = optax.apply_updates(state.params, updates)
+      gradient_norm = optax.tree.norm(grads)
+    else:
+      # Differentiate the trained leaves only; the frozen ones are closed
+      # over, so XLA neither computes nor keeps their gradients.
+      split = _Split.of(state.params, self._labels)
+      trained, frozen = split.parts(state.params)
+      (_, metrics), trained_grads = microbatching.value_and_grad(
+          self.model, trained, batch, dropout_rng, self.num_microbatches,
+          to_params=lambda t: split.merge(t, frozen))
+      # The optimizer ignores the frozen leaves' gradients (zeros here).
+      grads = split.merge(trained_grads, [jnp.zeros_like(x) for x in frozen])
+      updates, opt_state = self.optimizer.update(grads, state.opt_state,
+                                                 state.params)
+      trained_updates, _ = split.parts(updates)
+      params = split.merge(optax.apply_updates(trained, trained_updates),
+                           frozen)
+      gradient_norm = optax.tree.norm(trained_grads)
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
                                 for x in jax.tree.leaves(params)]))
-    metrics = dict(metrics, gradient_norm=optax.tree.norm(grads),
+    metrics = dict(metrics, gradient_norm=gradient_norm,
                    parameters_finite=finite,
                    input_tokens=self.model.count_input_tokens(batch))
     return TrainState(step=state.step + 1, params=params,
@@ -214,6 +279,12 @@ class Trainer:
 
   def train_step(self, state: TrainState, batch: Mapping[str, Any]
                 ) -> tuple[TrainState, dict[str, Array]]:
+    """One optimizer step; the metrics of its batch.
+
+    Metrics: the loss terms of `model.loss_fn`, `gradient_norm` (the global
+    norm of the trained parameters' gradients, before clipping: frozen
+    parameters have none), `parameters_finite` and `input_tokens`.
+    """
     return self._train_step(state, self.partitioner.shard_batch(batch))
 
   def eval_step(self, params: PyTree,
