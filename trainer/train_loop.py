@@ -15,7 +15,8 @@ number of batches on all of them, and only process 0 writes the config and
 the summaries.
 
 TensorBoard summaries follow t5x's names: MODEL_DIR/train holds the loss
-terms, `gradient_norm`, `learning_rate`, `timing/steps_per_second`,
+terms, `gradient_norm` (of the trained parameters only, when some are
+frozen), `learning_rate`, `timing/steps_per_second`,
 `timing/tokens_per_second` and the gin config (a text summary);
 MODEL_DIR/validation holds the validation loss terms under the same names as
 the training ones (`loss`, `nig_loss`, ...), so TensorBoard draws both runs of
