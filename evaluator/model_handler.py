@@ -5,8 +5,9 @@ their sequence log-probs, through `CALRecModel.predict_batch_with_aux`:
 
 - prompts are budgeted exactly as in training (`tasks.preprocessors.
   budgeted_prompt`: the oldest history items dropped whole);
-- every call runs the same padded shapes [batch_size, prompt_length], so the
-  sampler compiles once;
+- prompts are padded to a power-of-two length bucket of their own (at most
+  the model's prompt length), so the sampler compiles once per bucket and
+  short prompts do not pay for the longest;
 - prompts start with the decoder start token the model trained with, the
   vocabulary's BOS if it has one (`tasks.vocab.decoder_start_id`);
 - a sample's text ends where its log-prob does: at EOS, or within the
@@ -36,6 +37,8 @@ from tasks import vocab
 from trainer import models
 
 PyTree = Any
+# The shortest padded prompt length (`JaxGenerator._bucket`).
+_MIN_BUCKET = 64
 
 
 class JaxGenerator:
@@ -95,26 +98,50 @@ class JaxGenerator:
         return self._vocabulary.decode(ids).split("\n", 1)[0]
     return self._vocabulary.decode(ids)
 
+  def _bucket(self, prompt: Optional[tuple[int, ...]]) -> int:
+    """The padded prompt length of one prompt: the smallest power of two
+    (at least `_MIN_BUCKET`) that holds it and the start token, at most the
+    model's prompt length. It depends on the prompt alone, so a user's
+    samples do not depend on the other users of its batch."""
+    needed = len(prompt or ()) + 1
+    bucket = max(_MIN_BUCKET, 1 << (needed - 1).bit_length())
+    return min(bucket, self._prompt_length)
+
   def generate(self, requests: Sequence[generation.GenerationRequest]
                ) -> list[generation.Samples]:
-    """N_gen (text, log-prob) samples per request; none when it cannot fit."""
-    outputs: list[generation.Samples] = []
-    for start in range(0, len(requests), self._batch_size):
-      chunk = requests[start:start + self._batch_size]
-      prompts = [self._prompt_tokens(request) for request in chunk]
-      batch = models.prompt_batch([p or () for p in prompts], self._batch_size,
-                                  self._prompt_length,
-                                  start_token=self._start_token)
-      seeds = [r.seed for r in chunk] + [0] * (self._batch_size - len(chunk))
-      keys = jax.vmap(jax.random.PRNGKey)(np.array(seeds, np.uint32))
-      decodes, scores = jax.device_get(self._sample(
-          self._params, batch["decoder_input_tokens"],
-          batch["decoder_causal_attention"], keys))
-      for row, prompt in enumerate(prompts):
-        outputs.append([] if prompt is None else [
-            (self._text(tokens), float(score))
-            for tokens, score in zip(decodes[row], scores[row])])
-      self._progress.add(len(chunk))
+    """N_gen (text, log-prob) samples per request; none when it cannot fit.
+
+    Requests run in batches of prompts of one length bucket (`_bucket`),
+    which bounds the compilations to a handful of shapes while short
+    prompts skip the padding up to the model's prompt length. A batch that
+    is not full repeats its first request in the free rows: their samples
+    stop with that request's, so the sampler's loop ends as soon as the real
+    rows' samples have, and their outputs are dropped.
+    """
+    prompts = [self._prompt_tokens(request) for request in requests]
+    by_bucket: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+      if prompt is not None:
+        by_bucket.setdefault(self._bucket(prompt), []).append(index)
+    outputs: list[generation.Samples] = [[] for _ in requests]
+    for bucket, indices in sorted(by_bucket.items()):
+      for start in range(0, len(indices), self._batch_size):
+        rows = indices[start:start + self._batch_size]
+        filled = rows + [rows[0]] * (self._batch_size - len(rows))
+        batch = models.prompt_batch([prompts[i] for i in filled],
+                                    self._batch_size, bucket,
+                                    start_token=self._start_token)
+        keys = jax.vmap(jax.random.PRNGKey)(
+            np.array([requests[i].seed for i in filled], np.uint32))
+        decodes, scores = jax.device_get(self._sample(
+            self._params, batch["decoder_input_tokens"],
+            batch["decoder_causal_attention"], keys))
+        for row, index in enumerate(rows):
+          outputs[index] = [(self._text(tokens), float(score))
+                            for tokens, score in zip(decodes[row],
+                                                     scores[row])]
+        self._progress.add(len(rows))
+    self._progress.add(len(requests) - sum(map(len, by_bucket.values())))
     return outputs
 
 

@@ -126,6 +126,28 @@ def test_samples_follow_the_seed_and_the_temperature(generator_parts):
   assert [t for t, _ in cold[0]] != [t for t, _ in hot[0]]
 
 
+def test_prompts_pad_to_a_power_of_two_bucket_of_their_own(generator_parts):
+  generator = _generator(generator_parts, batch_size=2, prompt_length=150)
+  assert [generator._bucket(tuple(range(n))) for n in (1, 63, 64, 127, 149)
+         ] == [64, 64, 128, 128, 150]
+
+
+@pytest.mark.slow
+def test_samples_of_mixed_buckets_equal_each_alone(generator_parts):
+  # A long history lands in a larger bucket than the short ones; one call
+  # over all of them gives each request its own samples.
+  requests = _requests()
+  item = requests[2].history_texts[0]
+  long_request = generation.GenerationRequest((item,) * 12, 5)
+  generator = _generator(generator_parts, batch_size=2, prompt_length=400)
+  prompts = [generator._prompt_tokens(r) for r in (requests[0], long_request)]
+  assert generator._bucket(prompts[0]) < generator._bucket(prompts[1])
+  mixed = generator.generate([requests[0], long_request, requests[1]])
+  alone = [generator.generate([request])[0]
+           for request in (requests[0], long_request, requests[1])]
+  _assert_same_samples(mixed, alone)
+
+
 def test_request_whose_newest_item_cannot_fit_gets_no_samples(generator_parts):
   requests = _requests()
   long_item = templates.item_text(" ".join(["Assortment"] * 25), "Tools",
