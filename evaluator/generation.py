@@ -72,4 +72,11 @@ class GeneratorModelHandler(base.ModelHandler[GenerationRequest, Samples,
             for request, samples in zip(batch, outputs)]
 
   def batch_elements_kwargs(self) -> dict[str, int]:
-    return {"min_batch_size": 1, "max_batch_size": self._max_batch_size}
+    """Batches of `max_batch_size` requests (a bundle's last may be smaller).
+
+    Beam's adaptive batching starts at the minimum and grows with the
+    measured time per element; a generator computes a whole batch of rows
+    whatever the number of requests in it, so a small batch wastes the rest.
+    """
+    return {"min_batch_size": self._max_batch_size,
+            "max_batch_size": self._max_batch_size}
