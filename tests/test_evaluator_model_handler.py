@@ -179,6 +179,7 @@ def newline_parts(tmp_path_factory):
   return model, nn.meta.unbox(variables)["params"], vocabulary
 
 
+@pytest.mark.slow
 def test_texts_end_at_the_first_newline_as_their_log_probs_do(newline_parts):
   model, params, vocabulary = newline_parts
   newline_ids = set(model.stop_ids) - {model.eos_id}

@@ -40,6 +40,7 @@ def _corpus_texts(output):
   return texts
 
 
+@pytest.mark.slow
 def test_stage1_batches_hold_prompts_and_catalogue_items(registered):
   output, vocabulary, names = registered
   assert sorted(names.values()) == [

@@ -104,6 +104,7 @@ def test_prompt_batch_default_start_is_zero():
                                 default["decoder_causal_attention"])
 
 
+@pytest.mark.slow
 def test_generator_starts_prompts_with_the_vocabularys_bos(tmp_path,
                                                            monkeypatch):
   sentences = tmp_path / "s.txt"

@@ -65,6 +65,7 @@ def test_long_targets_keep_their_eos(data):
     assert example["targets"][-1] == vocab.EOS_ID
 
 
+@pytest.mark.slow
 def test_stage1_shares_follow_users_to_the_power_0_3(data):
   stage1 = seqio.get_mixture_or_task(mixtures.STAGE1_MIXTURE)
   ds = stage1.get_dataset(LENGTHS, split="train", shuffle=True, seed=0,

@@ -38,6 +38,7 @@ def _batches():
       shard_info=seqio.ShardInfo(1, 2)).as_numpy_iterator()
 
 
+@pytest.mark.slow
 def test_restored_input_continues_the_straight_stream(registered, tmp_path):
   del registered
   batches = _batches()

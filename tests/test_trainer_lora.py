@@ -87,6 +87,7 @@ def test_lora_params_and_axes_on_every_target():
              if name.endswith("lora_a"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_fresh_lora_model_computes_its_base_model_exactly(dtype):
   base_config = dataclasses.replace(BASE, dtype=dtype)
@@ -155,6 +156,7 @@ def _trainer(config: network.TransformerConfig,
       seed=seed)
 
 
+@pytest.mark.slow
 def test_training_with_the_shipped_freezing_moves_only_the_adapters():
   frozen = _shipped_frozen_params()
   trainer = _trainer(LORA, frozen)
@@ -192,6 +194,7 @@ def _write_run(model_dir: pathlib.Path, trainer: train_lib.Trainer,
   return checkpoints.step_path(model_dir, int(state.step))
 
 
+@pytest.mark.slow
 def test_stage2_lora_from_a_checkpoint_without_lora(tmp_path):
   pretrained = _trainer(BASE, seed=5)
   pretrained_state = pretrained.initial_state()
@@ -220,6 +223,7 @@ def test_stage2_lora_from_a_checkpoint_without_lora(tmp_path):
     checkpoints.restore_params(step_dir, lora.abstract_params)
 
 
+@pytest.mark.slow
 def test_a_lora_checkpoint_into_a_model_without_lora_is_refused(tmp_path):
   lora = _trainer(LORA)
   step_dir = _write_run(tmp_path, lora, lora.initial_state())
@@ -239,6 +243,7 @@ def test_a_lora_checkpoint_into_a_model_without_lora_is_refused(tmp_path):
     checkpoints.restore_params(step_dir, _trainer(BASE).abstract_params)
 
 
+@pytest.mark.slow
 def test_load_for_inference_loads_a_lora_run(tmp_path):
   trainer = _trainer(LORA)
   state = trainer.initial_state()

@@ -228,6 +228,7 @@ def test_kv_cached_sampling_log_probs_equal_rescoring(model, params,
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_samples_end_at_newline_pieces_of_a_pretrained_vocabulary(tmp_path):
   """A newline piece ends a sample like EOS: 0 after it, scored up to it."""
   vocabulary = newline_vocab.newline_vocabulary(tmp_path / "spm.model")
@@ -273,8 +274,10 @@ _GEMMA_LIKE = network.TransformerConfig(
     query_scale=0.3, logit_scaling=False, local_rope_max_wavelength=100.0)
 
 
-@pytest.mark.parametrize("config", [CONFIG, _GEMMA_LIKE],
-                         ids=["global", "gemma_like"])
+@pytest.mark.parametrize(
+    "config",
+    [CONFIG, pytest.param(_GEMMA_LIKE, marks=pytest.mark.slow)],
+    ids=["global", "gemma_like"])
 def test_shared_prefix_sampling_equals_copying_the_prompt_cache(config):
   """One prompt cache for all samples: the tokens and log-probs of copies."""
   shared = models.CALRecModel(config)
@@ -372,6 +375,7 @@ _SMALL = network.TransformerConfig(vocab_size=64, emb_dim=16, num_heads=2,
                                    num_layers=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output_layer,chunk_size", [
     ({}, 10),  # tied, 1/sqrt(E): 7 strided chunks of 9 ids and a tail of 1
     ({"logit_scaling": False, "tie_embedding": False}, 16),  # 4 chunks

@@ -146,6 +146,7 @@ class _StepBeforeFreezing(train_lib.Trainer):
                                 opt_state=opt_state), metrics
 
 
+@pytest.mark.slow
 def test_without_frozen_parameters_the_step_is_unchanged(batch,
                                                          initial_params):
   trainer = _trainer(batch, clip=1.0)
@@ -159,6 +160,7 @@ def test_without_frozen_parameters_the_step_is_unchanged(batch,
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_frozen_parameters_stay_and_the_others_step_as_unfrozen(
     batch, initial_params):
   # Without clipping: clipping sees the trained gradients only.
@@ -203,6 +205,7 @@ def test_the_step_computes_no_gradient_of_a_frozen_embedding(batch):
   assert frozen < 0.5 * full, (frozen, full)
 
 
+@pytest.mark.slow
 def test_microbatches_with_frozen_parameters_equal_one_batch(
     batch, initial_params):
   one, one_metrics = _step(_trainer(batch, FROZEN, clip=1.0), initial_params,

@@ -171,6 +171,7 @@ def test_resume_without_input_state_fails_clearly(straight_run, tmp_path):
     _train(tmp_path, train_steps=6)
 
 
+@pytest.mark.slow
 def test_uncheckpointable_input_fails_before_training(tmp_path):
   with pytest.raises(ValueError, match="cannot be checkpointed.*stateful"):
     _train(tmp_path, train_steps=3, mixture_or_task_name=STATEFUL_TASK)
@@ -356,6 +357,7 @@ def test_split_metrics_weigh_batches_by_tokens_and_examples():
       "contrastive_examples": 5.0})
 
 
+@pytest.mark.slow
 def test_keep_period_keeps_every_nth_checkpoint(tmp_path):
   _train(tmp_path, train_steps=6, checkpoint_period=1, keep_checkpoints=1,
          keep_period=2, validation_batches=0)
