@@ -97,6 +97,40 @@ def decoder_start_id(vocabulary: seqio.Vocabulary) -> int:
   return int(bos) if bos is not None and bos > 0 else 0
 
 
+# SentencePiece's byte-fallback piece of "\n".
+_NEWLINE_BYTE_PIECE = "<0x0A>"
+
+
+def item_stop_ids(vocabulary: seqio.Vocabulary) -> tuple[int, ...]:
+  """The ids that end a sampled item text: EOS and newline-bearing pieces.
+
+  A SentencePiece vocabulary that keeps "\\n" (Gemma 3's) ends an item at
+  every piece whose text contains "\\n", the byte-fallback piece '<0x0A>'
+  included. One that normalises "\\n" away (the vocabularies trained here:
+  no text ever tokenizes to a newline piece, so a model never learns one)
+  ends it at EOS only.
+
+  Args:
+    vocabulary: a seqio vocabulary; a `SentencePieceVocabulary` (one with a
+      `tokenizer` of SentencePiece pieces) may have newline pieces, any other
+      gives (EOS,).
+
+  Returns:
+    sorted ids, EOS among them.
+  """
+  eos_id = int(vocabulary.eos_id)
+  processor = getattr(vocabulary, "tokenizer", None)
+  if not hasattr(processor, "id_to_piece"):
+    return (eos_id,)
+  newline = {
+      index for index in range(processor.get_piece_size())
+      if "\n" in processor.id_to_piece(index) or
+      processor.id_to_piece(index) == _NEWLINE_BYTE_PIECE}
+  if not newline.intersection(vocabulary.encode("a\nb")):
+    return (eos_id,)
+  return tuple(sorted(newline | {eos_id}))
+
+
 # Prompt pieces (section 3.2) are split where the prompt string has a "."
 # followed by a separator (" " before an item text and before the first-item
 # prefix, "\n" starting the next-item prefix).

@@ -22,7 +22,6 @@ from tasks import templates
 from tasks import test_utils
 from tasks import vocab
 from trainer import checkpoints
-from trainer import decoding
 from trainer import models
 from trainer import network
 from trainer import train_lib
@@ -161,7 +160,7 @@ def test_request_whose_newest_item_cannot_fit_gets_no_samples(generator_parts):
 def test_vocabularies_trained_here_end_items_at_eos_only(generator_parts):
   """They normalise "\n" away: samples are what they were before stop ids."""
   _, _, vocabulary = generator_parts
-  assert decoding.item_stop_ids(vocabulary) == (vocabulary.eos_id,)
+  assert vocab.item_stop_ids(vocabulary) == (vocabulary.eos_id,)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +172,7 @@ def newline_parts(tmp_path_factory):
       vocab_size=vocabulary.vocab_size, emb_dim=32, num_heads=4,
       num_kv_heads=2, head_dim=8, mlp_dim=64, num_layers=2)
   model = models.CALRecModel(config,
-                             stop_ids=decoding.item_stop_ids(vocabulary))
+                             stop_ids=vocab.item_stop_ids(vocabulary))
   variables = model.get_initial_variables(jax.random.PRNGKey(0),
                                           {"decoder_input_tokens": (1, 8)})
   return model, nn.meta.unbox(variables)["params"], vocabulary
@@ -253,7 +252,7 @@ def test_load_for_inference_sets_the_vocabularys_stop_ids(model_dir,
                                     opt_state=optimizer.init(params)))
   manager.close()
   loaded = checkpoints.load_for_inference(tmp_path / "model")
-  assert loaded.model.stop_ids == decoding.item_stop_ids(vocabulary)
+  assert loaded.model.stop_ids == vocab.item_stop_ids(vocabulary)
   assert len(loaded.model.stop_ids) == 5
 
 

@@ -7,6 +7,7 @@ import pytest
 import seqio
 
 import newline_vocab
+from tasks import vocab
 from trainer import decoding
 
 BATCH, VOCAB, STEPS = 16, 6, 8
@@ -88,11 +89,11 @@ def test_item_stop_ids_of_a_vocabulary_keeping_newlines(tmp_path):
   processor = vocabulary.tokenizer
   expected = {1, processor.piece_to_id("<0x0A>")} | {
       processor.piece_to_id(piece) for piece in newline_vocab.NEWLINE_PIECES}
-  assert decoding.item_stop_ids(vocabulary) == tuple(sorted(expected))
+  assert vocab.item_stop_ids(vocabulary) == tuple(sorted(expected))
   # Text tokenizes to them.
   ids = vocabulary.encode("Title: a.\nPrice: 10.\n")
   assert set(ids) & set(expected)
 
 
 def test_item_stop_ids_of_a_vocabulary_without_pieces():
-  assert decoding.item_stop_ids(seqio.ByteVocabulary()) == (1,)
+  assert vocab.item_stop_ids(seqio.ByteVocabulary()) == (1,)

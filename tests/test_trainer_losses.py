@@ -1,5 +1,6 @@
 """Loss terms of paper section 3.4 against hand-computed values."""
 
+import dataclasses
 import math
 
 import jax
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from trainer import losses
+from trainer import network
 from trainer import output_projection
 
 
@@ -164,19 +166,16 @@ def test_chunked_token_log_probs_equal_full_log_softmax(vocab_axis, scaled,
 
 
 def test_output_projection_reads_the_decoder_layout():
-  class Config:
-    emb_dim = 4
-    activation_dtype = jnp.dtype("bfloat16")
-
+  config = network.TransformerConfig(vocab_size=6, emb_dim=4,
+                                     dtype="bfloat16")
   table = jnp.ones((6, 4))
   tied = output_projection.from_params({"embedding": {"embedding": table}},
-                                       Config())
+                                       config)
   assert (tied.vocab_axis, tied.vocab_size, tied.scaled_by) == (0, 6, 4)
   assert tied.dtype == jnp.bfloat16
-  Config.logit_scaling = False
   untied = output_projection.from_params(
       {"embedding": {"embedding": table}, "output": {"kernel": table.T}},
-      Config())
+      dataclasses.replace(config, logit_scaling=False, tie_embedding=False))
   assert (untied.vocab_axis, untied.vocab_size, untied.scaled_by) == (1, 6,
                                                                       None)
 

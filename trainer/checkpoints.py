@@ -32,7 +32,7 @@ from orbax.checkpoint import checkpoint_managers
 import seqio
 import tensorflow as tf
 
-from trainer import decoding
+from tasks import vocab
 from trainer import models
 from trainer import network
 from trainer import train_lib
@@ -443,17 +443,46 @@ def write_model_metadata(model_dir: str | os.PathLike[str],
     raise TypeError("Only SentencePiece vocabularies can be stored with the "
                     f"model, got {type(vocabulary).__name__}.")
   (model_dir / VOCABULARY_FILE).write_bytes(vocabulary.sp_model)
+  write_model_json(model_dir, model, vocabulary.extra_ids,
+                   task_feature_lengths, best_metric, best_mode)
+
+
+def write_model_json(model_dir: str | os.PathLike[str],
+                     model: models.CALRecModel, extra_ids: int,
+                     task_feature_lengths: Mapping[str, int],
+                     best_metric: Optional[str] = None,
+                     best_mode: str = "min") -> None:
+  """Writes model.json: the network, loss and inference settings
+  `load_for_inference` reads."""
   metadata = {
       "network": dataclasses.asdict(model.config),
       "loss": {"alpha": model.alpha, "beta": model.beta,
                "temperature": model.temperature},
       "eos_id": model.eos_id,
-      "extra_ids": vocabulary.extra_ids,
+      "extra_ids": extra_ids,
       "task_feature_lengths": dict(task_feature_lengths),
       "best_metric": best_metric,
       "best_mode": best_mode,
   }
+  model_dir = model_path(model_dir)
+  model_dir.mkdir(parents=True, exist_ok=True)
   (model_dir / MODEL_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def save_params(model_dir: str | os.PathLike[str], step: int,
+                params: PyTree) -> epath.Path:
+  """Writes `params` alone as MODEL_DIR/checkpoints/STEP (a converted
+  pretrained model: a run's `initial_checkpoint_path` and the evaluator read
+  it like a trained step) and returns the step directory."""
+  directory = model_path(model_dir) / CHECKPOINTS_DIR
+  options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False,
+                                         create=True)
+  with ocp.CheckpointManager(directory, options=options,
+                             item_names=("params",)) as manager:
+    manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params)), force=True)
+    manager.wait_until_finished()
+  return directory / str(step)
 
 
 def _read_metadata(model_dir: epath.Path) -> dict[str, Any]:
@@ -514,7 +543,7 @@ def load_for_inference(model_dir: str | os.PathLike[str],
   """Loads model, parameters (on the default device) and vocabulary.
 
   The model's samples end at the vocabulary's item stop ids
-  (`decoding.item_stop_ids`: EOS, and the newline pieces of a pretrained
+  (`tasks.vocab.item_stop_ids`: EOS, and the newline pieces of a pretrained
   LM's vocabulary; paper section 3.5).
 
   Args:
@@ -529,7 +558,7 @@ def load_for_inference(model_dir: str | os.PathLike[str],
   vocabulary = seqio.SentencePieceVocabulary(
       str(model_dir / VOCABULARY_FILE), extra_ids=metadata["extra_ids"])
   model = models.CALRecModel(config, eos_id=metadata["eos_id"],
-                             stop_ids=decoding.item_stop_ids(vocabulary),
+                             stop_ids=vocab.item_stop_ids(vocabulary),
                              **metadata["loss"])
   abstract = jax.eval_shape(
       lambda: models.unboxed_params(model.get_initial_variables(

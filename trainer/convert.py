@@ -46,8 +46,10 @@ import gguf
 import numpy as np
 
 from pipelines import cli
+from trainer import checkpoints
 from trainer import gguf_import
 from trainer import hf_weights
+from trainer import models
 from trainer import network
 
 SOURCE_JSON = "source.json"
@@ -249,45 +251,6 @@ def read_source(path: str, *, vocabulary: bool = True,
   return Source(hf_config, tensors, vocab, description)
 
 
-def _write_params(output_dir: str, params: Mapping[str, Any]) -> str:
-  """Writes `params` as step STEP of output_dir/checkpoints (orbax)."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from trainer import checkpoints  # pylint: disable=g-import-not-at-top
-  checkpoints.hide_orbax_info_logs()
-  directory = checkpoints.model_path(output_dir) / checkpoints.CHECKPOINTS_DIR
-  options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False,
-                                         create=True)
-  with ocp.CheckpointManager(directory, options=options,
-                             item_names=("params",)) as manager:
-    manager.save(STEP, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params)), force=True)
-    manager.wait_until_finished()
-  return os.fspath(directory / str(STEP))
-
-
-def _model_json(config: network.TransformerConfig,
-                hf_config: Mapping[str, Any],
-                task_feature_lengths: Mapping[str, int]) -> dict[str, Any]:
-  """model.json as `checkpoints.write_model_metadata` lays it out.
-
-  `task_feature_lengths` give a zero-shot evaluation of the converted
-  directory its prompt budget (a run trained from it records its own)."""
-  import inspect  # pylint: disable=g-import-not-at-top
-  from trainer import models  # pylint: disable=g-import-not-at-top
-  defaults = inspect.signature(models.CALRecModel.__init__).parameters
-  return {
-      "network": dataclasses.asdict(config),
-      "loss": {key: defaults[key].default
-               for key in ("alpha", "beta", "temperature")},
-      "eos_id": int(hf_config.get("eos_token_id",
-                                  defaults["eos_id"].default)),
-      "extra_ids": 0,
-      "task_feature_lengths": dict(task_feature_lengths),
-      "best_metric": None,
-      "best_mode": "min",
-  }
-
-
 def import_checkpoint(source: str, output_dir: str, name: str, *,
                       vocabulary: bool = True, overwrite: bool = False,
                       task_feature_lengths: Mapping[str, int] = (
@@ -308,12 +271,16 @@ def import_checkpoint(source: str, output_dir: str, name: str, *,
   del loaded.tensors
   os.makedirs(output_dir, exist_ok=True)
   log(f"writing {output_dir}")
-  step_dir = _write_params(output_dir, params)
+  checkpoints.hide_orbax_info_logs()
+  step_dir = os.fspath(checkpoints.save_params(output_dir, STEP, params))
   del params
-  with open(os.path.join(output_dir, "model.json"), "w") as f:
-    json.dump(_model_json(config, loaded.hf_config, task_feature_lengths),
-              f, indent=2)
-    f.write("\n")
+  # A converted model has no training settings: the loss weights are the
+  # model's defaults; the feature lengths budget a zero-shot evaluation.
+  eos_id = loaded.hf_config.get("eos_token_id")
+  model = (models.CALRecModel(config) if eos_id is None else
+           models.CALRecModel(config, eos_id=int(eos_id)))
+  checkpoints.write_model_json(output_dir, model, extra_ids=0,
+                               task_feature_lengths=task_feature_lengths)
   if loaded.vocabulary is not None:
     with open(os.path.join(output_dir, "vocabulary.model"), "wb") as f:
       f.write(loaded.vocabulary)

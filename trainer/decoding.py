@@ -5,8 +5,8 @@ The sampler is model-agnostic: it calls `step_fn(tokens [B, 1], positions
 costs one token's forward pass instead of re-running the whole prefix.
 
 A sample ends at the first of its stop ids: EOS, and for a pretrained LM's
-vocabulary every piece that holds a newline (`item_stop_ids`), since such a
-model runs on past the item into a new line of text.
+vocabulary every piece that holds a newline (`tasks.vocab.item_stop_ids`),
+since such a model runs on past the item into a new line of text.
 """
 
 from __future__ import annotations
@@ -18,40 +18,6 @@ import jax.numpy as jnp
 
 Array = jax.Array
 StepFn = Callable[[Array, Array, Any], tuple[Array, Any]]
-
-# SentencePiece's byte-fallback piece of "\n".
-_NEWLINE_BYTE_PIECE = "<0x0A>"
-
-
-def item_stop_ids(vocabulary: Any) -> tuple[int, ...]:
-  """The ids that end a sampled item text: EOS and newline-bearing pieces.
-
-  A SentencePiece vocabulary that keeps "\\n" (Gemma 3's) ends an item at
-  every piece whose text contains "\\n", the byte-fallback piece '<0x0A>'
-  included. One that normalises "\\n" away (the vocabularies trained here:
-  no text ever tokenizes to a newline piece, so a model never learns one)
-  ends it at EOS only.
-
-  Args:
-    vocabulary: a seqio vocabulary; a `SentencePieceVocabulary` (one with a
-      `tokenizer` of SentencePiece pieces) may have newline pieces, any other
-      gives (EOS,).
-
-  Returns:
-    sorted ids, EOS among them.
-  """
-  eos_id = int(vocabulary.eos_id)
-  processor = getattr(vocabulary, "tokenizer", None)
-  if not hasattr(processor, "id_to_piece"):
-    return (eos_id,)
-  newline = {
-      index for index in range(processor.get_piece_size())
-      if "\n" in processor.id_to_piece(index) or
-      processor.id_to_piece(index) == _NEWLINE_BYTE_PIECE}
-  if not newline.intersection(vocabulary.encode("a\nb")):
-    return (eos_id,)
-  return tuple(sorted(newline | {eos_id}))
-
 
 def temperature_sample(
     step_fn: StepFn,
@@ -75,8 +41,8 @@ def temperature_sample(
     temperature: sampling temperature; 0 means greedy (argmax).
     max_decode_length: number of tokens generated at most.
     stop_ids: the ids that end a sample (EOS and, for pretrained LMs, the
-      newline pieces: `item_stop_ids`); the stop token is kept in the output
-      and scored.
+      newline pieces: `tasks.vocab.item_stop_ids`); the stop token is kept in
+      the output and scored.
 
   Returns:
     tokens [B, max_decode_length] (0 after the stop token) and log-probs [B]:

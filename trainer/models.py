@@ -98,7 +98,7 @@ class CALRecModel:
         decoder's own output layer).
       stop_ids: ids besides EOS that end a sample (paper section 3.5): the
         newline-bearing pieces of a pretrained LM's vocabulary, whose text
-        runs on past the item (`decoding.item_stop_ids`, set by
+        runs on past the item (`tasks.vocab.item_stop_ids`, set by
         `checkpoints.load_for_inference`). EOS always ends one.
       shared_prefix: sampling keeps one copy of each prompt's cache for all
         its samples (`network.shared_prefix_cache`); False copies it per

@@ -25,6 +25,8 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from trainer import network
+
 Array = jax.Array
 PyTree = Any
 
@@ -42,17 +44,16 @@ class OutputProjection(NamedTuple):
     return self.weights.shape[self.vocab_axis]
 
 
-def from_params(params: PyTree, config: Any) -> OutputProjection:
+def from_params(params: PyTree,
+                config: network.TransformerConfig) -> OutputProjection:
   """The output layer of `trainer.network.Decoder` with `config`, unboxed."""
-  tied = getattr(config, "tie_embedding", "output" not in params)
-  if tied:
+  if config.tie_embedding:
     weights, vocab_axis = params["embedding"]["embedding"], 0
   else:
     weights, vocab_axis = params["output"]["kernel"], 1
-  scaled = getattr(config, "logit_scaling", True)
   return OutputProjection(weights, vocab_axis,
                           jnp.dtype(config.activation_dtype),
-                          config.emb_dim if scaled else None)
+                          config.emb_dim if config.logit_scaling else None)
 
 
 def _project(hidden: Array, weights: Array, vocab_axis: int, dtype: Any,
