@@ -193,74 +193,87 @@ def config_from_hf(hf_config: Mapping[str, Any],
       "logit_scaling": False,
       "tie_embedding": bool(hf["tie_word_embeddings"]),
   }
-  rope_parameters = hf.get("rope_parameters")
-
   if model_type == "gemma3_text":
-    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
-      if hf[key] is not None:
-        raise ValueError(f"{key} is not supported.")
-    if hf["attention_bias"]:
-      raise ValueError("attention_bias is not supported for gemma3_text.")
-    if hf["use_bidirectional_attention"]:
-      raise ValueError("use_bidirectional_attention is not supported.")
-    if hf.get("layer_types"):
-      layer_types = [_HF_LAYER_TYPES[kind] for kind in hf["layer_types"]]
-    else:
-      pattern = int(hf.get("_sliding_window_pattern") or
-                    hf["sliding_window_pattern"])
-      layer_types = ["local" if (i + 1) % pattern else "global"
-                     for i in range(layers)]
-    if rope_parameters:
-      global_section = rope_parameters.get("full_attention") or {}
-      local_section = rope_parameters.get("sliding_attention") or {}
-    else:
-      global_section = _legacy_rope(hf, "rope_theta")
-      local_section = {"rope_theta": hf["rope_local_base_freq"]}
-    theta, scaling = _rope(global_section, hf["rope_theta"], "full_attention")
-    local_theta, local_scaling = _rope(local_section,
-                                       hf["rope_local_base_freq"],
-                                       "sliding_attention")
-    if local_scaling:
-      raise ValueError("Rope scaling of sliding-attention layers is not "
-                       "supported.")
-    fields.update(
-        norm_scale_offset=1.0, post_norms=True, qk_norm=True,
-        scale_embedding=True,
-        query_scale=float(hf["query_pre_attn_scalar"])**-0.5,
-        sliding_window=int(hf["sliding_window"]),
-        layer_types=tuple(layer_types), rope_max_wavelength=theta,
-        local_rope_max_wavelength=local_theta, **scaling)
+    fields.update(_gemma3_fields(hf, layers))
   else:
-    if hf.get("attention_bias") or hf.get("mlp_bias"):
-      raise ValueError(f"{model_type}: attention_bias / mlp_bias (biases on "
-                       "the output and MLP projections) are not supported.")
-    section = (rope_parameters if rope_parameters else
-               _legacy_rope(hf, "rope_theta"))
-    theta, scaling = _rope(section, hf["rope_theta"], model_type)
-    window = None
-    layer_types: list[str] = []
-    if model_type == "qwen2":
-      fields["qkv_bias"] = True
-      if hf.get("layer_types"):
-        layer_types = [_HF_LAYER_TYPES[kind] for kind in hf["layer_types"]]
-      elif hf["use_sliding_window"]:
-        layer_types = ["local" if i >= hf["max_window_layers"] else "global"
-                       for i in range(layers)]
-      if hf["use_sliding_window"]:
-        window = hf["sliding_window"]
-    elif model_type == "mistral" and hf["sliding_window"] is not None:
-      window = hf["sliding_window"]
-      layer_types = ["local"] * layers
-    if "local" not in layer_types:
-      layer_types, window = [], None
-    elif scaling:
-      raise ValueError(f"{model_type}: rope scaling together with "
-                       "sliding-window layers is not supported.")
-    fields.update(rope_max_wavelength=theta, local_rope_max_wavelength=theta,
-                  sliding_window=None if window is None else int(window),
-                  layer_types=tuple(layer_types), **scaling)
+    fields.update(_llama_family_fields(hf, model_type, layers))
   fields.update(overrides)
   return network.TransformerConfig(**fields)
+
+
+def _gemma3_fields(hf: Mapping[str, Any], layers: int) -> dict[str, Any]:
+  """Gemma 3's fields: (1 + w) norms, post and q/k norms, scaled embedding,
+  query scale, sliding-window local layers with their own rope base."""
+  rope_parameters = hf.get("rope_parameters")
+  for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+    if hf[key] is not None:
+      raise ValueError(f"{key} is not supported.")
+  if hf["attention_bias"]:
+    raise ValueError("attention_bias is not supported for gemma3_text.")
+  if hf["use_bidirectional_attention"]:
+    raise ValueError("use_bidirectional_attention is not supported.")
+  if hf.get("layer_types"):
+    layer_types = [_HF_LAYER_TYPES[kind] for kind in hf["layer_types"]]
+  else:
+    pattern = int(hf.get("_sliding_window_pattern") or
+                  hf["sliding_window_pattern"])
+    layer_types = ["local" if (i + 1) % pattern else "global"
+                   for i in range(layers)]
+  if rope_parameters:
+    global_section = rope_parameters.get("full_attention") or {}
+    local_section = rope_parameters.get("sliding_attention") or {}
+  else:
+    global_section = _legacy_rope(hf, "rope_theta")
+    local_section = {"rope_theta": hf["rope_local_base_freq"]}
+  theta, scaling = _rope(global_section, hf["rope_theta"], "full_attention")
+  local_theta, local_scaling = _rope(local_section,
+                                     hf["rope_local_base_freq"],
+                                     "sliding_attention")
+  if local_scaling:
+    raise ValueError("Rope scaling of sliding-attention layers is not "
+                     "supported.")
+  return dict(
+      norm_scale_offset=1.0, post_norms=True, qk_norm=True,
+      scale_embedding=True,
+      query_scale=float(hf["query_pre_attn_scalar"])**-0.5,
+      sliding_window=int(hf["sliding_window"]),
+      layer_types=tuple(layer_types), rope_max_wavelength=theta,
+      local_rope_max_wavelength=local_theta, **scaling)
+
+
+def _llama_family_fields(hf: Mapping[str, Any], model_type: str,
+                         layers: int) -> dict[str, Any]:
+  """Llama, Mistral and Qwen2's fields: rope (and its scaling), Qwen2's q/k/v
+  biases, sliding-window layers where the config enables them."""
+  rope_parameters = hf.get("rope_parameters")
+  if hf.get("attention_bias") or hf.get("mlp_bias"):
+    raise ValueError(f"{model_type}: attention_bias / mlp_bias (biases on "
+                     "the output and MLP projections) are not supported.")
+  section = (rope_parameters if rope_parameters else
+             _legacy_rope(hf, "rope_theta"))
+  theta, scaling = _rope(section, hf["rope_theta"], model_type)
+  window = None
+  layer_types: list[str] = []
+  if model_type == "qwen2":
+    if hf.get("layer_types"):
+      layer_types = [_HF_LAYER_TYPES[kind] for kind in hf["layer_types"]]
+    elif hf["use_sliding_window"]:
+      layer_types = ["local" if i >= hf["max_window_layers"] else "global"
+                     for i in range(layers)]
+    if hf["use_sliding_window"]:
+      window = hf["sliding_window"]
+  elif model_type == "mistral" and hf["sliding_window"] is not None:
+    window = hf["sliding_window"]
+    layer_types = ["local"] * layers
+  if "local" not in layer_types:
+    layer_types, window = [], None
+  elif scaling:
+    raise ValueError(f"{model_type}: rope scaling together with "
+                     "sliding-window layers is not supported.")
+  return dict(qkv_bias=model_type == "qwen2", rope_max_wavelength=theta,
+              local_rope_max_wavelength=theta,
+              sliding_window=None if window is None else int(window),
+              layer_types=tuple(layer_types), **scaling)
 
 
 def _number(value: float) -> float | int:
