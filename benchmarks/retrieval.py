@@ -36,7 +36,7 @@ from evaluator import lucene
 from evaluator import retrieval
 from evaluator import transforms
 from pipelines import cli
-from tasks import templates
+from pipelines import templates
 
 TEXTS_PER_USER = 10
 BATCH_SIZE = 64

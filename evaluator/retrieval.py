@@ -21,7 +21,7 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
-from tasks import templates
+from pipelines import templates
 
 # Paper section 4, "Implementation Details".
 NUM_PREDS = 10

@@ -41,7 +41,7 @@ from pipelines import config as config_lib
 from pipelines import parse
 from pipelines import records
 from pipelines import sequences
-from tasks import templates
+from pipelines import templates
 
 # Users of one shard: id -> events; an unsampled user maps to no events.
 UserEvents = dict[str, list[parse.Event]]
@@ -175,7 +175,7 @@ def item_attributes(meta: parse.ItemMeta) -> templates.ItemAttributes:
 
 @functools.lru_cache(maxsize=1 << 17)
 def item_text(meta: parse.ItemMeta) -> str:
-  """The templated text of an item (`tasks.templates`), cached per meta row."""
+  """The templated text of an item (`pipelines.templates`), cached per meta row."""
   return templates.format_item(item_attributes(meta))
 
 

@@ -43,7 +43,7 @@ from typing import Mapping, Sequence
 import seqio
 import tensorflow as tf
 
-from tasks import templates
+from pipelines import templates
 from tasks import vocab
 
 # Paper section 4: the last k items are cut, k in {0, 1, 2, 3, 4}.

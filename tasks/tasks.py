@@ -57,7 +57,7 @@ from pipelines import sequences
 from tasks import manifest
 from tasks import names
 from tasks import preprocessors
-from tasks import templates
+from pipelines import templates
 from tasks import vocab
 
 # The splits the preprocessing job writes (docs/contracts.md).

@@ -44,7 +44,7 @@ import sentencepiece as spm
 import tensorflow as tf
 
 from tasks import manifest
-from tasks import templates
+from pipelines import templates
 
 PAD_ID = 0
 EOS_ID = 1

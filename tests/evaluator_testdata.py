@@ -10,10 +10,10 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import tasks_testdata
 
 from pipelines import processing
-from tasks import templates
-from tasks import test_utils
+from pipelines import templates
 
 def gift_cards_items(meta_path: pathlib.Path) -> list[dict[str, str]]:
   """Items of a real meta file, cleaned and templated by the pipeline."""
@@ -87,8 +87,8 @@ def write_output(data_dir: pathlib.Path, category: str,
   write_corpus(data_dir / category, items)
   for split in splits:
     write_split(data_dir / category, split, category, users)
-  test_utils.write_stats(data_dir, category, len(users), len(items))
-  test_utils.write_manifest(data_dir)
+  tasks_testdata.write_stats(data_dir, category, len(users), len(items))
+  tasks_testdata.write_manifest(data_dir)
 
 
 def quantized_length(length: int) -> int:

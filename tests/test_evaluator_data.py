@@ -8,10 +8,10 @@ import evaluator_testdata
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tasks_testdata
 from tensorflow.core.example import example_pb2
 
 from evaluator import data
-from tasks import test_utils
 
 
 def _example(**features):
@@ -60,12 +60,12 @@ def test_corpus_rows_and_bad_corpora(tmp_path):
 
 def _write_output(root, num_users):
   """Toys, an evaluation category with 3 shards, and CDs, a validation one."""
-  test_utils.write_category(root, "Toys", num_users, seed=0,
+  tasks_testdata.write_category(root, "Toys", num_users, seed=0,
                             splits=("train", "validation", "test"),
                             num_shards=3)
-  test_utils.write_category(root, "CDs", 2, seed=1,
+  tasks_testdata.write_category(root, "CDs", 2, seed=1,
                             splits=("train", "validation"))
-  test_utils.write_manifest(root)
+  tasks_testdata.write_manifest(root)
 
 
 def test_split_files_come_from_the_manifest(tmp_path):

@@ -23,6 +23,7 @@ import evaluator_testdata
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import tasks_testdata
 
 from evaluator import baselines
 from evaluator import bm25
@@ -35,8 +36,7 @@ from evaluator import retrieval
 from evaluator import transforms
 from pipelines import options as beam_cli
 from pipelines import sequences
-from tasks import templates
-from tasks import test_utils
+from pipelines import templates
 
 CATEGORY = "Toys"
 # Plain texts so that ranks follow from which words items share.
@@ -167,7 +167,7 @@ def test_corpus_is_matched_in_the_normal_form_of_the_model_vocabulary(
   corpus_path = str(evaluator_testdata.write_corpus(tmp_path / "Camera", [
       _attribute_item("T", "Tripod\u2122 Mount", "\uff2bodiak", "$9.99"),
       _attribute_item("M", "Tripod Mount", "Kodiak", "$19.99")]))
-  vocabulary_path = test_utils.train_test_vocabulary(tmp_path / "spm.model")
+  vocabulary_path = tasks_testdata.train_test_vocabulary(tmp_path / "spm.model")
   # What the model writes for item T: nmt_nfkc maps the trade mark sign to
   # "TM" and the full-width K to "K".
   generated = ("Title: TripodTM Mount. Category: Camera. Brand: Kodiak. "

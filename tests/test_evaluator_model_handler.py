@@ -11,6 +11,7 @@ import newline_vocab
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import tasks_testdata
 
 from evaluator import evaluate
 from evaluator import generation
@@ -18,8 +19,7 @@ from evaluator import model_handler
 from evaluator import retrieval
 from pipelines import sequences
 from tasks import preprocessors
-from tasks import templates
-from tasks import test_utils
+from pipelines import templates
 from tasks import vocab
 from trainer import checkpoints
 from trainer import models
@@ -31,7 +31,7 @@ NUM_GENERATIONS = 3
 
 @pytest.fixture(scope="module")
 def generator_parts(tmp_path_factory):
-  vocabulary_path = test_utils.train_test_vocabulary(
+  vocabulary_path = tasks_testdata.train_test_vocabulary(
       tmp_path_factory.mktemp("vocab") / "spm.model")
   vocabulary = vocab.get_vocabulary(vocabulary_path)
   config = network.TransformerConfig(

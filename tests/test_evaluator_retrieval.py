@@ -7,7 +7,7 @@ import pytest
 
 from evaluator import metrics
 from evaluator import retrieval
-from tasks import templates
+from pipelines import templates
 
 
 def test_select_predictions_sorts_dedupes_and_keeps_top():

@@ -19,7 +19,7 @@ from pipelines import outputs
 from pipelines import preprocess
 from pipelines import transforms
 import pipelines_testdata
-from tasks import templates
+from pipelines import templates
 
 
 META_2018 = [

@@ -11,7 +11,7 @@ from pipelines import parse
 from pipelines import processing
 from pipelines import sequences
 from pipelines import stats
-from tasks import templates
+from pipelines import templates
 
 tf = pytest.importorskip("tensorflow")
 

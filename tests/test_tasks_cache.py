@@ -6,11 +6,11 @@ import sys
 
 import pytest
 import seqio
+import tasks_testdata
 
 from tasks import mixtures
 from tasks import preprocessors
-from tasks import templates
-from tasks import test_utils
+from pipelines import templates
 from tasks import vocab
 from trainer import models
 from trainer import network
@@ -45,17 +45,17 @@ def _cache_and_register(data_dir, model, cache_dir):
 
 def test_cache_tasks_main_matches_uncached(tmp_path, capfd):
   data_dir, cache_dir = tmp_path / "data", tmp_path / "cache"
-  written = test_utils.write_category(data_dir, CATEGORY, num_users=8, seed=0,
+  written = tasks_testdata.write_category(data_dir, CATEGORY, num_users=8, seed=0,
                                       splits=("train", "validation"))
   # Its newest history item has a title of one word (no spaces) but of over
   # 512 tokens (byte fallback), so the user is dropped with a warning.
   too_long = templates.item_text("光" * 200, CATEGORY, None, None)
-  test_utils.write_split(data_dir, CATEGORY, "validation", [
+  tasks_testdata.write_split(data_dir, CATEGORY, "validation", [
       *written["validation"],
       ("long-user", [*written["validation"][0][1][:2], too_long,
                      written["validation"][0][1][-1]])])
-  test_utils.write_manifest(data_dir)
-  model = test_utils.train_test_vocabulary(tmp_path / "test.model")
+  tasks_testdata.write_manifest(data_dir)
+  model = tasks_testdata.train_test_vocabulary(tmp_path / "test.model")
   _cache_and_register(data_dir, model, cache_dir)
   task = seqio.get_mixture_or_task(TASK)
   assert task.cache_dir == str(cache_dir / TASK)
@@ -87,10 +87,10 @@ def test_cache_tasks_main_matches_uncached(tmp_path, capfd):
 
 def test_training_reads_the_cache_not_the_records(tmp_path):
   data_dir, cache_dir = tmp_path / "data", tmp_path / "cache"
-  test_utils.write_category(data_dir, CATEGORY, num_users=8, seed=0,
+  tasks_testdata.write_category(data_dir, CATEGORY, num_users=8, seed=0,
                             splits=("train", "validation"))
-  test_utils.write_manifest(data_dir)
-  model = test_utils.train_test_vocabulary(tmp_path / "test.model")
+  tasks_testdata.write_manifest(data_dir)
+  model = tasks_testdata.train_test_vocabulary(tmp_path / "test.model")
   _cache_and_register(data_dir, model, cache_dir)
   # Without the records only the cache can feed the run.
   for record in (data_dir / CATEGORY).glob("*.tfrecord"):

@@ -11,7 +11,7 @@ from pipelines import preprocess
 from pipelines import sample_data
 from tasks import feature_converters
 from tasks import mixtures
-from tasks import templates
+from pipelines import templates
 from tasks import vocab
 
 LENGTHS = {"inputs": 256, "targets": 64}

@@ -5,10 +5,10 @@ import uuid
 
 import pytest
 import seqio
+import tasks_testdata
 import tensorflow as tf
 
 from tasks import mixtures
-from tasks import test_utils
 from tasks import vocab
 
 
@@ -17,11 +17,11 @@ def output():
   """A preprocessing output and a vocabulary trained on it, in ram://."""
   root = f"ram://calrec-{uuid.uuid4().hex}"
   data_dir = f"{root}/data"
-  written = test_utils.write_category(data_dir, "Arts", num_users=4, seed=0,
+  written = tasks_testdata.write_category(data_dir, "Arts", num_users=4, seed=0,
                                       splits=("train", "validation"))
-  test_utils.write_corpus(data_dir, "Arts", test_utils.random_item_texts(
+  tasks_testdata.write_corpus(data_dir, "Arts", tasks_testdata.random_item_texts(
       random.Random(0), 300, "Arts"))
-  test_utils.write_manifest(data_dir)
+  tasks_testdata.write_manifest(data_dir)
   model = f"{root}/vocab/calrec.model"
   vocab.main([f"--data_dir={data_dir}", f"--output={model}",
               "--vocab_size=400"])
@@ -37,7 +37,7 @@ def test_vocab_cli_writes_model_and_vocab(output):
   assert 259 < vocabulary.tokenizer.get_piece_size() <= 400  # > bytes + 3
   # Trained on the corpus: its texts round-trip, each in fewer pieces than
   # it has characters (merged pieces, not bytes alone).
-  for text in test_utils.random_item_texts(random.Random(0), 20, "Arts"):
+  for text in tasks_testdata.random_item_texts(random.Random(0), 20, "Arts"):
     ids = vocabulary.encode(text)
     assert vocabulary.decode(ids) == text
     assert len(ids) < len(text)

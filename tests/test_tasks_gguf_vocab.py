@@ -8,7 +8,7 @@ import pytest
 import sentencepiece as spm
 
 from tasks import gguf_vocab
-from tasks import templates
+from pipelines import templates
 from tasks import vocab
 
 gguf = pytest.importorskip("gguf")

@@ -5,17 +5,17 @@ import random
 
 import pytest
 import seqio
+import tasks_testdata
 import tensorflow as tf
 
 from tasks import preprocessors
-from tasks import templates
-from tasks import test_utils
+from pipelines import templates
 from tasks import vocab
 
 
 @pytest.fixture(scope="module")
 def vocabulary(tmp_path_factory):
-  path = test_utils.train_test_vocabulary(
+  path = tasks_testdata.train_test_vocabulary(
       tmp_path_factory.mktemp("vocab") / "test.model")
   return vocab.get_vocabulary(path)
 
@@ -48,7 +48,7 @@ def _budgeted_by_brute_force(history, vocabulary, max_tokens):
 
 
 def test_budgeted_prompt_drops_oldest_items_whole(vocabulary):
-  history = test_utils.random_item_texts(random.Random(1), 8, "Tools")
+  history = tasks_testdata.random_item_texts(random.Random(1), 8, "Tools")
   keep_three = len(vocabulary.encode(templates.user_prompt(history[-3:])))
   prompt = preprocessors.budgeted_prompt(history, vocabulary, keep_three)
   assert prompt.num_dropped == 5
@@ -65,7 +65,7 @@ def test_budgeted_prompt_drops_oldest_items_whole(vocabulary):
 
 
 def test_budget_below_one_item_is_a_clear_error(vocabulary):
-  history = test_utils.random_item_texts(random.Random(2), 3, "Tools")
+  history = tasks_testdata.random_item_texts(random.Random(2), 3, "Tools")
   one_item = len(vocabulary.encode(templates.user_prompt(history[-1:])))
   with pytest.raises(ValueError, match="inputs feature length"):
     preprocessors.budgeted_prompt(history, vocabulary, one_item - 1)
@@ -79,7 +79,7 @@ def test_examples_whose_newest_item_cannot_fit_are_dropped_and_logged(
   max_tokens = 300
   assert item_tokens > max_tokens
   rng = random.Random(2)
-  texts = [test_utils.random_item_texts(rng, 4, "Tools") for _ in range(3)]
+  texts = [tasks_testdata.random_item_texts(rng, 4, "Tools") for _ in range(3)]
   records = [("u0", texts[0]),
              ("newest", [*texts[1][:3], too_long, texts[1][3]]),
              ("oldest", [too_long, *texts[2]]),
@@ -105,7 +105,7 @@ def test_examples_whose_newest_item_cannot_fit_are_dropped_and_logged(
 
 def test_pipeline_prompt_equals_whole_prompt_tokenization(vocabulary):
   rng = random.Random(3)
-  records = [(f"u{i}", test_utils.random_item_texts(rng, rng.randint(2, 12),
+  records = [(f"u{i}", tasks_testdata.random_item_texts(rng, rng.randint(2, 12),
                                                     "Tools"))
              for i in range(40)]
   features = _features(vocabulary)
@@ -143,7 +143,7 @@ def _cut_lengths(records, max_cut_items, seed, vocabulary, epochs=1):
 
 def test_cut_is_uniform_over_zero_to_four(vocabulary):
   rng = random.Random(4)
-  texts = test_utils.random_item_texts(rng, 10, "Tools")
+  texts = tasks_testdata.random_item_texts(rng, 10, "Tools")
   records = [(f"user{i}", texts) for i in range(2000)]
   counts = collections.Counter(
       10 - n for n in _cut_lengths(records, 4, 0, vocabulary))
@@ -155,7 +155,7 @@ def test_cut_is_uniform_over_zero_to_four(vocabulary):
 
 def test_cut_keeps_one_history_item(vocabulary):
   rng = random.Random(5)
-  records = [(f"user{i}", test_utils.random_item_texts(rng, 3, "Tools"))
+  records = [(f"user{i}", tasks_testdata.random_item_texts(rng, 3, "Tools"))
              for i in range(600)]
   counts = collections.Counter(_cut_lengths(records, 4, 0, vocabulary))
   # n = 3 allows k in {0, 1} only, each with probability 1/2.
@@ -164,7 +164,7 @@ def test_cut_keeps_one_history_item(vocabulary):
 
 
 def test_cut_is_seeded_and_changes_across_epochs(vocabulary):
-  texts = test_utils.random_item_texts(random.Random(6), 9, "Tools")
+  texts = tasks_testdata.random_item_texts(random.Random(6), 9, "Tools")
   records = [(f"user{i}", texts) for i in range(200)]
   first = _cut_lengths(records, 4, 7, vocabulary, epochs=2)
   assert first == _cut_lengths(records, 4, 7, vocabulary, epochs=2)
@@ -173,6 +173,6 @@ def test_cut_is_seeded_and_changes_across_epochs(vocabulary):
 
 
 def test_evaluation_records_are_not_cut(vocabulary):
-  texts = test_utils.random_item_texts(random.Random(7), 9, "Tools")
+  texts = tasks_testdata.random_item_texts(random.Random(7), 9, "Tools")
   records = [(f"user{i}", texts) for i in range(100)]
   assert set(_cut_lengths(records, 0, 0, vocabulary)) == {9}

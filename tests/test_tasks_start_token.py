@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import seqio
 import sentencepiece as spm
+import tasks_testdata
 import tensorflow as tf
 
 from evaluator import generation
 from evaluator import model_handler
 from tasks import feature_converters
 from tasks import preprocessors
-from tasks import templates
-from tasks import test_utils
+from pipelines import templates
 from tasks import vocab
 from trainer import models
 from trainer import network
@@ -49,7 +49,7 @@ def _features(vocabulary, history, target):
 
 def _history():
   rng = random.Random(0)
-  texts = test_utils.random_item_texts(rng, 3, "Tools")
+  texts = tasks_testdata.random_item_texts(rng, 3, "Tools")
   return texts[:-1], texts[-1]
 
 
@@ -60,7 +60,7 @@ def test_training_and_inference_start_alike(kind, tmp_path):
     expected_start = 2
   else:
     vocabulary = vocab.get_vocabulary(
-        test_utils.train_test_vocabulary(tmp_path / "spm.model"))
+        tasks_testdata.train_test_vocabulary(tmp_path / "spm.model"))
     expected_start = 0
   start = vocab.decoder_start_id(vocabulary)
   assert start == expected_start
@@ -109,7 +109,7 @@ def test_generator_starts_prompts_with_the_vocabularys_bos(tmp_path,
                                                            monkeypatch):
   sentences = tmp_path / "s.txt"
   sentences.write_text("\n".join(
-      test_utils.random_item_texts(random.Random(1), 200, "Tools")))
+      tasks_testdata.random_item_texts(random.Random(1), 200, "Tools")))
   spm.SentencePieceTrainer.train(
       input=str(sentences), model_prefix=str(tmp_path / "bos"),
       vocab_size=120, pad_id=0, eos_id=1, bos_id=5, unk_id=2,

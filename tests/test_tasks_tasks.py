@@ -4,12 +4,12 @@ import collections
 
 import pytest
 import seqio
+import tasks_testdata
 
 from tasks import feature_converters
 from tasks import mixtures
 from tasks import names
 from tasks import tasks
-from tasks import test_utils
 from tasks import vocab
 
 # |U| written to stats.json; the records themselves are few and repeat.
@@ -24,11 +24,11 @@ def data(tmp_path_factory):
   for seed, category in enumerate(NUM_USERS):
     splits = ("train", "validation", "test") if category == "Mid Cat" else (
         "train",)
-    written[category] = test_utils.write_category(
+    written[category] = tasks_testdata.write_category(
         data_dir, category, num_users=6, seed=seed, splits=splits,
         stats_num_users=NUM_USERS[category])
-  test_utils.write_manifest(data_dir)
-  model = test_utils.train_test_vocabulary(
+  tasks_testdata.write_manifest(data_dir)
+  model = tasks_testdata.train_test_vocabulary(
       tmp_path_factory.mktemp("vocab") / "test.model")
   names = mixtures.register_mixtures(data_dir, model)
   return data_dir, model, names, written
@@ -119,7 +119,7 @@ def test_stage1_batches_through_feature_converter(data):
 def test_unfinished_preprocessing_output_is_refused(tmp_path, data):
   _, model, _, _ = data
   # Records and stats of a category, but no manifest: the job did not finish.
-  test_utils.write_category(tmp_path, "Arts", num_users=3, seed=0)
+  tasks_testdata.write_category(tmp_path, "Arts", num_users=3, seed=0)
   with pytest.raises(FileNotFoundError,
                      match="preprocessing did not finish or this is not its "
                      "output folder"):
@@ -128,12 +128,12 @@ def test_unfinished_preprocessing_output_is_refused(tmp_path, data):
 
 def test_categories_and_files_come_from_the_manifest(tmp_path, data):
   _, model, _, _ = data
-  test_utils.write_category(tmp_path, "Arts", num_users=3, seed=0,
+  tasks_testdata.write_category(tmp_path, "Arts", num_users=3, seed=0,
                             splits=("train", "validation"))
-  test_utils.write_manifest(tmp_path)
+  tasks_testdata.write_manifest(tmp_path)
   # Written after the manifest: not part of the run it describes.
-  test_utils.write_category(tmp_path, "Stray", num_users=3, seed=1)
-  test_utils.write_split(tmp_path, "Arts", "validation",
+  tasks_testdata.write_category(tmp_path, "Stray", num_users=3, seed=1)
+  tasks_testdata.write_split(tmp_path, "Arts", "validation",
                          [("stray-user", ["Title: A.", "Title: B."])],
                          num_shards=2)
   assert tasks.register_tasks(tmp_path, model) == {"Arts": "calrec_arts"}
@@ -144,7 +144,7 @@ def test_categories_and_files_come_from_the_manifest(tmp_path, data):
 
 
 def test_stage1_rates_need_stats_json(tmp_path):
-  test_utils.write_split(tmp_path, "Arts", "train", [("user", ["item"])])
+  tasks_testdata.write_split(tmp_path, "Arts", "train", [("user", ["item"])])
   with pytest.raises(FileNotFoundError, match="stats.json"):
     mixtures.stage1_rates(tmp_path, ["Arts"])
 

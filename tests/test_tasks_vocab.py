@@ -6,24 +6,24 @@ import re
 import pytest
 import seqio
 import sentencepiece as spm
+import tasks_testdata
 
 from conftest import REPO_ROOT
-from tasks import templates
-from tasks import test_utils
+from pipelines import templates
 from tasks import vocab
 
 
 def _write_output(data_dir, texts_by_category):
   """A finished preprocessing output with these corpora: manifest.json last."""
   for seed, (category, texts) in enumerate(texts_by_category.items()):
-    test_utils.write_category(data_dir, category, num_users=2, seed=seed)
-    test_utils.write_corpus(data_dir, category, texts)
-  test_utils.write_manifest(data_dir)
+    tasks_testdata.write_category(data_dir, category, num_users=2, seed=seed)
+    tasks_testdata.write_corpus(data_dir, category, texts)
+  tasks_testdata.write_manifest(data_dir)
 
 
 def test_cli_warns_when_the_corpora_make_fewer_pieces(tmp_path, caplog):
   _write_output(tmp_path / "data", {
-      "Arts": test_utils.random_item_texts(random.Random(0), 50, "Arts")})
+      "Arts": tasks_testdata.random_item_texts(random.Random(0), 50, "Arts")})
   output = tmp_path / "small.model"
   vocab.main([f"--data_dir={tmp_path / 'data'}", f"--output={output}",
               "--vocab_size=5000"])
@@ -36,8 +36,8 @@ def test_cli_warns_when_the_corpora_make_fewer_pieces(tmp_path, caplog):
 def test_cli_trains_model_with_t5_special_ids(tmp_path):
   rng = random.Random(0)
   _write_output(tmp_path / "data", {
-      "Arts": test_utils.random_item_texts(rng, 200, "Arts"),
-      "Pet": test_utils.random_item_texts(rng, 200, "Pet Supplies")})
+      "Arts": tasks_testdata.random_item_texts(rng, 200, "Arts"),
+      "Pet": tasks_testdata.random_item_texts(rng, 200, "Pet Supplies")})
   output = tmp_path / "out" / "calrec.model"
   vocab.main([f"--data_dir={tmp_path / 'data'}", f"--output={output}",
               "--vocab_size=400"])
@@ -50,7 +50,7 @@ def test_cli_trains_model_with_t5_special_ids(tmp_path):
   text = "Title: Ünïcode ☃ Pet Supplies. Brand: Unknown."
   assert vocab.UNK_ID not in vocabulary.encode(text)
   assert vocabulary.decode(vocabulary.encode(text)) == text
-  history = test_utils.random_item_texts(rng, 4, "Pet Supplies")
+  history = tasks_testdata.random_item_texts(rng, 4, "Pet Supplies")
   vocab.check_prompt_additivity(vocabulary, history)
 
 
@@ -58,7 +58,7 @@ def test_corpora_are_those_the_manifest_lists(tmp_path):
   data_dir = tmp_path / "data"
   _write_output(data_dir, {"Arts": ["Title: A."], "Pet": ["Title: P."]})
   # A folder left by another run, after the manifest: not this output's.
-  test_utils.write_corpus(data_dir, "Stale", ["Title: S."])
+  tasks_testdata.write_corpus(data_dir, "Stale", ["Title: S."])
   assert vocab.find_corpora(data_dir) == [
       str(data_dir / "Arts" / "corpus.parquet"),
       str(data_dir / "Pet" / "corpus.parquet")]
@@ -98,7 +98,7 @@ def test_cli_default_vocab_size_fits_the_shipped_models(capsys):
 def test_rejects_model_with_other_special_ids(tmp_path):
   sentences = tmp_path / "s.txt"
   sentences.write_text("\n".join(
-      test_utils.random_item_texts(random.Random(1), 100, "Arts")))
+      tasks_testdata.random_item_texts(random.Random(1), 100, "Arts")))
   spm.SentencePieceTrainer.train(input=str(sentences),
                                  model_prefix=str(tmp_path / "default"),
                                  vocab_size=60, minloglevel=2)
@@ -109,7 +109,7 @@ def test_rejects_model_with_other_special_ids(tmp_path):
 def test_accepts_any_unk_and_bos_when_pad_and_eos_are_0_and_1(tmp_path):
   sentences = tmp_path / "s.txt"
   sentences.write_text("\n".join(
-      test_utils.random_item_texts(random.Random(1), 100, "Arts")))
+      tasks_testdata.random_item_texts(random.Random(1), 100, "Arts")))
   spm.SentencePieceTrainer.train(
       input=str(sentences), model_prefix=str(tmp_path / "bos"),
       vocab_size=80, pad_id=0, eos_id=1, bos_id=5, unk_id=7, minloglevel=2)
@@ -123,7 +123,7 @@ def test_decoder_start_is_0_without_bos():
 
 
 def test_prompt_pieces_concatenate_to_the_prompt():
-  history = test_utils.random_item_texts(random.Random(2), 3, "Arts")
+  history = tasks_testdata.random_item_texts(random.Random(2), 3, "Arts")
   assert "".join(vocab.prompt_pieces(history)) == templates.user_prompt(
       history)
 
@@ -137,7 +137,7 @@ def test_additivity_holds_for_a_byte_vocabulary():
 def test_additivity_check_rejects_a_piece_across_a_boundary(tmp_path):
   sentences = tmp_path / "s.txt"
   sentences.write_text("\n".join(
-      test_utils.random_item_texts(random.Random(1), 100, "Arts")))
+      tasks_testdata.random_item_texts(random.Random(1), 100, "Arts")))
   spm.SentencePieceTrainer.train(
       input=str(sentences), model_prefix=str(tmp_path / "merging"),
       vocab_size=80, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,

@@ -9,10 +9,10 @@ from etils import epath
 import numpy as np
 import pytest
 import seqio
+import tasks_testdata
 import tensorflow as tf
 
 from tasks import mixtures
-from tasks import test_utils as tasks_test_utils
 from trainer import checkpoints
 from trainer import train_loop
 
@@ -23,11 +23,11 @@ LENGTHS = {"inputs": 256, "targets": 64}
 def registered(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp("data")
   for seed, category in enumerate(["Tools", "Pets"]):
-    tasks_test_utils.write_category(data_dir, category, num_users=30,
+    tasks_testdata.write_category(data_dir, category, num_users=30,
                                     seed=seed, num_shards=2)
-  tasks_test_utils.write_manifest(data_dir)
+  tasks_testdata.write_manifest(data_dir)
   mixtures.register_mixtures(
-      data_dir, tasks_test_utils.train_test_vocabulary(data_dir / "v.model"))
+      data_dir, tasks_testdata.train_test_vocabulary(data_dir / "v.model"))
 
 
 def _batches():

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import seqio
+import tasks_testdata
 import trainer_batches
 
-from tasks import test_utils as tasks_test_utils
 from trainer import checkpoints
 from trainer import models
 from trainer import network
@@ -254,7 +254,7 @@ def test_load_for_inference_loads_a_lora_run(tmp_path):
   manager = checkpoints.CheckpointManager(tmp_path)
   manager.save(state)
   manager.close()
-  vocabulary = tasks_test_utils.train_test_vocabulary(tmp_path / "v.model")
+  vocabulary = tasks_testdata.train_test_vocabulary(tmp_path / "v.model")
   checkpoints.write_model_metadata(
       tmp_path, trainer.model, seqio.SentencePieceVocabulary(vocabulary),
       LENGTHS, None, "min")

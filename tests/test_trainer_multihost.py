@@ -24,9 +24,9 @@ from jax.experimental import multihost_utils
 import numpy as np
 import pytest
 import seqio
+import tasks_testdata
 import tensorflow as tf
 
-from tasks import test_utils as tasks_test_utils
 from trainer import checkpoints
 from trainer import models
 from trainer import network
@@ -72,7 +72,7 @@ def register_task(vocabulary_path: str = gin.REQUIRED) -> None:
         "inputs": [f"Title: {item}. Category: Tools." for item in items],
         "targets": [f"Title: {item} Pack." for item in items]})
 
-  tasks_test_utils.register_in_memory_task(_TASK, dataset_fn, vocabulary_path)
+  tasks_testdata.register_in_memory_task(_TASK, dataset_fn, vocabulary_path)
 
 
 def _train(model_dir: pathlib.Path, train_steps: int) -> train_lib.TrainState:
@@ -193,7 +193,7 @@ def _run_processes(commands: Sequence[Sequence[str]], log_dir: pathlib.Path,
 def shared_dir(tmp_path_factory) -> pathlib.Path:
   """Holds the vocabulary and compilation cache of all runs here."""
   path = tmp_path_factory.mktemp("shared")
-  tasks_test_utils.train_test_vocabulary(path / "test.model")
+  tasks_testdata.train_test_vocabulary(path / "test.model")
   return path
 
 

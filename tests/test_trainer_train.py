@@ -17,11 +17,11 @@ from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 import seqio
+import tasks_testdata
 import tensorflow as tf
 
 from experiments import curves
 from tasks import mixtures
-from tasks import test_utils as tasks_test_utils
 from trainer import checkpoints
 from trainer import models
 from trainer import network
@@ -68,7 +68,7 @@ def persistent_compilation_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vocabulary_path(tmp_path_factory):
-  return tasks_test_utils.train_test_vocabulary(
+  return tasks_testdata.train_test_vocabulary(
       tmp_path_factory.mktemp("vocab") / "test.model")
 
 
@@ -87,8 +87,8 @@ def task(vocabulary_path):
     return dataset.map(lambda ex: {**ex, "targets": tf.random.shuffle(
         ex["targets"])})
 
-  tasks_test_utils.register_in_memory_task(TASK, _examples, vocabulary_path)
-  tasks_test_utils.register_in_memory_task(
+  tasks_testdata.register_in_memory_task(TASK, _examples, vocabulary_path)
+  tasks_testdata.register_in_memory_task(
       STATEFUL_TASK, _examples, vocabulary_path,
       preprocessors_after_tokenize=[stateful_shuffle_of_targets])
   yield
@@ -727,9 +727,9 @@ def test_cli_distributed_without_a_cluster_names_the_flags_to_pass():
 def test_cli_reads_the_seqio_cache_dirs_it_is_given(tmp_path,
                                                     vocabulary_path):
   data_dir, cache_dir = tmp_path / "data", tmp_path / "cache"
-  tasks_test_utils.write_category(data_dir, "CDs", num_users=8, seed=0,
+  tasks_testdata.write_category(data_dir, "CDs", num_users=8, seed=0,
                                   splits=("train", "validation"))
-  tasks_test_utils.write_manifest(data_dir)
+  tasks_testdata.write_manifest(data_dir)
   subprocess.run(
       [sys.executable, "-m", "seqio.scripts.cache_tasks_main",
        "--module_import=tasks.mixtures", "--tasks=calrec_cds",

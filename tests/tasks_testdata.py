@@ -1,4 +1,4 @@
-"""Small preprocessing outputs (docs/contracts.md) for tests.
+"""Small preprocessing outputs (docs/contracts.md) for the tests.
 
 Folders may be local or on any filesystem of `tf.io.gfile` (e.g. ram://).
 Write the categories, then `write_manifest`, as the preprocessing job does.
@@ -21,7 +21,7 @@ from pipelines import config as config_lib
 from pipelines import outputs
 from pipelines import sequences
 from tasks import tasks as tasks_lib
-from tasks import templates
+from pipelines import templates
 from tasks import vocab
 
 _WORDS = ("Pro", "Flex", "Sealant", "Clear", "Paper", "Red", "Wire", "Nail",

@@ -1,6 +1,6 @@
 """The prompt and item formats of paper section 3.2, character for character."""
 
-from tasks import templates
+from pipelines import templates
 
 # The paper's example (section 3.2); its typographic apostrophe in "user's" is
 # written as ASCII here and in the template.
