@@ -1,6 +1,6 @@
 """Examples/s of the Stage-I mixture through CALRecFeatureConverter.
 
-Generates the sample of `pipelines.sample_data`, preprocesses it
+Generates the sample of `experiments.sample_data`, preprocesses it
 (`pipelines.preprocess`), trains a vocabulary on its corpora, and times
 batches of 64 with the paper's input budget (1,024 tokens), uncached (every
 record read, parsed and tokenized). Baseline, measured in the same run: the
@@ -23,9 +23,9 @@ import seqio
 import tensorflow as tf
 
 from benchmarks import figures
+from experiments import sample_data
 from pipelines import cli
 from pipelines import preprocess
-from pipelines import sample_data
 
 from tasks import feature_converters
 from tasks import mixtures

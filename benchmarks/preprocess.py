@@ -3,7 +3,7 @@ r"""Throughput and peak memory of the preprocessing job on generated reviews.
   python -m benchmarks.preprocess [--num_reviews=1000000] [--workers=2]
       [--extra_meta_items=0] [--data_dir=DIR] [--repeats=1]
 
-Generates about `--num_reviews` review lines with `pipelines.sample_data`
+Generates about `--num_reviews` review lines with `experiments.sample_data`
 (plain JSON, so files split into ranges), plus `--extra_meta_items` meta rows
 of items no review mentions, spread over the categories (real meta files list
 every item of a category, far more than its 5-core reviews use, and the meta
@@ -42,11 +42,11 @@ from typing import Sequence
 import psutil
 
 from benchmarks import figures
+from experiments import sample_data
 from pipelines import config as config_lib
 from pipelines import outputs
 from pipelines import preprocess
 from pipelines import processing
-from pipelines import sample_data
 from pipelines import textio
 
 # Review lines the generator writes per user, measured on its default sample.
@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--repeats", type=int, default=1,
                       help="alternating runs of each; best figure is kept")
   parser.add_argument("--data_dir", default=None,
-                      help=("reuse a sample written by pipelines.sample_data "
+                      help=("reuse a sample written by experiments.sample_data "
                             "--nogzip here (generated when missing)"))
   parser.add_argument("--plain_loop", metavar="OUTPUT_DIR",
                       help=argparse.SUPPRESS)  # Internal: the baseline run.

@@ -25,7 +25,7 @@ def _gin_string(value: str | pathlib.Path) -> str:
 
 def generate_sample(raw_dir: pathlib.Path, seed: int, num_users: int) -> Stage:
   return Stage(
-      name="sample", module="pipelines.sample_data",
+      name="sample", module="experiments.sample_data",
       args=[f"--output_dir={raw_dir}", f"--seed={seed}",
             f"--num_users={num_users}"],
       done_marker=raw_dir / "config.json")

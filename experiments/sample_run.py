@@ -5,7 +5,7 @@ r"""The whole system on the bundled generated sample, from raw JSON to tables.
 Steps, each a real command of the system run as its own process (see
 `experiments.commands`), with progress shown throughout:
 
-  1. `pipelines.sample_data` writes Amazon-2018-format review and meta files of
+  1. `experiments.sample_data` writes Amazon-2018-format review and meta files of
      four categories (one stage1_only, CDs for validation, two eval) and
      `pipelines.preprocess` (Beam, FnApiRunner, 2 workers) turns them into
      TFRecords, corpora and statistics;
@@ -52,10 +52,10 @@ import time
 from typing import Sequence
 
 from experiments import commands
+from experiments import sample_data
 from experiments import stages
 from experiments.layout import RunLayout
 from pipelines import cli
-from pipelines import sample_data
 from tasks import names
 
 

@@ -39,7 +39,7 @@ Any other flag is a Beam pipeline option, e.g. --runner=FnApiRunner
 is neither is an error, not ignored.
 
 Example, on the generated sample:
-  python -m pipelines.sample_data --output_dir=/tmp/sample
+  python -m experiments.sample_data --output_dir=/tmp/sample
   python -m pipelines.preprocess --config=/tmp/sample/config.json \\
       --output_dir=/tmp/preprocessed
 
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
       help=("JSON file listing the categories (see pipelines/config.py): "
             "pipelines/configs/amazon2018_paper.json is the paper's setup "
             "(pass --data_dir), or the config.json that "
-            "pipelines.sample_data writes"))
+            "experiments.sample_data writes"))
   parser.add_argument("--output_dir", required=True,
                       help="folder to write; must be empty or absent")
   parser.add_argument(

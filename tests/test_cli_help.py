@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 # module -> a flag its help must name.
 COMMANDS = {
-    "pipelines.sample_data": "--num_users",
+    "experiments.sample_data": "--num_users",
     "pipelines.preprocess": "--config",
     "tasks.vocab": "--vocab_size",
     "trainer.train": "--gin_file",

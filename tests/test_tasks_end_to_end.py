@@ -7,11 +7,11 @@ import pytest
 import seqio
 import tensorflow as tf
 
+from experiments import sample_data
 from pipelines import preprocess
-from pipelines import sample_data
+from pipelines import templates
 from tasks import feature_converters
 from tasks import mixtures
-from pipelines import templates
 from tasks import vocab
 
 LENGTHS = {"inputs": 256, "targets": 64}

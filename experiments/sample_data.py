@@ -1,10 +1,11 @@
 r"""A deterministic generator of Amazon-2018-format review and meta files.
 
-  python -m pipelines.sample_data --output_dir=DIR [--seed=0] [--num_users=4000]
+  python -m experiments.sample_data --output_dir=DIR [--seed=0] \
+      [--num_users=4000]
 
-Writes the review and meta files that `configs/sample.json` names, and a
-`config.json` beside them for `python -m pipelines.preprocess` (the shipped
-config works too, with `--data_dir=DIR`):
+Writes the review and meta files that `pipelines/configs/sample.json` names,
+and a `config.json` beside them for `python -m pipelines.preprocess` (the
+shipped config works too, with `--data_dir=DIR`):
 
   category     role         users   meta format
   Electronics  stage1_only  35 %    2018 JSON
@@ -57,8 +58,8 @@ import random
 import sys
 from typing import Any, Sequence
 
-SAMPLE_CONFIG = os.path.join(os.path.dirname(__file__), "configs",
-                             "sample.json")
+SAMPLE_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                             "pipelines", "configs", "sample.json")
 
 _DAY = 86400
 _FIRST_DAY = 16071  # 2014-01-01.
@@ -432,7 +433,7 @@ def generate(output_dir: str, seed: int = 0, num_users: int = 4000,
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
       allow_abbrev=False,
-      prog="python -m pipelines.sample_data",
+      prog="python -m experiments.sample_data",
       description=("Writes a deterministic sample of Amazon-2018-format "
                    "review and meta files for four categories covering the "
                    "three roles, and config.json for pipelines.preprocess."))

@@ -8,10 +8,10 @@ import json
 import apache_beam as beam
 import pytest
 
+from experiments import sample_data
 from pipelines import config as config_lib
 from pipelines import options
 from pipelines import preprocess
-from pipelines import sample_data
 
 tf = pytest.importorskip("tensorflow")
 
