@@ -22,68 +22,10 @@ import pipelines_testdata
 from pipelines import templates
 
 
-META_2018 = [
-    {"asin": "B1", "title": "Star Saga I", "brand": "Nova",
-     "category": ["Video Games", "PC"], "price": "$19.99"},
-    {"asin": "B1", "title": "Star Saga I", "category": ["Video Games"]},
-    {"asin": "B2", "title": "Star Saga II &amp; More", "brand": "Nova",
-     "category": ["Video Games"], "price": ".a{color:red}"},
-    {"asin": "B3", "title": "<b>Star</b> Saga III", "brand": "Nova",
-     "category": ["Video Games"], "price": "$29.99"},
-    {"asin": "B5", "title": "Pad", "brand": "Joy", "category": ["Video Games"]},
-    {"asin": "B6", "title": "Cable", "category": ["Video Games"]},
-]
-# 2014 meta: a Python literal with `categories` and a numeric price.
-META_2014 = ("{'asin': 'B4', 'title': 'Star Saga IV', 'brand': 'Nova', "
-             "'categories': [['Video Games', 'PC']], 'price': 39.5}")
-
-
-def _review(user, asin, t, text="fun", rating=5.0):
-  return json.dumps({"reviewerID": user, "asin": asin, "unixReviewTime": t,
-                     "reviewText": text, "overall": rating})
-
-
-REVIEWS = [
-    _review("U1", "B1", 10), _review("U1", "B2", 20), _review("U1", "B2", 20),
-    _review("U1", "B3", 30), _review("U1", "B4", 40),
-    _review("U2", "B5", 5), _review("U2", "B6", 6), _review("U2", "B5", 7),
-    _review("U3", "B4", 100), _review("U3", "B3", 50), _review("U3", "B2", 50),
-    _review("U3", "B1", 200),
-    '{"reviewerID": "U4", "asin": ',  # Malformed.
-    json.dumps({"asin": "B1", "unixReviewTime": 3}),  # No reviewer.
-    _review("U1", "B99", 11),  # No meta.
-]
-
-
-def _write_fixture(folder):
-  folder.mkdir(parents=True, exist_ok=True)
-  meta = [json.dumps(m) for m in META_2018] + [META_2014, "{oops"]
-  (folder / "meta_Games.json.gz").write_bytes(
-      gzip.compress(("\n".join(meta) + "\n").encode()))
-  (folder / "Games_5.json").write_text("\n".join(REVIEWS) + "\n")
-  config = {"sampling_seed": 0, "categories": [
-      {"name": "Games", "reviews": "Games_5.json",
-       "meta": "meta_Games.json.gz", "role": "eval"},
-      {"name": "Stage1", "reviews": "Games_5.json",
-       "meta": "meta_Games.json.gz", "role": "stage1_only", "num_shards": 2},
-  ]}
-  path = folder / "config.json"
-  path.write_text(json.dumps(config))
-  return path
-
-
-def _reject_files(output, category):
-  """File name -> the (source, offset, reason, record) of each line, for
-  every rejects file of a category."""
-  return {path.name: [(r["source"], r["offset"], r["reason"], r["record"])
-                      for r in map(json.loads, path.read_text().splitlines())]
-          for path in sorted((output / "rejects").glob(f"{category}-*.jsonl"))}
-
-
 @pytest.fixture(scope="module")
 def run_output(tmp_path_factory):
   folder = tmp_path_factory.mktemp("fixture")
-  config = _write_fixture(folder / "data")
+  config = pipelines_testdata.write_fixture(folder / "data")
   output = folder / "out"
   stats = preprocess.run([f"--config={config}", f"--output_dir={output}",
                           "--read_range_mb=1"])
@@ -156,7 +98,8 @@ def test_stats_and_rejects_account_for_every_line(run_output):
       "reviews_rejected_missing_reviewerID": 1,
       "reviews_rejected_unknown_asin": 1,
       "users_rejected_too_few_events": 1}
-  rejects = _reject_files(output, "Games")["Games-00000-of-00001.jsonl"]
+  rejects = pipelines_testdata.reject_files(output, "Games")[
+      "Games-00000-of-00001.jsonl"]
   assert sorted(reason for _, _, reason, _ in rejects) == sorted([
       "malformed_line", "malformed_line", "missing_reviewerID",
       "unknown_asin", "too_few_events"])
@@ -192,7 +135,8 @@ def test_counters_equal_the_counts_of_the_files_written(tmp_path):
   """The Beam counters a runner shows, read from the PipelineResult: the
   counts of stats.json, the records read back from the shards, and the lines
   of the rejects files."""
-  config = config_lib.load_config(str(_write_fixture(tmp_path / "data")))
+  config = config_lib.load_config(
+      str(pipelines_testdata.write_fixture(tmp_path / "data")))
   output = tmp_path / "out"
   pipeline = beam.Pipeline(options=options.beam_options([]))
   preprocess.build_pipeline(pipeline, config, str(output),
@@ -208,19 +152,19 @@ def test_counters_equal_the_counts_of_the_files_written(tmp_path):
     counts = json.loads((output / name / "stats.json").read_text())["counts"]
     del counts["meta_duplicate_rows"]  # Derived from two counts at the end.
     counts["shards_written"] = category.num_shards
-    rejects = _reject_files(output, name).values()
+    rejects = pipelines_testdata.reject_files(output, name).values()
     counts["rejects_written"] = sum(map(len, rejects))
     for split in category.splits:
       counts[f"{split}_examples_written"] = len(
           pipelines_testdata.read_split(output / name, split))
     expected.update((f"{name}/{key}", value)
                     for key, value in counts.items() if value)
-  assert expected["Games/review_lines"] == len(REVIEWS)
+  assert expected["Games/review_lines"] == len(pipelines_testdata.REVIEWS)
   assert counters == expected
 
 
 def test_bad_inputs_fail_early_with_a_message_naming_them(tmp_path, capsys):
-  config = _write_fixture(tmp_path / "data")
+  config = pipelines_testdata.write_fixture(tmp_path / "data")
   raw = json.loads(config.read_text())
   raw["categories"][0]["meta"] = "meta_Missing.json.gz"
   raw["categories"][1]["reviews"] = "Missing_5.json"
@@ -240,7 +184,7 @@ def test_bad_inputs_fail_early_with_a_message_naming_them(tmp_path, capsys):
 
 
 def test_unreadable_inputs_fail_early_naming_them(tmp_path, capsys):
-  config = _write_fixture(tmp_path / "data")
+  config = pipelines_testdata.write_fixture(tmp_path / "data")
   (tmp_path / "data" / "meta_Games.json.gz").write_text('{"asin": "B1"}\n')
   with pytest.raises(SystemExit):
     preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/o"])
@@ -285,7 +229,7 @@ def test_bad_lines_become_counted_rejects_without_changing_the_rest(
   ]
   bad_meta = ['{"asin": "B\\ud800"}', "{[1]: 2}",
               '{"asin": "' + "B" * 2000 + '", "title": "Wide"}']
-  config = _write_fixture(tmp_path / "data")
+  config = pipelines_testdata.write_fixture(tmp_path / "data")
   data = tmp_path / "data"
   with open(data / "Games_5.json", "a") as f:
     f.write("\n".join(bad_reviews) + "\n")
@@ -312,16 +256,17 @@ def test_bad_lines_become_counted_rejects_without_changing_the_rest(
                      ("meta_rejected_asin_too_long", 1)):
     dropped[key] = dropped.get(key, 0) + added
   assert stats["Games"]["dropped"] == dict(sorted(dropped.items()))
-  records = {record for rejects in _reject_files(output, "Games").values()
-             for _, _, _, record in rejects}
+  records = {record for rejects in pipelines_testdata.reject_files(
+      output, "Games").values() for _, _, _, record in rejects}
   assert records >= set(bad_reviews + bad_meta)
 
 
 @pytest.mark.slow
 def test_a_truncated_gzip_fails_the_job_naming_the_file(tmp_path):
-  config = _write_fixture(tmp_path / "data")
+  config = pipelines_testdata.write_fixture(tmp_path / "data")
   reviews = "\n".join(
-      _review(f"U{i}", "B1", i, text=f"{i * 2654435761 % 2**32:08x}" * 4)
+      pipelines_testdata.review(f"U{i}", "B1", i,
+                                text=f"{i * 2654435761 % 2**32:08x}" * 4)
       for i in range(60000)).encode()
   compressed = gzip.compress(reviews)
   path = tmp_path / "data" / "Games_5.json.gz"
@@ -338,7 +283,7 @@ def test_a_truncated_gzip_fails_the_job_naming_the_file(tmp_path):
 
 @pytest.mark.parametrize("object_store", [False, True])
 def test_non_empty_output_dir_needs_overwrite(tmp_path, capsys, object_store):
-  config = _write_fixture(tmp_path / "data")
+  config = pipelines_testdata.write_fixture(tmp_path / "data")
   # Only in a subfolder: a match of "out/*" would not see it.
   (tmp_path / "out" / "sub").mkdir(parents=True)
   (tmp_path / "out" / "sub" / "keep.txt").write_text("x")
@@ -358,7 +303,7 @@ def test_non_empty_output_dir_needs_overwrite(tmp_path, capsys, object_store):
 @pytest.mark.parametrize("url_only", [False, True])
 def test_an_output_dir_that_is_a_file_is_refused_up_front(
     tmp_path, capsys, url_only):
-  config = _write_fixture(tmp_path / "data")
+  config = pipelines_testdata.write_fixture(tmp_path / "data")
   (tmp_path / "out").write_text("x")
   beam_testfs.set_root(tmp_path)
   output = beam_testfs.url("out") if url_only else tmp_path / "out"
@@ -374,11 +319,6 @@ def test_an_output_dir_that_is_a_file_is_refused_up_front(
   assert (tmp_path / "out").read_text() == "x"
 
 
-def _files(folder):
-  return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                if p.is_file())
-
-
 @pytest.mark.parametrize("object_store", [False, True])
 @pytest.mark.slow
 def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys,
@@ -387,7 +327,7 @@ def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys,
   """Also where a folder is only a prefix of object names (GCS): the checks
   and the delete of --overwrite find every file of the earlier run, a failed
   one's too."""
-  config = _write_fixture(tmp_path / "data")
+  config = pipelines_testdata.write_fixture(tmp_path / "data")
   raw = json.loads(config.read_text())
   raw["categories"][1]["num_shards"] = 3
   config.write_text(json.dumps(raw))
@@ -397,7 +337,7 @@ def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys,
             f"--output_dir={beam_testfs.object_url('out')}"] if object_store
            else [f"--config={config}", f"--output_dir={tmp_path}/out"])
   preprocess.run(flags)
-  assert [name for name in _files(tmp_path / "out")
+  assert [name for name in pipelines_testdata.files(tmp_path / "out")
           if name.startswith(("Stage1/train", "rejects/Stage1"))] == [
               f"Stage1/train-0000{i}-of-00003.tfrecord" for i in range(3)] + [
                   f"rejects/Stage1-0000{i}-of-00003.jsonl" for i in range(3)]
@@ -419,15 +359,15 @@ def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys,
   with pytest.raises(Exception, match="disk full"):
     preprocess.run(flags + ["--overwrite"])
   assert {"Stage1/train-00000-of-00001.tfrecord", "_RUN_STARTED"} <= set(
-      _files(tmp_path / "out"))
-  assert not [name for name in _files(tmp_path / "out")
+      pipelines_testdata.files(tmp_path / "out"))
+  assert not [name for name in pipelines_testdata.files(tmp_path / "out")
               if name.startswith(("rejects/", "manifest.json"))]
   monkeypatch.undo()
   with pytest.raises(SystemExit):
     preprocess.run(flags)
   assert "pass --overwrite" in capsys.readouterr().err
   stats = preprocess.run(flags + ["--overwrite"])
-  assert _files(tmp_path / "out") == [
+  assert pipelines_testdata.files(tmp_path / "out") == [
       "Stage1/corpus.parquet", "Stage1/stats.json",
       "Stage1/train-00000-of-00001.tfrecord", "manifest.json",
       "rejects/Stage1-00000-of-00001.jsonl"]
@@ -438,7 +378,7 @@ def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys,
 
 def test_an_invalid_runner_is_a_usage_error_before_any_delete(tmp_path,
                                                               capsys):
-  config = _write_fixture(tmp_path / "data")
+  config = pipelines_testdata.write_fixture(tmp_path / "data")
   (tmp_path / "out" / "rejects").mkdir(parents=True)
   (tmp_path / "out" / "manifest.json").write_text("{}")
   with pytest.raises(SystemExit):
@@ -468,7 +408,7 @@ def test_an_invalid_runner_is_a_usage_error_before_any_delete(tmp_path,
 ])
 def test_paths_workers_cannot_use_are_refused_before_any_delete(
     tmp_path, capsys, flags, message):
-  config = _write_fixture(tmp_path / "data")
+  config = pipelines_testdata.write_fixture(tmp_path / "data")
   (tmp_path / "out" / "rejects").mkdir(parents=True)
   (tmp_path / "out" / "manifest.json").write_text("{}")
   with pytest.raises(SystemExit):
@@ -487,7 +427,7 @@ def test_paths_workers_cannot_use_are_refused_before_any_delete(
 def test_no_worker_is_given_the_whole_meta(tmp_path):
   """Meta reaches the shards by key; the only side input of the review and
   shard steps is the asin index, and the corpus step has none."""
-  config_path = _write_fixture(tmp_path / "data")
+  config_path = pipelines_testdata.write_fixture(tmp_path / "data")
   config = config_lib.load_config(str(config_path))
   review_tasks, meta_tasks = preprocess.plan_tasks(config)
   pipeline = beam.Pipeline()
@@ -517,13 +457,13 @@ def test_rejects_are_sorted_bucket_files_identical_across_workers(tmp_path):
   among them) spread over 3 files, each sorted, together every reject; each
   of Stage1's 8 buckets has its file, empty or not. 2 workers, small ranges
   and parts write the same bytes."""
-  config_path = _write_fixture(tmp_path / "data")
+  config_path = pipelines_testdata.write_fixture(tmp_path / "data")
   data = tmp_path / "data"
   (data / "Stage1_5.json").write_bytes((data / "Games_5.json").read_bytes())
   offset = (data / "Games_5.json").stat().st_size
   unknown = []
   for i in range(300):
-    line = _review(f"V{i:03d}", f"Z{i % 7}", i)
+    line = pipelines_testdata.review(f"V{i:03d}", f"Z{i % 7}", i)
     unknown.append(("Games_5.json", offset, "unknown_asin", line))
     offset += len(line) + 1
   with open(data / "Games_5.json", "a") as f:
@@ -535,7 +475,7 @@ def test_rejects_are_sorted_bucket_files_identical_across_workers(tmp_path):
   output = tmp_path / "out1"
   stats = preprocess.run([f"--config={config_path}", f"--output_dir={output}"])
 
-  files = _reject_files(output, "Games")
+  files = pipelines_testdata.reject_files(output, "Games")
   assert list(files) == [f"Games-0000{i}-of-00003.jsonl" for i in range(3)]
   for part in files.values():
     assert len(part) > 50
@@ -548,7 +488,7 @@ def test_rejects_are_sorted_bucket_files_identical_across_workers(tmp_path):
   assert len(rejects) == 305 == sum(
       count for reason, count in dropped.items() if reason.startswith(
           ("reviews_rejected_", "meta_rejected_", "users_rejected_")))
-  stage1 = _reject_files(output, "Stage1")
+  stage1 = pipelines_testdata.reject_files(output, "Stage1")
   assert list(stage1) == [f"Stage1-0000{i}-of-00008.jsonl" for i in range(8)]
   assert sum(map(len, stage1.values())) == 4
   manifest = json.loads((output / "manifest.json").read_text())
@@ -563,8 +503,8 @@ def test_rejects_are_sorted_bucket_files_identical_across_workers(tmp_path):
        "--direct_running_mode=multi_processing"])) as pipeline:
     preprocess.build_pipeline(pipeline, config, str(tmp_path / "out2"),
                               review_tasks, meta_tasks, lines_per_call=40)
-  names = _files(output)
-  assert names == _files(tmp_path / "out2")
+  names = pipelines_testdata.files(output)
+  assert names == pipelines_testdata.files(tmp_path / "out2")
   for name in names:
     assert filecmp.cmp(output / name, tmp_path / "out2" / name,
                        shallow=False), name
@@ -575,7 +515,7 @@ def test_a_category_left_without_users_points_at_its_rejects(tmp_path,
                                                             caplog):
   """Meta that covers no review: every review is an unknown_asin reject, and
   the warning's pattern matches every rejects file of the category."""
-  config_path = _write_fixture(tmp_path / "data")
+  config_path = pipelines_testdata.write_fixture(tmp_path / "data")
   (tmp_path / "data" / "meta_None.json").write_text('{"asin": "N1"}\n')
   raw = json.loads(config_path.read_text())
   raw["categories"] = [dict(raw["categories"][0], meta="meta_None.json",
@@ -590,8 +530,8 @@ def test_a_category_left_without_users_points_at_its_rejects(tmp_path,
   assert len(glob.glob(pattern)) == 2
   # Every review line: 13 of unknown items, 2 that do not parse.
   assert stats["Games"]["dropped"]["reviews_rejected_unknown_asin"] == 13
-  assert sum(map(len, _reject_files(output, "Games").values())) == len(
-      REVIEWS)
+  assert sum(map(len, pipelines_testdata.reject_files(
+      output, "Games").values())) == len(pipelines_testdata.REVIEWS)
 
 
 @pytest.mark.slow
@@ -599,7 +539,7 @@ def test_rejects_are_grouped_by_bucket_and_never_by_category(tmp_path):
   """The one grouping the rejects reach is WriteRejects', keyed by (category,
   bucket): no worker is given every reject of a category, and the
   per-category finalize step gets none."""
-  config_path = _write_fixture(tmp_path / "data")
+  config_path = pipelines_testdata.write_fixture(tmp_path / "data")
   config = config_lib.load_config(str(config_path))
   pipeline = beam.Pipeline()
   preprocess.build_pipeline(pipeline, config, str(tmp_path / "out"),
@@ -632,7 +572,7 @@ def test_rejects_are_grouped_by_bucket_and_never_by_category(tmp_path):
 
 
 def test_a_flag_neither_the_job_nor_beam_knows_is_refused(tmp_path, capsys):
-  config = _write_fixture(tmp_path / "data")
+  config = pipelines_testdata.write_fixture(tmp_path / "data")
   with pytest.raises(SystemExit):
     preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/o",
                     "--direct_num_worker=2"])
