@@ -61,8 +61,23 @@ def start_jvm() -> Any:
       if not jnius_config.vm_running:
         jnius_config.add_classpath(anserini_jar())
       import jnius  # pylint: disable=g-import-not-at-top
+      _quiet_java_output(jnius)
       _jnius = jnius
   return _jnius
+
+
+def _quiet_java_output(jnius: Any) -> None:
+  """Java's stdout goes to stderr, and log4j logs warnings and worse only.
+
+  Anserini's log4j2.xml logs INFO lines to stdout, which the command's
+  results go to. Both are set before an Anserini class loads: log4j then
+  configures its console appender with the redirected stream.
+  """
+  system = jnius.autoclass("java.lang.System")
+  system.setOut(system.err)
+  jnius.autoclass("org.apache.logging.log4j.core.config.Configurator"
+                  ).setRootLevel(jnius.autoclass(
+                      "org.apache.logging.log4j.Level").WARN)
 
 
 def _autoclass(name: str) -> Any:
