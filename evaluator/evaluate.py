@@ -241,9 +241,13 @@ def write_summary(summary: dict[str, Any], num_rejected: int,
                    results_markdown(summary))
 
 
+def _column_name(summary: dict[str, Any]) -> str:
+  return f"{summary['model']} ({summary['retrieval']})"
+
+
 def results_markdown(summary: dict[str, Any]) -> str:
   """results.md, which the command also prints: Tables 2 and 7 layouts."""
-  column = [(f"{summary['model']} ({summary['retrieval']})", summary)]
+  column = [(_column_name(summary), summary)]
   return (report.table_2(column) + "\nOutputs that match an item (paper "
           "Table 7):\n\n" + report.table_7_matches(column))
 
@@ -392,10 +396,18 @@ def run_parsed(args: argparse.Namespace, beam_argv: Sequence[str],
   with beam.Pipeline(options=options) as root:
     build_pipeline(root, args, load_generator, vocabulary_path)
   summary = report.load_summary(args.output_dir)
+  log_outcome(summary)
+  return summary
+
+
+def log_outcome(summary: dict[str, Any]) -> None:
+  """Logs a finished run's counts and its `report.tie_warning`, if any."""
   logging.info("Done: %d users ranked, %d unranked (counted as misses), %d "
                "rejects.", summary["num_users"], summary["num_unranked"],
                summary["num_rejected"])
-  return summary
+  warning = report.tie_warning(_column_name(summary), summary)
+  if warning:
+    logging.warning(warning)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -18,6 +18,10 @@ import numpy as np
 # Display names in the paper's order (Tables 2 to 7).
 METRICS = ("NDCG@10", "Recall@1", "Recall@10", "MRR")
 VARIANTS = ("opt", "pes")
+# Over this share of ranked users with a tied target (optimistic and
+# pessimistic ranks differ), a run's optimistic metrics are not to be
+# trusted (`report.tie_warning`).
+TIED_SHARE_LIMIT = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +40,11 @@ def target_ranks(scores: np.ndarray, target_index: int) -> TargetRanks:
   higher = int(np.count_nonzero(scores > target_score))
   tied = int(np.count_nonzero(scores == target_score))  # The target included.
   return TargetRanks(optimistic=higher + 1, pessimistic=higher + tied)
+
+
+def is_tied(ranks: TargetRanks) -> bool:
+  """Whether other items share the target's score."""
+  return ranks.optimistic != ranks.pessimistic
 
 
 def metrics_at_rank(rank: int) -> dict[str, float]:

@@ -17,7 +17,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import scipy.stats
@@ -29,25 +29,52 @@ METRICS_FILE = "metrics.json"
 USERS_PREFIX = "users"
 
 
-def _pair(opt: float, pes: float, digits: int = 4) -> str:
-  return f"{opt:.{digits}f}/{pes:.{digits}f}"
+# Marks the optimistic metrics of a run with a `tie_warning`.
+TIE_MARK = "!"
+
+
+def _pair(opt: float, pes: float, digits: int = 4, mark: str = "") -> str:
+  return f"{opt:.{digits}f}{mark}/{pes:.{digits}f}"
+
+
+def tie_warning(name: str, summary: dict[str, Any]) -> Optional[str]:
+  """Why the optimistic metrics of a run with many tied targets mislead.
+
+  Paper section 4, "Evaluation Metrics": where other items share the
+  target's score, the optimistic rank puts the target first among them and
+  the pessimistic rank last. An output that matches nothing (footnote 9: an
+  empty one scores 0 with every item) ties the target with the whole corpus
+  and earns a perfect optimistic Recall, so only the pessimistic figures
+  tell how well a model singles out the target: they are the ones to trust.
+  Warns when over `metrics.TIED_SHARE_LIMIT` of the ranked users have a tied
+  target (`tied_target_share`; runs from before it was counted get none).
+  """
+  share = summary.get("tied_target_share")
+  if share is None or share <= metrics.TIED_SHARE_LIMIT:
+    return None
+  return (f"{name} on {summary['category']}: {share:.1%} of the ranked users "
+          "have their target tied with other items (over "
+          f"{metrics.TIED_SHARE_LIMIT:.0%}); the optimistic metrics rank it "
+          "first among them: trust the pessimistic ones (paper section 4).")
 
 
 def table_2(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
   """Markdown in Table 2's layout; `runs` are (column name, metrics.json).
 
-  Runs sharing a name fill one column, a row block per category. Raises
-  ValueError for two runs of one name and category, or for runs of one
-  category on different splits.
+  Runs sharing a name fill one column, a row block per category. The
+  optimistic metrics of a run with a `tie_warning` carry TIE_MARK, and the
+  warning follows the table. Raises ValueError for two runs of one name and
+  category, or for runs of one category on different splits.
   """
   names = list(dict.fromkeys(name for name, _ in runs))
-  cells, splits = {}, {}
+  cells, splits, warnings = {}, {}, {}
   for name, summary in runs:
     category, split = summary["category"], summary["split"]
     if (name, category) in cells:
       raise ValueError(f"Two runs named {name!r} on {category}; a column "
                        "holds one run per category.")
     cells[name, category] = summary["metrics"]
+    warnings[name, category] = tie_warning(name, summary)
     if splits.setdefault(category, split) != split:
       raise ValueError(f"The runs on {category} mix the {splits[category]} "
                        f"and {split} splits; a row block compares one split.")
@@ -59,11 +86,13 @@ def table_2(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:
       row = []
       for name in names:
         values = cells.get((name, category))
-        row.append(_pair(values[f"{metric}/opt"], values[f"{metric}/pes"])
-                   if values else "-")
+        mark = TIE_MARK if warnings.get((name, category)) else ""
+        row.append(_pair(values[f"{metric}/opt"], values[f"{metric}/pes"],
+                         mark=mark) if values else "-")
       label = category if position == 0 else ""
       lines.append(f"| {label} | {metric} | " + " | ".join(row) + " |")
-  return "\n".join(lines) + "\n"
+  notes = [f"{TIE_MARK} {warning}" for warning in warnings.values() if warning]
+  return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def table_7_matches(runs: Sequence[tuple[str, dict[str, Any]]]) -> str:

@@ -221,12 +221,14 @@ class RetrieveAndRank(beam.DoFn):
 
 _MATCH_FIELDS = tuple(f.name for f in dataclasses.fields(
     retrieval_lib.MatchCounts))
-# (users at each rank per variant, per-field match counts)
-_Accumulator = tuple[dict[str, collections.Counter[int]], np.ndarray]
+# (users at each rank per variant, per-field match counts, users whose
+# target ties other items)
+_Accumulator = tuple[dict[str, collections.Counter[int]], np.ndarray, int]
 
 
 class MeanMetrics(beam.CombineFn):
-  """Means of the per-user metrics and summed Table 7 match counts.
+  """Means of the per-user metrics, summed Table 7 match counts and the share
+  of users whose target ties other items (`metrics.is_tied`).
 
   It counts users per rank and sums once at the end (`metrics.mean_metrics`,
   with `math.fsum`): the same bits however Beam splits the users.
@@ -234,33 +236,38 @@ class MeanMetrics(beam.CombineFn):
 
   def create_accumulator(self) -> _Accumulator:
     return ({variant: collections.Counter() for variant in metrics.VARIANTS},
-            np.zeros(len(_MATCH_FIELDS), np.int64))
+            np.zeros(len(_MATCH_FIELDS), np.int64), 0)
 
   def add_input(self, accumulator: _Accumulator,
                 result: dict[str, Any]) -> _Accumulator:
-    rank_counts, matches = accumulator
-    rank_counts["opt"][result["rank_optimistic"]] += 1
-    rank_counts["pes"][result["rank_pessimistic"]] += 1
+    rank_counts, matches, num_tied = accumulator
+    ranks = metrics.TargetRanks(result["rank_optimistic"],
+                                result["rank_pessimistic"])
+    rank_counts["opt"][ranks.optimistic] += 1
+    rank_counts["pes"][ranks.pessimistic] += 1
     counts = result["match_counts"]
     return rank_counts, matches + np.array(
-        [counts[name] for name in _MATCH_FIELDS], np.int64)
+        [counts[name] for name in _MATCH_FIELDS], np.int64), (
+            num_tied + metrics.is_tied(ranks))
 
   def merge_accumulators(self, accumulators: Iterable[_Accumulator]
                         ) -> _Accumulator:
-    rank_counts, matches = self.create_accumulator()
-    for other_counts, other_matches in accumulators:
+    rank_counts, matches, num_tied = self.create_accumulator()
+    for other_counts, other_matches, other_tied in accumulators:
       for variant, counts in other_counts.items():
         rank_counts[variant].update(counts)
       matches = matches + other_matches
-    return rank_counts, matches
+      num_tied += other_tied
+    return rank_counts, matches, num_tied
 
   def extract_output(self, accumulator: _Accumulator) -> dict[str, Any]:
-    rank_counts, matches = accumulator
+    rank_counts, matches, num_tied = accumulator
     count = sum(rank_counts["opt"].values())
     match_counts = retrieval_lib.MatchCounts(*(int(m) for m in matches))
     return {
         "num_users": count,
         "metrics": metrics.mean_metrics(rank_counts) if count else {},
+        "tied_target_share": num_tied / count if count else 0.0,
         "output_matches": {"counts": dataclasses.asdict(match_counts),
                            "shares": match_counts.shares()},
     }

@@ -3,6 +3,8 @@
 One test per item of the issue; each failed before its fix.
 """
 
+import json
+import logging
 import re
 import subprocess
 import sys
@@ -10,6 +12,9 @@ import sys
 import conftest
 import pytest
 
+from evaluator import evaluate
+from evaluator import report
+from evaluator import transforms
 from test_evaluator_evaluate import CATEGORY
 from test_evaluator_evaluate import data_dir  # pylint: disable=unused-import
 
@@ -33,3 +38,68 @@ def test_lucene_logs_stay_off_stdout(data_dir, tmp_path):
       capture_output=True, text=True, check=True, cwd=conftest.REPO_ROOT)
   assert not _LOG4J_LINE.search(completed.stdout), completed.stdout
   assert completed.stdout == (output_dir / "results.md").read_text()
+# Table 2's NDCG@10 row with its optimistic value marked.
+_MARKED_NDCG = re.compile(r"\| Toys \| NDCG@10 \| [0-9.]+!/[0-9.]+ \|")
+
+
+def _ranked(user_id, optimistic, pessimistic):
+  """A per-user result of `transforms.evaluate_users` with these ranks."""
+  return {"user_id": user_id, "rank_optimistic": optimistic,
+          "rank_pessimistic": pessimistic,
+          "match_counts": {"outputs": 1, "format_errors": 1, "all_four": 0,
+                           "title_only": 0}}
+
+
+def _summary_of(ranks):
+  """MeanMetrics over (optimistic, pessimistic) ranks, in two merged parts."""
+  combine = transforms.MeanMetrics()
+  parts = [combine.create_accumulator(), combine.create_accumulator()]
+  for number, (optimistic, pessimistic) in enumerate(ranks):
+    parts[number % 2] = combine.add_input(
+        parts[number % 2], _ranked(f"u{number}", optimistic, pessimistic))
+  return combine.extract_output(combine.merge_accumulators(parts))
+
+
+def test_a_run_of_tied_targets_warns_beside_its_optimistic_metrics(
+    tmp_path, capsys, caplog):
+  """Item 7: many targets tied with other items make the optimistic metrics
+  meaningless (an empty output ties every item); metrics.json counts them
+  and results.md, `evaluator.report table` and the log warn."""
+  # 3 of 20 users have their target tied with other items: 15 %.
+  tied = _summary_of([(1, 1)] * 17 + [(1, 20), (3, 4), (9, 12)])
+  assert tied["tied_target_share"] == pytest.approx(0.15)
+  # 1 of 20 (5 %) is at the limit, not over it.
+  fair = _summary_of([(1, 1)] * 19 + [(1, 2)])
+  assert fair["tied_target_share"] == pytest.approx(0.05)
+
+  run = {"data_dir": "data", "num_records": None, "category": CATEGORY,
+         "split": "test", "model": "lir", "retrieval": "bm25"}
+  warning = ("! lir (bm25) on Toys: 15.0% of the ranked users have their "
+             "target tied with other items (over 5%)")
+  for name, summary in (("tied", tied), ("fair", fair)):
+    output_dir = tmp_path / name
+    output_dir.mkdir()
+    evaluate.write_summary(summary, num_rejected=0, num_unranked=0, run=run,
+                           output_dir=str(output_dir))
+    written = json.loads((output_dir / "metrics.json").read_text())
+    assert written["tied_target_share"] == summary["tied_target_share"]
+
+  results_md = (tmp_path / "tied" / "results.md").read_text()
+  assert _MARKED_NDCG.search(results_md)
+  assert warning in results_md
+  assert "!" not in (tmp_path / "fair" / "results.md").read_text()
+
+  report.main(["table", f"--run=A={tmp_path / 'tied'}",
+               f"--run=B={tmp_path / 'fair'}"])
+  table = capsys.readouterr().out
+  assert _MARKED_NDCG.search(table)
+  assert ("! A on Toys: 15.0% of the ranked users have their target tied "
+          "with other items") in table
+  assert "B on Toys" not in table
+
+  caplog.set_level(logging.INFO)
+  evaluate.log_outcome(written)
+  evaluate.log_outcome(report.load_summary(str(tmp_path / "tied")))
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING]
+  assert len(warnings) == 1 and warnings[0].startswith(warning[2:])
