@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import io
-import itertools
 import json
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -138,9 +137,7 @@ def write_category_files(output_dir: str,
 
   counts = collections.Counter(counts)
   counts["meta_duplicate_rows"] = counts["meta_rows"] - counts["meta_items"]
-  total_words, vocabulary = stats_lib.corpus_words(
-      columns["text"], itertools.chain.from_iterable(
-          columns[column] for column in processing.ATTRIBUTE_COLUMNS))
+  total_words, vocabulary = stats_lib.corpus_words(columns["text"])
   stats = stats_lib.category_stats(counts, len(columns["item_id"]),
                                    total_words, len(vocabulary),
                                    category.user_fraction)

@@ -10,37 +10,28 @@ Items/User and the Stage I mixture rate, and `stats.json` also holds
 `users_before_dedup`.
 
 Words are the whitespace tokens of the templated item text, the four labels
-(`Title:` ...) included; this matched the paper's Words/Item on real data. The
-vocabulary is the set of lowercased "natural" word types of the four attribute
-values ("over the item corpus spanning the four attributes used"), labels
-excluded and the "Unknown" of a missing value included: tokens with their
-surrounding punctuation removed that contain a letter. Average word frequency
-is total words / vocabulary size, the arithmetic behind Table 1's column.
+(`Title:` ...) included; this matched the paper's Words/Item on real data.
+The word vocabulary counts the same words: "the lowercase natural word types
+over the item corpus spanning the four attributes used" (section 4.1) are the
+distinct lowercased whitespace tokens of the item texts, punctuation left
+attached ("Title: Neiko 6-Inch Caliper." gives "title:", "neiko", "6-inch",
+"caliper."). Average word frequency is total words / vocabulary size, the
+arithmetic behind Table 1's column.
 """
 
 from __future__ import annotations
 
-import functools
-import string
 from typing import Any, Iterable, Mapping
 
-_PUNCTUATION = string.punctuation + "\u201c\u201d\u2018\u2019"
 
-
-@functools.lru_cache(maxsize=1 << 16)
-def natural_word(token: str) -> str | None:
-  """The lowercased word type of a token, or None if it holds no letter."""
-  word = token.strip(_PUNCTUATION).lower()
-  return word if any(c.isalpha() for c in word) else None
-
-
-def corpus_words(texts: Iterable[str], attribute_values: Iterable[str]
-                 ) -> tuple[int, set[str]]:
-  """(whitespace words of the item texts, natural word types of the values)."""
-  total = sum(len(text.split()) for text in texts)
+def corpus_words(texts: Iterable[str]) -> tuple[int, set[str]]:
+  """(whitespace words of the item texts, their lowercased types)."""
+  total = 0
   vocabulary: set[str] = set()
-  for value in attribute_values:
-    vocabulary.update(filter(None, map(natural_word, value.split())))
+  for text in texts:
+    words = text.lower().split()
+    total += len(words)
+    vocabulary.update(words)
   return total, vocabulary
 
 

@@ -361,15 +361,17 @@ def test_category_stats_match_hand_computation():
   assert result["dropped"]["duplicate_purchases"] == 2
 
 
-def test_corpus_words_count_labels_but_types_only_of_attribute_values():
-  text = templates.item_text("Blue Widget, blue", "Tools", None, "$3.00")
-  total, vocabulary = stats.corpus_words(
-      [text], ["Blue Widget, blue", "Tools", "Unknown", "$3.00"])
-  # Title: Blue Widget, blue. Category: Tools. Brand: Unknown. Price: $3.00.
-  assert total == 10
-  # Table 1's vocabulary spans the attribute values: no label words, and no
-  # type for a token without a letter.
-  assert vocabulary == {"blue", "widget", "tools", "unknown"}
+def test_corpus_words_are_the_lowercased_whitespace_tokens_of_the_texts():
+  texts = [templates.item_text("Blue Widget blue", "Tools", None, "$3.00"),
+           templates.item_text("Widget", "Tools", None, None)]
+  total, vocabulary = stats.corpus_words(texts)
+  # Title: Blue Widget blue. Category: Tools. Brand: Unknown. Price: $3.00.
+  # Title: Widget. Category: Tools. Brand: Unknown. Price: Unknown.
+  assert total == 10 + 8
+  # Labels and punctuation stay: "widget" and "widget." are two types.
+  assert vocabulary == {"title:", "blue", "widget", "blue.", "category:",
+                        "tools.", "brand:", "unknown.", "price:", "$3.00.",
+                        "widget."}
 
 
 def test_item_texts_truncate_to_25_15_15_15_words_and_fill_unknown():
