@@ -9,7 +9,10 @@ Figures, each against a baseline measured in the same run:
   default) against copying the prompt cache per sample
   (`CALRecModel(shared_prefix=False)`): sampled tokens/s, and the compiled
   sampler's peak memory (XLA's memory analysis: arguments + temporaries) and
-  temporaries alone. Both draw the same tokens.
+  temporaries alone. Both draw the same tokens;
+- the "inverse_cdf" sampler (one random number per sampled token, chunked
+  inverse CDF) against the default "gumbel" one (one per vocabulary entry):
+  sampled tokens/s, both with the shared prefix.
 
   python -m benchmarks.decode
   python -m benchmarks.decode --num_prompts=1 --num_decodes=32 \
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> None:
   config = train_step.load_config(args.model)
   model = models.CALRecModel(config)
   copying = models.CALRecModel(config, shared_prefix=False)
+  inverse_cdf = models.CALRecModel(config, sampler="inverse_cdf")
   params = models.unboxed_params(model.get_initial_variables(
       jax.random.PRNGKey(0), {"decoder_input_tokens": (1, 8)}))
   rng = np.random.RandomState(0)
@@ -124,6 +128,9 @@ def run(args: argparse.Namespace) -> None:
   copying_rate = tokens / best_seconds(lambda: cached(copying), args.rounds)
   figures.emit(prefix + "shared_prefix_sampled_tokens_per_second",
                cached_rate, "tokens/s", copying_rate)
+  figures.emit(prefix + "inverse_cdf_sampled_tokens_per_second",
+               tokens / best_seconds(lambda: cached(inverse_cdf),
+                                     args.rounds), "tokens/s", cached_rate)
   shared_peak, shared_temp = compiled_bytes(model, params, batch, key, args)
   copying_peak, copying_temp = compiled_bytes(copying, params, batch, key,
                                               args)

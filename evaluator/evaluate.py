@@ -3,14 +3,16 @@ r"""Batch evaluation of a category's split: generation, retrieval, metrics.
   python -m evaluator.evaluate --data_dir=DATA --category=Scientific \
       --split=test --model_dir=MODEL --output_dir=OUT [--model=calrec|lir] \
       [--retrieval=bm25|hierarchical] [--bm25_backend=fast|lucene] \
+      [--max_users=N --user_sample_seed=S] \
       [Beam flags, e.g. --runner=FnApiRunner --direct_num_workers=2 \
        --direct_running_mode=multi_processing]
 
 Reads the category's split files that `{data_dir}/manifest.json` lists, each
 checked to exist and their records counted against it, and `corpus.parquet`
-(docs/contracts.md); generates N_gen samples per user with the model (or uses
-the last history item for `--model=lir`), ranks every corpus item by paper
-Algorithm 1 (or hierarchical exact match, paper section 6) and writes to
+(docs/contracts.md); keeps a seeded subset of --max_users users if asked
+(`transforms.SampleUsers`); generates N_gen samples per user with the model
+(or uses the last history item for `--model=lir`), ranks every corpus item by
+paper Algorithm 1 (or hierarchical exact match, paper section 6) and writes to
 `output_dir`:
 
   users-SSSSS-of-NNNNN.parquet  per user: user_id, target_id, kept_texts,
@@ -110,6 +112,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
   parser.add_argument("--seed", type=int, default=0,
                       help="Run seed; each user's sampling seed derives from "
                       "it and the user id (default: %(default)s).")
+  parser.add_argument("--max_users", type=cli.positive_int, default=None,
+                      help="Evaluate only this many users, those of the "
+                      "smallest SHA-256 of (--user_sample_seed, user id): the "
+                      "same subset on any runner, workers and file order "
+                      "(default: every user).")
+  parser.add_argument("--user_sample_seed", type=int, default=0,
+                      help="Seed of the --max_users subset, apart from "
+                      "--seed (default: %(default)s).")
   parser.add_argument("--batch_size", type=cli.positive_int, default=32,
                       help="Users per generation batch (default: %(default)s).")
   parser.add_argument("--recommendations_k", type=int, default=0,
@@ -212,19 +222,19 @@ def _user_schema() -> "pyarrow.Schema":
       ("rank_optimistic", pa.int64()), ("rank_pessimistic", pa.int64())])
 
 
-def write_summary(summary: dict[str, Any], num_rejected: int,
+def write_summary(summary: dict[str, Any], num_read: int, num_rejected: int,
                   num_unranked: int, run: dict[str, Any],
                   output_dir: str) -> None:
   """Writes metrics.json and results.md (Table 2 and Table 7 layouts).
 
-  The metrics average over every test user: the `num_users` ranked ones and
-  the `num_unranked` ones, which count as misses (`metrics.with_misses`).
+  The metrics average over every test user (of the --max_users subset): the
+  `num_users` ranked ones and the `num_unranked` ones, which count as misses
+  (`metrics.with_misses`). `num_read`: the split records read, all of them.
 
   Raises:
     data.DataError: the split files held another number of records than
       the manifest counts (`run["num_records"]`): files changed since.
   """
-  num_read = summary["num_users"] + num_rejected
   if run["num_records"] not in (None, num_read):
     raise data.DataError(
         f"{run['data_dir']}: read {num_read} {run['split']} records of "
@@ -261,13 +271,17 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
   `vocabulary_path`: the SentencePiece model the generated texts are decoded
   with; the corpus is matched in its normal form (`transforms.RetrievalOptions`).
   """
-  parsed = (root
-            | "SplitFiles" >> beam.Create(args.split_files.paths)
-            | "ReadSplit" >> beam.io.ReadAllFromTFRecord()
-            | "ParseUsers" >> beam.ParDo(transforms.ParseUsers()).with_outputs(
-                transforms.REJECTS, main="users"))
+  records = (root
+             | "SplitFiles" >> beam.Create(args.split_files.paths)
+             | "ReadSplit" >> beam.io.ReadAllFromTFRecord())
+  parsed = records | "ParseUsers" >> beam.ParDo(
+      transforms.ParseUsers()).with_outputs(transforms.REJECTS, main="users")
+  users = parsed.users
+  if args.max_users:
+    users = users | "SampleUsers" >> transforms.SampleUsers(
+        args.max_users, args.user_sample_seed)
   evaluated = (
-      _with_samples(parsed.users, args, load_generator)
+      _with_samples(users, args, load_generator)
       | "BatchUsers" >> beam.BatchElements(min_batch_size=1, max_batch_size=64)
       | "RetrieveAndRank" >> beam.ParDo(transforms.RetrieveAndRank(
           corpus_path(args), retrieval_options(
@@ -281,13 +295,15 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
        | "WriteRejects" >> beam.io.WriteToText(
            os.path.join(args.output_dir, "rejects"),
            file_name_suffix=".jsonl"))
+  num_read = records | "CountRecords" >> beam.combiners.Count.Globally()
   num_rejected = rejects | "CountRejects" >> beam.combiners.Count.Globally()
   num_unranked = (evaluated[transforms.REJECTS]
                   | "CountUnranked" >> beam.combiners.Count.Globally())
   _ = (evaluated.results
        | "MeanMetrics" >> beam.CombineGlobally(transforms.MeanMetrics())
        | "WriteSummary" >> beam.Map(
-           write_summary, num_rejected=beam.pvalue.AsSingleton(num_rejected),
+           write_summary, num_read=beam.pvalue.AsSingleton(num_read),
+           num_rejected=beam.pvalue.AsSingleton(num_rejected),
            num_unranked=beam.pvalue.AsSingleton(num_unranked),
            run=run_settings(args), output_dir=args.output_dir))
 
@@ -350,7 +366,10 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
          "split": args.split, "model": args.model,
          "retrieval": args.retrieval, "bm25_backend": args.bm25_backend,
          "num_preds": args.num_preds, "epsilon": args.epsilon,
-         "recommendations_k": args.recommendations_k}
+         "recommendations_k": args.recommendations_k,
+         "max_users": args.max_users}
+  if args.max_users:
+    run["user_sample_seed"] = args.user_sample_seed
   if args.model == "calrec":
     # The batch shapes round the kept log-probs (by about 1e-6).
     run.update(model_dir=args.model_dir, checkpoint_step=args.checkpoint_step,

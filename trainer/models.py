@@ -82,7 +82,8 @@ class CALRecModel:
                eos_id: int = 1,
                loss_vocab_chunk_size: Optional[int] = 16384,
                stop_ids: Sequence[int] = (),
-               shared_prefix: bool = True):
+               shared_prefix: bool = True,
+               sampler: str = "gumbel"):
     """Creates the model object.
 
     Args:
@@ -99,10 +100,13 @@ class CALRecModel:
       stop_ids: ids besides EOS that end a sample (paper section 3.5): the
         newline-bearing pieces of a pretrained LM's vocabulary, whose text
         runs on past the item (`tasks.vocab.item_stop_ids`, set by
-        `checkpoints.load_for_inference`). EOS always ends one.
+        `model_dir.load_for_inference`). EOS always ends one.
       shared_prefix: sampling keeps one copy of each prompt's cache for all
         its samples (`network.shared_prefix_cache`); False copies it per
         sample (the benchmark's baseline, same tokens).
+      sampler: the seeded stream that draws sampled tokens
+        (`decoding.SAMPLERS`): "gumbel", or "inverse_cdf", which draws one
+        random number per token instead of one per vocabulary entry.
     """
     if temperature <= 0:
       raise ValueError(f"Contrastive temperature must be > 0, got "
@@ -115,6 +119,10 @@ class CALRecModel:
     self.eos_id = eos_id
     self.stop_ids = tuple(sorted({int(eos_id), *(int(i) for i in stop_ids)}))
     self.shared_prefix = shared_prefix
+    if sampler not in decoding.SAMPLERS:
+      raise ValueError(f"Unknown sampler {sampler!r}; one of "
+                       f"{decoding.SAMPLERS}.")
+    self.sampler = sampler
     if loss_vocab_chunk_size is not None and loss_vocab_chunk_size < 1:
       raise ValueError(f"loss_vocab_chunk_size must be >= 1, got "
                        f"{loss_vocab_chunk_size}.")
@@ -369,7 +377,7 @@ class CALRecModel:
     decodes, scores = decoding.temperature_sample(
         step_fn, repeat(logits[:, 0]), cache, repeat(prompt_lengths), rng,
         temperature=temperature, max_decode_length=max_decode_length,
-        stop_ids=self.stop_ids)
+        stop_ids=self.stop_ids, sampler=self.sampler)
     decodes = decodes.reshape(batch_size, num_decodes, max_decode_length)
     scores = scores.reshape(batch_size, num_decodes)
     order = jnp.argsort(-scores, axis=-1)
