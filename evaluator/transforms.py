@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -132,6 +133,41 @@ class ParseUsers(beam.DoFn):
       self._bad_records.inc()
       yield beam.pvalue.TaggedOutput(REJECTS,
                                      reject("", f"bad record: {error}"))
+
+
+def user_sample_key(seed: int, user_id: str) -> tuple[str, str]:
+  """A user's place in a `SampleUsers` sample: the smallest keys are kept.
+
+  The SHA-256 of "sample:{seed}:{user_id}", then the id: the same in every
+  process (Python's hash() is salted per process) and apart from the users'
+  sampling seeds (`generation.user_seed`).
+  """
+  text = f"sample:{seed}:{user_id}"
+  return hashlib.sha256(text.encode("utf-8")).hexdigest(), user_id
+
+
+class SampleUsers(beam.PTransform):
+  """The `max_users` users of the smallest `user_sample_key`s (all if fewer).
+
+  Which users are kept depends on the seed and the user ids alone, not on
+  the runner, the number of workers or the order of the split files.
+  """
+
+  def __init__(self, max_users: int, seed: int):
+    super().__init__()
+    self._max_users = max_users
+    self._seed = seed
+
+  def expand(self, users: beam.PCollection) -> beam.PCollection:
+    seed = self._seed
+    last_kept = (users
+                 | "Keys" >> beam.Map(
+                     lambda user: user_sample_key(seed, user.user_id))
+                 | "Smallest" >> beam.combiners.Top.Smallest(self._max_users)
+                 | "Last" >> beam.Map(max, default=None))
+    return users | "Keep" >> beam.Filter(
+        lambda user, last: user_sample_key(seed, user.user_id) <= last,
+        last=beam.pvalue.AsSingleton(last_kept))
 
 
 def vocabulary_texts(texts: Sequence[str], vocabulary_path: str) -> list[str]:

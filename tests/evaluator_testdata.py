@@ -55,11 +55,12 @@ def write_corpus(directory: pathlib.Path, items: Sequence[dict[str, str]]
 
 
 def write_split(directory: pathlib.Path, split: str, category: str,
-                users: Sequence[tuple[str, Sequence[dict[str, str]]]]) -> None:
-  """Writes `{split}-00000-of-00001.tfrecord`; each user: (id, items)."""
+                users: Sequence[tuple[str, Sequence[dict[str, str]]]],
+                shard: int = 0, num_shards: int = 1) -> None:
+  """Writes `{split}-SSSSS-of-NNNNN.tfrecord`; each user: (id, items)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   directory.mkdir(parents=True, exist_ok=True)
-  path = directory / f"{split}-00000-of-00001.tfrecord"
+  path = directory / f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord"
 
   def bytes_feature(values):
     return tf.train.Feature(bytes_list=tf.train.BytesList(
@@ -81,12 +82,15 @@ def write_split(directory: pathlib.Path, split: str, category: str,
 def write_output(data_dir: pathlib.Path, category: str,
                  items: Sequence[dict[str, str]],
                  users: Sequence[tuple[str, Sequence[dict[str, str]]]],
-                 splits: Sequence[str]) -> None:
+                 splits: Sequence[str], num_shards: int = 1) -> None:
   """A preprocessing output of one category: the corpus, `users` in each of
-  `splits`, stats.json and manifest.json (written last, as the job does)."""
+  `splits` (dealt round-robin over `num_shards` files), stats.json and
+  manifest.json (written last, as the job does)."""
   write_corpus(data_dir / category, items)
   for split in splits:
-    write_split(data_dir / category, split, category, users)
+    for shard in range(num_shards):
+      write_split(data_dir / category, split, category,
+                  users[shard::num_shards], shard, num_shards)
   tasks_testdata.write_stats(data_dir, category, len(users), len(items))
   tasks_testdata.write_manifest(data_dir)
 

@@ -88,9 +88,16 @@ def _expected_means(num_missed):
   return {key: value * share for key, value in means.items()}
 
 
-def _write_data(root, items, users):
+def _write_data(root, items, users, num_shards=1):
   evaluator_testdata.write_output(root, CATEGORY, items, users,
-                                  sequences.ROLE_SPLITS[sequences.Role.EVAL])
+                                  sequences.ROLE_SPLITS[sequences.Role.EVAL],
+                                  num_shards)
+
+
+def _copied_users(copies):
+  """`copies` users "{user}_{copy}" per user of USERS, with its items."""
+  return [(f"{user}_{copy}", [_item(i) for i in items])
+          for user, (items, _) in USERS.items() for copy in range(copies)]
 
 
 def _split_words(texts):
@@ -452,8 +459,7 @@ def test_generation_is_spread_over_the_workers(tmp_path, monkeypatch):
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
       [os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
   data_dir, output_dir = tmp_path / "data", tmp_path / "eval"
-  users = [(f"{user}_{copy}", [_item(i) for i in items])
-           for user, (items, _) in USERS.items() for copy in range(10)]
+  users = _copied_users(10)
   _write_data(data_dir, [_item(i) for i in ITEMS], users)
   summary = _run(data_dir, output_dir, "--model=calrec", "--model_dir=unused",
                  "--direct_num_workers=2",

@@ -3,6 +3,7 @@
 One test per item of the issue; each failed before its fix.
 """
 
+import glob
 import json
 import logging
 import re
@@ -10,13 +11,19 @@ import subprocess
 import sys
 
 import conftest
+import pyarrow.parquet as pq
 import pytest
 
 from evaluator import evaluate
 from evaluator import report
 from evaluator import transforms
+from test_evaluator_evaluate import _copied_users
+from test_evaluator_evaluate import _item
+from test_evaluator_evaluate import _run
+from test_evaluator_evaluate import _write_data
 from test_evaluator_evaluate import CATEGORY
 from test_evaluator_evaluate import data_dir  # pylint: disable=unused-import
+from test_evaluator_evaluate import ITEMS
 
 # A log4j line in Anserini's layout: "2026-01-01 12:00:00,000 INFO  [main] ...".
 _LOG4J_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} +[A-Z]+ +\[",
@@ -79,8 +86,8 @@ def test_a_run_of_tied_targets_warns_beside_its_optimistic_metrics(
   for name, summary in (("tied", tied), ("fair", fair)):
     output_dir = tmp_path / name
     output_dir.mkdir()
-    evaluate.write_summary(summary, num_rejected=0, num_unranked=0, run=run,
-                           output_dir=str(output_dir))
+    evaluate.write_summary(summary, num_read=20, num_rejected=0,
+                           num_unranked=0, run=run, output_dir=str(output_dir))
     written = json.loads((output_dir / "metrics.json").read_text())
     assert written["tied_target_share"] == summary["tied_target_share"]
 
@@ -103,3 +110,41 @@ def test_a_run_of_tied_targets_warns_beside_its_optimistic_metrics(
   warnings = [r.getMessage() for r in caplog.records
               if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and warnings[0].startswith(warning[2:])
+
+
+def _ranked_users(output_dir):
+  return sorted(pq.read_table(glob.glob(str(output_dir / "users-*.parquet")),
+                              columns=["user_id"]).column("user_id").to_pylist())
+
+
+@pytest.mark.slow
+def test_max_users_scores_a_seeded_subset_whatever_the_input_order(tmp_path):
+  """Item 9: --max_users N --user_sample_seed S keeps the N users of the
+  smallest hash of (S, user id): the same on any workers and input order."""
+  users = _copied_users(10)
+  in_order, shuffled = tmp_path / "in_order", tmp_path / "shuffled"
+  _write_data(in_order, [_item(i) for i in ITEMS], users)
+  # The users in reverse order, dealt over two files.
+  _write_data(shuffled, [_item(i) for i in ITEMS], users[::-1], num_shards=2)
+
+  first = _run(in_order, tmp_path / "first", "--model=lir", "--max_users=10",
+               "--user_sample_seed=7")
+  assert (first["max_users"], first["user_sample_seed"]) == (10, 7)
+  # All 40 records were read (the manifest's count holds), 10 ranked.
+  assert (first["num_records"], first["num_users"]) == (40, 10)
+  subset = _ranked_users(tmp_path / "first")
+  assert subset == sorted(sorted(
+      (user for user, _ in users),
+      key=lambda user: transforms.user_sample_key(7, user))[:10])
+
+  _run(shuffled, tmp_path / "again", "--model=lir", "--max_users=10",
+       "--user_sample_seed=7", "--direct_num_workers=2",
+       "--direct_running_mode=multi_threading")
+  assert _ranked_users(tmp_path / "again") == subset
+  _run(in_order, tmp_path / "other_seed", "--model=lir", "--max_users=10",
+       "--user_sample_seed=8")
+  other = _ranked_users(tmp_path / "other_seed")
+  assert len(other) == 10 and other != subset
+  everyone = _run(in_order, tmp_path / "everyone", "--model=lir",
+                  "--max_users=40")
+  assert everyone["num_users"] == 40
