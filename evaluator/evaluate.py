@@ -176,10 +176,11 @@ def parse_args(argv: Sequence[str], check_model: bool = True,
     # The step is fixed now: every worker loads it, and metrics.json names
     # it, even when the default (the run's best) changes meanwhile.
     from trainer import checkpoints  # pylint: disable=g-import-not-at-top
+    from trainer import model_dir  # pylint: disable=g-import-not-at-top
     checkpoints.hide_orbax_info_logs()
     if check_model:
       try:
-        args.checkpoint_step = int(checkpoints.inference_checkpoint(
+        args.checkpoint_step = int(model_dir.inference_checkpoint(
             args.model_dir, args.checkpoint_step).name)
       except FileNotFoundError as error:
         parser.error(str(error))

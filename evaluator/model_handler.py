@@ -176,13 +176,14 @@ class GeneratorLoader:
   @property
   def vocabulary_path(self) -> str:
     """The vocabulary the run trained with, which decodes its samples."""
-    from trainer import checkpoints  # pylint: disable=g-import-not-at-top
-    return os.path.join(self.model_dir, checkpoints.VOCABULARY_FILE)
+    from trainer import model_dir  # pylint: disable=g-import-not-at-top
+    return os.path.join(self.model_dir, model_dir.VOCABULARY_FILE)
 
   def __call__(self) -> JaxGenerator:
     from trainer import checkpoints  # pylint: disable=g-import-not-at-top
+    from trainer import model_dir  # pylint: disable=g-import-not-at-top
     checkpoints.hide_orbax_info_logs()
-    loaded = checkpoints.load_for_inference(self.model_dir, step=self.step)
+    loaded = model_dir.load_for_inference(self.model_dir, step=self.step)
     logging.info("Loaded %s at step %d.", self.model_dir, loaded.step)
     return JaxGenerator(
         loaded.model, loaded.params, loaded.vocabulary, loaded.prompt_length,

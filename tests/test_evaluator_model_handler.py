@@ -22,6 +22,7 @@ from tasks import preprocessors
 from pipelines import templates
 from tasks import vocab
 from trainer import checkpoints
+from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import network
 from trainer import train_lib
@@ -226,7 +227,7 @@ def model_dir(generator_parts, tmp_path_factory):
       jax.random.PRNGKey(1), {"decoder_input_tokens": (1, 8)}))["params"]
   params_by_step = dict(zip(STEPS, (params, other_params)))
   model_dir = tmp_path_factory.mktemp("run") / "model"
-  checkpoints.write_model_metadata(
+  model_dir_lib.write_model_metadata(
       model_dir, model, vocabulary, {"inputs": 400, "targets": 16},
       best_metric=None, best_mode="min")
   optimizer = train_lib.create_optimizer()
@@ -241,17 +242,17 @@ def model_dir(generator_parts, tmp_path_factory):
 def test_load_for_inference_sets_the_vocabularys_stop_ids(model_dir,
                                                          newline_parts,
                                                          tmp_path):
-  assert checkpoints.load_for_inference(model_dir[0]).model.stop_ids == (1,)
+  assert model_dir_lib.load_for_inference(model_dir[0]).model.stop_ids == (1,)
   model, params, vocabulary = newline_parts
-  checkpoints.write_model_metadata(tmp_path / "model", model, vocabulary,
-                                   {"inputs": 40, "targets": 8},
-                                   best_metric=None, best_mode="min")
+  model_dir_lib.write_model_metadata(tmp_path / "model", model, vocabulary,
+                                     {"inputs": 40, "targets": 8},
+                                     best_metric=None, best_mode="min")
   optimizer = train_lib.create_optimizer()
   manager = checkpoints.CheckpointManager(tmp_path / "model")
   manager.save(train_lib.TrainState(step=jnp.int32(1), params=params,
                                     opt_state=optimizer.init(params)))
   manager.close()
-  loaded = checkpoints.load_for_inference(tmp_path / "model")
+  loaded = model_dir_lib.load_for_inference(tmp_path / "model")
   assert loaded.model.stop_ids == vocab.item_stop_ids(vocabulary)
   assert len(loaded.model.stop_ids) == 5
 

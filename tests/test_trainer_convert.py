@@ -23,6 +23,7 @@ from trainer import checkpoints
 from trainer import convert
 from trainer import gguf_import
 from trainer import hf_weights
+from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import network
 
@@ -54,7 +55,8 @@ def restored_params(model_dir: os.PathLike[str],
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
       abstract)
-  return checkpoints.restore_params(model_dir, abstract)
+  return checkpoints.restore_params(
+      model_dir_lib.resolve_checkpoint(model_dir), abstract)
 
 
 def gin_config(path: os.PathLike[str]) -> network.TransformerConfig:
@@ -99,7 +101,7 @@ def test_gguf_import_export_round_trip(tmp_path):
   assert config == hf_weights.config_from_hf(hf_config)
   assert config.layer_types == ("local", "local")
   # The step a run's initial_checkpoint_path resolves to, with its params.
-  step_dir = checkpoints.resolve_checkpoint(model_dir)
+  step_dir = model_dir_lib.resolve_checkpoint(model_dir)
   assert step_dir == checkpoints.model_path(model_dir / "checkpoints" / "0")
   assert_trees_equal(restored_params(model_dir, config),
                      hf_weights.params_from_hf(tensors, config))
@@ -144,8 +146,8 @@ def test_converted_dir_passes_same_network_check(tmp_path):
   config = convert.import_checkpoint(
       str(tiny_gemma(tmp_path / "g.gguf")), str(model_dir), "tiny",
       log=lambda line: None)
-  checkpoints.check_same_network(checkpoints.resolve_checkpoint(model_dir),
-                                 config)
+  model_dir_lib.check_same_network(
+      model_dir_lib.resolve_checkpoint(model_dir), config)
 
 
 def test_converted_dir_loads_for_zero_shot_evaluation(tmp_path):
@@ -156,7 +158,7 @@ def test_converted_dir_loads_for_zero_shot_evaluation(tmp_path):
       str(tiny_gemma(tmp_path / "g.gguf")), str(model_dir), "tiny",
       task_feature_lengths={"inputs": 96, "targets": 16},
       log=lambda line: None)
-  loaded = checkpoints.load_for_inference(model_dir)
+  loaded = model_dir_lib.load_for_inference(model_dir)
   assert loaded.step == convert.STEP
   assert loaded.prompt_length == 97
   assert loaded.vocabulary.tokenizer.bos_id() == vocab.decoder_start_id(

@@ -16,6 +16,7 @@ import tasks_testdata
 import trainer_batches
 
 from trainer import checkpoints
+from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import network
 from trainer import partitioning
@@ -186,7 +187,7 @@ def _write_run(model_dir: pathlib.Path, trainer: train_lib.Trainer,
   manager = checkpoints.CheckpointManager(model_dir)
   manager.save(state)
   manager.close()
-  (model_dir / checkpoints.MODEL_JSON).write_text(json.dumps({
+  (model_dir / model_dir_lib.MODEL_JSON).write_text(json.dumps({
       "network": dataclasses.asdict(trainer.model.config),
       "loss": {"alpha": 0.125, "beta": -0.025, "temperature": 0.5},
       "eos_id": 1, "extra_ids": 0, "task_feature_lengths": {},
@@ -229,12 +230,12 @@ def test_a_lora_checkpoint_into_a_model_without_lora_is_refused(tmp_path):
   step_dir = _write_run(tmp_path, lora, lora.initial_state())
   with pytest.raises(ValueError, match=re.escape(
       "is of another network: lora_rank 4 there, 0 here")):
-    checkpoints.check_same_network(step_dir, BASE)
+    model_dir_lib.check_same_network(step_dir, BASE)
   # Another rank of a LoRA checkpoint is another network too.
   with pytest.raises(ValueError, match="lora_rank 4 there, 8 here"):
-    checkpoints.check_same_network(
+    model_dir_lib.check_same_network(
         step_dir, dataclasses.replace(LORA, lora_rank=8))
-  checkpoints.check_same_network(step_dir, dataclasses.replace(
+  model_dir_lib.check_same_network(step_dir, dataclasses.replace(
       LORA, dtype="bfloat16"))
   # Without model.json (a bare step directory): the parameters tell.
   with pytest.raises(ValueError, match=(
@@ -255,13 +256,13 @@ def test_load_for_inference_loads_a_lora_run(tmp_path):
   manager.save(state)
   manager.close()
   vocabulary = tasks_testdata.train_test_vocabulary(tmp_path / "v.model")
-  checkpoints.write_model_metadata(
+  model_dir_lib.write_model_metadata(
       tmp_path, trainer.model, seqio.SentencePieceVocabulary(vocabulary),
       LENGTHS, None, "min")
-  metadata = json.loads((tmp_path / checkpoints.MODEL_JSON).read_text())
+  metadata = json.loads((tmp_path / model_dir_lib.MODEL_JSON).read_text())
   assert metadata["network"]["lora_rank"] == 4
   assert metadata["network"]["lora_targets"] == list(network.LORA_TARGETS)
-  loaded = checkpoints.load_for_inference(tmp_path)
+  loaded = model_dir_lib.load_for_inference(tmp_path)
   assert loaded.model.config == LORA
   for name, value in _flat(state.params).items():
     np.testing.assert_array_equal(_flat(loaded.params)[name], value)

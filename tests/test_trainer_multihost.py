@@ -28,6 +28,7 @@ import tasks_testdata
 import tensorflow as tf
 
 from trainer import checkpoints
+from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import network
 from trainer import partitioning
@@ -284,7 +285,7 @@ def test_distributed_command_line_trains_the_same_run(
   assert {p.name.split(".")[0] for p in dataset_dir.glob("process_*")} == {
       f"process_{i}-of-{_NUM_PROCESSES}" for i in range(_NUM_PROCESSES)}
   # The parameters are those of `train_loop.train` called directly.
-  params = checkpoints.load_for_inference(model_dir, _TRAIN_STEPS).params
+  params = model_dir_lib.load_for_inference(model_dir, _TRAIN_STEPS).params
   expected = _load_results(in_process_run)[0]
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
   assert {f"straight/{jax.tree_util.keystr(path)}" for path, _ in flat} == {

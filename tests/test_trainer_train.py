@@ -23,6 +23,7 @@ import tensorflow as tf
 from experiments import curves
 from tasks import mixtures
 from trainer import checkpoints
+from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import network
 from trainer import train
@@ -304,7 +305,7 @@ def test_orbax_info_logs_can_be_hidden(straight_run, caplog):
 
   def orbax_info():
     caplog.clear()
-    checkpoints.load_for_inference(model_dir, step=6)
+    model_dir_lib.load_for_inference(model_dir, step=6)
     return [r for r in caplog.records
             if "/orbax/" in r.pathname and r.levelno < logging.WARNING]
 
@@ -417,7 +418,7 @@ def test_a_validation_task_without_its_split_fails_before_training(
   finally:
     seqio.MixtureRegistry.remove(mixture)
     seqio.TaskRegistry.remove(train_only)
-  assert not (tmp_path / checkpoints.MODEL_JSON).exists()
+  assert not (tmp_path / model_dir_lib.MODEL_JSON).exists()
 
 
 @pytest.mark.parametrize("lengths", [{"inputs": 32}, {"inputs": 32,
@@ -432,16 +433,16 @@ def test_feature_lengths_without_a_positive_target_budget_are_refused(
 
 def test_a_model_dir_without_checkpoints_says_so(tmp_path, vocabulary_path):
   """A run that stopped before its first checkpoint leaves model.json."""
-  checkpoints.write_model_metadata(
+  model_dir_lib.write_model_metadata(
       tmp_path, _model(), seqio.SentencePieceVocabulary(str(vocabulary_path)),
       LENGTHS, "validation/loss", "min")
   message = re.escape(f"MODEL_DIR {tmp_path} has no checkpoints yet")
   for step in (None, 200):
     with pytest.raises(FileNotFoundError, match=message):
-      checkpoints.inference_checkpoint(tmp_path, step)
+      model_dir_lib.inference_checkpoint(tmp_path, step)
   (tmp_path / checkpoints.CHECKPOINTS_DIR).mkdir()
   with pytest.raises(FileNotFoundError, match=message):
-    checkpoints.resolve_checkpoint(tmp_path)
+    model_dir_lib.resolve_checkpoint(tmp_path)
 
 
 @pytest.mark.slow
@@ -452,7 +453,7 @@ def test_overfits_and_generates_its_training_targets(tmp_path):
                  model=_model(alpha=0.0, beta=0.0),
                  optimizer=train_lib.create_optimizer(1e-2, warmup_steps=10),
                  best_mode="max")
-  loaded = checkpoints.load_for_inference(tmp_path, step=200)
+  loaded = model_dir_lib.load_for_inference(tmp_path, step=200)
   _assert_trees_equal(loaded.params, final.params)
   batch = {k: np.asarray(v) for k, v in next(seqio.get_dataset(
       TASK, LENGTHS, train_loop.default_feature_converter_cls()(),
@@ -472,7 +473,7 @@ def test_overfits_and_generates_its_training_targets(tmp_path):
   # Kept: the latest checkpoint and the best by 'max' validation loss, which
   # on an overfitting run is the first one.
   assert checkpoints.CheckpointManager(tmp_path).all_steps() == [50, 200]
-  assert checkpoints.load_for_inference(tmp_path).step == 50
+  assert model_dir_lib.load_for_inference(tmp_path).step == 50
   assert (tmp_path / "train").is_dir() and (tmp_path / "config.gin").exists()
 
 

@@ -1,24 +1,19 @@
-"""orbax checkpoints of a training run, and loading a trained model.
+"""orbax checkpoints of a training run: MODEL_DIR/checkpoints.
 
-A model directory holds
   checkpoints/{step}/params, checkpoints/{step}/optimizer   (orbax)
   checkpoints/{step}/dataset  the training input's tf.data iterator state,
                     one `process_{i}-of-{n}` checkpoint per process
-  model.json        model config, loss settings, feature lengths
-  vocabulary.model  the SentencePiece model the run trained with
-  config.gin        the full gin configuration of the run
-  train/, validation/  TensorBoard summaries
 
 The last `keep` checkpoints are kept, plus the best one by a validation
 metric when one is configured and every `keep_period`-th step when set; a
-step's input state goes with its step.
+step's input state goes with its step. The rest of a model directory, and
+picking and loading a checkpoint of it: `trainer.model_dir`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -29,18 +24,13 @@ from etils import epath
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
-import seqio
 import tensorflow as tf
 
-from tasks import vocab
-from trainer import models
 from trainer import network
 from trainer import train_lib
 
 PyTree = Any
 CHECKPOINTS_DIR = "checkpoints"
-MODEL_JSON = "model.json"
-VOCABULARY_FILE = "vocabulary.model"
 DATASET_ITEM = "dataset"
 
 
@@ -273,79 +263,6 @@ class CheckpointManager:
     self._manager.close()
 
 
-def _no_checkpoints_yet(model_dir: epath.Path) -> FileNotFoundError:
-  return FileNotFoundError(
-      f"MODEL_DIR {model_dir} has no checkpoints yet: its run stopped before "
-      "its first checkpoint or has not reached it (train.checkpoint_period).")
-
-
-def resolve_checkpoint(path: str | os.PathLike[str]) -> epath.Path:
-  """The step directory a checkpoint path names.
-
-  Accepts a step directory (MODEL_DIR/checkpoints/1000) or a model directory,
-  in which case its best checkpoint by the run's validation metric is used
-  (the latest when none was tracked).
-  """
-  path = model_path(path)
-  if (path / "params").is_dir():
-    return path
-  if (path / CHECKPOINTS_DIR).is_dir():
-    manager = CheckpointManager(path, **_best_metric_of(path))
-    step = manager.best_step()
-    manager.close()
-    if step is not None:
-      return step_path(path, step)
-  if (path / MODEL_JSON).exists():
-    raise _no_checkpoints_yet(path)
-  raise FileNotFoundError(
-      f"No checkpoint at {path}: give a step directory "
-      f"(MODEL_DIR/{CHECKPOINTS_DIR}/STEP) or a model directory holding "
-      f"{CHECKPOINTS_DIR}/.")
-
-
-# TransformerConfig fields a run may change from the checkpoint it starts from:
-# they leave the parameters as they are.
-_FREE_NETWORK_FIELDS = frozenset(
-    {"dropout_rate", "dtype", "attention_implementation", "remat"})
-# LoRA's fields: free when the checkpoint has no LoRA parameters (a run adds
-# fresh ones, see `restore_params`), else they must match.
-_LORA_NETWORK_FIELDS = frozenset({"lora_rank", "lora_alpha", "lora_targets"})
-
-
-def check_same_network(step_dir: epath.Path,
-                       config: network.TransformerConfig) -> None:
-  """Raises ValueError if the run of `step_dir` trained another network.
-
-  Compares the network of the run's model.json, when `step_dir` is a step of a
-  MODEL_DIR of `trainer.train`, with `config`, but for the fields that leave
-  the parameters as they are (dropout, dtype, attention kernel, remat), and
-  the LoRA fields when the checkpoint has no LoRA (lora_rank 0): LoRA
-  fine-tuning starts from a pretrained checkpoint.
-  """
-  model_dir = step_dir.parent.parent
-  if (step_dir.parent.name != CHECKPOINTS_DIR or
-      not (model_dir / MODEL_JSON).exists()):
-    return
-  trained = _read_metadata(model_dir)["network"]
-  free = _FREE_NETWORK_FIELDS
-  if not trained.get("lora_rank"):
-    free = free | _LORA_NETWORK_FIELDS
-  # JSON holds tuples as lists.
-  differing = [f"{name} {trained[name]!r} there, {value!r} here"
-               for name, value in dataclasses.asdict(config).items()
-               if name not in free and name in trained and
-               _json_value(trained[name]) != _json_value(value)]
-  if differing:
-    raise ValueError(
-        f"The checkpoint {step_dir} is of another network: "
-        f"{'; '.join(differing)} (network.TransformerConfig). Train with the "
-        f"model gin file of that run (see its {MODEL_JSON}).")
-
-
-def _json_value(value: Any) -> Any:
-  return list(value) if isinstance(value, tuple) else value
-
-
 def _flat_params(tree: PyTree) -> dict[str, Any]:
   """'/'-joined parameter paths (as `train_lib.create_optimizer`'s
   frozen_params see them) to leaves."""
@@ -374,10 +291,10 @@ def _listed(paths: list[str], limit: int = 4) -> str:
   return ", ".join(paths[:limit]) + more
 
 
-def restore_params(path: str | os.PathLike[str], abstract_params: PyTree,
+def restore_params(step_dir: str | os.PathLike[str], abstract_params: PyTree,
                    fresh_params: Optional[Callable[[], PyTree]] = None
                   ) -> PyTree:
-  """Parameters of a checkpoint (see `resolve_checkpoint`), resharded.
+  """Parameters of a step directory, resharded.
 
   A checkpoint without LoRA parameters restores into a model with them (LoRA
   fine-tuning of a pretrained or Stage I checkpoint): the checkpoint gives
@@ -385,7 +302,8 @@ def restore_params(path: str | os.PathLike[str], abstract_params: PyTree,
   model, gives the LoRA ones.
 
   Args:
-    path: a step directory or a model directory.
+    step_dir: MODEL_DIR/checkpoints/STEP (`model_dir.resolve_checkpoint`
+      finds one from a model directory).
     abstract_params: shapes, dtypes and shardings of the model's parameters.
     fresh_params: called only when the checkpoint lacks the LoRA parameters.
 
@@ -394,7 +312,7 @@ def restore_params(path: str | os.PathLike[str], abstract_params: PyTree,
       the model has not (LoRA's into a model without LoRA, say), has another
       shape for one, or lacks LoRA's and `fresh_params` is None.
   """
-  step_dir = resolve_checkpoint(path)
+  step_dir = model_path(step_dir)
   params_dir = step_dir / "params"
   wanted = _flat_params(abstract_params)
   with ocp.StandardCheckpointer() as checkpointer:
@@ -430,45 +348,6 @@ def restore_params(path: str | os.PathLike[str], abstract_params: PyTree,
        for name in wanted])
 
 
-def write_model_metadata(model_dir: str | os.PathLike[str],
-                         model: models.CALRecModel,
-                         vocabulary: seqio.Vocabulary,
-                         task_feature_lengths: Mapping[str, int],
-                         best_metric: Optional[str],
-                         best_mode: str) -> None:
-  """Writes model.json and the vocabulary so the directory loads alone."""
-  model_dir = model_path(model_dir)
-  model_dir.mkdir(parents=True, exist_ok=True)
-  if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
-    raise TypeError("Only SentencePiece vocabularies can be stored with the "
-                    f"model, got {type(vocabulary).__name__}.")
-  (model_dir / VOCABULARY_FILE).write_bytes(vocabulary.sp_model)
-  write_model_json(model_dir, model, vocabulary.extra_ids,
-                   task_feature_lengths, best_metric, best_mode)
-
-
-def write_model_json(model_dir: str | os.PathLike[str],
-                     model: models.CALRecModel, extra_ids: int,
-                     task_feature_lengths: Mapping[str, int],
-                     best_metric: Optional[str] = None,
-                     best_mode: str = "min") -> None:
-  """Writes model.json: the network, loss and inference settings
-  `load_for_inference` reads."""
-  metadata = {
-      "network": dataclasses.asdict(model.config),
-      "loss": {"alpha": model.alpha, "beta": model.beta,
-               "temperature": model.temperature},
-      "eos_id": model.eos_id,
-      "extra_ids": extra_ids,
-      "task_feature_lengths": dict(task_feature_lengths),
-      "best_metric": best_metric,
-      "best_mode": best_mode,
-  }
-  model_dir = model_path(model_dir)
-  model_dir.mkdir(parents=True, exist_ok=True)
-  (model_dir / MODEL_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
-
-
 def save_params(model_dir: str | os.PathLike[str], step: int,
                 params: PyTree) -> epath.Path:
   """Writes `params` alone as MODEL_DIR/checkpoints/STEP (a converted
@@ -483,91 +362,3 @@ def save_params(model_dir: str | os.PathLike[str], step: int,
         params=ocp.args.StandardSave(params)), force=True)
     manager.wait_until_finished()
   return directory / str(step)
-
-
-def _read_metadata(model_dir: epath.Path) -> dict[str, Any]:
-  path = model_dir / MODEL_JSON
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: {model_dir} is not a model "
-                            "directory written by trainer.train.")
-  return json.loads(path.read_text())
-
-
-def _best_metric_of(model_dir: epath.Path) -> dict[str, Any]:
-  metadata = _read_metadata(model_dir)
-  return {"best_metric": metadata.get("best_metric"),
-          "best_mode": metadata.get("best_mode", "min")}
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedModel:
-  """A trained model ready for `predict_batch_with_aux`."""
-
-  model: models.CALRecModel
-  params: PyTree
-  vocabulary: seqio.Vocabulary
-  task_feature_lengths: Mapping[str, int]
-  step: int
-
-  @property
-  def prompt_length(self) -> int:
-    """P of `models.prompt_batch`: the training input budget + start token."""
-    return int(self.task_feature_lengths["inputs"]) + 1
-
-
-def inference_checkpoint(model_dir: str | os.PathLike[str],
-                         step: Optional[int] = None) -> epath.Path:
-  """The step directory `load_for_inference` reads (see there).
-
-  Raises:
-    FileNotFoundError: model_dir is not a MODEL_DIR of `trainer.train`, has
-      no checkpoints yet, or has no such checkpoint (the message lists the
-      steps it has).
-  """
-  model_dir = model_path(model_dir)
-  _read_metadata(model_dir)
-  if step is None:
-    return resolve_checkpoint(model_dir)
-  path = step_path(model_dir, step)
-  if not (path / "params").is_dir():
-    steps = available_steps(model_dir)
-    if not steps:
-      raise _no_checkpoints_yet(model_dir)
-    raise FileNotFoundError(f"No checkpoint at {path}; {model_dir} has steps "
-                            f"{steps}.")
-  return path
-
-
-def load_for_inference(model_dir: str | os.PathLike[str],
-                       step: Optional[int] = None) -> LoadedModel:
-  """Loads model, parameters (on the default device) and vocabulary.
-
-  The model's samples end at the vocabulary's item stop ids
-  (`tasks.vocab.item_stop_ids`: EOS, and the newline pieces of a pretrained
-  LM's vocabulary; paper section 3.5).
-
-  Args:
-    model_dir: a MODEL_DIR written by `trainer.train`.
-    step: checkpoint step; None picks the best checkpoint by the run's
-      validation metric, or the latest when none was tracked.
-  """
-  step_dir = inference_checkpoint(model_dir, step)
-  model_dir = model_path(model_dir)
-  metadata = _read_metadata(model_dir)
-  config = network.TransformerConfig(**metadata["network"])
-  vocabulary = seqio.SentencePieceVocabulary(
-      str(model_dir / VOCABULARY_FILE), extra_ids=metadata["extra_ids"])
-  model = models.CALRecModel(config, eos_id=metadata["eos_id"],
-                             stop_ids=vocab.item_stop_ids(vocabulary),
-                             **metadata["loss"])
-  abstract = jax.eval_shape(
-      lambda: models.unboxed_params(model.get_initial_variables(
-          jax.random.PRNGKey(0), {"decoder_input_tokens": (1, 1)})))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      abstract)
-  params = restore_params(step_dir, abstract)
-  return LoadedModel(model=model, params=params, vocabulary=vocabulary,
-                     task_feature_lengths=metadata["task_feature_lengths"],
-                     step=int(step_dir.name))

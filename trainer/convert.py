@@ -9,7 +9,7 @@ writes into --output_dir
   checkpoints/0/params  the parameters (orbax), the step a run's
                         `initial_checkpoint_path` (the model directory or
                         this step directory) starts from
-  model.json            the network config, as `trainer.checkpoints` writes
+  model.json            the network config, as `trainer.model_dir` writes
                         it (the loader reads it to find the checkpoint and to
                         check that a run trains the same network)
   vocabulary.model      the SentencePiece model of the checkpoint's tokenizer
@@ -49,6 +49,7 @@ from pipelines import cli
 from trainer import checkpoints
 from trainer import gguf_import
 from trainer import hf_weights
+from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import network
 
@@ -279,8 +280,8 @@ def import_checkpoint(source: str, output_dir: str, name: str, *,
   eos_id = loaded.hf_config.get("eos_token_id")
   model = (models.CALRecModel(config) if eos_id is None else
            models.CALRecModel(config, eos_id=int(eos_id)))
-  checkpoints.write_model_json(output_dir, model, extra_ids=0,
-                               task_feature_lengths=task_feature_lengths)
+  model_dir_lib.write_model_json(output_dir, model, extra_ids=0,
+                                 task_feature_lengths=task_feature_lengths)
   if loaded.vocabulary is not None:
     with open(os.path.join(output_dir, "vocabulary.model"), "wb") as f:
       f.write(loaded.vocabulary)
@@ -313,13 +314,12 @@ def export_safetensors(model_dir: str, output_dir: str,
     output_dir: the transformers directory to write.
     model_type: transformers' model_type; defaults to the one source.json
       records (converted directories).
-    step: the checkpoint; None: as `checkpoints.resolve_checkpoint` picks.
+    step: the checkpoint; None: as `model_dir.resolve_checkpoint` picks.
 
   Returns:
     The written config.json dict.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from trainer import checkpoints  # pylint: disable=g-import-not-at-top
   checkpoints.hide_orbax_info_logs()
   with open(os.path.join(model_dir, "model.json")) as f:
     config = network.TransformerConfig(**json.load(f)["network"])
@@ -332,7 +332,7 @@ def export_safetensors(model_dir: str, output_dir: str,
       model_type = json.load(f)["model_type"]
   hf_config = hf_weights.config_to_hf(config, model_type)
   step_dir = (checkpoints.step_path(model_dir, step) if step is not None
-              else checkpoints.resolve_checkpoint(model_dir))
+              else model_dir_lib.resolve_checkpoint(model_dir))
   log(f"reading {step_dir}")
   with ocp.StandardCheckpointer() as checkpointer:
     params = checkpointer.restore(step_dir / "params")

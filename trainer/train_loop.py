@@ -42,6 +42,7 @@ import seqio
 
 from trainer import checkpoints
 from trainer import losses
+from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import partitioning
 from trainer import train_lib
@@ -317,8 +318,8 @@ def train(
       processes); each process reads batch_size / data shards of them.
     random_seed: seeds initialisation, data order and dropout.
     initial_checkpoint_path: Stage II: parameters to start from (a step
-      directory or a model directory, see `checkpoints.resolve_checkpoint`)
-      of a run of the same network (`checkpoints.check_same_network`), or of
+      directory or a model directory, see `model_dir.resolve_checkpoint`)
+      of a run of the same network (`model_dir.check_same_network`), or of
       the same network without LoRA, whose LoRA parameters then start fresh;
       the optimizer and the data start fresh at step 0. Ignored when model_dir
       already holds checkpoints (the run resumes instead).
@@ -402,10 +403,10 @@ def train(
     best_metric = None
   model_dir = checkpoints.model_path(model_dir)
   if jax.process_index() == 0:
-    checkpoints.write_model_metadata(model_dir, model, vocabulary,
-                                     task_feature_lengths, best_metric,
-                                     best_mode)
-    (model_dir / "config.gin").write_text(gin.config_str())
+    model_dir_lib.write_model_metadata(model_dir, model, vocabulary,
+                                       task_feature_lengths, best_metric,
+                                       best_mode)
+    (model_dir / model_dir_lib.CONFIG_GIN).write_text(gin.config_str())
   manager = checkpoints.CheckpointManager(model_dir, keep_checkpoints,
                                           best_metric, best_mode, keep_period)
 
@@ -498,8 +499,8 @@ def _initial_state(trainer: train_lib.Trainer,
     return manager.restore(trainer.abstract_state,
                            dataset_iterator=train_batches)
   if initial_checkpoint_path:
-    step_dir = checkpoints.resolve_checkpoint(initial_checkpoint_path)
-    checkpoints.check_same_network(step_dir, trainer.model.config)
+    step_dir = model_dir_lib.resolve_checkpoint(initial_checkpoint_path)
+    model_dir_lib.check_same_network(step_dir, trainer.model.config)
     logging.info("Initialising parameters from %s.", step_dir)
     # A checkpoint without LoRA parameters gives a LoRA model all others;
     # the LoRA ones start fresh (B = 0: the checkpoint's function).
