@@ -12,7 +12,8 @@ Figures, each against a baseline measured in the same run:
   temporaries alone. Both draw the same tokens;
 - the "inverse_cdf" sampler (one random number per sampled token, chunked
   inverse CDF) against the default "gumbel" one (one per vocabulary entry):
-  sampled tokens/s, both with the shared prefix.
+  sampled tokens/s, both with the shared prefix; and the draw alone, rows of
+  [num_prompts x num_decodes, vocabulary] logits drawn per second.
 
   python -m benchmarks.decode
   python -m benchmarks.decode --num_prompts=1 --num_decodes=32 \
@@ -38,6 +39,7 @@ import numpy as np
 from benchmarks import figures
 from benchmarks import train_step
 from pipelines import cli
+from trainer import decoding
 from trainer import models
 
 
@@ -131,6 +133,15 @@ def run(args: argparse.Namespace) -> None:
   figures.emit(prefix + "inverse_cdf_sampled_tokens_per_second",
                tokens / best_seconds(lambda: cached(inverse_cdf),
                                      args.rounds), "tokens/s", cached_rate)
+  logits = jax.random.normal(key, (args.num_prompts * args.num_decodes,
+                                   config.vocab_size))
+  rows = logits.shape[0]
+  draw_rates = [rows / best_seconds(
+      lambda draw=draw: draw(logits, key, jnp.float32(args.temperature)),
+      args.rounds) for draw in (jax.jit(decoding.inverse_cdf_sample),
+                                jax.jit(decoding.gumbel_sample))]
+  figures.emit(prefix + "inverse_cdf_draws_per_second", draw_rates[0],
+               "rows/s", draw_rates[1])
   shared_peak, shared_temp = compiled_bytes(model, params, batch, key, args)
   copying_peak, copying_temp = compiled_bytes(copying, params, batch, key,
                                               args)
