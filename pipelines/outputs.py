@@ -4,10 +4,13 @@
   {output_dir}/{category}/corpus.parquet
   {output_dir}/{category}/stats.json
   {output_dir}/rejects/{category}-SSSSS-of-NNNNN.jsonl
-  {output_dir}/manifest.json          (written last: the run completed)
-  {output_dir}/_RUN_STARTED           (written first, deleted after
-                                       manifest.json; found without it: a run
-                                       that failed or was cancelled)
+  {output_dir}/manifest.json          (the job's last file: it completed)
+  {output_dir}/run.json               (what the run was made from, `run_dir`)
+
+The job writes into `{output_dir}.staging`, `_RUN_STARTED` first (deleted
+after manifest.json; found without it: a run that failed or was cancelled);
+once it has succeeded, the launcher (`preprocess`) adds run.json and puts that
+folder in place of `output_dir`.
 
 Every writer takes already sorted or order-free inputs, so a file's bytes
 depend only on the data.
@@ -60,8 +63,9 @@ def _json_bytes(value: Any) -> bytes:
 
 
 def write_run_started(output_dir: str) -> None:
-  """Marks `output_dir` as the output of a run of this job, before any other
-  file: proof for `--overwrite` of a run that failed before its rejects/."""
+  """Marks the folder the job writes as the output of a run of this job,
+  before any other file: proof for the next run, which deletes it, of a run
+  that failed before its rejects/."""
   _write(FileSystems.join(output_dir, RUN_STARTED), _RUN_STARTED_TEXT)
 
 

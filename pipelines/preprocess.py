@@ -8,11 +8,19 @@ drop consecutive exact duplicates, sample users, split by category role,
 template item texts, and write Table 1 statistics. See docs/contracts.md for
 the output folder.
 
-Before the job starts, the launcher writes `_RUN_STARTED` into the output
-folder (`outputs.RUN_STARTED`), and the job deletes it once it has written
-`manifest.json`: a folder holding the marker without a manifest is a run that
-failed or was cancelled, which `--overwrite` replaces like a finished one.
-Only `manifest.json` says a run completed.
+The job never writes into `--output_dir` itself but into the staging folder
+`{output_dir}.staging` (`run_dir.staging_dir`). Before it starts, the launcher
+deletes a staging folder that an earlier killed or failed run left and writes
+`_RUN_STARTED` into a new one (`outputs.RUN_STARTED`); the job deletes the
+marker once it has written `manifest.json`. Once the job has succeeded, the
+launcher writes `run.json` (`run_dir`: the config and a fingerprint of the
+input files) and puts the staging folder in place of `--output_dir`
+(`run_dir.swap_in`), so `--overwrite` keeps the earlier run until its
+replacement is complete. No input may lie inside either folder.
+
+A worker that cannot read an input file to its end (gzip data corrupt past the
+start that `plan_tasks` checks) fails the job with `textio.InputError`, which
+the launcher reports as one line.
 
 The job's Beam counters (namespace "preprocess", named `{category}/{count}`)
 show its progress while it runs: the counts of `stats.json` (lines read,
@@ -23,20 +31,31 @@ and `meta_duplicate_rows`, derived from two others at the end, is no counter.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import re
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import cli
 from pipelines import config as config_lib
 from pipelines import options
 from pipelines import outputs
+from pipelines import run_dir
 from pipelines import stats as stats_lib
 from pipelines import textio
 from pipelines import transforms
+
+STAGE = "preprocess"
+# How a runner that reports a worker's error as text (not FnApiRunner in this
+# process) shows an InputError, and the note Beam adds to its message.
+_INPUT_ERROR = re.compile(
+    rf"^{re.escape(textio.InputError.__module__)}\.InputError: (.*)$", re.M)
+_STEP_NOTE = re.compile(r" \[while running '[^']*'\]")
 
 
 def plan_tasks(config: config_lib.Config, range_bytes: int = (
@@ -98,16 +117,17 @@ class OutputDirError(ValueError):
   """An --output_dir the job must not write into."""
 
 
-def _files_under(output_dir: str) -> tuple[str, list[str]]:
-  """(the prefix of every path, every file under `output_dir` at any depth).
+def _names_under(folder: str) -> list[str]:
+  """Every file under `folder` at any depth, relative to it.
 
   A match is the one check that sees inside the folder on every file system:
   on an object store such as GCS a folder is only a prefix of object names,
   which `exists` does not find. "**" crosses "/", "*" would not.
   """
-  pattern = FileSystems.join(output_dir, "**")
-  files = FileSystems.match([pattern])[0].metadata_list
-  return pattern[:-len("**")], [metadata.path for metadata in files]
+  pattern = FileSystems.join(folder, "**")
+  prefix = pattern[:-len("**")]
+  return [metadata.path[len(prefix):] for metadata in
+          FileSystems.match([pattern])[0].metadata_list]
 
 
 def _is_file(path: str) -> bool:
@@ -121,51 +141,175 @@ def _is_file(path: str) -> bool:
 
 
 def _holds_earlier_run(names: Sequence[str]) -> bool:
-  """Whether file names relative to the output folder show a run of this job:
+  """Whether file names relative to a folder show a run of this job:
   finished (manifest.json), or stopped after it began (`_RUN_STARTED`) or
   while it wrote rejects/."""
   return any(name in (outputs.MANIFEST, outputs.RUN_STARTED) or
              name.startswith(outputs.REJECTS_DIR + "/") for name in names)
 
 
-def _empty_output_dir(output_dir: str, overwrite: bool) -> None:
-  """Refuses a non-empty folder unless it holds an earlier run to replace,
-  which it then deletes."""
-  prefix, files = _files_under(output_dir)
-  if not files:
+def _input_patterns(config: config_lib.Config) -> dict[str, str]:
+  """Every input pattern of the config, by label."""
+  return {f"{category.name} {kind} #{number}": pattern
+          for category in config.categories
+          for kind in ("reviews", "meta")
+          for number, pattern in enumerate(getattr(category, kind))}
+
+
+def refuse_inputs_inside(config: config_lib.Config, output_dir: str) -> None:
+  """Refuses an input inside the folders the job replaces: input is never
+  deleted."""
+  staging = run_dir.staging_dir(output_dir)
+  folders = {output_dir: f"--output_dir {output_dir}, which the job replaces",
+             staging: (f"{staging}, where the job writes before it replaces "
+                       "--output_dir")}
+  for label, pattern in _input_patterns(config).items():
+    for folder, what in folders.items():
+      if run_dir.is_inside(pattern, folder):
+        raise OutputDirError(f"{label} {pattern} lies inside {what}; choose "
+                             "an --output_dir that holds no input")
+
+
+def made_from(config: config_lib.Config) -> dict[str, Any]:
+  """What a run's output is made from, as `run.json` records it: the config
+  as the manifest records it and a fingerprint of every input file."""
+  patterns = dict.fromkeys(_input_patterns(config).values())
+  return {"config": config.to_json(),
+          "inputs": run_dir.files_fingerprint(list(patterns))}
+
+
+def _flat(value: Any, name: str = "") -> dict[str, Any]:
+  """Nested JSON as {dotted path: leaf value}, so that a difference names the
+  field that differs ("config.categories.1.num_shards")."""
+  if isinstance(value, dict):
+    items = value.items()
+  elif isinstance(value, list):
+    items = enumerate(value)
+  else:
+    return {name: value}
+  flat = {}
+  for key, item in items:
+    flat.update(_flat(item, f"{name}.{key}" if name else str(key)))
+  return flat
+
+
+def _refusal(output_dir: str, current: dict[str, Any]) -> str:
+  """Why a non-empty `output_dir` is refused without --overwrite: the first
+  difference from the run it holds, when its `run.json` tells."""
+  record = run_dir.read_record(output_dir)
+  if record is None or record.get("stage") != STAGE:
+    return (f"--output_dir {output_dir} is not empty; pass --overwrite to "
+            "replace an earlier run or choose another folder")
+  found = run_dir.differences(_flat(record.get("made_from", {})),
+                              _flat(current))
+  if not found:
+    return (f"--output_dir {output_dir} already holds this very run (the "
+            "same config and input files); pass --overwrite to run it again "
+            "or choose another folder")
+  more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+  return (f"--output_dir {output_dir} was made from other inputs: "
+          f"{found[0]}{more}; pass --overwrite to replace it or choose "
+          "another folder")
+
+
+def _check_output_dir(output_dir: str, overwrite: bool,
+                      current: dict[str, Any]) -> None:
+  """Refuses a non-empty folder unless --overwrite may replace the earlier
+  run it holds."""
+  names = _names_under(output_dir)
+  if not names:
     return
   if not overwrite:
-    raise OutputDirError(f"--output_dir {output_dir} is not empty; pass "
-                         "--overwrite to replace an earlier run or choose "
-                         "another folder")
-  if not _holds_earlier_run([path[len(prefix):] for path in files]):
+    raise OutputDirError(_refusal(output_dir, current))
+  if not _holds_earlier_run(names):
     raise OutputDirError(f"--output_dir {output_dir} is not empty and holds "
                          f"no earlier run (no {outputs.MANIFEST}, "
                          f"{outputs.RUN_STARTED} or {outputs.REJECTS_DIR}/); "
                          "refusing to delete it")
-  FileSystems.delete(files)
-  if FileSystems.get_filesystem(output_dir).has_dirs():
-    FileSystems.delete([output_dir])  # The folders left empty.
 
 
-def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
-  """Empties the folder for the job (`_empty_output_dir`) and marks it as
-  this job's output (`outputs.write_run_started`)."""
+def _new_staging(output_dir: str) -> str:
+  """Deletes the staging folder an earlier run left, if it holds one;
+  returns the folder."""
+  staging = run_dir.staging_dir(output_dir)
+  if _is_file(staging):
+    raise OutputDirError(f"{staging}, where the job writes before it "
+                         "replaces --output_dir, is a file")
+  names = _names_under(staging)
+  if names and not _holds_earlier_run(names):
+    raise OutputDirError(f"{staging}, where the job writes before it "
+                         "replaces --output_dir, holds no earlier run; "
+                         "refusing to delete it")
+  run_dir.delete_folder(staging)
+  return staging
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool,
+                       current: dict[str, Any]) -> str:
+  """Checks the folder for the job (`_check_output_dir`; `current`: what this
+  run is made from) and returns the staging folder the job writes, new and
+  marked as this job's output (`outputs.write_run_started`)."""
   if _is_file(output_dir):
     raise OutputDirError(f"--output_dir {output_dir} is a file, not a folder")
-  _empty_output_dir(output_dir, overwrite)
-  outputs.write_run_started(output_dir)
+  _check_output_dir(output_dir, overwrite, current)
+  staging = _new_staging(output_dir)
+  outputs.write_run_started(staging)
+  return staging
+
+
+def finish_output_dir(staging: str, output_dir: str,
+                      current: dict[str, Any]) -> None:
+  """Records the run in its finished staging folder, which then replaces
+  `output_dir`, `manifest.json` and `run.json` last."""
+  run_dir.write_record(staging, STAGE, current)
+  run_dir.swap_in(staging, output_dir,
+                  last=(outputs.MANIFEST, run_dir.RUN_RECORD))
 
 
 def _worker_paths(config: config_lib.Config,
                   output_dir: str) -> dict[str, str]:
   """The input patterns and output folder the workers use, by label."""
-  paths = {"--output_dir": output_dir}
-  for category in config.categories:
-    for kind in ("reviews", "meta"):
-      for number, pattern in enumerate(getattr(category, kind)):
-        paths[f"{category.name} {kind} #{number}"] = pattern
-  return paths
+  return {"--output_dir": output_dir, **_input_patterns(config)}
+
+
+def worker_input_error(error: Exception) -> str | None:
+  """The message of the `textio.InputError` that failed the job, if one did:
+  FnApiRunner in this process raises it again, other runners report the
+  worker's traceback as text."""
+  if isinstance(error, textio.InputError):
+    message = str(error)
+  else:
+    found = _INPUT_ERROR.findall(str(error))
+    if not found:
+      return None
+    message = found[-1]
+  return _STEP_NOTE.sub("", message)
+
+
+def _is_not_input_error(record: logging.LogRecord) -> bool:
+  """A logging filter: False for Beam's log of a worker's InputError, with
+  its traceback, which the launcher reports in one line."""
+  return not (record.exc_info and
+              isinstance(record.exc_info[1], textio.InputError))
+
+
+def _run_job(parser: argparse.ArgumentParser, args: argparse.Namespace,
+             beam_options: PipelineOptions,
+             config: config_lib.Config, staging: str,
+             tasks: tuple[list[transforms.RangeTask],
+                          list[transforms.RangeTask]]) -> None:
+  """Runs the job into `staging`; an input a worker could not read ends the
+  process with one line (exit status 1)."""
+  try:
+    with beam.Pipeline(options=beam_options) as pipeline:
+      build_pipeline(pipeline, config, staging, *tasks, args.lines_per_call)
+  except Exception as e:  # pylint: disable=broad-except
+    # The type a runner reports a worker's error with varies.
+    message = worker_input_error(e)
+    if message is None:
+      raise
+    parser.exit(1, f"{parser.prog}: error: {message}; --output_dir "
+                f"{args.output_dir} is unchanged\n")
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
@@ -174,12 +318,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
   args, beam_args = options.parse_job_args(parser, argv)
   try:
     config = config_lib.load_config(args.config, args.data_dir)
+    refuse_inputs_inside(config, args.output_dir)
     # Before any input is read or file deleted: Beam checks the runner and
     # options, and the paths the workers use.
     beam_options = options.checked_beam_options(
         beam_args, _worker_paths(config, args.output_dir))
-    review_tasks, meta_tasks = plan_tasks(config, args.read_range_mb << 20)
-    prepare_output_dir(args.output_dir, args.overwrite)
+    tasks = plan_tasks(config, args.read_range_mb << 20)
+    current = made_from(config)
+    staging = prepare_output_dir(args.output_dir, args.overwrite, current)
   except textio.InputError as e:
     missing = "no file matches" in str(e)
     hint = ("" if args.data_dir or not missing else " (relative file names "
@@ -190,11 +336,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
           OutputDirError) as e:
     parser.error(str(e))
   logging.info("%d categories: %d review ranges, %d meta ranges -> %s",
-               len(config.categories), len(review_tasks), len(meta_tasks),
-               args.output_dir)
-  with beam.Pipeline(options=beam_options) as pipeline:
-    build_pipeline(pipeline, config, args.output_dir, review_tasks,
-                   meta_tasks, args.lines_per_call)
+               len(config.categories), len(tasks[0]), len(tasks[1]), staging)
+  _run_job(parser, args, beam_options, config, staging, tasks)
+  finish_output_dir(staging, args.output_dir, current)
   stats = outputs.read_stats(args.output_dir, config)
   for name, category_stats in stats.items():
     if not category_stats["num_users"]:
@@ -207,6 +351,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
 
 def main(argv: Sequence[str] | None = None) -> None:
   cli.configure_logging()
+  logging.getLogger("apache_beam.runners.common").addFilter(
+      _is_not_input_error)
   stats = run(sys.argv[1:] if argv is None else argv)
   print(stats_lib.format_table(stats))
 

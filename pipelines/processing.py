@@ -211,16 +211,20 @@ def _parse_reviews(batch: Iterable[tuple[int, bytes]],
                    reject: Callable[[int, bytes, str], None],
                    counts: collections.Counter) -> None:
   """Appends the lines of `batch` that parse to `parsed`; the others go to
-  `reject`, or count as blank."""
+  `reject`, or count as blank. A unixReviewTime converted to an integer (a
+  digit string, an integral float) counts as `coerced_unixReviewTime`."""
   for offset, line in batch:
     try:
-      parsed.append((offset, line,
-                     *parse.review_event(parse.load_record(line))))
+      record = parse.load_record(line)
+      parsed.append((offset, line, *parse.review_event(record)))
     except parse.RejectError as e:
       if line.strip():
         reject(offset, line, e.reason)
       else:
         counts["review_blank_lines"] += 1
+      continue
+    if type(record["unixReviewTime"]) is not int:
+      counts["coerced_unixReviewTime"] += 1
 
 
 def parse_review_lines(lines: Iterable[tuple[int, bytes]], source: str,

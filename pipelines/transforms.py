@@ -369,7 +369,7 @@ class WriteManifest(beam.PTransform):
               stats: dict[str, dict[str, Any]]) -> None:
       outputs.write_manifest(self._output_dir, self._config, shard_files,
                              reject_files, stats)
-      # In the job, not the launcher: the launcher may not wait for the job.
+      # The job's last write: a folder with the marker is an unfinished run.
       outputs.delete_run_started(self._output_dir)
 
     return (shard_files.pipeline | "Once" >> beam.Create([None])

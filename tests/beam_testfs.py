@@ -154,6 +154,12 @@ class ObjectStoreFileSystem(UrlOnlyFileSystem):
   def mkdirs(self, path):
     del path
 
+  def rename(self, source_file_names, destination_file_names):
+    # An object takes any name: the local folders it needs are made here.
+    for path in destination_file_names:
+      os.makedirs(os.path.dirname(self._local(path)), exist_ok=True)
+    super().rename(source_file_names, destination_file_names)
+
   def _list(self, dir_or_prefix):
     for metadata in self._local_files(_ROOT["path"]):
       if metadata.path.startswith(dir_or_prefix):

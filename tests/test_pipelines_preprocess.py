@@ -125,9 +125,11 @@ def test_manifest_lists_every_file_and_is_last(run_output):
     for entry in [*category["splits"].values(), category["rejects"]]:
       for name in entry["files"]:
         assert (output / name).exists()
+  # The job's last file; the launcher's run.json follows it.
   manifest_time = (output / "manifest.json").stat().st_mtime_ns
   assert all(p.stat().st_mtime_ns <= manifest_time
-             for p in output.rglob("*") if p.is_file())
+             for p in output.rglob("*") if p.is_file() and p.name != "run.json")
+  assert (output / "run.json").stat().st_mtime_ns >= manifest_time
 
 
 @pytest.mark.slow
@@ -262,7 +264,7 @@ def test_bad_lines_become_counted_rejects_without_changing_the_rest(
 
 
 @pytest.mark.slow
-def test_a_truncated_gzip_fails_the_job_naming_the_file(tmp_path):
+def test_a_truncated_gzip_fails_the_job_naming_the_file(tmp_path, capsys):
   config = pipelines_testdata.write_fixture(tmp_path / "data")
   reviews = "\n".join(
       pipelines_testdata.review(f"U{i}", "B1", i,
@@ -275,10 +277,14 @@ def test_a_truncated_gzip_fails_the_job_naming_the_file(tmp_path):
   raw["categories"] = raw["categories"][:1]
   raw["categories"][0]["reviews"] = "Games_5.json.gz"
   config.write_text(json.dumps(raw))
-  with pytest.raises(Exception,
-                     match=f"cannot read input file {path} past byte"):
+  with pytest.raises(SystemExit):
     preprocess.run([f"--config={config}", f"--output_dir={tmp_path}/o"])
-  assert not (tmp_path / "o" / "manifest.json").exists()
+  errors = [line for line in capsys.readouterr().err.splitlines()
+            if "error:" in line]
+  assert len(errors) == 1
+  assert errors[0].startswith("python -m pipelines.preprocess: error: cannot "
+                              f"read input file {path} past byte ")
+  assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("object_store", [False, True])
@@ -325,8 +331,8 @@ def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys,
                                                      monkeypatch,
                                                      object_store):
   """Also where a folder is only a prefix of object names (GCS): the checks
-  and the delete of --overwrite find every file of the earlier run, a failed
-  one's too."""
+  and the replacement of --overwrite find every file of the earlier run, and
+  the next run every file a failed one left in the staging folder."""
   config = pipelines_testdata.write_fixture(tmp_path / "data")
   raw = json.loads(config.read_text())
   raw["categories"][1]["num_shards"] = 3
@@ -350,18 +356,19 @@ def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys,
   config.write_text(json.dumps(raw))
   # A run that stopped before its manifest is known by rejects/ alone.
   (tmp_path / "out" / "manifest.json").unlink()
+  before = pipelines_testdata.files(tmp_path / "out")
   # A worker fails after the shards are written, before any rejects file: the
-  # marker the launcher wrote first is what shows it was a run of this job.
+  # marker the launcher wrote first is what shows the next run that the
+  # staging folder holds a run of this job.
   def fail(*args):
     raise OSError("disk full")
 
   monkeypatch.setattr(outputs, "write_rejects", fail)
   with pytest.raises(Exception, match="disk full"):
     preprocess.run(flags + ["--overwrite"])
-  assert {"Stage1/train-00000-of-00001.tfrecord", "_RUN_STARTED"} <= set(
-      pipelines_testdata.files(tmp_path / "out"))
-  assert not [name for name in pipelines_testdata.files(tmp_path / "out")
-              if name.startswith(("rejects/", "manifest.json"))]
+  assert pipelines_testdata.files(tmp_path / "out") == before
+  assert pipelines_testdata.files(tmp_path / "out.staging") == [
+      "Stage1/train-00000-of-00001.tfrecord", "_RUN_STARTED"]
   monkeypatch.undo()
   with pytest.raises(SystemExit):
     preprocess.run(flags)
@@ -370,7 +377,8 @@ def test_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys,
   assert pipelines_testdata.files(tmp_path / "out") == [
       "Stage1/corpus.parquet", "Stage1/stats.json",
       "Stage1/train-00000-of-00001.tfrecord", "manifest.json",
-      "rejects/Stage1-00000-of-00001.jsonl"]
+      "rejects/Stage1-00000-of-00001.jsonl", "run.json"]
+  assert not pipelines_testdata.files(tmp_path / "out.staging")
   assert stats["Stage1"]["num_users"] == 3
   if not object_store:
     assert not (tmp_path / "out" / "Games").exists()
@@ -503,8 +511,9 @@ def test_rejects_are_sorted_bucket_files_identical_across_workers(tmp_path):
        "--direct_running_mode=multi_processing"])) as pipeline:
     preprocess.build_pipeline(pipeline, config, str(tmp_path / "out2"),
                               review_tasks, meta_tasks, lines_per_call=40)
-  names = pipelines_testdata.files(output)
-  assert names == pipelines_testdata.files(tmp_path / "out2")
+  names = pipelines_testdata.files(tmp_path / "out2")
+  # run.json is the launcher's, not the pipeline's.
+  assert pipelines_testdata.files(output) == sorted(names + ["run.json"])
   for name in names:
     assert filecmp.cmp(output / name, tmp_path / "out2" / name,
                        shallow=False), name
