@@ -23,6 +23,10 @@ paper Algorithm 1 (or hierarchical exact match, paper section 6) and writes to
   results.md                    the metrics in the layout of paper Table 2
   rejects-*.jsonl               every record or user not evaluated, with why
   recommendations-*.jsonl       with --recommendations_k=K: top-K per user
+  run.json                      what the results are made from (`made_from`)
+
+The job writes into OUT.staging and replaces OUT by it once it has succeeded
+(`run_parsed`): a failed or killed run leaves earlier results untouched.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from evaluator import retrieval
 from evaluator import transforms
 from pipelines import cli
 from pipelines import options as beam_cli
+from pipelines import run_dir
 from pipelines import sequences
 
 if TYPE_CHECKING:
@@ -127,19 +132,62 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                       "%(default)s, none).")
   parser.add_argument("--overwrite", action="store_true",
                       help="Replace the results of an earlier run in "
-                      "--output_dir.")
+                      "--output_dir, once this run has succeeded.")
   return parser
 
 
+# The stage that run.json names (pipelines.run_dir).
+STAGE = "evaluate"
 OUTPUT_PATTERNS = (report.METRICS_FILE, "results.md",
                    f"{report.USERS_PREFIX}-*.parquet", "rejects-*.jsonl",
-                   "recommendations-*.jsonl")
+                   "recommendations-*.jsonl", run_dir.RUN_RECORD)
+# The temporary folders of Beam's file sinks, left behind by a killed run.
+BEAM_TEMP_PATTERN = "beam-temp-*"
 
 
 def earlier_outputs(output_dir: str) -> list[str]:
   """Files of an earlier evaluation in `output_dir`."""
   return sorted(path for pattern in OUTPUT_PATTERNS
                 for path in files.glob(os.path.join(output_dir, pattern)))
+
+
+def foreign_files(output_dir: str) -> list[str]:
+  """Files under `output_dir` that no evaluation writes."""
+  ours = set(earlier_outputs(output_dir) + files.glob(
+      os.path.join(output_dir, BEAM_TEMP_PATTERN, "**")))
+  return [path for path in files.glob(os.path.join(output_dir, "**"))
+          if path not in ours]
+
+
+def check_output_dir(args: argparse.Namespace) -> None:
+  """Passes where the run may replace `args.output_dir` (`run_parsed`).
+
+  A folder holding files no evaluation writes is refused: the run replaces
+  the whole folder. Without --overwrite, so is one holding results; the
+  message names the first setting of its run.json that differs from this
+  run's (`made_from`), or says that it holds this very run.
+
+  Raises:
+    run_dir.RunDirError: one line saying why and what to do instead.
+  """
+  output_dir = args.output_dir
+  foreign = foreign_files(output_dir)
+  if foreign:
+    raise run_dir.RunDirError(
+        f"{output_dir} holds files that no evaluation writes, e.g. "
+        f"{foreign[0]}; a run replaces the whole folder: pick another "
+        "--output_dir.")
+  if args.overwrite or not earlier_outputs(output_dir):
+    return
+  start_over = ("pass --overwrite to replace its results or pick another "
+                "--output_dir")
+  if run_dir.read_record(output_dir) is None:
+    raise run_dir.RunDirError(
+        f"{output_dir} holds results of an earlier run; {start_over}.")
+  run_dir.check_made_from(output_dir, STAGE, made_from(args), start_over)
+  raise run_dir.RunDirError(
+      f"{output_dir} already holds the results of this very run; pass "
+      "--overwrite to redo it or pick another --output_dir.")
 
 
 def parse_args(argv: Sequence[str], check_model: bool = True,
@@ -192,9 +240,10 @@ def parse_args(argv: Sequence[str], check_model: bool = True,
     parser.error("--temperature and --epsilon must be >= 0.")
   if args.recommendations_k < 0:
     parser.error("--recommendations_k must be >= 0.")
-  if earlier_outputs(args.output_dir) and not args.overwrite:
-    parser.error(f"{args.output_dir} holds results of an earlier run; pass "
-                 "--overwrite to replace them or pick another --output_dir.")
+  try:
+    check_output_dir(args)
+  except run_dir.RunDirError as error:
+    parser.error(str(error))
   return args, beam_argv
 
 
@@ -264,10 +313,12 @@ def results_markdown(summary: dict[str, Any]) -> str:
 
 
 def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
+                   output_dir: str,
                    load_generator: Optional[Callable[
                        [], generation.TextGenerator]] = None,
                    vocabulary_path: Optional[str] = None) -> None:
-  """Adds the evaluation to `root`; `load_generator` serves --model=calrec.
+  """Adds the evaluation, written to `output_dir`, to `root`;
+  `load_generator` serves --model=calrec.
 
   `vocabulary_path`: the SentencePiece model the generated texts are decoded
   with; the corpus is matched in its normal form (`transforms.RetrievalOptions`).
@@ -288,13 +339,13 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
           corpus_path(args), retrieval_options(
               args, vocabulary_path))).with_outputs(
               transforms.REJECTS, main="results"))
-  _write_users(evaluated.results, args)
+  _write_users(evaluated.results, args, output_dir)
   rejects = ((parsed[transforms.REJECTS], evaluated[transforms.REJECTS])
              | "AllRejects" >> beam.Flatten())
   _ = (rejects
        | "RejectLines" >> beam.Map(json.dumps)
        | "WriteRejects" >> beam.io.WriteToText(
-           os.path.join(args.output_dir, "rejects"),
+           os.path.join(output_dir, "rejects"),
            file_name_suffix=".jsonl"))
   num_read = records | "CountRecords" >> beam.combiners.Count.Globally()
   num_rejected = rejects | "CountRejects" >> beam.combiners.Count.Globally()
@@ -306,7 +357,7 @@ def build_pipeline(root: beam.Pipeline, args: argparse.Namespace,
            write_summary, num_read=beam.pvalue.AsSingleton(num_read),
            num_rejected=beam.pvalue.AsSingleton(num_rejected),
            num_unranked=beam.pvalue.AsSingleton(num_unranked),
-           run=run_settings(args), output_dir=args.output_dir))
+           run=run_settings(args), output_dir=output_dir))
 
 
 def _with_samples(users: beam.PCollection, args: argparse.Namespace,
@@ -334,8 +385,8 @@ def _with_samples(users: beam.PCollection, args: argparse.Namespace,
                                                          result.inference)))
 
 
-def _write_users(results: beam.PCollection,
-                 args: argparse.Namespace) -> None:
+def _write_users(results: beam.PCollection, args: argparse.Namespace,
+                 output_dir: str) -> None:
   """users-*.parquet and, with --recommendations_k, recommendations-*."""
   user_schema = _user_schema()
   user_columns = user_schema.names
@@ -343,14 +394,14 @@ def _write_users(results: beam.PCollection,
        | "UserColumns" >> beam.Map(
            lambda r: {column: r[column] for column in user_columns})
        | "WriteUsers" >> beam.io.WriteToParquet(
-           os.path.join(args.output_dir, report.USERS_PREFIX), user_schema,
+           os.path.join(output_dir, report.USERS_PREFIX), user_schema,
            file_name_suffix=".parquet"))
   if args.recommendations_k:
     _ = (results
          | "Recommendations" >> beam.Map(lambda r: json.dumps(
              {"user_id": r["user_id"], "items": r["recommendations"]}))
          | "WriteRecommendations" >> beam.io.WriteToText(
-             os.path.join(args.output_dir, "recommendations"),
+             os.path.join(output_dir, "recommendations"),
              file_name_suffix=".jsonl"))
 
 
@@ -382,6 +433,13 @@ def run_settings(args: argparse.Namespace) -> dict[str, Any]:
   return run
 
 
+def made_from(args: argparse.Namespace) -> dict[str, Any]:
+  """What the results are made from, as run.json records it: `run_settings`
+  less the data's path and record count (its manifest's digest names it)."""
+  return {name: value for name, value in run_settings(args).items()
+          if name not in ("data_dir", "num_records")}
+
+
 def calrec_generator_loader(args: argparse.Namespace
                             ) -> "model_handler.GeneratorLoader":
   """The JAX model's generator for --model=calrec (loaded on the workers)."""
@@ -403,18 +461,32 @@ def run(argv: Sequence[str],
 def run_parsed(args: argparse.Namespace, beam_argv: Sequence[str],
                load_generator: Optional[Callable[
                    [], generation.TextGenerator]] = None) -> dict[str, Any]:
-  """`run` for flags `parse_args` has already checked."""
+  """`run` for flags `parse_args` has already checked.
+
+  The job writes into `run_dir.staging_dir(output_dir)` (Beam's temporary
+  folders too), after deleting one a killed run left; run.json is written
+  and the folder swapped in for `output_dir` only once the job has
+  succeeded, so a failed run leaves earlier results as they were.
+  """
   vocabulary_path = None
   if args.model == "calrec" and load_generator is None:
     load_generator = calrec_generator_loader(args)
     vocabulary_path = load_generator.vocabulary_path
-  files.make_dirs(args.output_dir)
-  files.delete(earlier_outputs(args.output_dir))
   options = beam_cli.beam_options(beam_argv)
+  staging = run_dir.staging_dir(args.output_dir)
+  run_dir.delete_folder(staging)
+  files.make_dirs(staging)
   logging.info("Evaluating %s/%s (%s, %s retrieval) into %s", args.category,
-               args.split, args.model, args.retrieval, args.output_dir)
-  with beam.Pipeline(options=options) as root:
-    build_pipeline(root, args, load_generator, vocabulary_path)
+               args.split, args.model, args.retrieval, staging)
+  try:
+    with beam.Pipeline(options=options) as root:
+      build_pipeline(root, args, staging, load_generator, vocabulary_path)
+    run_dir.write_record(staging, STAGE, made_from(args))
+  except BaseException:
+    run_dir.delete_folder(staging)
+    raise
+  run_dir.swap_in(staging, args.output_dir,
+                  last=(report.METRICS_FILE, run_dir.RUN_RECORD))
   summary = report.load_summary(args.output_dir)
   log_outcome(summary)
   return summary

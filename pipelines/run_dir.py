@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import posixpath
-import shutil
 from typing import Any, Mapping, Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
@@ -157,7 +156,9 @@ def _files_under(folder: str) -> list[str]:
 def delete_folder(folder: str) -> None:
   """Deletes the folder and everything under it, if present."""
   if _local(folder):
-    shutil.rmtree(folder, ignore_errors=True)
+    # "folder/" exists where a folder does, not where a file of its name does.
+    if FileSystems.exists(FileSystems.join(folder, "")):
+      FileSystems.delete([folder])
     return
   files = _files_under(folder)
   if files:
@@ -176,11 +177,13 @@ def swap_in(staging: str, output_dir: str,
   """
   staging, output_dir = _strip(staging), _strip(output_dir)
   if _local(output_dir):
+    # Through FileSystems, which renames folders on any file system that
+    # has them (local, and Beam's others).
     aside = output_dir + ".old"
     delete_folder(aside)
-    if os.path.exists(output_dir):
-      os.replace(output_dir, aside)
-    os.replace(staging, output_dir)
+    if FileSystems.exists(output_dir):
+      FileSystems.rename([output_dir], [aside])
+    FileSystems.rename([staging], [output_dir])
     delete_folder(aside)
     return
   delete_folder(output_dir)

@@ -262,7 +262,7 @@ def test_counters_equal_the_counts_of_metrics_json(data_dir, tmp_path):
       f"--data_dir={data_dir}", f"--category={CATEGORY}",
       f"--output_dir={tmp_path}", "--model=lir"])
   root = beam.Pipeline(options=beam_cli.beam_options(beam_argv))
-  evaluate.build_pipeline(root, args, None, None)
+  evaluate.build_pipeline(root, args, str(tmp_path))
   result = root.run()
   result.wait_until_finish()
   query = MetricsFilter().with_namespace(transforms.METRICS_NAMESPACE)

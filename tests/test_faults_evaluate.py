@@ -7,17 +7,21 @@ import glob
 import json
 import logging
 import re
+import shutil
 import subprocess
 import sys
 
 import conftest
+import evaluator_testdata
 import pyarrow.parquet as pq
 import pytest
 
 from evaluator import evaluate
 from evaluator import report
 from evaluator import transforms
+from pipelines import run_dir
 from test_evaluator_evaluate import _copied_users
+from test_evaluator_evaluate import _data_users
 from test_evaluator_evaluate import _item
 from test_evaluator_evaluate import _run
 from test_evaluator_evaluate import _write_data
@@ -148,3 +152,73 @@ def test_max_users_scores_a_seeded_subset_whatever_the_input_order(tmp_path):
   everyone = _run(in_order, tmp_path / "everyone", "--model=lir",
                   "--max_users=40")
   assert everyone["num_users"] == 40
+
+
+def _contents(folder):
+  return {path.relative_to(folder): path.read_bytes()
+          for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def _refusal(flags, capsys):
+  """The last line parse_args writes to stderr when it refuses `flags`."""
+  with pytest.raises(SystemExit):
+    evaluate.parse_args(flags)
+  return capsys.readouterr().err.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_the_results_only_once_the_new_run_succeeded(
+    data_dir, tmp_path, capsys):
+  """Item 5: the job writes into OUTPUT.staging (Beam's temp folders too)
+  and swaps it in after success, with run.json; a failed rerun leaves the
+  old results byte-identical; a killed run's staging folder goes first."""
+  output_dir = tmp_path / "eval"
+  staging = tmp_path / "eval.staging"
+  (staging / "beam-temp-users-killed").mkdir(parents=True)
+  (staging / "beam-temp-users-killed" / "part").write_text("partial")
+  first = _run(data_dir, output_dir, "--model=lir")
+  assert not staging.exists()
+  assert not list(output_dir.glob("beam-temp-*"))
+  assert run_dir.read_record(str(output_dir)) == {
+      "stage": "evaluate", "made_from": {
+          "manifest_sha256": first["manifest_sha256"], "category": CATEGORY,
+          "split": "test", "model": "lir", "retrieval": "bm25",
+          "bm25_backend": "fast", "num_preds": 10, "epsilon": 1 / 5000,
+          "recommendations_k": 0, "max_users": None}}
+
+  flags = [f"--data_dir={data_dir}", f"--category={CATEGORY}",
+           f"--output_dir={output_dir}", "--model=lir"]
+  assert _refusal(flags, capsys).endswith(
+      f"error: {output_dir} already holds the results of this very run; "
+      "pass --overwrite to redo it or pick another --output_dir.")
+  assert _refusal(flags + ["--num_preds=5"], capsys).endswith(
+      f"error: {output_dir} was made from other inputs: num_preds: 10 -> 5; "
+      "pass --overwrite to replace its results or pick another "
+      "--output_dir.")
+
+  # The split changed since the manifest: the rerun fails in the pipeline.
+  changed = tmp_path / "changed"
+  shutil.copytree(data_dir, changed)
+  evaluator_testdata.write_split(changed / CATEGORY, "test", CATEGORY,
+                                 _data_users()[:-1])
+  before = _contents(output_dir)
+  with pytest.raises(Exception, match="manifest.json counts 6"):
+    _run(changed, output_dir, "--model=lir", "--overwrite")
+  assert _contents(output_dir) == before
+  assert not staging.exists()
+
+  _run(data_dir, output_dir, "--model=lir", "--overwrite",
+       "--recommendations_k=2")
+  assert run_dir.read_record(str(output_dir))["made_from"][
+      "recommendations_k"] == 2
+  assert list(output_dir.glob("recommendations-*.jsonl"))
+
+  # A run replaces the whole folder: one holding other files is refused.
+  mixed = tmp_path / "mixed"
+  mixed.mkdir()
+  (mixed / "notes.txt").write_text("mine")
+  assert _refusal([*flags[:2], f"--output_dir={mixed}", "--model=lir",
+                   "--overwrite"], capsys).endswith(
+      f"error: {mixed} holds files that no evaluation writes, e.g. "
+      f"{mixed / 'notes.txt'}; a run replaces the whole folder: pick another "
+      "--output_dir.")
