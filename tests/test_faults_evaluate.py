@@ -49,6 +49,8 @@ def test_lucene_logs_stay_off_stdout(data_dir, tmp_path):
       capture_output=True, text=True, check=True, cwd=conftest.REPO_ROOT)
   assert not _LOG4J_LINE.search(completed.stdout), completed.stdout
   assert completed.stdout == (output_dir / "results.md").read_text()
+
+
 # Table 2's NDCG@10 row with its optimistic value marked.
 _MARKED_NDCG = re.compile(r"\| Toys \| NDCG@10 \| [0-9.]+!/[0-9.]+ \|")
 
@@ -109,8 +111,8 @@ def test_a_run_of_tied_targets_warns_beside_its_optimistic_metrics(
   assert "B on Toys" not in table
 
   caplog.set_level(logging.INFO)
-  evaluate.log_outcome(written)
-  evaluate.log_outcome(report.load_summary(str(tmp_path / "tied")))
+  for name in ("fair", "tied"):
+    evaluate.log_outcome(report.load_summary(str(tmp_path / name)))
   warnings = [r.getMessage() for r in caplog.records
               if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and warnings[0].startswith(warning[2:])
