@@ -126,7 +126,15 @@ def check_made_from(run_dir: str, stage: str,
     raise RunDirError(
         f"{run_dir} holds the output of another stage "
         f"({record.get('stage')!r}, not {stage!r}); {start_over}.")
-  found = differences(record.get("made_from", {}), made_from)
+  check_same(run_dir, record.get("made_from", {}), made_from, start_over)
+
+
+def check_same(run_dir: str, recorded: Mapping[str, Any],
+               made_from: Mapping[str, Any], start_over: str) -> None:
+  """Raises RunDirError, as `check_made_from` does, where `made_from`
+  differs from `recorded` (a record, or what an older folder without one
+  tells of its inputs)."""
+  found = differences(recorded, made_from)
   if found:
     more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
     raise RunDirError(f"{run_dir} was made from other inputs: {found[0]}"

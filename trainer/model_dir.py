@@ -6,12 +6,15 @@ output) holds
   model.json        model config, loss settings, feature lengths
   vocabulary.model  the SentencePiece model the run trained with
   config.gin        the full gin configuration of the run
+  run.json          what the run was made from (`pipelines.run_dir`), which
+                    a resume must match
   train/, validation/  TensorBoard summaries
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Mapping, Optional
@@ -20,6 +23,7 @@ from etils import epath
 import jax
 import seqio
 
+from pipelines import run_dir
 from tasks import vocab
 from trainer import checkpoints
 from trainer import models
@@ -29,11 +33,15 @@ PyTree = Any
 MODEL_JSON = "model.json"
 VOCABULARY_FILE = "vocabulary.model"
 CONFIG_GIN = "config.gin"
+TRAIN_STAGE = "train"
 
+# TransformerConfig fields that change how the network runs, not what it
+# computes: a resumed run may change them (another accelerator's attention
+# kernel, remat for memory).
+_EXECUTION_FIELDS = frozenset({"attention_implementation", "remat"})
 # TransformerConfig fields a run may change from the checkpoint it starts from:
 # they leave the parameters as they are.
-_FREE_NETWORK_FIELDS = frozenset(
-    {"dropout_rate", "dtype", "attention_implementation", "remat"})
+_FREE_NETWORK_FIELDS = _EXECUTION_FIELDS | {"dropout_rate", "dtype"}
 # LoRA's fields: free when the checkpoint has no LoRA parameters (a run adds
 # fresh ones, see `checkpoints.restore_params`), else they must match.
 _LORA_NETWORK_FIELDS = frozenset({"lora_rank", "lora_alpha", "lora_targets"})
@@ -48,10 +56,7 @@ def write_model_metadata(model_dir: str | os.PathLike[str],
   """Writes model.json and the vocabulary so the directory loads alone."""
   model_dir = checkpoints.model_path(model_dir)
   model_dir.mkdir(parents=True, exist_ok=True)
-  if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
-    raise TypeError("Only SentencePiece vocabularies can be stored with the "
-                    f"model, got {type(vocabulary).__name__}.")
-  (model_dir / VOCABULARY_FILE).write_bytes(vocabulary.sp_model)
+  (model_dir / VOCABULARY_FILE).write_bytes(_sentencepiece_model(vocabulary))
   write_model_json(model_dir, model, vocabulary.extra_ids,
                    task_feature_lengths, best_metric, best_mode)
 
@@ -63,19 +68,98 @@ def write_model_json(model_dir: str | os.PathLike[str],
                      best_mode: str = "min") -> None:
   """Writes model.json: the network, loss and inference settings
   `load_for_inference` reads."""
-  metadata = {
+  metadata = _model_metadata(model, extra_ids, task_feature_lengths)
+  metadata.update(best_metric=best_metric, best_mode=best_mode)
+  model_dir = checkpoints.model_path(model_dir)
+  model_dir.mkdir(parents=True, exist_ok=True)
+  (model_dir / MODEL_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def _sentencepiece_model(vocabulary: seqio.Vocabulary) -> bytes:
+  if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    raise TypeError("Only SentencePiece vocabularies can be stored with the "
+                    f"model, got {type(vocabulary).__name__}.")
+  return vocabulary.sp_model
+
+
+def _model_metadata(model: models.CALRecModel, extra_ids: int,
+                    task_feature_lengths: Mapping[str, int]
+                   ) -> dict[str, Any]:
+  """model.json but for the best-checkpoint settings."""
+  return {
       "network": dataclasses.asdict(model.config),
       "loss": {"alpha": model.alpha, "beta": model.beta,
                "temperature": model.temperature},
       "eos_id": model.eos_id,
       "extra_ids": extra_ids,
       "task_feature_lengths": dict(task_feature_lengths),
-      "best_metric": best_metric,
-      "best_mode": best_mode,
   }
+
+
+def _made_from_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+  """The `made_from` entries of a run that its model.json holds: one per
+  network field (but for `_EXECUTION_FIELDS`) and loss weight, so that a
+  difference is named by its field."""
+  made_from = {f"network.{name}": value
+               for name, value in metadata["network"].items()
+               if name not in _EXECUTION_FIELDS}
+  made_from.update({f"loss.{name}": value
+                    for name, value in metadata["loss"].items()})
+  for name in ("eos_id", "extra_ids", "task_feature_lengths"):
+    if name in metadata:
+      made_from[name] = metadata[name]
+  return made_from
+
+
+def training_made_from(model: models.CALRecModel,
+                       vocabulary: seqio.Vocabulary,
+                       task_feature_lengths: Mapping[str, int],
+                       **settings: Any) -> dict[str, Any]:
+  """What a training run is made from, as run.json records it: the
+  vocabulary's digest (`run_dir.file_digest` of the vocabulary.model it
+  writes), what model.json records of the model and `settings`, as JSON
+  values."""
+  digest = hashlib.sha256(_sentencepiece_model(vocabulary)).hexdigest()
+  made_from = {"vocabulary": f"sha256:{digest}", **settings,
+               **_made_from_metadata(_model_metadata(
+                   model, vocabulary.extra_ids, task_feature_lengths))}
+  return json.loads(json.dumps(made_from))
+
+
+def check_resume(model_dir: str | os.PathLike[str],
+                 made_from: Mapping[str, Any]) -> None:
+  """Raises run_dir.RunDirError where model_dir holds a run made from other
+  things (`training_made_from`).
+
+  A model directory from before run.json that holds checkpoints is compared
+  on what its model.json and vocabulary.model tell.
+  """
+  model_dir = checkpoints.model_path(model_dir)
+  path = os.fspath(model_dir)
+  start_over = (f"train into a new MODEL_DIR, or delete {model_dir} to start "
+                "over")
+  if (run_dir.read_record(path) is not None or
+      not checkpoints.available_steps(model_dir)):
+    run_dir.check_made_from(path, TRAIN_STAGE, made_from, start_over)
+    return
+  recorded = {}
+  if (model_dir / MODEL_JSON).exists():
+    recorded.update(_made_from_metadata(_read_metadata(model_dir)))
+  if (model_dir / VOCABULARY_FILE).exists():
+    recorded["vocabulary"] = run_dir.file_digest(
+        os.fspath(model_dir / VOCABULARY_FILE))
+  run_dir.check_same(path, recorded,
+                     {name: made_from.get(name) for name in recorded},
+                     start_over)
+
+
+def write_run_files(model_dir: str | os.PathLike[str],
+                    made_from: Mapping[str, Any], gin_config: str) -> None:
+  """Writes run.json (`training_made_from`) and config.gin."""
   model_dir = checkpoints.model_path(model_dir)
   model_dir.mkdir(parents=True, exist_ok=True)
-  (model_dir / MODEL_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
+  run_dir.write_record(os.fspath(model_dir), TRAIN_STAGE, made_from)
+  (model_dir / CONFIG_GIN).write_text(gin_config)
 
 
 def _read_metadata(model_dir: epath.Path) -> dict[str, Any]:

@@ -8,6 +8,11 @@ iterator (shuffle buffers, mixture sampling, position in the files), which
 is restored instead of replaying the data, so the same batches follow; the
 dropout keys derive from the step, so the losses are the same too.
 
+Before it writes anything, a run checks that MODEL_DIR holds no run made
+from other things (`_made_from`, recorded in MODEL_DIR/run.json): another
+vocabulary, network, batch size, task, feature lengths or seed would not
+resume exactly (or not at all), and is refused in one line.
+
 On several processes (hosts; `jax.distributed.initialize` first), every
 process reads its own shard of the data and feeds its rows of each global
 batch (`partitioning.Partitioner.data_layout`); validation runs the same
@@ -279,6 +284,25 @@ def _check_positive(**values: Optional[int]) -> None:
       raise ValueError(f"{name} must be positive, got {value}.")
 
 
+def _made_from(model: models.CALRecModel, vocabulary: seqio.Vocabulary,
+               task_feature_lengths: Mapping[str, int], batch_size: int,
+               mixture_or_task_name: str, random_seed: int,
+               initial_checkpoint_path: Optional[str]) -> dict[str, Any]:
+  """What a run is made from: the settings that must match for an exact
+  resume (`model_dir.training_made_from`).
+
+  Not in it, free to change on resume: train_steps, the checkpoint and log
+  periods, the checkpoints kept, validation, num_microbatches (the same
+  gradient), the partitioner, the optimizer (one with another state
+  structure fails to restore every checkpoint) and how the network runs
+  (attention kernel, remat).
+  """
+  return model_dir_lib.training_made_from(
+      model, vocabulary, task_feature_lengths, batch_size=batch_size,
+      mixture_or_task_name=mixture_or_task_name, random_seed=random_seed,
+      initial_checkpoint_path=initial_checkpoint_path)
+
+
 @gin.configurable
 def train(
     *,
@@ -357,6 +381,8 @@ def train(
       use_cached_tasks, a validation task without validation_split), or an
       input pipeline whose state cannot be checkpointed (a stateful op in a
       preprocessor).
+    pipelines.run_dir.RunDirError: model_dir holds a run made from other
+      things (`_made_from`); nothing is written.
     NonFiniteLossError: a step's loss or updated parameters were NaN or
       infinite; nothing of that step is saved, the last good checkpoint stays
       in model_dir.
@@ -383,6 +409,11 @@ def train(
   provider = seqio.get_mixture_or_task(mixture_or_task_name)
   vocabulary = provider.output_features["targets"].vocabulary
   _check_vocabulary(vocabulary, model)
+  model_dir = checkpoints.model_path(model_dir)
+  made_from = _made_from(model, vocabulary, task_feature_lengths, batch_size,
+                         mixture_or_task_name, random_seed,
+                         initial_checkpoint_path)
+  model_dir_lib.check_resume(model_dir, made_from)
 
   # Decoder inputs start with the vocabulary's BOS if it has one, else 0
   # (seqio's bos_id); inference starts prompts alike (docs/contracts.md).
@@ -401,12 +432,11 @@ def train(
 
   if not validate:
     best_metric = None
-  model_dir = checkpoints.model_path(model_dir)
   if jax.process_index() == 0:
     model_dir_lib.write_model_metadata(model_dir, model, vocabulary,
                                        task_feature_lengths, best_metric,
                                        best_mode)
-    (model_dir / model_dir_lib.CONFIG_GIN).write_text(gin.config_str())
+    model_dir_lib.write_run_files(model_dir, made_from, gin.config_str())
   manager = checkpoints.CheckpointManager(model_dir, keep_checkpoints,
                                           best_metric, best_mode, keep_period)
 
