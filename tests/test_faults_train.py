@@ -4,6 +4,7 @@ One test per item of the issue; each failed before its fix.
 """
 
 import dataclasses
+import logging
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import tasks_testdata
 
 from pipelines import run_dir
+from test_trainer_train import _assert_trees_equal
 from test_trainer_train import _examples
 from test_trainer_train import _model
 from test_trainer_train import _train
@@ -23,6 +25,7 @@ from test_trainer_train import task  # pylint: disable=unused-import
 from test_trainer_train import TASK
 from test_trainer_train import TINY_STAGE1
 from test_trainer_train import vocabulary_path  # pylint: disable=unused-import
+from trainer import checkpoints
 from trainer import model_dir as model_dir_lib
 from trainer import models
 
@@ -120,3 +123,47 @@ def test_item_3_resuming_with_another_batch_or_model_size_is_refused(
       f"8{_start_over(cli_dir)}"), errors
   assert _run_files(cli_dir) == before
 
+
+def _truncate_params(step_dir):
+  """Cuts the largest file of the step's parameters in half."""
+  largest = max((path for path in (step_dir / "params").rglob("*")
+                 if path.is_file()), key=lambda path: path.stat().st_size)
+  data = largest.read_bytes()
+  largest.write_bytes(data[:len(data) // 2])
+
+
+@pytest.mark.slow
+def test_item_4_a_corrupt_latest_checkpoint_falls_back_to_the_previous(
+    straight_run, tmp_path, caplog):
+  """Item 4: a resume skips a corrupt latest step, saying why, and resumes
+  exactly from the one before; with no usable step it says so in one line.
+  Loading a corrupt step for inference fails in one line too."""
+  model_dir = _copy(straight_run, tmp_path)
+  step_dir = model_dir / "checkpoints" / "6"
+  _truncate_params(step_dir)
+  with pytest.raises(ValueError) as error:
+    model_dir_lib.load_for_inference(model_dir, step=6)
+  assert str(error.value) == (
+      f"The checkpoint {step_dir} is unusable: its parameter files differ "
+      "from those it saved (truncated, removed or rewritten).")
+
+  caplog.set_level(logging.INFO)
+  resumed = _train(model_dir, train_steps=6)
+  _assert_trees_equal(resumed.params, straight_run[1].params)
+  _assert_trees_equal(resumed.opt_state, straight_run[1].opt_state)
+  messages = [record.getMessage() for record in caplog.records]
+  assert (f"Skipping checkpoint step 6: The checkpoint {step_dir} is "
+          "unusable: its parameter files differ from those it saved "
+          "(truncated, removed or rewritten).") in messages
+  assert ("Resuming from checkpoint step 3; deleted the unusable newer steps "
+          "[6], which this run trains again.") in messages
+  assert checkpoints.available_steps(model_dir) == [3, 6]
+
+  for step in (3, 6):
+    _truncate_params(model_dir / "checkpoints" / str(step))
+  with pytest.raises(ValueError) as error:
+    _train(model_dir, train_steps=9)
+  assert str(error.value).splitlines()[0] == (
+      f"No checkpoint in {model_dir / 'checkpoints'} is usable (steps [3, "
+      f"6], each skipped above); delete {model_dir} or train into a new "
+      "MODEL_DIR to start over.")

@@ -6,19 +6,23 @@
 
 The last `keep` checkpoints are kept, plus the best one by a validation
 metric when one is configured and every `keep_period`-th step when set; a
-step's input state goes with its step. The rest of a model directory, and
-picking and loading a checkpoint of it: `trainer.model_dir`.
+step's input state goes with its step. Each step records the fingerprint of
+its parameter files (`params_fingerprint`), which a restore verifies; a
+resume falls back to the newest step that restores and verifies. The rest of
+a model directory, and picking and loading a checkpoint of it:
+`trainer.model_dir`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import math
 import os
 import tempfile
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from etils import epath
 import jax
@@ -32,6 +36,12 @@ from trainer import train_lib
 PyTree = Any
 CHECKPOINTS_DIR = "checkpoints"
 DATASET_ITEM = "dataset"
+FINGERPRINT_FILE = "params_fingerprint"
+_SHOWN_ERROR_CHARS = 300
+
+
+class UnusableCheckpointError(ValueError):
+  """A checkpoint step that does not restore or verify."""
 
 
 def model_path(path: str | os.PathLike[str]) -> epath.Path:
@@ -79,6 +89,41 @@ def params_fingerprint(step_dir: str | os.PathLike[str]) -> str:
   return digest.hexdigest()
 
 
+def _unusable(step_dir: epath.Path, reason: str) -> UnusableCheckpointError:
+  return UnusableCheckpointError(
+      f"The checkpoint {step_dir} is unusable: {reason}.")
+
+
+def _record_fingerprint(step_dir: epath.Path) -> None:
+  """Writes the step's `params_fingerprint` into it (process 0)."""
+  if jax.process_index() == 0:
+    (step_dir / FINGERPRINT_FILE).write_text(params_fingerprint(step_dir))
+
+
+def verify_fingerprint(step_dir: str | os.PathLike[str]) -> None:
+  """Raises UnusableCheckpointError where the step's parameter files differ
+  from those it recorded when saved; passes a step without a record."""
+  step_dir = model_path(step_dir)
+  recorded = step_dir / FINGERPRINT_FILE
+  if recorded.exists() and (
+      recorded.read_text().strip() != params_fingerprint(step_dir)):
+    raise _unusable(step_dir, "its parameter files differ from those it "
+                    "saved (truncated, removed or rewritten)")
+
+
+@contextlib.contextmanager
+def _reading(step_dir: epath.Path) -> Iterator[None]:
+  """Turns a failure of orbax to read `step_dir` into one line."""
+  try:
+    yield
+  except Exception as error:  # orbax and TensorStore raise many kinds.
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    shown = lines[0]
+    if len(shown) > _SHOWN_ERROR_CHARS:
+      shown = shown[:_SHOWN_ERROR_CHARS - 3] + "..."
+    raise _unusable(step_dir, f"it does not restore ({shown})") from error
+
+
 def available_steps(model_dir: str | os.PathLike[str]) -> list[int]:
   """The steps with a checkpoint in model_dir, ascending ([] if none)."""
   directory = model_path(model_dir) / CHECKPOINTS_DIR
@@ -115,6 +160,17 @@ def _write_iterator(iterator: Any, prefix: str) -> None:
         " instead of tf.random.*; no tf.py_function).") from e
 
 
+def _check_input_state(directory: epath.Path) -> None:
+  """Raises ValueError if an input-state item lacks this process's state."""
+  prefix = _process_prefix()
+  if not (directory / f"{prefix}.index").exists():
+    saved = sorted(path.name.removesuffix(".index")
+                   for path in directory.glob("*.index"))
+    raise ValueError(
+        f"{directory} holds no input state for {prefix}, only for "
+        f"{saved}: resume with the number of processes that saved it.")
+
+
 class DatasetIteratorHandler(ocp.CheckpointHandler):
   """Saves this process's tf.data iterator state; restores it in place.
 
@@ -127,15 +183,9 @@ class DatasetIteratorHandler(ocp.CheckpointHandler):
 
   def restore(self, directory: epath.Path,
               args: "DatasetIteratorRestore") -> Any:
-    prefix = directory / _process_prefix()
-    if not (directory / f"{prefix.name}.index").exists():
-      saved = sorted(path.name.removesuffix(".index")
-                     for path in directory.glob("*.index"))
-      raise ValueError(
-          f"{directory} holds no input state for {prefix.name}, only for "
-          f"{saved}: resume with the number of processes that saved it.")
+    _check_input_state(directory)
     _iterator_checkpoint(args.iterator).read(
-        os.fspath(prefix)).assert_consumed()
+        os.fspath(directory / _process_prefix())).assert_consumed()
     return args.iterator
 
 
@@ -218,6 +268,7 @@ class CheckpointManager:
     self._manager.save(step, args=ocp.args.Composite(**items),
                        metrics=dict(metrics) if metrics else None, force=True)
     self._manager.wait_until_finished()
+    _record_fingerprint(self._manager.directory / str(step))
     return step
 
   def latest_step(self) -> Optional[int]:
@@ -232,32 +283,67 @@ class CheckpointManager:
   def restore(self, abstract_state: train_lib.TrainState,
               step: Optional[int] = None,
               dataset_iterator: Optional[Any] = None) -> train_lib.TrainState:
-    """Restores a full state (default: latest) onto the target shardings.
+    """Restores a full state onto the target shardings, verified: its
+    parameter files are those it saved (`verify_fingerprint`) and finite.
 
     Args:
       abstract_state: shapes, dtypes and shardings of the state.
-      step: the checkpoint; the latest when None.
+      step: the checkpoint; None: the newest that restores and verifies,
+        logging why each newer one was skipped.
       dataset_iterator: a fresh iterator of the training input, set in place
         to where the saved one stood.
+
+    Raises:
+      UnusableCheckpointError: the step, or with step None every step, does
+        not restore or verify.
+      FileNotFoundError, ValueError: the step lacks the input state of this
+        run's processes.
     """
-    step = self.latest_step() if step is None else step
+    if step is not None:
+      return self._restore_step(abstract_state, step, dataset_iterator)
+    steps = self.all_steps()
+    for candidate in reversed(steps):
+      try:
+        return self._restore_step(abstract_state, candidate, dataset_iterator)
+      except UnusableCheckpointError as error:
+        logging.warning("Skipping checkpoint step %d: %s", candidate, error)
+    directory = self._manager.directory
+    raise UnusableCheckpointError(
+        f"No checkpoint in {directory} is usable (steps {steps}, each skipped "
+        f"above); delete {directory.parent} or train into a new MODEL_DIR to "
+        "start over.")
+
+  def _restore_step(self, abstract_state: train_lib.TrainState, step: int,
+                    dataset_iterator: Optional[Any]) -> train_lib.TrainState:
+    step_dir = self._manager.directory / str(step)
     items = dict(
         params=ocp.args.StandardRestore(abstract_state.params),
         optimizer=ocp.args.StandardRestore({
             "step": abstract_state.step,
             "opt_state": abstract_state.opt_state}))
     if dataset_iterator is not None:
-      step_dir = self._manager.directory / str(step)
       if not (step_dir / DATASET_ITEM).is_dir():
         raise FileNotFoundError(
             f"{step_dir} holds no input state ({DATASET_ITEM}/), so the run "
             "cannot resume its data where it stopped; start a new MODEL_DIR "
             "with initial_checkpoint_path to reuse the parameters.")
+      _check_input_state(step_dir / DATASET_ITEM)
       items[DATASET_ITEM] = DatasetIteratorRestore(dataset_iterator)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    verify_fingerprint(step_dir)
+    with _reading(step_dir):
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    if not bool(jax.jit(train_lib.all_finite)(restored.params)):
+      raise _unusable(step_dir, "some of its parameters are NaN or infinite")
     return train_lib.TrainState(step=restored.optimizer["step"],
                                 params=restored.params,
                                 opt_state=restored.optimizer["opt_state"])
+
+  def delete_after(self, step: int) -> list[int]:
+    """Deletes the steps after `step`; returns them."""
+    newer = [later for later in self.all_steps() if later > step]
+    for later in newer:
+      self._manager.delete(later)
+    return newer
 
   def close(self) -> None:
     self._manager.close()
@@ -291,6 +377,33 @@ def _listed(paths: list[str], limit: int = 4) -> str:
   return ", ".join(paths[:limit]) + more
 
 
+def _lacking_lora(step_dir: epath.Path, stored: Mapping[str, Any],
+                  wanted: Mapping[str, Any], fresh_lora: bool) -> list[str]:
+  """The LoRA parameters that the checkpoint lacks; raises ValueError where
+  it does not fit the model otherwise (see `restore_params`)."""
+  missing = [name for name in wanted if name not in stored]
+  extra = [name for name in stored if name not in wanted]
+  reshaped = [f"{name} {tuple(stored[name].shape)} there, "
+              f"{tuple(wanted[name].shape)} here" for name in wanted
+              if name in stored and
+              tuple(stored[name].shape) != tuple(wanted[name].shape)]
+  problems = []
+  if [name for name in missing if not _is_lora_param(name)]:
+    problems.append(f"lacks {_listed(missing)}")
+  if extra:
+    problems.append(f"holds {_listed(extra)}, which the model has not")
+  if reshaped:
+    problems.append(f"has other shapes: {_listed(reshaped)}")
+  if problems:
+    raise ValueError(
+        f"The checkpoint {step_dir} does not fit the model: "
+        f"{'; '.join(problems)} (network.TransformerConfig).")
+  if missing and not fresh_lora:
+    raise ValueError(f"The checkpoint {step_dir} has no LoRA parameters "
+                     f"({_listed(missing)}) and no fresh ones were given.")
+  return missing
+
+
 def restore_params(step_dir: str | os.PathLike[str], abstract_params: PyTree,
                    fresh_params: Optional[Callable[[], PyTree]] = None
                   ) -> PyTree:
@@ -308,39 +421,25 @@ def restore_params(step_dir: str | os.PathLike[str], abstract_params: PyTree,
     fresh_params: called only when the checkpoint lacks the LoRA parameters.
 
   Raises:
+    UnusableCheckpointError: the checkpoint does not restore or verify.
     ValueError: the checkpoint lacks parameters other than LoRA's, holds ones
       the model has not (LoRA's into a model without LoRA, say), has another
       shape for one, or lacks LoRA's and `fresh_params` is None.
   """
   step_dir = model_path(step_dir)
+  verify_fingerprint(step_dir)
   params_dir = step_dir / "params"
   wanted = _flat_params(abstract_params)
   with ocp.StandardCheckpointer() as checkpointer:
-    stored = _flat_params(checkpointer.metadata(params_dir).item_metadata.tree)
-    missing = [name for name in wanted if name not in stored]
-    extra = [name for name in stored if name not in wanted]
-    reshaped = [f"{name} {tuple(stored[name].shape)} there, "
-                f"{tuple(wanted[name].shape)} here" for name in wanted
-                if name in stored and
-                tuple(stored[name].shape) != tuple(wanted[name].shape)]
-    problems = []
-    if [name for name in missing if not _is_lora_param(name)]:
-      problems.append(f"lacks {_listed(missing)}")
-    if extra:
-      problems.append(f"holds {_listed(extra)}, which the model has not")
-    if reshaped:
-      problems.append(f"has other shapes: {_listed(reshaped)}")
-    if problems:
-      raise ValueError(
-          f"The checkpoint {step_dir} does not fit the model: "
-          f"{'; '.join(problems)} (network.TransformerConfig).")
-    if not missing:
-      return checkpointer.restore(params_dir, abstract_params)
-    if fresh_params is None:
-      raise ValueError(f"The checkpoint {step_dir} has no LoRA parameters "
-                       f"({_listed(missing)}) and no fresh ones were given.")
-    restored = _flat_params(checkpointer.restore(params_dir, _nested_params(
-        {name: leaf for name, leaf in wanted.items() if name in stored})))
+    with _reading(step_dir):
+      stored = _flat_params(
+          checkpointer.metadata(params_dir).item_metadata.tree)
+    missing = _lacking_lora(step_dir, stored, wanted, fresh_params is not None)
+    with _reading(step_dir):
+      if not missing:
+        return checkpointer.restore(params_dir, abstract_params)
+      restored = _flat_params(checkpointer.restore(params_dir, _nested_params(
+          {name: leaf for name, leaf in wanted.items() if name in stored})))
   fresh = _flat_params(fresh_params())
   return jax.tree_util.tree_unflatten(
       jax.tree_util.tree_structure(abstract_params),
@@ -361,4 +460,5 @@ def save_params(model_dir: str | os.PathLike[str], step: int,
     manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params)), force=True)
     manager.wait_until_finished()
+  _record_fingerprint(directory / str(step))
   return directory / str(step)

@@ -264,18 +264,20 @@ def inference_checkpoint(model_dir: str | os.PathLike[str],
     FileNotFoundError: model_dir is not a MODEL_DIR of `trainer.train`, has
       no checkpoints yet, or has no such checkpoint (the message lists the
       steps it has).
+    checkpoints.UnusableCheckpointError: the step's parameter files differ
+      from those it saved.
   """
   model_dir = checkpoints.model_path(model_dir)
   _read_metadata(model_dir)
-  if step is None:
-    return resolve_checkpoint(model_dir)
-  path = checkpoints.step_path(model_dir, step)
+  path = (resolve_checkpoint(model_dir) if step is None else
+          checkpoints.step_path(model_dir, step))
   if not (path / "params").is_dir():
     steps = checkpoints.available_steps(model_dir)
     if not steps:
       raise _no_checkpoints_yet(model_dir)
     raise FileNotFoundError(f"No checkpoint at {path}; {model_dir} has steps "
                             f"{steps}.")
+  checkpoints.verify_fingerprint(path)
   return path
 
 

@@ -28,10 +28,10 @@ as is a configuration without a run config of trainer/configs/runs
 Gin files are found from the working directory, on the Python path
 (trainer/configs/... works from anywhere) and in `--gin_search_paths`. The
 tiny CPU runs: trainer/configs/runs/tiny_stage1.gin and tiny_stage2.gin. A run
-in a MODEL_DIR that already holds checkpoints resumes from the latest one
-(see `trainer.train_loop`); one made from another vocabulary, network,
+in a MODEL_DIR that already holds checkpoints resumes from the latest usable
+one (see `trainer.train_loop`); one made from another vocabulary, network,
 batch size, task or seed (its run.json) is refused before anything is
-written. These refusals and a non-finite loss (which
+written. These refusals, an unusable MODEL_DIR and a non-finite loss (which
 keeps the last good checkpoint) stop the run with one line and exit status 1.
 
 With USE_CACHED_TASKS = True, `--seqio_additional_cache_dirs` names the

@@ -132,6 +132,12 @@ def create_optimizer(learning_rate: float = 1e-4,
   return PartlyFrozen(optimizer.init, optimizer.update, labels)
 
 
+def all_finite(tree: PyTree) -> Array:
+  """Whether every element of every leaf is finite (a boolean scalar)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree.leaves(tree)]))
+
+
 class _Split(NamedTuple):
   """A parameter tree's leaves split into trained and frozen ones."""
   treedef: Any
@@ -266,10 +272,8 @@ class Trainer:
       params = split.merge(optax.apply_updates(trained, trained_updates),
                            frozen)
       gradient_norm = optax.tree.norm(trained_grads)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
-                                for x in jax.tree.leaves(params)]))
     metrics = dict(metrics, gradient_norm=gradient_norm,
-                   parameters_finite=finite,
+                   parameters_finite=all_finite(params),
                    input_tokens=self.model.count_input_tokens(batch))
     return TrainState(step=state.step + 1, params=params,
                       opt_state=opt_state), metrics

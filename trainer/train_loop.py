@@ -6,7 +6,9 @@ resumes from the latest one and continues exactly as if never interrupted:
 every checkpoint also stores the state of the training input's tf.data
 iterator (shuffle buffers, mixture sampling, position in the files), which
 is restored instead of replaying the data, so the same batches follow; the
-dropout keys derive from the step, so the losses are the same too.
+dropout keys derive from the step, so the losses are the same too. A latest
+checkpoint that does not restore or verify is skipped for the newest one
+that does (`checkpoints.CheckpointManager.restore`) and trained again.
 
 Before it writes anything, a run checks that MODEL_DIR holds no run made
 from other things (`_made_from`, recorded in MODEL_DIR/run.json): another
@@ -383,6 +385,8 @@ def train(
       preprocessor).
     pipelines.run_dir.RunDirError: model_dir holds a run made from other
       things (`_made_from`); nothing is written.
+    checkpoints.UnusableCheckpointError: model_dir holds checkpoints, none of
+      which restores and verifies.
     NonFiniteLossError: a step's loss or updated parameters were NaN or
       infinite; nothing of that step is saved, the last good checkpoint stays
       in model_dir.
@@ -521,13 +525,22 @@ def _initial_state(trainer: train_lib.Trainer,
                    train_batches: Iterator[Batch]) -> train_lib.TrainState:
   """Resume > Stage-II initialisation > fresh initialisation.
 
-  On resume, the fresh `train_batches` iterator is set to where the
-  checkpoint's left off.
+  On resume (from the newest usable checkpoint; newer ones are deleted, as
+  the run saves those steps again), the fresh `train_batches` iterator is set
+  to where the checkpoint's left off.
   """
   if manager.latest_step() is not None:
-    logging.info("Resuming from checkpoint step %d.", manager.latest_step())
-    return manager.restore(trainer.abstract_state,
-                           dataset_iterator=train_batches)
+    state = manager.restore(trainer.abstract_state,
+                            dataset_iterator=train_batches)
+    step = int(state.step)
+    newer = manager.delete_after(step)
+    if newer:
+      logging.info("Resuming from checkpoint step %d; deleted the unusable "
+                   "newer steps %s, which this run trains again.", step,
+                   newer)
+    else:
+      logging.info("Resuming from checkpoint step %d.", step)
+    return state
   if initial_checkpoint_path:
     step_dir = model_dir_lib.resolve_checkpoint(initial_checkpoint_path)
     model_dir_lib.check_same_network(step_dir, trainer.model.config)
