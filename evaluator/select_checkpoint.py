@@ -20,15 +20,16 @@ its checkpoint path, which is what Stage II's INITIAL_CHECKPOINT_PATH and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
+from evaluator import config as config_lib
 from evaluator import evaluate
 from evaluator import files
-from evaluator import generation
 from evaluator import metrics
 from evaluator import report
 from pipelines import cli
@@ -36,7 +37,7 @@ from trainer import checkpoints
 
 SELECTION_FILE = "selection.json"
 # A generator loader per checkpoint step (tests); None loads the JAX model.
-GeneratorFactory = Callable[[int], Callable[[], generation.TextGenerator]]
+GeneratorFactory = Callable[[int], evaluate.LoadGenerator]
 
 
 def _steps(value: str) -> list[int]:
@@ -61,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="Output folder of the preprocessing pipeline.")
   parser.add_argument("--category", required=True,
                       help="Category whose split selects, e.g. CDs.")
-  parser.add_argument("--split", choices=evaluate.SPLITS,
+  parser.add_argument("--split", choices=config_lib.SPLITS,
                       default="validation",
                       help="Split that selects (default: %(default)s).")
   parser.add_argument("--metric", choices=metrics.metric_keys(),
@@ -76,104 +77,122 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-  """Selection flags, and the flags passed on to each evaluation."""
+@dataclasses.dataclass(frozen=True)
+class SelectionConfig:
+  """The steps to compare by a metric, each evaluated with `evaluation` in
+  its folder under `output_dir` (`step_config`)."""
+
+  evaluation: config_lib.EvaluationConfig
+  steps: tuple[int, ...]
+  metric: str
+  output_dir: str
+
+
+def parse_args(argv: Sequence[str]) -> tuple[SelectionConfig, list[str]]:
+  """The selection's config, and the Beam flags of each evaluation.
+
+  The flags that are not the selection's go through evaluator.evaluate's
+  parser once, with the selection's data and model, and its inputs are
+  checked: a bad flag or folder fails before the first step has run.
+  """
   parser = _parser()
   args, passed_on = parser.parse_known_args(argv)
   available = checkpoints.available_steps(args.model_dir)
   if not available:
     parser.error(f"No checkpoints in {args.model_dir}.")
-  if args.steps is None:
-    args.steps = available
-  missing = sorted(set(args.steps) - set(available))
+  steps = args.steps or available
+  missing = sorted(set(steps) - set(available))
   if missing:
     parser.error(f"--steps {missing} are not checkpoints of {args.model_dir} "
                  f"(it has {available}; older ones were deleted by "
                  "train.keep_checkpoints; train.keep_period keeps more).")
-  if args.output_dir is None:
-    args.output_dir = os.path.join(
-        args.model_dir, f"selection_{args.category}_{args.split}")
+  output_dir = args.output_dir or os.path.join(
+      args.model_dir, f"selection_{args.category}_{args.split}")
   for flag in ("--output_dir", "--checkpoint_step", "--model", "--overwrite"):
     if any(arg.split("=")[0] == flag for arg in passed_on):
       parser.error(f"{flag} of evaluator.evaluate is set per step here.")
-  # The evaluator checks the flags passed on (its own and Beam's) now, not
-  # after the first steps have run.
-  evaluate.parse_args(step_argv(args, passed_on, args.steps[0]),
-                      check_model=False,
-                      prog=f"{parser.prog} (flags of evaluator.evaluate)")
-  return args, passed_on
+  prog = f"{parser.prog} (flags of evaluator.evaluate)"
+  evaluation, beam_argv = evaluate.parse_flags(
+      [f"--data_dir={args.data_dir}", f"--category={args.category}",
+       f"--split={args.split}", f"--model_dir={args.model_dir}",
+       f"--output_dir={output_dir}", *passed_on], prog=prog)
+  selection = SelectionConfig(evaluation, tuple(steps), args.metric,
+                              output_dir)
+  evaluate.resolve_or_exit(step_config(selection, steps[0]),
+                           check_model=False, prog=prog)
+  return selection, beam_argv
 
 
-def step_argv(args: argparse.Namespace, passed_on: Sequence[str],
-              step: int) -> list[str]:
-  """evaluator.evaluate's flags for one step."""
-  return [f"--data_dir={args.data_dir}", f"--category={args.category}",
-          f"--split={args.split}", f"--model_dir={args.model_dir}",
-          f"--checkpoint_step={step}", f"--output_dir={step_dir(args, step)}",
-          "--overwrite", *passed_on]
+def step_config(selection: SelectionConfig,
+                step: int) -> config_lib.EvaluationConfig:
+  """The evaluation of one step, in `{output_dir}/{step}`, replacing what an
+  earlier one left there."""
+  return dataclasses.replace(
+      selection.evaluation, checkpoint_step=step,
+      output_dir=os.path.join(selection.output_dir, str(step)),
+      overwrite=True)
 
 
-def step_dir(args: argparse.Namespace, step: int) -> str:
-  """The evaluation folder of one step."""
-  return os.path.join(args.output_dir, str(step))
-
-
-def evaluate_step(args: argparse.Namespace, passed_on: Sequence[str],
-                  step: int, load_generator: Optional[Callable[
-                      [], generation.TextGenerator]]) -> dict[str, Any]:
-  """metrics.json of one step's evaluation.
+def evaluate_step(config: config_lib.EvaluationConfig,
+                  beam_argv: Sequence[str],
+                  load_generator: Optional[evaluate.LoadGenerator]
+                 ) -> dict[str, Any]:
+  """metrics.json of one step's evaluation (`step_config`).
 
   An earlier evaluation in the step's folder is reused when it recorded every
-  setting of this run (`evaluate.run_settings`: the data too) with the same
-  value; otherwise, older ones recording fewer included, it is replaced.
+  setting of this run (`config.ResolvedRun.settings`: the data too) with the
+  same value; otherwise, older ones recording fewer included, it is replaced.
   """
-  step_args, beam_argv = evaluate.parse_args(
-      step_argv(args, passed_on, step), check_model=load_generator is None)
-  output_dir = step_dir(args, step)
+  resolved = evaluate.resolve_or_exit(config,
+                                      check_model=load_generator is None)
+  output_dir, step = config.output_dir, config.checkpoint_step
   if files.exists(os.path.join(output_dir, report.METRICS_FILE)):
     summary = report.load_summary(output_dir)
-    if evaluate.run_settings(step_args).items() <= summary.items():
+    if resolved.settings().items() <= summary.items():
       logging.info("Step %d: reusing %s.", step, output_dir)
       return summary
-  logging.info("Step %d: evaluating %s/%s into %s.", step, args.category,
-               args.split, output_dir)
-  return evaluate.run_parsed(step_args, beam_argv, load_generator)
+  logging.info("Step %d: evaluating %s/%s into %s.", step, config.category,
+               config.split, output_dir)
+  return evaluate.run_resolved(resolved, beam_argv, load_generator)
 
 
-def select(args: argparse.Namespace, passed_on: Sequence[str],
+def select(selection: SelectionConfig, beam_argv: Sequence[str],
            generator_for_step: Optional[GeneratorFactory] = None
           ) -> dict[str, Any]:
-  """Evaluates args.steps and writes selection.json; returns its contents."""
-  files.make_dirs(args.output_dir)
-  scores = {}
-  for step in args.steps:
+  """Evaluates the selection's steps and writes selection.json; returns its
+  contents."""
+  files.make_dirs(selection.output_dir)
+  metric, scores = selection.metric, {}
+  for step in selection.steps:
     summary = evaluate_step(
-        args, passed_on, step,
+        step_config(selection, step), beam_argv,
         generator_for_step(step) if generator_for_step else None)
-    scores[step] = float(summary["metrics"][args.metric])
-    logging.info("Step %d: %s %.4f", step, args.metric, scores[step])
-  best_step = max(args.steps, key=lambda step: (scores[step], -step))
-  selection = {
-      "category": args.category, "split": args.split, "metric": args.metric,
+    scores[step] = float(summary["metrics"][metric])
+    logging.info("Step %d: %s %.4f", step, metric, scores[step])
+  best_step = max(selection.steps, key=lambda step: (scores[step], -step))
+  evaluation = selection.evaluation
+  result = {
+      "category": evaluation.category, "split": evaluation.split,
+      "metric": metric,
       "scores": {str(step): score for step, score in scores.items()},
       "best_step": best_step,
-      "best_checkpoint": str(checkpoints.step_path(args.model_dir,
+      "best_checkpoint": str(checkpoints.step_path(evaluation.model_dir,
                                                    best_step)),
   }
-  files.write_text(os.path.join(args.output_dir, SELECTION_FILE),
-                   json.dumps(selection, indent=2))
-  return selection
+  files.write_text(os.path.join(selection.output_dir, SELECTION_FILE),
+                   json.dumps(result, indent=2))
+  return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   cli.configure_logging()
-  args, passed_on = parse_args(sys.argv[1:] if argv is None else argv)
-  selection = select(args, passed_on)
-  lines = [f"| step | {args.metric} |", "|---|---|"]
-  for step, score in selection["scores"].items():
-    best = " (best)" if int(step) == selection["best_step"] else ""
+  selection, beam_argv = parse_args(sys.argv[1:] if argv is None else argv)
+  result = select(selection, beam_argv)
+  lines = [f"| step | {selection.metric} |", "|---|---|"]
+  for step, score in result["scores"].items():
+    best = " (best)" if int(step) == result["best_step"] else ""
     lines.append(f"| {step}{best} | {score:.4f} |")
-  lines.append(f"\nBest: {selection['best_checkpoint']}")
+  lines.append(f"\nBest: {result['best_checkpoint']}")
   sys.stdout.write("\n".join(lines) + "\n")
 
 

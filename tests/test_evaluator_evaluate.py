@@ -27,6 +27,7 @@ import tasks_testdata
 
 from evaluator import baselines
 from evaluator import bm25
+from evaluator import config as config_lib
 from evaluator import data
 from evaluator import evaluate
 from evaluator import generation
@@ -147,6 +148,13 @@ def _data_users():
       "item_id": "Z", "text": "not in corpus"}])]
 
 
+def _resolved(flags, check_model=True):
+  """`flags` as the command takes them: the resolved run and the Beam flags;
+  a refusal, of the flags or of what they name, exits."""
+  config, beam_argv = evaluate.parse_flags(flags)
+  return evaluate.resolve_or_exit(config, check_model), beam_argv
+
+
 def _run(data_dir, output_dir, *flags, load_generator=None):
   """Without --runner: the job must pick FnApiRunner itself."""
   return evaluate.run([f"--data_dir={data_dir}", f"--category={CATEGORY}",
@@ -258,11 +266,11 @@ def test_lir_pipeline_writes_metrics_users_and_rejects(data_dir, tmp_path,
 
 @pytest.mark.slow
 def test_counters_equal_the_counts_of_metrics_json(data_dir, tmp_path):
-  args, beam_argv = evaluate.parse_args([
+  resolved, beam_argv = _resolved([
       f"--data_dir={data_dir}", f"--category={CATEGORY}",
       f"--output_dir={tmp_path}", "--model=lir"])
   root = beam.Pipeline(options=beam_cli.beam_options(beam_argv))
-  evaluate.build_pipeline(root, args, str(tmp_path))
+  _ = root | evaluate.Evaluate(resolved, str(tmp_path))
   result = root.run()
   result.wait_until_finish()
   query = MetricsFilter().with_namespace(transforms.METRICS_NAMESPACE)
@@ -431,7 +439,7 @@ def test_remote_paths_through_beam_filesystems(data_dir, tmp_path,
   assert report.load_user_ranks(remote_out) == report.load_user_ranks(
       str(tmp_path / "local"))
   # A rerun replaces the earlier outputs in place.
-  assert evaluate.earlier_outputs(remote_out)
+  assert config_lib.earlier_outputs(remote_out)
   _run(remote_data, remote_out, "--overwrite", "--model=lir")
   assert report.load_summary(remote_out)["model"] == "lir"
 
@@ -537,29 +545,29 @@ def test_defaults_are_the_papers(data_dir, tmp_path):
   options = transforms.RetrievalOptions()
   assert (options.num_preds, options.epsilon) == (10, 1 / 5000)
   # The command line's defaults.
-  args, _ = evaluate.parse_args([
+  config, _ = evaluate.parse_flags([
       f"--data_dir={data_dir}", f"--category={CATEGORY}",
-      f"--output_dir={tmp_path}", "--model_dir=unused"], check_model=False)
-  assert (args.num_generations, args.temperature, args.max_decode_length,
-          args.num_preds, args.epsilon) == (32, 0.5, 80, 10, 1 / 5000)
-  assert (args.model, args.retrieval, args.bm25_backend) == (
+      f"--output_dir={tmp_path}", "--model_dir=unused"])
+  assert (config.num_generations, config.temperature, config.max_decode_length,
+          config.num_preds, config.epsilon) == (32, 0.5, 80, 10, 1 / 5000)
+  assert (config.model, config.retrieval, config.bm25_backend) == (
       "calrec", "bm25", "fast")
 
 
 def test_bad_flags_say_what_to_fix(data_dir, tmp_path, capsys):
   with pytest.raises(SystemExit):
-    evaluate.parse_args([f"--data_dir={data_dir}", f"--category={CATEGORY}",
-                         f"--output_dir={tmp_path}"])
+    _resolved([f"--data_dir={data_dir}", f"--category={CATEGORY}",
+               f"--output_dir={tmp_path}"])
   assert "--model=calrec needs --model_dir" in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    evaluate.parse_args([f"--data_dir={data_dir}", "--category=Nope",
-                         f"--output_dir={tmp_path}", "--model=lir"])
+    _resolved([f"--data_dir={data_dir}", "--category=Nope",
+               f"--output_dir={tmp_path}", "--model=lir"])
   assert f"{data_dir}/manifest.json lists no category 'Nope'; it has Toys." in (
       capsys.readouterr().err)
   (tmp_path / "metrics.json").write_text("{}")
   with pytest.raises(SystemExit):
-    evaluate.parse_args([f"--data_dir={data_dir}", f"--category={CATEGORY}",
-                         f"--output_dir={tmp_path}", "--model=lir"])
+    _resolved([f"--data_dir={data_dir}", f"--category={CATEGORY}",
+               f"--output_dir={tmp_path}", "--model=lir"])
   assert "--overwrite" in capsys.readouterr().err
   # Beam's refusal comes before the earlier run is deleted.
   with pytest.raises(SystemExit):
@@ -582,8 +590,8 @@ def test_an_unfinished_or_incomplete_output_is_refused(data_dir, tmp_path,
   shutil.copytree(data_dir, copy)
   (copy / damage).unlink()
   with pytest.raises(SystemExit):
-    evaluate.parse_args([f"--data_dir={copy}", f"--category={CATEGORY}",
-                         f"--output_dir={tmp_path / 'out'}", "--model=lir"])
+    _resolved([f"--data_dir={copy}", f"--category={CATEGORY}",
+               f"--output_dir={tmp_path / 'out'}", "--model=lir"])
   error = capsys.readouterr().err.splitlines()[-1]
   assert f"error: {copy} " in error and message in error
 
@@ -591,9 +599,8 @@ def test_an_unfinished_or_incomplete_output_is_refused(data_dir, tmp_path,
 def test_a_category_left_without_users_is_refused(tmp_path, capsys):
   _write_data(tmp_path / "data", [_item(i) for i in ITEMS], [])
   with pytest.raises(SystemExit):
-    evaluate.parse_args([f"--data_dir={tmp_path / 'data'}",
-                         f"--category={CATEGORY}",
-                         f"--output_dir={tmp_path / 'out'}", "--model=lir"])
+    _resolved([f"--data_dir={tmp_path / 'data'}", f"--category={CATEGORY}",
+               f"--output_dir={tmp_path / 'out'}", "--model=lir"])
   assert capsys.readouterr().err.splitlines()[-1].endswith(
       f"error: {tmp_path / 'data'}: the test split of {CATEGORY} holds no "
       "users (preprocessing left none; see its rejects/).")
@@ -602,9 +609,10 @@ def test_a_category_left_without_users_is_refused(tmp_path, capsys):
 def test_dataflow_workers_are_not_given_local_folders(data_dir, tmp_path,
                                                       capsys):
   with pytest.raises(SystemExit):
-    evaluate.parse_args([f"--data_dir={data_dir}", f"--category={CATEGORY}",
-                         "--output_dir=gs://bucket/eval", "--model=calrec",
-                         "--model_dir=runs/stage2", "--runner=DataflowRunner"])
+    evaluate.parse_flags([f"--data_dir={data_dir}", f"--category={CATEGORY}",
+                          "--output_dir=gs://bucket/eval", "--model=calrec",
+                          "--model_dir=runs/stage2",
+                          "--runner=DataflowRunner"])
   assert capsys.readouterr().err.splitlines()[-1].endswith(
       f"error: DataflowRunner workers cannot reach local paths: --data_dir "
       f"{data_dir}, --model_dir runs/stage2; give gs:// paths.")
@@ -650,8 +658,8 @@ def test_unknown_flags_and_models_are_refused_up_front(data_dir, tmp_path,
                                                        capsys, flags, message):
   flags = [flag.replace("MISSING", str(tmp_path / "none")) for flag in flags]
   with pytest.raises(SystemExit):
-    evaluate.parse_args([f"--data_dir={data_dir}", f"--category={CATEGORY}",
-                         f"--output_dir={tmp_path}", *flags])
+    _resolved([f"--data_dir={data_dir}", f"--category={CATEGORY}",
+               f"--output_dir={tmp_path}", *flags])
   assert message in capsys.readouterr().err
 
 
@@ -661,15 +669,15 @@ def test_a_missing_checkpoint_step_lists_the_steps(data_dir, tmp_path,
   (model_dir / "checkpoints" / "100" / "params").mkdir(parents=True)
   (model_dir / "model.json").write_text("{}")
   with pytest.raises(SystemExit):
-    evaluate.parse_args([f"--data_dir={data_dir}", f"--category={CATEGORY}",
-                         f"--output_dir={tmp_path / 'out'}",
-                         f"--model_dir={model_dir}", "--checkpoint_step=999"])
+    _resolved([f"--data_dir={data_dir}", f"--category={CATEGORY}",
+               f"--output_dir={tmp_path / 'out'}", f"--model_dir={model_dir}",
+               "--checkpoint_step=999"])
   assert "has steps [100]" in capsys.readouterr().err
-  args, beam_argv = evaluate.parse_args([
+  resolved, beam_argv = _resolved([
       f"--data_dir={data_dir}", f"--category={CATEGORY}",
       f"--output_dir={tmp_path / 'out'}", f"--model_dir={model_dir}",
       "--checkpoint_step=100", "--runner=FnApiRunner",
       "--direct_num_workers=2"])
-  assert args.checkpoint_step == 100
+  assert resolved.config.checkpoint_step == 100
   assert beam_argv == ["--runner=FnApiRunner", "--direct_num_workers=2"]
 

@@ -68,10 +68,10 @@ def model_dir(tmp_path):
 
 
 def _select(data_dir, model_dir, generators, *flags):
-  args, passed_on = select_checkpoint.parse_args([
+  selection, beam_argv = select_checkpoint.parse_args([
       f"--model_dir={model_dir}", f"--data_dir={data_dir}",
       f"--category={CATEGORY}", "--runner=FnApiRunner", *flags])
-  return select_checkpoint.select(args, passed_on,
+  return select_checkpoint.select(selection, beam_argv,
                                   lambda step: generators[step])
 
 

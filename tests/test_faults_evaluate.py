@@ -23,6 +23,7 @@ from pipelines import run_dir
 from test_evaluator_evaluate import _copied_users
 from test_evaluator_evaluate import _data_users
 from test_evaluator_evaluate import _item
+from test_evaluator_evaluate import _resolved
 from test_evaluator_evaluate import _run
 from test_evaluator_evaluate import _write_data
 from test_evaluator_evaluate import CATEGORY
@@ -162,9 +163,9 @@ def _contents(folder):
 
 
 def _refusal(flags, capsys):
-  """The last line parse_args writes to stderr when it refuses `flags`."""
+  """The last line the command writes to stderr when it refuses `flags`."""
   with pytest.raises(SystemExit):
-    evaluate.parse_args(flags)
+    _resolved(flags)
   return capsys.readouterr().err.splitlines()[-1]
 
 
