@@ -1,5 +1,6 @@
 """Checkpoint selection by validation NDCG@10 (paper section 4)."""
 
+import dataclasses
 import json
 import math
 
@@ -114,6 +115,44 @@ def test_best_step_by_pessimistic_ndcg_and_reuse(data_dir, model_dir,
                                   300: NoGenerator}, "--steps=200")
   assert _select(data_dir, model_dir, {200: LastItemGenerator},
                  "--steps=200")["scores"] == {"200": selection["scores"]["200"]}
+
+
+def test_each_step_is_evaluated_in_python_with_its_config(data_dir, model_dir,
+                                                          monkeypatch):
+  """The flags are parsed once; each step's evaluation gets a config, not a
+  command line: the one parsed with the step's checkpoint and folder."""
+  selection, beam_argv = select_checkpoint.parse_args([
+      f"--model_dir={model_dir}", f"--data_dir={data_dir}",
+      f"--category={CATEGORY}", "--num_preds=5", "--runner=FnApiRunner"])
+  evaluated = []
+
+  def run_resolved(resolved, beam_argv, load_generator):
+    evaluated.append((resolved.config, beam_argv, load_generator))
+    score = {100: 0.1, 200: 0.3, 300: 0.2}[resolved.config.checkpoint_step]
+    return {"metrics": {"NDCG@10/pes": score}}
+
+  def parse_flags(*args, **kwargs):
+    raise AssertionError(f"flags parsed for a step: {args} {kwargs}")
+
+  monkeypatch.setattr(evaluate, "run_resolved", run_resolved)
+  monkeypatch.setattr(evaluate, "parse_flags", parse_flags)
+  generators = {100: UnmatchableGenerator, 200: LastItemGenerator,
+                300: NoGenerator}
+  result = select_checkpoint.select(selection, beam_argv, generators.get)
+  output_dir = model_dir / f"selection_{CATEGORY}_validation"
+  assert [(config.checkpoint_step, config.output_dir, config.overwrite,
+           argv, generator) for config, argv, generator in evaluated] == [
+               (step, str(output_dir / str(step)), True,
+                ["--runner=FnApiRunner"], generators[step])
+               for step in (100, 200, 300)]
+  # Every other setting is the one parsed at the start.
+  base = selection.evaluation
+  assert (base.num_preds, base.split, base.model_dir) == (
+      5, "validation", str(model_dir))
+  assert {dataclasses.replace(config, checkpoint_step=None,
+                              output_dir=base.output_dir, overwrite=False)
+          for config, _, _ in evaluated} == {base}
+  assert result["best_step"] == 200
 
 
 @pytest.mark.slow
