@@ -13,5 +13,6 @@ RunInference handler), `model_handler` (the JAX model as a generator),
 `bm25` (exact vectorized BM25), `retrieval` (Algorithm 1, hierarchical
 match), `metrics` (optimistic/pessimistic ranks), `transforms` (the job's
 steps), `files` (local or remote paths through Beam's FileSystems),
-`evaluate`, `report`, `select_checkpoint`.
+`config` (an evaluation's settings and the files they name), `evaluate`,
+`report`, `select_checkpoint`.
 """
