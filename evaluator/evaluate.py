@@ -134,7 +134,6 @@ def _parser(prog: str) -> argparse.ArgumentParser:
   return parser
 
 
-
 def parse_flags(argv: Sequence[str], prog: str = PROG
                ) -> tuple[config_lib.EvaluationConfig, list[str]]:
   """The evaluation's config and the remaining (Beam) flags; reads no file.
@@ -245,14 +244,14 @@ class Evaluate(beam.PTransform):
   metrics.json holds.
   """
 
-  def __init__(self, run: config_lib.ResolvedRun, output_dir: str,
+  def __init__(self, resolved: config_lib.ResolvedRun, output_dir: str,
                load_generator: Optional[LoadGenerator] = None):
     super().__init__()
-    self._run = run
+    self._run = resolved
     self._output_dir = output_dir
     self._vocabulary_path = None
-    if run.config.model == "calrec" and load_generator is None:
-      load_generator = calrec_generator_loader(run.config)
+    if resolved.config.model == "calrec" and load_generator is None:
+      load_generator = calrec_generator_loader(resolved.config)
       self._vocabulary_path = load_generator.vocabulary_path
     self._load_generator = load_generator
 
