@@ -146,6 +146,15 @@ def test_item_4_a_corrupt_latest_checkpoint_falls_back_to_the_previous(
   assert str(error.value) == (
       f"The checkpoint {step_dir} is unusable: its parameter files differ "
       "from those it saved (truncated, removed or rewritten).")
+  # A step saved before fingerprints: orbax's own error, in one line.
+  fingerprint = (step_dir / checkpoints.FINGERPRINT_FILE).read_bytes()
+  (step_dir / checkpoints.FINGERPRINT_FILE).unlink()
+  with pytest.raises(ValueError) as error:
+    model_dir_lib.load_for_inference(model_dir, step=6)
+  assert str(error.value).startswith(
+      f"The checkpoint {step_dir} is unusable: it does not restore (")
+  assert "\n" not in str(error.value)
+  (step_dir / checkpoints.FINGERPRINT_FILE).write_bytes(fingerprint)
 
   caplog.set_level(logging.INFO)
   resumed = _train(model_dir, train_steps=6)
