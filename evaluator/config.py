@@ -33,7 +33,8 @@ MODELS = ("calrec", "lir")
 SPLITS = (sequences.TEST, sequences.VALIDATION)
 _CHOICES = {"split": SPLITS, "model": MODELS,
             "retrieval": transforms.RETRIEVALS,
-            "bm25_backend": transforms.BM25_BACKENDS}
+            "bm25_backend": transforms.BM25_BACKENDS,
+            "sampler": generation.SAMPLERS}
 # Integers >= 1; max_users may also be None (every user).
 _POSITIVE = ("num_generations", "max_decode_length", "num_preds", "max_users",
              "batch_size")
@@ -56,6 +57,7 @@ class EvaluationConfig:
   bm25_backend: str = "fast"
   num_generations: int = generation.NUM_GENERATIONS
   temperature: float = generation.TEMPERATURE
+  sampler: str = generation.SAMPLER
   max_decode_length: int = generation.MAX_DECODE_LENGTH
   num_preds: int = retrieval_lib.NUM_PREDS
   epsilon: float = retrieval_lib.EPSILON
@@ -139,7 +141,7 @@ class ResolvedRun:
                  checkpoint_step=config.checkpoint_step,
                  params_fingerprint=self.params_fingerprint,
                  num_generations=config.num_generations,
-                 temperature=config.temperature,
+                 temperature=config.temperature, sampler=config.sampler,
                  max_decode_length=config.max_decode_length, seed=config.seed,
                  batch_size=config.batch_size)
     return run

@@ -101,6 +101,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                       help="N_gen samples per user (default: %(default)s).")
   parser.add_argument("--temperature", type=float,
                       help="Sampling temperature (default: %(default)s).")
+  parser.add_argument("--sampler", choices=generation.SAMPLERS,
+                      help="The seeded stream that draws sampled tokens: "
+                      "gumbel, one random number per vocabulary entry, or "
+                      "inverse_cdf, one per token and faster over a "
+                      "pretrained LM's large vocabulary; other samples for "
+                      "the same --seed (default: %(default)s).")
   parser.add_argument("--max_decode_length", type=cli.positive_int,
                       help="New tokens per sample at most (default: "
                       "%(default)s).")
@@ -162,10 +168,16 @@ def _worker_paths(config: config_lib.EvaluationConfig) -> dict[str, str]:
 def resolve_or_exit(config: config_lib.EvaluationConfig,
                     check_model: bool = True,
                     prog: str = PROG) -> config_lib.ResolvedRun:
-  """`config_lib.resolve`; a refusal ends the command with a usage error."""
+  """`config_lib.resolve`; a refusal ends the command with a usage error.
+
+  Refusals: missing or changed data (`data.DataError`), a missing file, an
+  output folder of another run (`run_dir.RunDirError`), and a checkpoint
+  that does not restore or verify (`checkpoints.UnusableCheckpointError`),
+  each a FileNotFoundError or ValueError with a one-line message.
+  """
   try:
     return config_lib.resolve(config, check_model)
-  except (data.DataError, FileNotFoundError, run_dir.RunDirError) as error:
+  except (FileNotFoundError, ValueError) as error:
     _parser(prog).error(str(error))
 
 
@@ -229,7 +241,7 @@ def calrec_generator_loader(config: config_lib.EvaluationConfig
   from evaluator import model_handler  # pylint: disable=g-import-not-at-top
   return model_handler.GeneratorLoader(
       model_dir=config.model_dir, num_generations=config.num_generations,
-      temperature=config.temperature,
+      temperature=config.temperature, sampler=config.sampler,
       max_decode_length=config.max_decode_length,
       batch_size=config.batch_size, step=config.checkpoint_step)
 

@@ -19,6 +19,10 @@ from apache_beam.ml.inference import base
 NUM_GENERATIONS = 32
 TEMPERATURE = 0.5
 MAX_DECODE_LENGTH = 80
+# The seeded streams of `trainer.decoding.SAMPLERS` (equal, tested), named
+# here so that choosing one loads no JAX; "gumbel" is the published one.
+SAMPLERS = ("gumbel", "inverse_cdf")
+SAMPLER = "gumbel"
 
 Samples = list[tuple[str, float]]
 

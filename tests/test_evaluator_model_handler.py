@@ -2,6 +2,7 @@
 
 import glob
 import itertools
+import shutil
 
 import evaluator_testdata
 import flax.linen as nn
@@ -18,10 +19,11 @@ from evaluator import generation
 from evaluator import model_handler
 from evaluator import retrieval
 from pipelines import sequences
-from tasks import preprocessors
 from pipelines import templates
+from tasks import preprocessors
 from tasks import vocab
 from trainer import checkpoints
+from trainer import decoding
 from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import network
@@ -318,3 +320,46 @@ def test_evaluate_generates_with_the_checkpoint_step_asked_for(
     assert texts == expected_texts
     # Other batch shapes may round the log-probs differently.
     np.testing.assert_allclose(logprobs, expected_logprobs, rtol=1e-5)
+
+
+def test_the_workers_model_samples_with_the_sampler_asked_for(
+    model_dir, generator_parts):
+  """--sampler reaches the model each worker loads: its inverse_cdf samples
+  are the model API's with that sampler, and another stream than gumbel's."""
+  assert generation.SAMPLERS == decoding.SAMPLERS
+  assert generation.SAMPLER == models.CALRecModel(
+      generator_parts[0].config).sampler
+  model, _, vocabulary = generator_parts
+  requests = _requests()
+  outputs = {sampler: model_handler.GeneratorLoader(
+      str(model_dir[0]), num_generations=NUM_GENERATIONS, temperature=1.0,
+      sampler=sampler, max_decode_length=6, batch_size=4)().generate(requests)
+             for sampler in generation.SAMPLERS}
+  inverse_cdf = models.CALRecModel(model.config, sampler="inverse_cdf")
+  _assert_same_samples(outputs["inverse_cdf"], [_direct_samples(
+      (inverse_cdf, model_dir[1][STEPS[-1]], vocabulary), request,
+      prompt_length=401) for request in requests])
+  assert ([[text for text, _ in samples] for samples in outputs["gumbel"]] !=
+          [[text for text, _ in samples]
+           for samples in outputs["inverse_cdf"]])
+
+
+def test_a_corrupt_checkpoint_is_refused_in_one_line(model_dir, eval_data_dir,
+                                                     tmp_path, capsys):
+  """The reliability issue's item 4, for the evaluator: a step whose
+  parameter files changed since it was saved is a usage error naming it."""
+  copied = tmp_path / "model"
+  shutil.copytree(model_dir[0], copied)
+  step_dir = copied / "checkpoints" / str(STEPS[-1])
+  largest = max((path for path in (step_dir / "params").rglob("*")
+                 if path.is_file()), key=lambda path: path.stat().st_size)
+  largest.write_bytes(largest.read_bytes()[:10])
+  config, _ = evaluate.parse_flags([
+      f"--data_dir={eval_data_dir[0]}", "--category=Tools",
+      f"--output_dir={tmp_path / 'eval'}", f"--model_dir={copied}"])
+  with pytest.raises(SystemExit):
+    evaluate.resolve_or_exit(config)
+  assert capsys.readouterr().err.splitlines()[-1] == (
+      f"python -m evaluator.evaluate: error: The checkpoint {step_dir} is "
+      "unusable: its parameter files differ from those it saved (truncated, "
+      "removed or rewritten).")

@@ -282,7 +282,8 @@ def inference_checkpoint(model_dir: str | os.PathLike[str],
 
 
 def load_for_inference(model_dir: str | os.PathLike[str],
-                       step: Optional[int] = None) -> LoadedModel:
+                       step: Optional[int] = None,
+                       sampler: str = "gumbel") -> LoadedModel:
   """Loads model, parameters (on the default device) and vocabulary.
 
   The model's samples end at the vocabulary's item stop ids
@@ -293,6 +294,7 @@ def load_for_inference(model_dir: str | os.PathLike[str],
     model_dir: a MODEL_DIR written by `trainer.train`.
     step: checkpoint step; None picks the best checkpoint by the run's
       validation metric, or the latest when none was tracked.
+    sampler: the model's seeded sampling stream (`decoding.SAMPLERS`).
   """
   step_dir = inference_checkpoint(model_dir, step)
   model_dir = checkpoints.model_path(model_dir)
@@ -302,7 +304,7 @@ def load_for_inference(model_dir: str | os.PathLike[str],
       str(model_dir / VOCABULARY_FILE), extra_ids=metadata["extra_ids"])
   model = models.CALRecModel(config, eos_id=metadata["eos_id"],
                              stop_ids=vocab.item_stop_ids(vocabulary),
-                             **metadata["loss"])
+                             sampler=sampler, **metadata["loss"])
   abstract = jax.eval_shape(
       lambda: models.unboxed_params(model.get_initial_variables(
           jax.random.PRNGKey(0), {"decoder_input_tokens": (1, 1)})))
