@@ -178,21 +178,6 @@ def made_from(config: config_lib.Config) -> dict[str, Any]:
           "inputs": run_dir.files_fingerprint(list(patterns))}
 
 
-def _flat(value: Any, name: str = "") -> dict[str, Any]:
-  """Nested JSON as {dotted path: leaf value}, so that a difference names the
-  field that differs ("config.categories.1.num_shards")."""
-  if isinstance(value, dict):
-    items = value.items()
-  elif isinstance(value, list):
-    items = enumerate(value)
-  else:
-    return {name: value}
-  flat = {}
-  for key, item in items:
-    flat.update(_flat(item, f"{name}.{key}" if name else str(key)))
-  return flat
-
-
 def _refusal(output_dir: str, current: dict[str, Any]) -> str:
   """Why a non-empty `output_dir` is refused without --overwrite: the first
   difference from the run it holds, when its `run.json` tells."""
@@ -200,8 +185,7 @@ def _refusal(output_dir: str, current: dict[str, Any]) -> str:
   if record is None or record.get("stage") != STAGE:
     return (f"--output_dir {output_dir} is not empty; pass --overwrite to "
             "replace an earlier run or choose another folder")
-  found = run_dir.differences(_flat(record.get("made_from", {})),
-                              _flat(current))
+  found = run_dir.differences(record.get("made_from", {}), current)
   if not found:
     return (f"--output_dir {output_dir} already holds this very run (the "
             "same config and input files); pass --overwrite to run it again "

@@ -45,6 +45,12 @@ def _strip(path: str) -> str:
   return path.rstrip("/") or path
 
 
+def _absolute(path: str) -> str:
+  """A local path made absolute ("." names its folder), others as given,
+  without a trailing "/"."""
+  return _strip(path if "://" in path else os.path.abspath(path))
+
+
 def file_digest(path: str) -> str:
   """"sha256:HEX" of the file's bytes."""
   digest = hashlib.sha256()
@@ -95,9 +101,26 @@ def _shown(value: Any) -> str:
           text[:_SHOWN_CHARS - 3] + "...")
 
 
+def flat(value: Any, name: str = "") -> dict[str, Any]:
+  """Nested JSON as {dotted path: leaf}, e.g. {"config.categories.1.name":
+  "CDs"}, so that a difference names the field that differs."""
+  if isinstance(value, Mapping):
+    items = value.items()
+  elif isinstance(value, (list, tuple)):
+    items = enumerate(value)
+  else:
+    return {name: value}
+  leaves = {}
+  for key, item in items:
+    leaves.update(flat(item, f"{name}.{key}" if name else str(key)))
+  return leaves
+
+
 def differences(recorded: Mapping[str, Any],
                 current: Mapping[str, Any]) -> list[str]:
-  """"NAME: RECORDED -> CURRENT" for every entry that differs, by name."""
+  """"NAME: RECORDED -> CURRENT" for every leaf that differs (`flat`), by
+  name."""
+  recorded, current = flat(recorded), flat(current)
   return [f"{name}: {_shown(recorded.get(name))} -> "
           f"{_shown(current.get(name))}"
           for name in sorted(set(recorded) | set(current))
@@ -151,8 +174,9 @@ def is_inside(path: str, folder: str) -> bool:
 
 
 def staging_dir(output_dir: str) -> str:
-  """The sibling folder a replacing run writes into: OUTPUT.staging."""
-  return _strip(output_dir) + _STAGING_SUFFIX
+  """The sibling folder a replacing run writes into: OUTPUT.staging (beside
+  the absolute path of a local folder, so that "." gets "../NAME.staging")."""
+  return _absolute(output_dir) + _STAGING_SUFFIX
 
 
 def _files_under(folder: str) -> list[str]:
@@ -183,7 +207,7 @@ def swap_in(staging: str, output_dir: str,
   objects are deleted and the staged ones renamed into place, the names in
   `last` (relative, e.g. the manifest) after all others.
   """
-  staging, output_dir = _strip(staging), _strip(output_dir)
+  staging, output_dir = _absolute(staging), _absolute(output_dir)
   if _local(output_dir):
     # Through FileSystems, which renames folders on any file system that
     # has them (local, and Beam's others).

@@ -115,3 +115,27 @@ def test_delete_folder_removes_tree_and_ignores_absent(tmp_path):
   run_dir.delete_folder(str(tmp_path / "f"))
   assert not os.path.exists(tmp_path / "f")
   run_dir.delete_folder(str(tmp_path / "f"))
+
+
+def test_differences_name_the_nested_field_that_differs():
+  recorded = {"config": {"categories": [{"name": "CDs", "num_shards": 2}]},
+              "inputs": "files:aa"}
+  current = {"config": {"categories": [{"name": "CDs", "num_shards": 3}]},
+             "inputs": "files:aa"}
+  assert run_dir.differences(recorded, current) == [
+      "config.categories.0.num_shards: 2 -> 3"]
+  assert run_dir.flat({"a": [1, {"b": None}]}) == {"a.0": 1, "a.1.b": None}
+
+
+def test_the_current_folder_stages_and_swaps_beside_itself(tmp_path,
+                                                          monkeypatch):
+  output = tmp_path / "out"
+  output.mkdir()
+  (output / "old.txt").write_text("old")
+  monkeypatch.chdir(output)
+  staging = run_dir.staging_dir(".")
+  assert staging == str(tmp_path / "out.staging")
+  _write(os.path.join(staging, "new.txt"), "new")
+  run_dir.swap_in(staging, ".")
+  assert sorted(os.listdir(output)) == ["new.txt"]
+  assert sorted(os.listdir(tmp_path)) == ["out"]
