@@ -2,6 +2,7 @@
 
 import glob
 import itertools
+import json
 import shutil
 
 import evaluator_testdata
@@ -363,3 +364,19 @@ def test_a_corrupt_checkpoint_is_refused_in_one_line(model_dir, eval_data_dir,
       f"python -m evaluator.evaluate: error: The checkpoint {step_dir} is "
       "unusable: its parameter files differ from those it saved (truncated, "
       "removed or rewritten).")
+
+
+def test_a_model_json_of_before_the_rename_loads_its_tau_c(model_dir,
+                                                           tmp_path):
+  """model.json's "loss" said "temperature" for tau_c before the parameter
+  was renamed contrastive_temperature; such directories still load."""
+  copied = tmp_path / "model"
+  shutil.copytree(model_dir[0], copied)
+  path = copied / model_dir_lib.MODEL_JSON
+  metadata = json.loads(path.read_text())
+  loss = metadata["loss"]
+  loss["temperature"] = 0.25
+  del loss["contrastive_temperature"]
+  path.write_text(json.dumps(metadata))
+  loaded = model_dir_lib.load_for_inference(copied)
+  assert loaded.model.contrastive_temperature == 0.25

@@ -16,6 +16,7 @@ import tasks_testdata
 import trainer_batches
 
 from trainer import checkpoints
+from trainer import layers
 from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import network
@@ -48,7 +49,7 @@ def _flat(tree) -> dict[str, np.ndarray]:
 
 
 def _is_lora(name: str) -> bool:
-  return name.rsplit("/", 1)[-1] in network.LORA_PARAMS
+  return name.rsplit("/", 1)[-1] in layers.LORA_PARAMS
 
 
 def _with_base(lora_params, base_params):
@@ -111,8 +112,8 @@ def test_a_fresh_lora_model_computes_its_base_model_exactly(dtype):
 
 
 def test_the_adapters_add_scale_times_x_a_b():
-  layer = network.DenseGeneral((3,), ("embed", "mlp"), lora_rank=2,
-                               lora_scale=0.5)
+  layer = layers.DenseGeneral((3,), ("embed", "mlp"), lora_rank=2,
+                              lora_scale=0.5)
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 5))
   params = layer.init(jax.random.PRNGKey(1), x)["params"]
   params = nn.meta.unbox(params)
@@ -189,7 +190,8 @@ def _write_run(model_dir: pathlib.Path, trainer: train_lib.Trainer,
   manager.close()
   (model_dir / model_dir_lib.MODEL_JSON).write_text(json.dumps({
       "network": dataclasses.asdict(trainer.model.config),
-      "loss": {"alpha": 0.125, "beta": -0.025, "temperature": 0.5},
+      "loss": {"alpha": 0.125, "beta": -0.025,
+               "contrastive_temperature": 0.5},
       "eos_id": 1, "extra_ids": 0, "task_feature_lengths": {},
       "best_metric": None, "best_mode": "min"}))
   return checkpoints.step_path(model_dir, int(state.step))
@@ -292,8 +294,8 @@ def test_gemma_stage2_config_and_its_switches(peft, lora_rank, frozen):
     assert (model.config.dtype, model.config.remat) == ("bfloat16", True)
     assert model.config.lora_rank == lora_rank
     assert model.config.vocab_size == 262144 and model.config.num_layers == 18
-    assert (model.alpha, model.beta, model.temperature) == (0.125, -0.025,
-                                                            0.5)
+    assert (model.alpha, model.beta, model.contrastive_temperature) == (
+        0.125, -0.025, 0.5)
     assert gin.query_parameter("%LEARNING_RATE") == 1e-4
     try:
       bound = tuple(gin.query_parameter(

@@ -21,7 +21,8 @@ ALPHA, BETA, TAU = 0.125, -0.025, 0.5
 
 @pytest.fixture(scope="module")
 def model():
-  return models.CALRecModel(CONFIG, alpha=ALPHA, beta=BETA, temperature=TAU)
+  return models.CALRecModel(CONFIG, alpha=ALPHA, beta=BETA,
+                            contrastive_temperature=TAU)
 
 
 @pytest.fixture(scope="module")

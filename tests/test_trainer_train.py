@@ -500,8 +500,8 @@ def test_shipped_gin_configs_bind_the_paper_settings():
          "MIXTURE_OR_TASK_NAME = 'calrec_industrial_and_scientific'",
          "INITIAL_CHECKPOINT_PATH = 'stage1_model_dir'"])
     model = gin.query_parameter("%MODEL").scoped_configurable_fn()
-    assert (model.alpha, model.beta, model.temperature) == (0.125, -0.025,
-                                                            0.5)
+    assert (model.alpha, model.beta, model.contrastive_temperature) == (
+        0.125, -0.025, 0.5)
     assert 100e6 < model.config.num_params() < 120e6
     assert gin.query_parameter("%BATCH_SIZE") == 512
     assert gin.query_parameter("%LEARNING_RATE") == 1e-4
@@ -554,6 +554,25 @@ def test_bindings_may_set_defined_macros_and_new_ones_they_use(caplog):
     # Unlike any shipped macro and unused: maybe for an included file.
     train.parse_gin([TINY_STAGE1], [*required, "EXTRA_MACRO = 4"])
     assert "No gin file defines the macro EXTRA_MACRO" in caplog.text
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize("binding", [
+    "models.CALRecModel.temperature = 0.1",
+    "CALRecModel.temperature = 0.1",
+])
+def test_a_renamed_parameter_names_its_new_binding(binding):
+  gin.clear_config()
+  try:
+    with pytest.raises(train.ConfigError) as error:
+      train.parse_gin([TINY_STAGE1], ["MODEL_DIR = 'm'", "DATA_DIR = 'd'",
+                                      "VOCABULARY = 'v'", binding])
+    assert str(error.value) == (
+        "CALRecModel.temperature was renamed: bind "
+        "models.CALRecModel.contrastive_temperature (tau_c of the "
+        "contrastive losses; the sampling temperature is python -m "
+        "evaluator.evaluate --temperature)")
   finally:
     gin.clear_config()
 

@@ -89,7 +89,7 @@ def _model_metadata(model: models.CALRecModel, extra_ids: int,
   return {
       "network": dataclasses.asdict(model.config),
       "loss": {"alpha": model.alpha, "beta": model.beta,
-               "temperature": model.temperature},
+               "contrastive_temperature": model.contrastive_temperature},
       "eos_id": model.eos_id,
       "extra_ids": extra_ids,
       "task_feature_lengths": dict(task_feature_lengths),
@@ -167,7 +167,13 @@ def _read_metadata(model_dir: epath.Path) -> dict[str, Any]:
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: {model_dir} is not a model "
                             "directory written by trainer.train.")
-  return json.loads(path.read_text())
+  metadata = json.loads(path.read_text())
+  # Written before tau_c got its own name: model.json's "loss" said
+  # "temperature".
+  loss = metadata.get("loss", {})
+  if "temperature" in loss:
+    loss["contrastive_temperature"] = loss.pop("temperature")
+  return metadata
 
 
 def _best_metric_of(model_dir: epath.Path) -> dict[str, Any]:

@@ -78,7 +78,7 @@ class CALRecModel:
                config: network.TransformerConfig,
                alpha: float = 0.125,
                beta: float = -0.025,
-               temperature: float = 0.5,
+               contrastive_temperature: float = 0.5,
                eos_id: int = 1,
                loss_vocab_chunk_size: Optional[int] = 16384,
                stop_ids: Sequence[int] = (),
@@ -90,7 +90,9 @@ class CALRecModel:
       config: decoder sizes.
       alpha: weight of L_TT (paper section 4: 0.125).
       beta: weight of L_UT (paper section 4: -0.025).
-      temperature: tau_c of equations 2 and 3 (paper section 4: 0.5).
+      contrastive_temperature: tau_c of equations 2 and 3 (paper section 4:
+        0.5); the sampling temperature is an argument of
+        `predict_batch_with_aux`.
       eos_id: end-of-sequence id of the vocabulary.
       loss_vocab_chunk_size: L_NIG and `score_batch` take log-probabilities
         over chunks of this many vocabulary ids (`trainer.output_projection`),
@@ -108,14 +110,14 @@ class CALRecModel:
         (`decoding.SAMPLERS`): "gumbel", or "inverse_cdf", which draws one
         random number per token instead of one per vocabulary entry.
     """
-    if temperature <= 0:
-      raise ValueError(f"Contrastive temperature must be > 0, got "
-                       f"{temperature}.")
+    if contrastive_temperature <= 0:
+      raise ValueError(f"contrastive_temperature must be > 0, got "
+                       f"{contrastive_temperature}.")
     self.config = config
     self.module = network.Decoder(config)
     self.alpha = alpha
     self.beta = beta
-    self.temperature = temperature
+    self.contrastive_temperature = contrastive_temperature
     self.eos_id = eos_id
     self.stop_ids = tuple(sorted({int(eos_id), *(int(i) for i in stop_ids)}))
     self.shared_prefix = shared_prefix
@@ -217,10 +219,9 @@ class CALRecModel:
 
   def contrastive_losses(self, vectors: PooledVectors) -> tuple[Array, Array]:
     """(L_TT, L_UT), equations 2 and 3, over every example of `vectors`."""
-    return (losses.info_nce(vectors.item, vectors.target, self.temperature,
-                            vectors.mask),
-            losses.info_nce(vectors.item, vectors.history, self.temperature,
-                            vectors.mask))
+    tau = self.contrastive_temperature
+    return (losses.info_nce(vectors.item, vectors.target, tau, vectors.mask),
+            losses.info_nce(vectors.item, vectors.history, tau, vectors.mask))
 
   def loss_from_terms(self, terms: LossTerms
                      ) -> tuple[Array, dict[str, Array]]:

@@ -51,7 +51,7 @@ import pathlib
 import re
 import sys
 import tokenize
-from typing import NoReturn, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -152,6 +152,17 @@ _T5X_MACROS = {
     "TF_EXAMPLE_FILE_PATHS": "use python -m evaluator.evaluate --data_dir",
     "TF_EXAMPLE_FILE_TYPE": "use python -m evaluator.evaluate --data_dir",
 }
+# Parameters renamed since a release, by (configurable, old name): the new
+# binding and why, for the error a binding of the old name gets.
+_RENAMED_PARAMETERS = {
+    ("CALRecModel", "temperature"): (
+        "models.CALRecModel.contrastive_temperature",
+        "tau_c of the contrastive losses; the sampling temperature is "
+        "python -m evaluator.evaluate --temperature"),
+}
+# gin's error for a parameter a configurable lacks.
+_UNKNOWN_PARAMETER = re.compile(
+    r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'")
 # The run configs: each binds `train` and defines the macros of train.gin.
 _RUN_CONFIGS = pathlib.Path(__file__).parent / "configs" / "runs"
 # `NAME = ...` at the start of a line: a macro definition. Parameters
@@ -283,7 +294,21 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
   except tokenize.TokenError as error:
     raise ConfigError(f"unbalanced brackets ({error.args[0]})") from error
   except (IOError, ValueError) as error:
-    raise ConfigError(str(error)) from error
+    raise ConfigError(_renamed_message(str(error)) or str(error)) from error
+
+
+def _renamed_message(error: str) -> Optional[str]:
+  """The one line for gin's error about a parameter renamed here, if it is
+  one (`_RENAMED_PARAMETERS`)."""
+  match = _UNKNOWN_PARAMETER.search(error)
+  if not match:
+    return None
+  configurable = match.group(1).rsplit(".", 1)[-1]
+  renamed = _RENAMED_PARAMETERS.get((configurable, match.group(2)))
+  if renamed is None:
+    return None
+  return (f"{configurable}.{match.group(2)} was renamed: bind "
+          f"{renamed[0]} ({renamed[1]})")
 
 
 def _without_gin_context(error: Exception) -> str:
