@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 
 from evaluator import files
-from pipelines import outputs
+from pipelines import manifest as manifest_lib
 
 CORPUS_COLUMNS = ("item_id", "text")
-# The preprocessing job's manifest (`pipelines.outputs` writes it). Read here
-# through Beam's FileSystems: `tasks.manifest` reads it with TensorFlow.
-MANIFEST = outputs.MANIFEST
+# The preprocessing job's manifest, read here through Beam's FileSystems.
+MANIFEST = manifest_lib.MANIFEST
 
 
 class DataError(ValueError):
@@ -41,17 +40,11 @@ class SplitFiles:
 def _read_manifest(data_dir: str) -> dict[str, Any]:
   path = os.path.join(data_dir, MANIFEST)
   if not files.exists(path):
-    raise DataError(f"{data_dir} has no {MANIFEST}: preprocessing did not "
-                    "finish or this is not the --output_dir of "
-                    "`python -m pipelines.preprocess`.")
+    raise DataError(manifest_lib.missing_message(data_dir))
   try:
-    manifest = files.read_json(path)
-  except ValueError as error:  # Not JSON, or not UTF-8.
-    raise DataError(f"{path} is not valid JSON: {error}") from None
-  if not isinstance(manifest, dict) or not manifest.get("categories"):
-    raise DataError(f"{path} lists no categories; it is not the manifest of a "
-                    "preprocessing run (docs/contracts.md).")
-  return manifest
+    return manifest_lib.parse(files.read_bytes(path), path)
+  except manifest_lib.ManifestError as error:
+    raise DataError(str(error)) from None
 
 
 def split_files(data_dir: str, category: str, split: str) -> SplitFiles:

@@ -44,9 +44,13 @@ def _open(path: Path):
                           compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def read_json(path: Path) -> Any:
+def read_bytes(path: Path) -> bytes:
   with _open(path) as f:
-    return json.loads(f.read().decode("utf-8"))
+    return f.read()
+
+
+def read_json(path: Path) -> Any:
+  return json.loads(read_bytes(path).decode("utf-8"))
 
 
 def read_parquet(path: Path, columns: Sequence[str]) -> pa.Table:

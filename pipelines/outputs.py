@@ -28,12 +28,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import config as config_lib
+from pipelines import manifest as manifest_lib
 from pipelines import parse
 from pipelines import processing
 from pipelines import stats as stats_lib
 
 REJECTS_DIR = "rejects"
-MANIFEST = "manifest.json"
+MANIFEST = manifest_lib.MANIFEST
 STATS = "stats.json"
 CORPUS = "corpus.parquet"
 RUN_STARTED = "_RUN_STARTED"

@@ -72,7 +72,7 @@ def test_corpora_are_those_the_manifest_lists(tmp_path):
      "at least 300"),
     # A folder, but no finished preprocessing output.
     (["--data_dir={tmp}", "--output=x.model"],
-     "manifest.json is missing: preprocessing did not finish"),
+     "has no manifest.json: preprocessing did not finish"),
 ])
 def test_cli_validates_arguments(tmp_path, capsys, args, message):
   args = [a.format(missing=tmp_path / "missing", tmp=tmp_path) for a in args]
