@@ -232,6 +232,9 @@ def check_output_dir(run: ResolvedRun) -> None:
     run_dir.RunDirError: one line saying why and what to do instead.
   """
   output_dir = run.config.output_dir
+  if run_dir.is_file(output_dir):
+    raise run_dir.RunDirError(f"{output_dir} is a file, not a folder: pick "
+                              "another --output_dir.")
   foreign = foreign_files(output_dir)
   if foreign:
     raise run_dir.RunDirError(

@@ -130,16 +130,6 @@ def _names_under(folder: str) -> list[str]:
           FileSystems.match([pattern])[0].metadata_list]
 
 
-def _is_file(path: str) -> bool:
-  """Whether `path` is a file rather than a folder. Only a file system with
-  folders can tell: in an object store, a name can be both."""
-  # "file/" does not exist where "file" does; "folder/" does.
-  path = path.rstrip("/") or path
-  return (FileSystems.get_filesystem(path).has_dirs() and
-          FileSystems.exists(path) and
-          not FileSystems.exists(FileSystems.join(path, "")))
-
-
 def _holds_earlier_run(names: Sequence[str]) -> bool:
   """Whether file names relative to a folder show a run of this job:
   finished (manifest.json), or stopped after it began (`_RUN_STARTED`) or
@@ -216,7 +206,7 @@ def _new_staging(output_dir: str) -> str:
   """Deletes the staging folder an earlier run left, if it holds one;
   returns the folder."""
   staging = run_dir.staging_dir(output_dir)
-  if _is_file(staging):
+  if run_dir.is_file(staging):
     raise OutputDirError(f"{staging}, where the job writes before it "
                          "replaces --output_dir, is a file")
   names = _names_under(staging)
@@ -233,7 +223,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool,
   """Checks the folder for the job (`_check_output_dir`; `current`: what this
   run is made from) and returns the staging folder the job writes, new and
   marked as this job's output (`outputs.write_run_started`)."""
-  if _is_file(output_dir):
+  if run_dir.is_file(output_dir):
     raise OutputDirError(f"--output_dir {output_dir} is a file, not a folder")
   _check_output_dir(output_dir, overwrite, current)
   staging = _new_staging(output_dir)

@@ -164,6 +164,15 @@ def check_same(run_dir: str, recorded: Mapping[str, Any],
                       f"{more}; {start_over}.")
 
 
+def is_file(path: str) -> bool:
+  """Whether `path` is a file rather than a folder. Only a file system with
+  folders can tell: in an object store, a name can be both."""
+  # "file/" does not exist where "file" does; "folder/" does.
+  path = _strip(path)
+  return (_local(path) and FileSystems.exists(path) and
+          not FileSystems.exists(FileSystems.join(path, "")))
+
+
 def is_inside(path: str, folder: str) -> bool:
   """Whether `path` (a file or pattern) lies in `folder` or is it."""
   if "://" not in folder and "://" not in path:

@@ -225,3 +225,8 @@ def test_overwrite_replaces_the_results_only_once_the_new_run_succeeded(
       f"error: {mixed} holds files that no evaluation writes, e.g. "
       f"{mixed / 'notes.txt'}; a run replaces the whole folder: pick another "
       "--output_dir.")
+  # Nor does a run replace a file by its folder.
+  assert _refusal([*flags[:2], f"--output_dir={mixed / 'notes.txt'}",
+                   "--model=lir", "--overwrite"], capsys).endswith(
+      f"error: {mixed / 'notes.txt'} is a file, not a folder: pick another "
+      "--output_dir.")

@@ -139,3 +139,10 @@ def test_the_current_folder_stages_and_swaps_beside_itself(tmp_path,
   run_dir.swap_in(staging, ".")
   assert sorted(os.listdir(output)) == ["new.txt"]
   assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_is_file_tells_files_from_folders(tmp_path):
+  (tmp_path / "f.txt").write_text("x")
+  assert run_dir.is_file(str(tmp_path / "f.txt"))
+  assert not run_dir.is_file(str(tmp_path))
+  assert not run_dir.is_file(str(tmp_path / "absent"))
