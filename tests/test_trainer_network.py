@@ -1,4 +1,7 @@
-"""The decoder against an independent numpy forward pass (trainer.network)."""
+"""The decoder against an independent numpy forward pass (trainer.network).
+
+Rotary embeddings (trainer.attention) are checked by hand.
+"""
 
 import flax.linen as nn
 import jax
@@ -6,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from trainer import attention
 from trainer import network
 
 # num_kv_heads=2 < num_heads=4: grouped-query attention with 2 groups.
@@ -110,8 +114,8 @@ def test_rotary_by_hand():
   """d=4, wavelength 100: frequencies (1, 0.1); pairs are (0, 2), (1, 3)."""
   x = np.eye(4, dtype=np.float32)[None, None, :2]  # [1, 1, 2 heads, 4]
   for position in (0.0, 1.0, 2.5):
-    rotated = network.apply_rotary(jnp.asarray(x), jnp.full((1, 1), position),
-                                   100.0)[0, 0]
+    rotated = attention.apply_rotary(jnp.asarray(x),
+                                     jnp.full((1, 1), position), 100.0)[0, 0]
     c, s = np.cos(position), np.sin(position)
     c10, s10 = np.cos(position / 10), np.sin(position / 10)
     np.testing.assert_allclose(rotated, [[c, 0, s, 0], [0, c10, 0, s10]],
@@ -123,8 +127,8 @@ def test_rotary_dot_product_depends_only_on_offset():
   q, k = rng.normal(size=(2, 1, 1, 1, 8)).astype(np.float32)
 
   def rotate(x, position):
-    return network.apply_rotary(jnp.asarray(x), jnp.full((1, 1), position),
-                                10_000.0)[0, 0, 0]
+    return attention.apply_rotary(jnp.asarray(x), jnp.full((1, 1), position),
+                                  10_000.0)[0, 0, 0]
 
   np.testing.assert_allclose(rotate(q, 0), q[0, 0, 0], atol=1e-6)
   for offset in (0, 1, 3):

@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 import tensorflow as tf
 
-from trainer import network
+from trainer import layers
 from trainer import train_lib
 
 PyTree = Any
@@ -369,7 +369,7 @@ def _nested_params(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _is_lora_param(path: str) -> bool:
-  return path.rsplit("/", 1)[-1] in network.LORA_PARAMS
+  return path.rsplit("/", 1)[-1] in layers.LORA_PARAMS
 
 
 def _listed(paths: list[str], limit: int = 4) -> str:
