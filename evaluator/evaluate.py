@@ -53,7 +53,7 @@ from evaluator import metrics
 from evaluator import report
 from evaluator import transforms
 from pipelines import cli
-from pipelines import options as beam_cli
+from pipelines import beam_options as beam_cli
 from pipelines import run_dir
 
 if TYPE_CHECKING:

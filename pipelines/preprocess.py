@@ -41,6 +41,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines import beam_options
 from pipelines import cli
 from pipelines import config as config_lib
 from pipelines import options
@@ -268,14 +269,14 @@ def _is_not_input_error(record: logging.LogRecord) -> bool:
 
 
 def _run_job(parser: argparse.ArgumentParser, args: argparse.Namespace,
-             beam_options: PipelineOptions,
+             pipeline_options: PipelineOptions,
              config: config_lib.Config, staging: str,
              tasks: tuple[list[transforms.RangeTask],
                           list[transforms.RangeTask]]) -> None:
   """Runs the job into `staging`; an input a worker could not read ends the
   process with one line (exit status 1)."""
   try:
-    with beam.Pipeline(options=beam_options) as pipeline:
+    with beam.Pipeline(options=pipeline_options) as pipeline:
       build_pipeline(pipeline, config, staging, *tasks, args.lines_per_call)
   except Exception as e:  # pylint: disable=broad-except
     # The type a runner reports a worker's error with varies.
@@ -289,13 +290,13 @@ def _run_job(parser: argparse.ArgumentParser, args: argparse.Namespace,
 def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
   """Runs the job; returns the statistics of every category."""
   parser = options.build_parser()
-  args, beam_args = options.parse_job_args(parser, argv)
+  args, beam_args = beam_options.parse_job_args(parser, argv)
   try:
     config = config_lib.load_config(args.config, args.data_dir)
     refuse_inputs_inside(config, args.output_dir)
     # Before any input is read or file deleted: Beam checks the runner and
     # options, and the paths the workers use.
-    beam_options = options.checked_beam_options(
+    pipeline_options = beam_options.checked_beam_options(
         beam_args, _worker_paths(config, args.output_dir))
     tasks = plan_tasks(config, args.read_range_mb << 20)
     current = made_from(config)
@@ -306,12 +307,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
             "are looked up beside the config, or in its data_dir; pass "
             "--data_dir=FOLDER of the downloaded files)")
     parser.error(f"{e}{hint}")
-  except (options.BeamOptionsError, config_lib.ConfigError,
+  except (beam_options.BeamOptionsError, config_lib.ConfigError,
           OutputDirError) as e:
     parser.error(str(e))
   logging.info("%d categories: %d review ranges, %d meta ranges -> %s",
                len(config.categories), len(tasks[0]), len(tasks[1]), staging)
-  _run_job(parser, args, beam_options, config, staging, tasks)
+  _run_job(parser, args, pipeline_options, config, staging, tasks)
   finish_output_dir(staging, args.output_dir, current)
   stats = outputs.read_stats(args.output_dir, config)
   for name, category_stats in stats.items():

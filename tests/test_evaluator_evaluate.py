@@ -35,7 +35,7 @@ from evaluator import lucene
 from evaluator import report
 from evaluator import retrieval
 from evaluator import transforms
-from pipelines import options as beam_cli
+from pipelines import beam_options as beam_cli
 from pipelines import sequences
 from pipelines import templates
 

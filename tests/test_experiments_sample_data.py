@@ -10,7 +10,7 @@ import pytest
 
 from experiments import sample_data
 from pipelines import config as config_lib
-from pipelines import options
+from pipelines import beam_options
 from pipelines import preprocess
 
 tf = pytest.importorskip("tensorflow")
@@ -120,7 +120,7 @@ def test_output_is_byte_identical_across_workers_ranges_and_parts(sample):
   review_tasks, meta_tasks = preprocess.plan_tasks(config, range_bytes=50_000)
   assert len(review_tasks) > len(config.categories)
   output = folder / "out2"
-  with beam.Pipeline(options=options.beam_options(
+  with beam.Pipeline(options=beam_options.beam_options(
       ["--direct_num_workers=2",
        "--direct_running_mode=multi_processing"])) as pipeline:
     preprocess.build_pipeline(pipeline, config, str(output), review_tasks,

@@ -14,7 +14,7 @@ import pytest
 
 import beam_testfs
 from pipelines import config as config_lib
-from pipelines import options
+from pipelines import beam_options
 from pipelines import outputs
 from pipelines import preprocess
 from pipelines import transforms
@@ -140,7 +140,7 @@ def test_counters_equal_the_counts_of_the_files_written(tmp_path):
   config = config_lib.load_config(
       str(pipelines_testdata.write_fixture(tmp_path / "data")))
   output = tmp_path / "out"
-  pipeline = beam.Pipeline(options=options.beam_options([]))
+  pipeline = beam.Pipeline(options=beam_options.beam_options([]))
   preprocess.build_pipeline(pipeline, config, str(output),
                             *preprocess.plan_tasks(config))
   result = pipeline.run()
@@ -506,7 +506,7 @@ def test_rejects_are_sorted_bucket_files_identical_across_workers(tmp_path):
   config = config_lib.load_config(str(config_path))
   review_tasks, meta_tasks = preprocess.plan_tasks(config, range_bytes=4096)
   assert len(review_tasks) > len(config.categories)
-  with beam.Pipeline(options=options.beam_options(
+  with beam.Pipeline(options=beam_options.beam_options(
       ["--direct_num_workers=2",
        "--direct_running_mode=multi_processing"])) as pipeline:
     preprocess.build_pipeline(pipeline, config, str(tmp_path / "out2"),

@@ -1,4 +1,4 @@
-"""pipelines.options and pipelines.cli: flag parsing and logging shared by
+"""pipelines.beam_options and pipelines.cli: flag parsing and logging shared by
 the Beam jobs."""
 
 import argparse
@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from pipelines import cli
-from pipelines import options
+from pipelines import beam_options
 
 
 def _job_parser() -> argparse.ArgumentParser:
@@ -25,7 +25,7 @@ def _job_parser() -> argparse.ArgumentParser:
 def test_a_bad_beam_flag_value_is_one_line_of_the_jobs_usage(
     capsys, flag, message):
   with pytest.raises(SystemExit) as exit_info:
-    options.parse_job_args(_job_parser(), ["--output_dir=o", flag])
+    beam_options.parse_job_args(_job_parser(), ["--output_dir=o", flag])
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
   error_lines = [line for line in err.splitlines() if "error:" in line]
@@ -35,7 +35,7 @@ def test_a_bad_beam_flag_value_is_one_line_of_the_jobs_usage(
 
 
 def test_beam_flags_pass_through_unchanged():
-  args, beam_args = options.parse_job_args(
+  args, beam_args = beam_options.parse_job_args(
       _job_parser(), ["--output_dir=o", "--direct_num_workers=2",
                       "--runner=FnApiRunner"])
   assert args.output_dir == "o"
@@ -55,8 +55,8 @@ def test_logging_keeps_the_dataflow_runners_info_lines_only():
 
 @pytest.mark.parametrize("runner", ["DataflowRunner", "dataflow", "Dataflow"])
 def test_dataflow_refuses_local_paths_before_checking_anything_else(runner):
-  with pytest.raises(options.BeamOptionsError) as error:
-    options.checked_beam_options(
+  with pytest.raises(beam_options.BeamOptionsError) as error:
+    beam_options.checked_beam_options(
         [f"--runner={runner}"],
         {"--output_dir": "/tmp/out", "--data_dir": "gs://bucket/data",
          "Games reviews": "relative/reviews.json.gz"})
@@ -66,14 +66,14 @@ def test_dataflow_refuses_local_paths_before_checking_anything_else(runner):
 
 
 def test_local_runners_take_local_paths():
-  beam_options = options.checked_beam_options(
+  checked = beam_options.checked_beam_options(
       ["--direct_num_workers=2"], {"--output_dir": "/tmp/out"})
-  assert beam_options.get_all_options()["direct_num_workers"] == 2
+  assert checked.get_all_options()["direct_num_workers"] == 2
 
 
 def test_a_path_without_a_file_system_is_refused_naming_its_flag():
-  with pytest.raises(options.BeamOptionsError) as error:
-    options.checked_beam_options([], {"--output_dir": "/tmp/out",
+  with pytest.raises(beam_options.BeamOptionsError) as error:
+    beam_options.checked_beam_options([], {"--output_dir": "/tmp/out",
                                       "--data_dir": "gss://bucket/data"})
   assert str(error.value).startswith(
       "--data_dir gss://bucket/data: no file system for this path here")
