@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from typing import Any, Optional, Sequence
 
 import jax
@@ -32,6 +31,7 @@ import numpy as np
 import seqio
 
 from evaluator import generation
+from pipelines import progress
 from tasks import preprocessors
 from tasks import vocab
 from trainer import models
@@ -60,7 +60,9 @@ class JaxGenerator:
     self._eos_id = model.eos_id
     self._stop_ids = frozenset(model.stop_ids)
     self._start_token = vocab.decoder_start_id(vocabulary)
-    self._progress = _Progress()
+    # Users generated on this worker, logged every 30 s.
+    self._progress = progress.Progress(
+        "users", label="Generated on this worker: ")
 
     def sample_one_user(params, tokens, causal_attention, key):
       decodes, aux = model.predict_batch_with_aux(
@@ -143,23 +145,6 @@ class JaxGenerator:
         self._progress.add(len(rows))
     self._progress.add(len(requests) - sum(map(len, by_bucket.values())))
     return outputs
-
-
-class _Progress:
-  """Logs the users generated on this worker at most every `period` seconds."""
-
-  def __init__(self, period: float = 30.0):
-    self._period = period
-    self._start = self._last_log = time.monotonic()
-    self._users = 0
-
-  def add(self, users: int) -> None:
-    self._users += users
-    now = time.monotonic()
-    if now - self._last_log >= self._period:
-      self._last_log = now
-      logging.info("Generated for %d users on this worker (%.2f users/s).",
-                   self._users, self._users / (now - self._start))
 
 
 @dataclasses.dataclass(frozen=True)
