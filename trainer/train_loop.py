@@ -15,6 +15,13 @@ from other things (`_made_from`, recorded in MODEL_DIR/run.json): another
 vocabulary, network, batch size, task, feature lengths or seed would not
 resume exactly (or not at all), and is refused in one line.
 
+`train` runs in this order: the checks of everything it reads
+(`_check_arguments`, `_register_and_check_tasks`, `model_dir.check_resume`);
+this process's input (`_Inputs`) and the compiled steps
+(`train_lib.Trainer`); the run's files (`_prepare_model_dir`); the state to
+start from (`_initial_state`); the steps (`_train_steps`), which validate
+(`_validate`) and save (`_save_checkpoint`) at every checkpoint.
+
 On several processes (hosts; `jax.distributed.initialize` first), every
 process reads its own shard of the data and feeds its rows of each global
 batch (`partitioning.Partitioner.data_layout`); validation runs the same
@@ -32,10 +39,10 @@ a tag in one chart.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import math
-import time
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import (Any, Callable, ContextManager, Iterator, Mapping,
+                    Optional, Sequence)
 
 from absl import logging
 from clu import metric_writers
@@ -47,6 +54,7 @@ import numpy as np
 import optax
 import seqio
 
+from pipelines import progress
 from trainer import checkpoints
 from trainer import losses
 from trainer import model_dir as model_dir_lib
@@ -135,6 +143,8 @@ def _split_metrics(model: models.CALRecModel,
   L_NIG is normalised per target token of the split and L_TT, L_UT are
   averaged per example, so a padded last batch weighs by what it holds. Its
   contrastive terms still have fewer in-batch negatives than a full batch's.
+  The loss combines them by `losses.calrec_loss` with the model's weights,
+  as `CALRecModel.loss_from_terms` combines a batch's (equation 4).
   """
   # In the order the progress lines show them.
   split = dict.fromkeys(("loss", "nig_loss", "tt_loss", "ut_loss"), 0.0)
@@ -150,41 +160,31 @@ def _split_metrics(model: models.CALRecModel,
   return split
 
 
-def _format_duration(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "?"
-  minutes, seconds = divmod(int(seconds), 60)
-  hours, minutes = divmod(minutes, 60)
-  return f"{hours}:{minutes:02d}:{seconds:02d}"
-
-
 class _Progress:
   """Train summaries and a progress line per window of steps.
 
-  steps/s, tokens/s and the ETA leave out the time of `pause` (validation
-  and saving).
+  steps/s, tokens/s and the ETA leave out the time spent `paused`
+  (validation and saving).
   """
 
   def __init__(self, writer: metric_writers.MetricWriter, start_step: int,
                train_steps: int):
     self._writer = writer
-    self._train_steps = train_steps
+    self._steps = progress.Progress("steps", train_steps, done=start_step,
+                                    period=None)
     self._window: list[Mapping[str, Any]] = []
-    self._window_start = self._run_start = time.time()
-    self._run_start_step = start_step
 
   def add(self, metrics: Mapping[str, Any]) -> None:
     self._window.append(metrics)
+    self._steps.add()
 
-  def pause(self, seconds: float) -> None:
-    self._window_start += seconds
-    self._run_start += seconds
+  def paused(self) -> ContextManager[None]:
+    return self._steps.paused()
 
   def report(self, step: int, learning_rate: Optional[float] = None) -> None:
     """Writes the window's mean metrics, speed and the learning rate (when
     known) at `step`; starts a new window."""
-    now = time.time()
-    steps_per_second = len(self._window) / max(now - self._window_start, 1e-9)
+    steps_per_second = self._steps.lap()
     scalars = _mean_metrics(self._window)
     # input_tokens: non-padding positions of the joint and item passes.
     tokens_per_second = steps_per_second * scalars["input_tokens"]
@@ -193,15 +193,13 @@ class _Progress:
     if learning_rate is not None:
       scalars["learning_rate"] = learning_rate
     self._writer.write_scalars(step, scalars)
-    overall_rate = (step - self._run_start_step) / max(now - self._run_start,
-                                                       1e-9)
     logging.info(
         "step %d/%d  loss %.4f  nig %.4f  tt %.4f  ut %.4f  |  %.2f steps/s"
-        "  %.0f tokens/s  ETA %s", step, self._train_steps, scalars["loss"],
+        "  %.0f tokens/s  ETA %s", step, self._steps.total, scalars["loss"],
         scalars["nig_loss"], scalars["tt_loss"], scalars["ut_loss"],
         steps_per_second, tokens_per_second,
-        _format_duration((self._train_steps - step) / overall_rate))
-    self._window, self._window_start = [], time.time()
+        progress.format_duration(self._steps.eta()))
+    self._window = []
 
 
 def _learning_rate(opt_state: Any) -> Optional[float]:
@@ -272,18 +270,47 @@ def _check_validation_split(name: str, split: str) -> None:
           "train.validation_batches = 0 to train without validation.")
 
 
-def _check_feature_lengths(task_feature_lengths: Mapping[str, int]) -> None:
+def _check_arguments(task_feature_lengths: Mapping[str, int],
+                     train_steps: int, **positive: Optional[int]) -> None:
+  """Raises ValueError for a setting out of range (None: unset)."""
+  for name, value in positive.items():
+    if value is not None and value <= 0:
+      raise ValueError(f"{name} must be positive, got {value}.")
   if not all(isinstance(task_feature_lengths.get(key), int) and
              task_feature_lengths[key] > 0 for key in ("inputs", "targets")):
     raise ValueError(
         "TASK_FEATURE_LENGTHS must give positive token budgets for 'inputs' "
         f"and 'targets', got {dict(task_feature_lengths)!r}.")
+  if train_steps < 0:
+    raise ValueError(f"train_steps must be >= 0, got {train_steps}.")
 
 
-def _check_positive(**values: Optional[int]) -> None:
-  for name, value in values.items():
-    if value is not None and value <= 0:
-      raise ValueError(f"{name} must be positive, got {value}.")
+def _register_and_check_tasks(
+    model: models.CALRecModel, register_tasks: Optional[Callable[[], Any]],
+    mixture_or_task_name: str, validation_mixture_or_task_name: Optional[str],
+    validation_split: str, validate: bool,
+    use_cached_tasks: bool) -> seqio.Vocabulary:
+  """Registers the seqio tasks and checks the ones the run reads.
+
+  Returns:
+    The training task's vocabulary, checked against the model.
+  """
+  if register_tasks is not None:
+    register_tasks()
+  _check_registered(mixture_or_task_name, "MIXTURE_OR_TASK_NAME")
+  if validation_mixture_or_task_name is not None:
+    _check_registered(validation_mixture_or_task_name, "VALIDATION_TASK_NAME")
+  validation_name = validation_mixture_or_task_name or mixture_or_task_name
+  if validate:
+    _check_validation_split(validation_name, validation_split)
+  if use_cached_tasks:
+    _check_cached(mixture_or_task_name)
+    if validate:
+      _check_cached(validation_name)
+  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  vocabulary = provider.output_features["targets"].vocabulary
+  _check_vocabulary(vocabulary, model)
+  return vocabulary
 
 
 def _made_from(model: models.CALRecModel, vocabulary: seqio.Vocabulary,
@@ -391,64 +418,41 @@ def train(
       infinite; nothing of that step is saved, the last good checkpoint stays
       in model_dir.
   """
-  _check_positive(batch_size=batch_size, checkpoint_period=checkpoint_period,
-                  log_period=log_period, keep_checkpoints=keep_checkpoints,
-                  keep_period=keep_period)
-  _check_feature_lengths(task_feature_lengths)
-  if train_steps < 0:
-    raise ValueError(f"train_steps must be >= 0, got {train_steps}.")
-  if register_tasks is not None:
-    register_tasks()
-  _check_registered(mixture_or_task_name, "MIXTURE_OR_TASK_NAME")
-  if validation_mixture_or_task_name is not None:
-    _check_registered(validation_mixture_or_task_name, "VALIDATION_TASK_NAME")
-  validation_name = validation_mixture_or_task_name or mixture_or_task_name
+  _check_arguments(task_feature_lengths, train_steps, batch_size=batch_size,
+                   checkpoint_period=checkpoint_period, log_period=log_period,
+                   keep_checkpoints=keep_checkpoints, keep_period=keep_period)
   validate = validation_batches != 0
-  if validate:
-    _check_validation_split(validation_name, validation_split)
-  if use_cached_tasks:
-    _check_cached(mixture_or_task_name)
-    if validate:
-      _check_cached(validation_name)
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  vocabulary = provider.output_features["targets"].vocabulary
-  _check_vocabulary(vocabulary, model)
+  vocabulary = _register_and_check_tasks(
+      model, register_tasks, mixture_or_task_name,
+      validation_mixture_or_task_name, validation_split, validate,
+      use_cached_tasks)
   model_dir = checkpoints.model_path(model_dir)
   made_from = _made_from(model, vocabulary, task_feature_lengths, batch_size,
                          mixture_or_task_name, random_seed,
                          initial_checkpoint_path)
   model_dir_lib.check_resume(model_dir, made_from)
 
-  # Decoder inputs start with the vocabulary's BOS if it has one, else 0
-  # (seqio's bos_id); inference starts prompts alike (docs/contracts.md).
-  converter = (feature_converter_cls or default_feature_converter_cls())(
-      pack=False, bos_id=_decoder_start_id(vocabulary))
-  lengths = converter.get_model_feature_lengths(task_feature_lengths)
-  input_shapes = {k: (batch_size, lengths[k]) for k in models.TRAIN_FEATURES}
+  converter = _converter(feature_converter_cls, vocabulary)
   partitioner = partitioner or partitioning.Partitioner()
   partitioner.check_shardable(model.config)
   layout = partitioner.data_layout
-  local_batch_size = layout.local_batch_size(batch_size)
-  shard_info = seqio.ShardInfo(layout.shard_id, layout.num_shards)
+  inputs = _Inputs(
+      mixture_or_task_name=mixture_or_task_name,
+      validation_name=validation_mixture_or_task_name or mixture_or_task_name,
+      validation_split=validation_split, validation_batches=validation_batches,
+      task_feature_lengths=task_feature_lengths, converter=converter,
+      local_batch_size=layout.local_batch_size(batch_size),
+      shard_info=seqio.ShardInfo(layout.shard_id, layout.num_shards),
+      seed=random_seed, use_cached=use_cached_tasks)
   trainer = train_lib.Trainer(model, optimizer or train_lib.create_optimizer(),
-                              partitioner, input_shapes, random_seed,
-                              num_microbatches)
+                              partitioner, inputs.global_shapes(batch_size),
+                              random_seed, num_microbatches)
+  manager = _prepare_model_dir(
+      model_dir, made_from, model, vocabulary, task_feature_lengths,
+      best_metric=best_metric if validate else None, best_mode=best_mode,
+      keep_checkpoints=keep_checkpoints, keep_period=keep_period)
 
-  if not validate:
-    best_metric = None
-  if jax.process_index() == 0:
-    model_dir_lib.write_model_metadata(model_dir, model, vocabulary,
-                                       task_feature_lengths, best_metric,
-                                       best_mode)
-    model_dir_lib.write_run_files(model_dir, made_from, gin.config_str())
-  manager = checkpoints.CheckpointManager(model_dir, keep_checkpoints,
-                                          best_metric, best_mode, keep_period)
-
-  train_batches = _dataset(
-      mixture_or_task_name, task_feature_lengths, converter, "train",
-      shuffle=True, seed=random_seed, num_epochs=None,
-      batch_size=local_batch_size, shard_info=shard_info,
-      use_cached=use_cached_tasks).as_numpy_iterator()
+  train_batches = inputs.train_iterator()
   state = _initial_state(trainer, manager, initial_checkpoint_path,
                          train_batches)
   start_step = int(state.step)
@@ -457,65 +461,190 @@ def train(
     manager.close()
     return state
   checkpoints.check_iterator_checkpointable(train_batches)
+  return _train_steps(trainer, inputs, _Outputs.open(model_dir, manager),
+                      state, train_batches, train_steps=train_steps,
+                      checkpoint_period=checkpoint_period,
+                      log_period=log_period)
 
-  def run_validation(params) -> dict[str, float]:
-    dataset = _dataset(validation_name, task_feature_lengths, converter,
-                       validation_split, shuffle=False, seed=random_seed,
-                       num_epochs=1, batch_size=None, shard_info=shard_info,
-                       use_cached=use_cached_tasks)
+
+def _converter(feature_converter_cls: Optional[type[seqio.FeatureConverter]],
+               vocabulary: seqio.Vocabulary) -> seqio.FeatureConverter:
+  """The run's feature converter, without packing (section 3.4)."""
+  # Decoder inputs start with the vocabulary's BOS if it has one, else 0
+  # (seqio's bos_id); inference starts prompts alike (docs/contracts.md).
+  return (feature_converter_cls or default_feature_converter_cls())(
+      pack=False, bos_id=_decoder_start_id(vocabulary))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+  """This process's shard of the training and validation input."""
+
+  mixture_or_task_name: str
+  validation_name: str
+  validation_split: str
+  validation_batches: Optional[int]  # None: the whole split, 0: none
+  task_feature_lengths: Mapping[str, int]
+  converter: seqio.FeatureConverter
+  local_batch_size: int
+  shard_info: seqio.ShardInfo
+  seed: int
+  use_cached: bool
+
+  def global_shapes(self, batch_size: int) -> dict[str, tuple[int, int]]:
+    """Shapes of the training features in a global batch."""
+    lengths = self.converter.get_model_feature_lengths(
+        self.task_feature_lengths)
+    return {k: (batch_size, lengths[k]) for k in models.TRAIN_FEATURES}
+
+  def train_iterator(self) -> Iterator[Batch]:
+    """The shuffled, endless training batches: a tf.data iterator, whose
+    state the checkpoints keep."""
+    return _dataset(
+        self.mixture_or_task_name, self.task_feature_lengths, self.converter,
+        "train", shuffle=True, seed=self.seed, num_epochs=None,
+        batch_size=self.local_batch_size, shard_info=self.shard_info,
+        use_cached=self.use_cached).as_numpy_iterator()
+
+  def validation_iterator(self) -> Iterator[Batch]:
+    """The validation split in padded batches, as many on every process
+    (at most `validation_batches`)."""
+    dataset = _dataset(
+        self.validation_name, self.task_feature_lengths, self.converter,
+        self.validation_split, shuffle=False, seed=self.seed, num_epochs=1,
+        batch_size=None, shard_info=self.shard_info,
+        use_cached=self.use_cached)
     padding = {k: np.zeros(spec.shape, spec.dtype.as_numpy_dtype)
                for k, spec in dataset.element_spec.items()}
-    results = [trainer.eval_step(params, batch) for batch in _padded_batches(
-        dataset.as_numpy_iterator(), padding, local_batch_size,
-        validation_batches)]
-    if not results:
-      raise ValueError(f"The {validation_split!r} split of "
-                       f"{validation_name!r} is empty.")
-    return _split_metrics(model, results)
+    return _padded_batches(dataset.as_numpy_iterator(), padding,
+                           self.local_batch_size, self.validation_batches)
 
-  train_writer = metric_writers.create_default_writer(
-      str(model_dir / "train"), just_logging=jax.process_index() > 0)
-  validation_writer = metric_writers.create_default_writer(
-      str(model_dir / "validation"), just_logging=jax.process_index() > 0)
+
+def _prepare_model_dir(model_dir: epath.Path, made_from: Mapping[str, Any],
+                       model: models.CALRecModel,
+                       vocabulary: seqio.Vocabulary,
+                       task_feature_lengths: Mapping[str, int], *,
+                       best_metric: Optional[str], best_mode: str,
+                       keep_checkpoints: int,
+                       keep_period: Optional[int]
+                      ) -> checkpoints.CheckpointManager:
+  """Writes the run's files into `model_dir` (which `check_resume` allowed)
+  and opens its checkpoints.
+
+  Process 0 writes model.json, the vocabulary, config.gin and run.json
+  (docs/contracts.md, "Model inference").
+  """
   if jax.process_index() == 0:
-    _write_gin_config(model_dir / "train", start_step)
-  logging.info("Training %s (%s parameters) from step %d to %d in %s.",
-               mixture_or_task_name, f"{model.config.num_params():,}",
-               start_step, train_steps, model_dir)
+    model_dir_lib.write_model_metadata(model_dir, model, vocabulary,
+                                       task_feature_lengths, best_metric,
+                                       best_mode)
+    model_dir_lib.write_run_files(model_dir, made_from, gin.config_str())
+  return checkpoints.CheckpointManager(model_dir, keep_checkpoints,
+                                       best_metric, best_mode, keep_period)
 
-  progress = _Progress(train_writer, start_step, train_steps)
+
+@dataclasses.dataclass(frozen=True)
+class _Outputs:
+  """Where the steps write: checkpoints and the train and validation
+  summaries (only logged on processes other than 0)."""
+
+  model_dir: epath.Path
+  manager: checkpoints.CheckpointManager
+  train_writer: metric_writers.MetricWriter
+  validation_writer: metric_writers.MetricWriter
+
+  @classmethod
+  def open(cls, model_dir: epath.Path,
+           manager: checkpoints.CheckpointManager) -> _Outputs:
+    writers = [metric_writers.create_default_writer(
+        str(model_dir / name), just_logging=jax.process_index() > 0)
+               for name in ("train", "validation")]
+    return cls(model_dir, manager, *writers)
+
+  def close(self) -> None:
+    self.train_writer.flush()
+    self.validation_writer.flush()
+    self.manager.close()
+
+
+def _validate(trainer: train_lib.Trainer, inputs: _Inputs,
+              params: Any) -> Optional[dict[str, float]]:
+  """The loss terms of the validation split (`_split_metrics`); None when
+  `validation_batches` is 0."""
+  if inputs.validation_batches == 0:
+    return None
+  results = [trainer.eval_step(params, batch)
+             for batch in inputs.validation_iterator()]
+  if not results:
+    raise ValueError(f"The {inputs.validation_split!r} split of "
+                     f"{inputs.validation_name!r} is empty.")
+  return _split_metrics(trainer.model, results)
+
+
+def _save_checkpoint(outputs: _Outputs, state: train_lib.TrainState,
+                     train_batches: Iterator[Batch],
+                     validation: Optional[Mapping[str, float]]) -> None:
+  """Saves `state` and the input's position, with the validation metrics
+  (summaries and a logged line too), which rank the best checkpoint."""
+  if validation:
+    step = int(state.step)
+    outputs.validation_writer.write_scalars(step, validation)
+    logging.info("step %d validation: %s", step, "  ".join(
+        f"{k} {v:.4f}" for k, v in validation.items()))
+    # The checkpoint's metrics keep the prefix: best_metric names them.
+    validation = {f"validation/{k}": v for k, v in validation.items()}
+  outputs.manager.save(state, validation, train_batches)
+
+
+def _non_finite_error(step: int, metrics: Mapping[str, Any],
+                      outputs: _Outputs) -> NonFiniteLossError:
+  """The error of a non-finite step: its metrics, the last good step."""
+  return NonFiniteLossError(
+      f"Non-finite loss or parameters at step {step}: " + ", ".join(
+          f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())) +
+      f". Stopped; the last good checkpoint is step "
+      f"{outputs.manager.latest_step()} in "
+      f"{outputs.model_dir / checkpoints.CHECKPOINTS_DIR}. Lower the "
+      "learning rate or check the data.")
+
+
+def _train_steps(trainer: train_lib.Trainer, inputs: _Inputs,
+                 outputs: _Outputs, state: train_lib.TrainState,
+                 train_batches: Iterator[Batch], *, train_steps: int,
+                 checkpoint_period: int,
+                 log_period: int) -> train_lib.TrainState:
+  """Trains from `state` to step `train_steps` (paper section 3.4).
+
+  Every `log_period` steps it writes the train summaries and a progress
+  line; every `checkpoint_period` steps, and at the end, it validates and
+  saves a checkpoint.
+
+  Raises:
+    NonFiniteLossError: see `train`; `outputs` are closed first.
+  """
+  start_step = int(state.step)
+  if jax.process_index() == 0:
+    _write_gin_config(outputs.model_dir / "train", start_step)
+  logging.info("Training %s (%s parameters) from step %d to %d in %s.",
+               inputs.mixture_or_task_name,
+               f"{trainer.model.config.num_params():,}", start_step,
+               train_steps, outputs.model_dir)
+  reporter = _Progress(outputs.train_writer, start_step, train_steps)
   for step in range(start_step + 1, train_steps + 1):
     state, metrics = trainer.train_step(state, next(train_batches))
     metrics = jax.device_get(metrics)
     parameters_finite = bool(metrics.pop("parameters_finite"))
     if not (parameters_finite and np.isfinite(metrics["loss"])):
-      train_writer.flush()
-      validation_writer.flush()
-      manager.close()
-      raise NonFiniteLossError(
-          f"Non-finite loss or parameters at step {step}: " + ", ".join(
-              f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())) +
-          f". Stopped; the last good checkpoint is step "
-          f"{manager.latest_step()} in "
-          f"{model_dir / checkpoints.CHECKPOINTS_DIR}. Lower the learning "
-          "rate or check the data.")
-    progress.add(metrics)
+      outputs.close()
+      raise _non_finite_error(step, metrics, outputs)
+    reporter.add(metrics)
     if step % log_period == 0 or step == train_steps:
-      progress.report(step, _learning_rate(state.opt_state))
+      reporter.report(step, _learning_rate(state.opt_state))
     if step % checkpoint_period == 0 or step == train_steps:
-      pause_start = time.time()
-      validation = run_validation(state.params) if validate else None
-      if validation:
-        validation_writer.write_scalars(step, validation)
-        logging.info("step %d validation: %s", step, "  ".join(
-            f"{k} {v:.4f}" for k, v in validation.items()))
-        # The checkpoint's metrics keep the prefix: best_metric names them.
-        validation = {f"validation/{k}": v for k, v in validation.items()}
-      manager.save(state, validation, train_batches)
-      progress.pause(time.time() - pause_start)
-  train_writer.flush()
-  validation_writer.flush()
-  manager.close()
+      with reporter.paused():
+        _save_checkpoint(outputs, state, train_batches,
+                         _validate(trainer, inputs, state.params))
+  outputs.close()
   return state
 
 
