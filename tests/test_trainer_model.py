@@ -12,6 +12,7 @@ import trainer_batches
 from tasks import vocab
 from trainer import models
 from trainer import network
+from trainer import train_loop
 
 CONFIG = network.TransformerConfig(vocab_size=64, emb_dim=32, num_heads=4,
                                    num_kv_heads=2, head_dim=8, mlp_dim=64,
@@ -120,6 +121,16 @@ def test_padding_examples_count_in_no_loss_term(loss_fn, apply, params,
     padded[name][valid] = value
   metrics = _check_against_numpy(loss_fn, apply, params, padded, valid)
   assert float(metrics["contrastive_examples"]) == len(valid)
+
+
+def test_split_metrics_of_one_batch_are_its_loss_fn_metrics(model, loss_fn,
+                                                            params, batch):
+  """Validation combines a split's terms into the loss as the train step
+  combines a batch's: one batch's split metrics are its metrics."""
+  _, metrics = jax.device_get(loss_fn(params, batch))
+  split = train_loop._split_metrics(model, [metrics])  # pylint: disable=protected-access
+  assert split == pytest.approx({k: float(v) for k, v in metrics.items()},
+                                rel=1e-6)
 
 
 def test_target_span_logits_give_the_full_sequence_loss(model, apply, params):
