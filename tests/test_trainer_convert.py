@@ -22,10 +22,12 @@ from tasks import vocab
 from trainer import checkpoints
 from trainer import convert
 from trainer import gguf_import
+from trainer import hf_config as hf_config_lib
 from trainer import hf_weights
 from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import network
+from trainer import safetensors_io
 
 import test_trainer_gguf_import as tiny  # pylint: disable=g-bad-import-order
 
@@ -98,7 +100,7 @@ def test_gguf_import_export_round_trip(tmp_path):
 
   assert any(line.startswith("dequantizing") for line in lines)
   hf_config, tensors = gguf_import.read_gguf(source)
-  assert config == hf_weights.config_from_hf(hf_config)
+  assert config == hf_config_lib.config_from_hf(hf_config)
   assert config.layer_types == ("local", "local")
   # The step a run's initial_checkpoint_path resolves to, with its params.
   step_dir = model_dir_lib.resolve_checkpoint(model_dir)
@@ -122,8 +124,8 @@ def test_gguf_import_export_round_trip(tmp_path):
 
   hf_dir = tmp_path / "hf"
   convert.export_safetensors(str(model_dir), str(hf_dir), log=lines.append)
-  exported_config, exported = hf_weights.read_safetensors_dir(str(hf_dir))
-  assert hf_weights.config_from_hf(exported_config) == config
+  exported_config, exported = safetensors_io.read_safetensors_dir(str(hf_dir))
+  assert hf_config_lib.config_from_hf(exported_config) == config
   assert sorted(exported) == sorted(tensors)
   for name, value in tensors.items():
     # The GGUF's values: Gemma norms as transformers stores them (w, not
@@ -185,7 +187,7 @@ def test_llama_byte_level_vocabulary_refused_unless_skipped(tmp_path, capsys):
   assert not (model_dir / "vocabulary.model").exists()
   out = capsys.readouterr().out
   assert "peak RSS" in out and "imported" in out
-  exported_config, exported = hf_weights.read_safetensors_dir(str(hf_dir))
+  exported_config, exported = safetensors_io.read_safetensors_dir(str(hf_dir))
   assert exported_config["model_type"] == "llama"
   _, tensors = gguf_import.read_gguf(source)
   for name, value in tensors.items():

@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from trainer import hf_config as hf_config_lib
 from trainer import hf_weights
 from trainer import network
+from trainer import safetensors_io
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -107,8 +109,8 @@ def converted(checkpoints):
   """model_type -> (config, params) read from the saved checkpoint."""
   out = {}
   for model_type, (path, _, _, _) in checkpoints.items():
-    hf_config, tensors = hf_weights.read_safetensors_dir(path)
-    config = hf_weights.config_from_hf(hf_config)
+    hf_config, tensors = safetensors_io.read_safetensors_dir(path)
+    config = hf_config_lib.config_from_hf(hf_config)
     out[model_type] = (config, hf_weights.params_from_hf(tensors, config))
   return out
 
@@ -189,14 +191,14 @@ def test_cached_decoding_of_unpadded_prompt(converted, checkpoints):
 def test_export_round_trip(checkpoints, converted, model_type, tmp_path):
   config, params = converted[model_type]
   _, _, tokens, expected = checkpoints[model_type]
-  hf_config = hf_weights.config_to_hf(config, model_type)
+  hf_config = hf_config_lib.config_to_hf(config, model_type)
   tensors = hf_weights.params_to_hf(params, config, model_type)
   shard = 4096 if model_type == "gemma3_text" else None
-  hf_weights.write_safetensors_dir(str(tmp_path), hf_config, tensors,
+  safetensors_io.write_safetensors_dir(str(tmp_path), hf_config, tensors,
                                    max_shard_bytes=shard)
-  read_config, read_tensors = hf_weights.read_safetensors_dir(str(tmp_path))
+  read_config, read_tensors = safetensors_io.read_safetensors_dir(str(tmp_path))
   assert read_config == json.loads(json.dumps(hf_config))
-  assert hf_weights.config_from_hf(read_config) == config
+  assert hf_config_lib.config_from_hf(read_config) == config
   again = hf_weights.params_from_hf(read_tensors, config)
   jax.tree.map(np.testing.assert_array_equal, again, params)
   model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -217,10 +219,10 @@ def test_legacy_and_multimodal_gemma_configs(checkpoints, converted):
                 rope_scaling={"rope_type": "linear", "factor": 2.0},
                 sliding_window_pattern=3, num_hidden_layers=4)
   # Pattern 3 over 4 layers: local, local, global, local.
-  assert hf_weights.config_from_hf(legacy) == config
+  assert hf_config_lib.config_from_hf(legacy) == config
   wrapped = {"model_type": "gemma3", "text_config": legacy,
              "vision_config": {}}
-  assert hf_weights.config_from_hf(wrapped, dtype="bfloat16") == (
+  assert hf_config_lib.config_from_hf(wrapped, dtype="bfloat16") == (
       network.TransformerConfig(**{**config.__dict__, "dtype": "bfloat16"}))
 
 
@@ -260,16 +262,16 @@ def test_tensor_errors(converted):
 def test_config_errors():
   with pytest.raises(ValueError, match="supported: gemma3_text, gemma3, "
                      "llama, qwen2, mistral"):
-    hf_weights.config_from_hf({"model_type": "gpt2"})
+    hf_config_lib.config_from_hf({"model_type": "gpt2"})
   with pytest.raises(ValueError, match="lacks intermediate_size"):
-    hf_weights.config_from_hf({"model_type": "llama", "vocab_size": 8,
+    hf_config_lib.config_from_hf({"model_type": "llama", "vocab_size": 8,
                                "hidden_size": 8, "num_hidden_layers": 1,
                                "num_attention_heads": 2})
   # Today's randomly initialised models scale their tied logits.
   with pytest.raises(ValueError, match="logit_scaling=True"):
-    hf_weights.config_to_hf(network.TransformerConfig(), "llama")
+    hf_config_lib.config_to_hf(network.TransformerConfig(), "llama")
   with pytest.raises(ValueError, match="Unsupported model_type 'gpt2'"):
-    hf_weights.config_to_hf(network.TransformerConfig(), "gpt2")
+    hf_config_lib.config_to_hf(network.TransformerConfig(), "gpt2")
 
 
 def test_mistral_is_llama_with_a_window():
@@ -277,26 +279,26 @@ def test_mistral_is_llama_with_a_window():
         "intermediate_size": 8, "num_hidden_layers": 2,
         "num_attention_heads": 2, "num_key_value_heads": 1,
         "sliding_window": 5}
-  config = hf_weights.config_from_hf(hf)
+  config = hf_config_lib.config_from_hf(hf)
   assert config.layer_types == ("local", "local")
   assert config.sliding_window == 5 and config.head_dim == 8
-  assert hf_weights.config_from_hf(
+  assert hf_config_lib.config_from_hf(
       {**hf, "sliding_window": None}).layer_types == ()
 
 
 def test_directory_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="No config.json"):
-    hf_weights.read_safetensors_dir(str(tmp_path))
+    safetensors_io.read_safetensors_dir(str(tmp_path))
   (tmp_path / "config.json").write_text("{}")
   with pytest.raises(FileNotFoundError, match="Neither model.safetensors"):
-    hf_weights.read_safetensors_dir(str(tmp_path))
-  hf_weights.write_safetensors_dir(str(tmp_path), {"model_type": "llama"},
+    safetensors_io.read_safetensors_dir(str(tmp_path))
+  safetensors_io.write_safetensors_dir(str(tmp_path), {"model_type": "llama"},
                                    {"a": np.ones(300, np.float32),
                                     "b": np.ones(3, np.float32)},
                                    max_shard_bytes=1000)
   os.remove(tmp_path / "model-00002-of-00002.safetensors")
   with pytest.raises(FileNotFoundError, match="model-00002-of-00002"):
-    hf_weights.read_safetensors_dir(str(tmp_path))
+    safetensors_io.read_safetensors_dir(str(tmp_path))
 
 
 def test_safetensors_dtypes_round_trip(tmp_path):
@@ -311,8 +313,8 @@ def test_safetensors_dtypes_round_trip(tmp_path):
       "empty": np.zeros((0, 4), np.float32),
   }
   path = str(tmp_path / "x.safetensors")
-  hf_weights.write_safetensors(path, tensors)
-  read = hf_weights.read_safetensors(path)
+  safetensors_io.write_safetensors(path, tensors)
+  read = safetensors_io.read_safetensors(path)
   for name, array in tensors.items():
     assert read[name].dtype == array.dtype
     np.testing.assert_array_equal(read[name], array)

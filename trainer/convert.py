@@ -48,10 +48,12 @@ import numpy as np
 from pipelines import cli
 from trainer import checkpoints
 from trainer import gguf_import
+from trainer import hf_config as hf_config_lib
 from trainer import hf_weights
 from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import network
+from trainer import safetensors_io
 
 SOURCE_JSON = "source.json"
 MODEL_GIN = "model.gin"
@@ -227,7 +229,7 @@ def read_source(path: str, *, vocabulary: bool = True,
   elif os.path.isdir(path):
     vocab = _safetensors_vocabulary(path) if vocabulary else None
     log(f"reading {path}")
-    hf_config, tensors = hf_weights.read_safetensors_dir(path)
+    hf_config, tensors = safetensors_io.read_safetensors_dir(path)
     files = {}
     for name in sorted(os.listdir(path)):
       if name.endswith((".safetensors", ".json", ".model")):
@@ -266,7 +268,7 @@ def import_checkpoint(source: str, output_dir: str, name: str, *,
                        "--overwrite to replace it.")
     shutil.rmtree(output_dir)
   loaded = read_source(source, vocabulary=vocabulary, log=log)
-  config = hf_weights.config_from_hf(loaded.hf_config)
+  config = hf_config_lib.config_from_hf(loaded.hf_config)
   log("mapping tensors onto trainer.network parameters")
   params = hf_weights.params_from_hf(loaded.tensors, config)
   del loaded.tensors
@@ -330,7 +332,7 @@ def export_safetensors(model_dir: str, output_dir: str,
                        "--model_type (e.g. gemma3_text, llama, qwen2).")
     with open(source_path) as f:
       model_type = json.load(f)["model_type"]
-  hf_config = hf_weights.config_to_hf(config, model_type)
+  hf_config = hf_config_lib.config_to_hf(config, model_type)
   step_dir = (checkpoints.step_path(model_dir, step) if step is not None
               else model_dir_lib.resolve_checkpoint(model_dir))
   log(f"reading {step_dir}")
@@ -339,7 +341,7 @@ def export_safetensors(model_dir: str, output_dir: str,
   tensors = hf_weights.params_to_hf(params, config, model_type)
   del params
   log(f"writing {output_dir}")
-  hf_weights.write_safetensors_dir(output_dir, hf_config, tensors)
+  safetensors_io.write_safetensors_dir(output_dir, hf_config, tensors)
   vocabulary = os.path.join(model_dir, "vocabulary.model")
   if os.path.isfile(vocabulary):
     shutil.copyfile(vocabulary, os.path.join(output_dir, "tokenizer.model"))
