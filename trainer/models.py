@@ -223,6 +223,11 @@ class CALRecModel:
     return (losses.info_nce(vectors.item, vectors.target, tau, vectors.mask),
             losses.info_nce(vectors.item, vectors.history, tau, vectors.mask))
 
+  def combined_loss(self, nig: Array, tt: Array, ut: Array) -> Array:
+    """Equation 4 with this model's weights: of one batch's terms
+    (`loss_from_terms`) or of a whole split's (the trainer's validation)."""
+    return losses.calrec_loss(nig, tt, ut, self.alpha, self.beta)
+
   def loss_from_terms(self, terms: LossTerms
                      ) -> tuple[Array, dict[str, Array]]:
     """Equation 4 from the terms of a whole batch (see `loss_fn`)."""
@@ -231,7 +236,7 @@ class CALRecModel:
     tt = ut = jnp.float32(0.0)
     if terms.vectors is not None:
       tt, ut = self.contrastive_losses(terms.vectors)
-    loss = losses.calrec_loss(nig, tt, ut, self.alpha, self.beta)
+    loss = self.combined_loss(nig, tt, ut)
     metrics = {"loss": loss, "nig_loss": nig, "tt_loss": tt, "ut_loss": ut,
                "target_tokens": num_tokens}
     if terms.vectors is not None:
@@ -246,7 +251,8 @@ class CALRecModel:
 
     L_NIG is normalised per target token of the batch, where equation 1 sums
     over each user's target tokens (README, "Where this implementation departs
-    from the paper"). Padding examples (no item tokens) count in no term. See `loss_terms` for the pooled vectors.
+    from the paper"). Padding examples (no item tokens) count in no term.
+    See `loss_terms` for the pooled vectors.
 
     Returns:
       (loss, metrics) where metrics holds 'loss', 'nig_loss', 'tt_loss',

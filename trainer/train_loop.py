@@ -56,7 +56,6 @@ import seqio
 
 from pipelines import progress
 from trainer import checkpoints
-from trainer import losses
 from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import partitioning
@@ -143,8 +142,8 @@ def _split_metrics(model: models.CALRecModel,
   L_NIG is normalised per target token of the split and L_TT, L_UT are
   averaged per example, so a padded last batch weighs by what it holds. Its
   contrastive terms still have fewer in-batch negatives than a full batch's.
-  The loss combines them by `losses.calrec_loss` with the model's weights,
-  as `CALRecModel.loss_from_terms` combines a batch's (equation 4).
+  The loss combines them by `CALRecModel.combined_loss`, as the model
+  combines a batch's (equation 4).
   """
   # In the order the progress lines show them.
   split = dict.fromkeys(("loss", "nig_loss", "tt_loss", "ut_loss"), 0.0)
@@ -154,9 +153,8 @@ def _split_metrics(model: models.CALRecModel,
     for term in ("tt_loss", "ut_loss"):
       split[term], split["contrastive_examples"] = _weighted_mean(
           batch_metrics, term, "contrastive_examples")
-  split["loss"] = float(losses.calrec_loss(
-      split["nig_loss"], split["tt_loss"], split["ut_loss"], model.alpha,
-      model.beta))
+  split["loss"] = float(model.combined_loss(
+      split["nig_loss"], split["tt_loss"], split["ut_loss"]))
   return split
 
 
