@@ -1,4 +1,5 @@
-"""Command-line flags of `python -m pipelines.preprocess`.
+"""Command-line flags of `python -m pipelines.preprocess`, and the job's
+settings they give (`JobSettings`, built once from them and passed down).
 
 Every other flag must be a Beam pipeline option (`beam_options`).
 """
@@ -6,6 +7,10 @@ Every other flag must be a Beam pipeline option (`beam_options`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Optional, Sequence
+
+from pipelines import beam_options
 
 from pipelines import textio
 from pipelines.cli import positive_int
@@ -62,3 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
             "worker's memory on a gzip file, which is read as one range "
             f"(default {DEFAULT_LINES_PER_CALL:,})"))
   return parser
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSettings:
+  """The job's own settings, one per flag of `build_parser`."""
+
+  config: str
+  output_dir: str
+  data_dir: Optional[str] = None
+  overwrite: bool = False
+  read_range_bytes: int = textio.DEFAULT_RANGE_BYTES
+  lines_per_call: int = DEFAULT_LINES_PER_CALL
+
+
+def parse_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]
+                ) -> tuple[JobSettings, list[str]]:
+  """(the job's settings, Beam's flags); a flag that is neither is a usage
+  error of `parser` (`beam_options.parse_job_args`)."""
+  args, beam_args = beam_options.parse_job_args(parser, argv)
+  return JobSettings(
+      config=args.config, output_dir=args.output_dir, data_dir=args.data_dir,
+      overwrite=args.overwrite, read_range_bytes=args.read_range_mb << 20,
+      lines_per_call=args.lines_per_call), beam_args

@@ -268,7 +268,7 @@ def _is_not_input_error(record: logging.LogRecord) -> bool:
               isinstance(record.exc_info[1], textio.InputError))
 
 
-def _run_job(parser: argparse.ArgumentParser, args: argparse.Namespace,
+def _run_job(parser: argparse.ArgumentParser, job: options.JobSettings,
              pipeline_options: PipelineOptions,
              config: config_lib.Config, staging: str,
              tasks: tuple[list[transforms.RangeTask],
@@ -277,33 +277,33 @@ def _run_job(parser: argparse.ArgumentParser, args: argparse.Namespace,
   process with one line (exit status 1)."""
   try:
     with beam.Pipeline(options=pipeline_options) as pipeline:
-      build_pipeline(pipeline, config, staging, *tasks, args.lines_per_call)
+      build_pipeline(pipeline, config, staging, *tasks, job.lines_per_call)
   except Exception as e:  # pylint: disable=broad-except
     # The type a runner reports a worker's error with varies.
     message = worker_input_error(e)
     if message is None:
       raise
     parser.exit(1, f"{parser.prog}: error: {message}; --output_dir "
-                f"{args.output_dir} is unchanged\n")
+                f"{job.output_dir} is unchanged\n")
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
   """Runs the job; returns the statistics of every category."""
   parser = options.build_parser()
-  args, beam_args = beam_options.parse_job_args(parser, argv)
+  job, beam_args = options.parse_flags(parser, argv)
   try:
-    config = config_lib.load_config(args.config, args.data_dir)
-    refuse_inputs_inside(config, args.output_dir)
+    config = config_lib.load_config(job.config, job.data_dir)
+    refuse_inputs_inside(config, job.output_dir)
     # Before any input is read or file deleted: Beam checks the runner and
     # options, and the paths the workers use.
     pipeline_options = beam_options.checked_beam_options(
-        beam_args, _worker_paths(config, args.output_dir))
-    tasks = plan_tasks(config, args.read_range_mb << 20)
+        beam_args, _worker_paths(config, job.output_dir))
+    tasks = plan_tasks(config, job.read_range_bytes)
     current = made_from(config)
-    staging = prepare_output_dir(args.output_dir, args.overwrite, current)
+    staging = prepare_output_dir(job.output_dir, job.overwrite, current)
   except textio.InputError as e:
     missing = "no file matches" in str(e)
-    hint = ("" if args.data_dir or not missing else " (relative file names "
+    hint = ("" if job.data_dir or not missing else " (relative file names "
             "are looked up beside the config, or in its data_dir; pass "
             "--data_dir=FOLDER of the downloaded files)")
     parser.error(f"{e}{hint}")
@@ -312,14 +312,14 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
     parser.error(str(e))
   logging.info("%d categories: %d review ranges, %d meta ranges -> %s",
                len(config.categories), len(tasks[0]), len(tasks[1]), staging)
-  _run_job(parser, args, pipeline_options, config, staging, tasks)
-  finish_output_dir(staging, args.output_dir, current)
-  stats = outputs.read_stats(args.output_dir, config)
+  _run_job(parser, job, pipeline_options, config, staging, tasks)
+  finish_output_dir(staging, job.output_dir, current)
+  stats = outputs.read_stats(job.output_dir, config)
   for name, category_stats in stats.items():
     if not category_stats["num_users"]:
       logging.warning("category %s has no users left; its rejects are in %s",
-                      name, outputs.rejects_pattern(args.output_dir, name))
-  logging.info("done: %s", FileSystems.join(args.output_dir,
+                      name, outputs.rejects_pattern(job.output_dir, name))
+  logging.info("done: %s", FileSystems.join(job.output_dir,
                                             outputs.MANIFEST))
   return stats
 

@@ -6,8 +6,10 @@ import logging
 
 import pytest
 
-from pipelines import cli
 from pipelines import beam_options
+from pipelines import cli
+from pipelines import options
+from pipelines import textio
 
 
 def _job_parser() -> argparse.ArgumentParser:
@@ -77,3 +79,15 @@ def test_a_path_without_a_file_system_is_refused_naming_its_flag():
                                       "--data_dir": "gss://bucket/data"})
   assert str(error.value).startswith(
       "--data_dir gss://bucket/data: no file system for this path here")
+
+
+def test_preprocess_flags_give_the_jobs_settings_once():
+  parser = options.build_parser()
+  job, beam_args = options.parse_flags(parser, [
+      "--config=c.json", "--output_dir=out", "--read_range_mb=2",
+      "--runner=FnApiRunner"])
+  assert job == options.JobSettings(config="c.json", output_dir="out",
+                                    read_range_bytes=2 << 20)
+  assert beam_args == ["--runner=FnApiRunner"]
+  assert options.JobSettings("c", "o").read_range_bytes == (
+      textio.DEFAULT_RANGE_BYTES)
