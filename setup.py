@@ -60,5 +60,7 @@ setuptools.setup(
                  "accelerate==1.16.0"] + PRETRAINED_REQUIRES,
         # GCS file system and DataflowRunner (README, "Beam jobs on Dataflow").
         "gcp": ["apache-beam[gcp]==2.77.0"],
+        # benchmarks/retrieval.py --baseline=bm25s: bm25s and its numba backend.
+        "benchmark": ["bm25s==0.2.14", "numba==0.68.1"],
     },
 )

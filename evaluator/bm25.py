@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import collections
 import functools
+import threading
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import scipy.sparse
 
 from evaluator import lucene
+from evaluator import retrieval
 
 Tokenizer = Callable[[Sequence[str]], list[list[str]]]
 
@@ -82,20 +84,24 @@ class FastBM25:
   document's contributions are summed in float64 (exactly, for a few dozen
   float32 terms) and rounded to float32, as Lucene sums clause scores in a
   double. The scores are then Lucene's, ties included, even where different
-  terms happen to sum to the same float.
+  terms happen to sum to the same float; exact sums make the order of the
+  additions, and so the batching below, irrelevant.
 
-  Terms fall in three tiers by document frequency (as a share of the
-  corpus). Common terms (at least `common_df`, e.g. the template's labels and
-  the category name) are summed once per distinct (term, count) signature and
-  cached. Frequent terms (at least `dense_df`) keep a dense row of their
-  contributions. Rare terms, and terms repeated in a query, add their
-  postings.
+  Queries are scored a batch at a time (`batch_bytes` of float64 sums),
+  with array operations over all the batch's terms. Terms fall in three
+  tiers by document frequency (as a share of the corpus). Common terms (at
+  least `common_df`, e.g. the template's labels and the category name) are
+  summed once per distinct (term, count) signature and cached. Frequent
+  terms (at least `dense_df`) keep a dense row of their contributions. Rare
+  terms, and terms repeated in a query, add their postings: the whole
+  batch's in one scatter.
   """
 
   def __init__(self, doc_tokens: Sequence[Sequence[str]],
                k1: float = lucene.BM25_K1, b: float = lucene.BM25_B,
                common_df: float = 0.5, dense_df: float = 0.1,
-               signature_cache_bytes: int = 128 << 20):
+               signature_cache_bytes: int = 128 << 20,
+               batch_bytes: int = 4 << 20):
     self.num_docs = len(doc_tokens)
     self.vocabulary: dict[str, int] = {}
     rows, cols, freqs = [], [], []
@@ -119,91 +125,158 @@ class FastBM25:
         (denominators, (rows, cols)),
         shape=(len(self.vocabulary), self.num_docs), dtype=np.float32)
     postings.sort_indices()
-    doc_freq = np.diff(postings.indptr)
-    self.idf = np.log(1 + (doc_count - doc_freq + 0.5) /
-                      (doc_freq + 0.5)).astype(np.float32)
-
-    self._indptr = postings.indptr.tolist()
+    self._starts = postings.indptr[:-1].astype(np.intp)
+    self._doc_freq = np.diff(postings.indptr).astype(np.intp)
+    self._docs = postings.indices.astype(np.intp)
     self._denominators = postings.data
-    indices = postings.indices.astype(np.intp)
-    # Contributions of every posting for a term occurring once in the query.
-    single = self._contributions(np.repeat(self.idf, doc_freq)).astype(
-        np.float64)
-    bounds = list(zip(self._indptr[:-1], self._indptr[1:]))
-    self._term_docs = [indices[start:end] for start, end in bounds]
-    self._term_values = [single[start:end] for start, end in bounds]
+    self.idf = np.log(1 + (doc_count - self._doc_freq + 0.5) /
+                      (self._doc_freq + 0.5)).astype(np.float32)
+    # Per posting, its contribution for a term occurring once in the query.
+    self._single = self._contributions(
+        np.repeat(self.idf, self._doc_freq), self._denominators)
+
     # Tier per term: 0 common, 1 dense, 2 rare.
-    tiers = np.where(doc_freq >= common_df * self.num_docs, 0,
-                     np.where(doc_freq >= dense_df * self.num_docs, 1, 2))
-    self._tier = tiers.tolist()  # Per-term lookups from Python are faster.
-    self._dense_rows = {}
-    for term in np.flatnonzero(tiers == 1).tolist():
-      row = np.zeros(self.num_docs, np.float64)
-      row[self._term_docs[term]] = self._term_values[term]
-      self._dense_rows[term] = row
-    cache_size = max(16, signature_cache_bytes // (8 * max(self.num_docs, 1)))
+    self._tier = np.where(
+        self._doc_freq >= common_df * self.num_docs, 0,
+        np.where(self._doc_freq >= dense_df * self.num_docs, 1, 2))
+    self._common_terms = np.flatnonzero(self._tier == 0)
+    self._common_slot = _slots(self._common_terms, len(self.vocabulary))
+    dense_terms = np.flatnonzero(self._tier == 1)
+    self._dense_slot = _slots(dense_terms, len(self.vocabulary))
+    self._dense_rows = np.zeros((len(dense_terms), self.num_docs), np.float64)
+    targets, values = self._postings(np.arange(len(dense_terms)), dense_terms,
+                                     np.ones(len(dense_terms), np.intp))
+    self._dense_rows.reshape(-1)[targets] = values
+    row_bytes = 8 * max(self.num_docs, 1)
+    self.batch_rows = max(1, batch_bytes // row_bytes)
+    # Per thread, one float64 batch buffer for every call: a fresh one per
+    # call can cost as much in page faults as the scoring itself, when malloc
+    # hands the freed memory back to the system.
+    self._scratch = threading.local()
+    cache_size = max(16, signature_cache_bytes // row_bytes)
     self._common_sum = functools.lru_cache(maxsize=cache_size)(
         self._common_sum_uncached)
 
-  def _contributions(self, weights: np.ndarray,
-                     start: int = 0, end: int | None = None) -> np.ndarray:
-    """Lucene's float32 w - w / (1 + f * n) for postings start:end."""
-    return weights - weights / self._denominators[start:end]
+  @staticmethod
+  def _contributions(weights: np.ndarray, denominators: np.ndarray
+                     ) -> np.ndarray:
+    """Lucene's float32 w - w / (1 + f * n(d)), as float64."""
+    return (weights - weights / denominators).astype(np.float64)
 
-  def _postings_of(self, term: int, count: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Documents of `term` and its float64 contributions at query `count`."""
-    if count == 1:
-      return self._term_docs[term], self._term_values[term]
-    weight = np.float32(count) * self.idf[term]  # Lucene's boost * idf.
-    return self._term_docs[term], self._contributions(
-        weight, self._indptr[term], self._indptr[term + 1]).astype(np.float64)
+  def _postings(self, rows: np.ndarray, terms: np.ndarray, counts: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Postings of (row, term, count) entries: flat targets, contributions.
 
-  def _common_sum_uncached(self, signature: tuple[tuple[int, int], ...]
-                           ) -> np.ndarray:
-    """Summed contributions of common terms: ((term id, count), ...)."""
+    A target is row * num_docs + document. A term repeated in a query is one
+    clause boosted by its count: w = count * idf.
+    """
+    lengths = self._doc_freq[terms]
+    positions = _ranges(self._starts[terms], lengths)
+    targets = self._docs[positions]
+    targets += np.repeat(rows * self.num_docs, lengths)
+    values = self._single[positions]
+    repeated = counts > 1
+    if repeated.any():
+      boosted = np.repeat(repeated, lengths)
+      weights = counts[repeated].astype(np.float32) * self.idf[terms[repeated]]
+      values[boosted] = self._contributions(
+          np.repeat(weights, lengths[repeated]),
+          self._denominators[positions[boosted]])
+    return targets, values
+
+  def _common_sum_uncached(self, key: bytes) -> np.ndarray:
+    """Summed contributions of the common terms at counts `key` (intp)."""
+    counts = np.frombuffer(key, np.intp)
+    present = np.flatnonzero(counts)
     total = np.zeros(self.num_docs, np.float64)
-    for term, count in signature:
-      docs, values = self._postings_of(term, count)
-      total[docs] += values
+    np.add.at(total, *self._postings(np.zeros_like(present),
+                                     self._common_terms[present],
+                                     counts[present]))
     total.flags.writeable = False
     return total
 
   def score(self, queries: Sequence[Sequence[str]]) -> np.ndarray:
     """Scores [len(queries), num_docs] float32 of tokenized queries."""
     scores = np.empty((len(queries), self.num_docs), np.float32)
-    total = np.empty(self.num_docs, np.float64)
-    for row, tokens in enumerate(queries):
-      common, other = [], []
-      for token, count in collections.Counter(tokens).items():
-        term = self.vocabulary.get(token)
-        if term is not None:
-          (common if self._tier[term] == 0 else other).append((term, count))
-      # Sums in float64 are exact, so only the cache key needs an order.
-      self._sum_terms(total, self._common_sum(tuple(sorted(common))), other)
-      scores[row] = total  # Rounds to float32 like Lucene's final cast.
+    for start, total in self._batches(queries):
+      scores[start:start + len(total)] = total  # Lucene's cast to float.
     return scores
 
-  def _sum_terms(self, total: np.ndarray, base: np.ndarray,
-                 terms: list[tuple[int, int]]) -> None:
-    """`total` = `base` plus dense rows plus the other terms' postings."""
-    docs, values = [], []
-    started = False
-    for term, count in terms:
-      if self._tier[term] == 1 and count == 1:
-        if started:
-          total += self._dense_rows[term]
-        else:
-          np.add(base, self._dense_rows[term], out=total)
-          started = True
-      else:
-        term_docs, term_values = self._postings_of(term, count)
-        docs.append(term_docs)
-        values.append(term_values)
-    if not started:
-      total[:] = base
-    if docs:
-      np.add.at(total, np.concatenate(docs), np.concatenate(values))
+  def top_k(self, queries: Sequence[Sequence[str]], k: int) -> np.ndarray:
+    """[len(queries), min(k, num_docs)] best documents of each query.
+
+    Best first, ties by lower index (`retrieval.top_k_rows` of `score`),
+    without keeping more than a batch of scores.
+    """
+    top = np.empty((len(queries), max(min(k, self.num_docs), 0)), np.int64)
+    scores = np.empty((min(len(queries), self.batch_rows), self.num_docs),
+                      np.float32)
+    for start, total in self._batches(queries):
+      batch_scores = scores[:len(total)]
+      np.copyto(batch_scores, total, casting="same_kind")
+      top[start:start + len(total)] = retrieval.top_k_rows(batch_scores, k)
+    return top
+
+  def _batches(self, queries: Sequence[Sequence[str]]
+               ) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float64 scores) of each batch, in this thread's buffer."""
+    totals = getattr(self._scratch, "totals", None)
+    if totals is None or len(totals) < self.batch_rows:
+      totals = self._scratch.totals = np.empty((self.batch_rows, self.num_docs))
+    for start in range(0, len(queries), self.batch_rows):
+      batch = queries[start:start + self.batch_rows]
+      total = totals[:len(batch)]
+      self._score_batch(batch, total)
+      yield start, total
+
+  def _score_batch(self, queries: Sequence[Sequence[str]],
+                   total: np.ndarray) -> None:
+    """`total` = float64 scores: common, dense, then rare terms."""
+    query, term, count = self._query_terms(queries)
+    tier = self._tier[term]
+    common = tier == 0
+    self._common_sums(query[common], term[common], count[common], total)
+    dense = (tier == 1) & (count == 1)
+    for row, slot in zip(query[dense].tolist(),
+                         self._dense_slot[term[dense]].tolist()):
+      total[row] += self._dense_rows[slot]
+    rare = ~(common | dense)
+    np.add.at(total.reshape(-1),
+              *self._postings(query[rare], term[rare], count[rare]))
+
+  def _query_terms(self, queries: Sequence[Sequence[str]]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query row, term id, count) of each distinct known term of a query."""
+    terms = np.array([self.vocabulary.get(token, -1) for tokens in queries
+                      for token in tokens], np.intp)
+    rows = np.repeat(np.arange(len(queries)),
+                     [len(tokens) for tokens in queries])
+    known = terms >= 0
+    size = max(len(self.vocabulary), 1)
+    keys, counts = np.unique(rows[known] * size + terms[known],
+                             return_counts=True)
+    return keys // size, keys % size, counts
+
+  def _common_sums(self, query: np.ndarray, term: np.ndarray,
+                   count: np.ndarray, out: np.ndarray) -> None:
+    """`out` = each query's common-term sum, one row per query."""
+    counts = np.zeros((len(out), len(self._common_terms)), np.intp)
+    counts[query, self._common_slot[term]] = count
+    np.stack([self._common_sum(row.tobytes()) for row in counts], out=out)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+  """The concatenated ranges start, ..., start + length - 1."""
+  positions = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+  positions += np.arange(len(positions))
+  return positions
+
+
+def _slots(terms: np.ndarray, vocabulary_size: int) -> np.ndarray:
+  """Per term id, its position in `terms` (-1 when absent)."""
+  slots = np.full(vocabulary_size, -1, np.intp)
+  slots[terms] = np.arange(len(terms))
+  return slots
 
 
 class FastBM25Scorer:
@@ -220,9 +293,25 @@ class FastBM25Scorer:
 
   def score_groups(self, groups: Sequence[Sequence[str]]
                    ) -> Iterator[np.ndarray]:
-    """One score matrix per group of texts; one analyzer call for all."""
+    """One score matrix per group of texts; one analyzer call for all.
+
+    Consecutive groups are scored together, a batch's worth of rows at once.
+    """
     tokens = self._tokenize([text for texts in groups for text in texts])
-    start = 0
-    for texts in groups:
-      yield self.bm25.score(tokens[start:start + len(texts)])
-      start += len(texts)
+    end = 0
+    for sizes in _runs([len(texts) for texts in groups], self.bm25.batch_rows):
+      start, end = end, end + sum(sizes)
+      yield from np.split(self.bm25.score(tokens[start:end]),
+                          np.cumsum(sizes)[:-1])
+
+
+def _runs(sizes: Sequence[int], limit: int) -> Iterator[list[int]]:
+  """Consecutive runs of `sizes` summing to at most `limit` (or one size)."""
+  run: list[int] = []
+  for size in sizes:
+    if run and sum(run) + size > limit:
+      yield run
+      run = []
+    run.append(size)
+  if run:
+    yield run

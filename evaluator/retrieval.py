@@ -120,6 +120,56 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
   return candidates[order]
 
 
+def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
+  """[rows, min(k, columns)] indices of each row's `k` best, as `top_k`.
+
+  Sorts only the candidates of `_top_candidates`: a few per row, not the
+  whole row (all of it when the row ties).
+  """
+  num_rows, num_columns = scores.shape
+  k = max(min(k, num_columns), 0)
+  if k == 0 or num_rows == 0:
+    return np.zeros((num_rows, k), np.int64)
+  rows, columns, values = _top_candidates(scores, k)
+  order = np.lexsort((columns, -values, rows))
+  counts = np.bincount(rows, minlength=num_rows)
+  rank = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
+  return columns[order][rank < k].reshape(num_rows, k)
+
+
+def _top_candidates(scores: np.ndarray, k: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(row, column, score) of every score at or above its row's floor.
+
+  The columns fall in at least k strided groups (column mod the number of
+  groups); the floor, the k-th best group maximum, is at most the row's k-th
+  best score, and only the groups that reach it are read again.
+  """
+  num_rows, num_columns = scores.shape
+  num_groups = max(k, num_columns // _GROUP_SIZE)
+  full = num_columns // num_groups * num_groups
+  # [rows, steps, groups]: column step * num_groups + group; then the tail.
+  grouped = scores[:, :full].reshape(num_rows, -1, num_groups)
+  tail = scores[:, full:]
+  maxima = grouped.max(axis=1)
+  np.maximum(maxima[:, :tail.shape[1]], tail, out=maxima[:, :tail.shape[1]])
+  floor = np.partition(maxima, num_groups - k, axis=1)[:, num_groups - k]
+  rows, groups = np.nonzero(maxima >= floor[:, None])
+  values = grouped[rows, :, groups]  # [candidate groups, steps]
+  kept = values >= floor[rows, None]
+  hits, steps = np.nonzero(kept)
+  tail_rows, tail_columns = np.nonzero(tail >= floor[:, None])
+  return (np.concatenate([rows[hits], tail_rows]),
+          np.concatenate([groups[hits] + num_groups * steps,
+                          tail_columns + full]),
+          np.concatenate([values[kept], tail[tail_rows, tail_columns]]))
+
+
+# Columns per group of `top_k_rows`: its first pass reads every score, the
+# sort sees about k groups' worth.
+_GROUP_SIZE = 16
+
+
 # Attribute prefixes tried in turn (paper section 6): 4, 3, 2, then 1.
 MATCH_LEVELS = (4, 3, 2, 1)
 

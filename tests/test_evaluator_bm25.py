@@ -53,6 +53,52 @@ def test_term_tiers_and_cache_do_not_change_scores():
   np.testing.assert_array_equal(tiered[:len(queries)], tiered[len(queries):])
 
 
+def test_batches_score_as_queries_one_at_a_time():
+  items = evaluator_testdata.generated_items(400, seed=2)
+  docs = [item["text"].lower().replace(".", "").split() for item in items]
+  queries = docs[:40] + [docs[5] * 3, [], ["unknown"], docs[1] + docs[2],
+                         ["card", "card", "gift", "red", "red", "red"]]
+  scorer = bm25.FastBM25(docs)
+  one_at_a_time = bm25.FastBM25(docs, batch_bytes=1)
+  assert scorer.batch_rows >= len(queries) and one_at_a_time.batch_rows == 1
+  batched = scorer.score(queries)
+  np.testing.assert_array_equal(batched, one_at_a_time.score(queries))
+  np.testing.assert_array_equal(
+      batched, np.concatenate([scorer.score([query]) for query in queries]))
+  for query, row in zip(queries[-3:], batched[-3:]):
+    np.testing.assert_allclose(
+        row, evaluator_testdata.textbook_lucene_bm25(docs, query), rtol=1e-6)
+
+
+def test_top_k_equals_a_full_sort_of_the_scores():
+  items = evaluator_testdata.generated_items(300, seed=4)  # Duplicates tie.
+  docs = [item["text"].lower().replace(".", "").split() for item in items]
+  queries = docs[:30] + [[], ["unknown"], ["gift"], docs[7] * 2]
+  scorer = bm25.FastBM25(docs, batch_bytes=7 * 8 * len(docs))  # 7 rows.
+  scores = scorer.score(queries)
+  for k in (1, 10, len(docs) + 5):
+    np.testing.assert_array_equal(
+        scorer.top_k(queries, k),
+        np.argsort(-scores, axis=1, kind="stable")[:, :k])
+
+
+def test_score_groups_equal_each_group_scored_alone():
+  items = evaluator_testdata.generated_items(200, seed=3)
+  texts = [item["text"] for item in items]
+  scorer = bm25.FastBM25Scorer(texts, _split_words)
+  scorer.bm25.batch_rows = 3  # Runs of groups, and a group over the limit.
+  groups = [texts[:2], [], texts[2:7], texts[7:8], texts[8:9], texts[9:11]]
+  scored = list(scorer.score_groups(groups))
+  assert len(scored) == len(groups)
+  for texts_of_group, scores in zip(groups, scored):
+    assert scores.shape == (len(texts_of_group), len(texts))
+    np.testing.assert_array_equal(scores, scorer.score(texts_of_group))
+
+
+def _split_words(texts):
+  return [text.lower().split() for text in texts]
+
+
 def _corpus_texts():
   meta = conftest.SHARED_DATA / "meta_Gift_Cards.json.gz"
   if meta.exists():

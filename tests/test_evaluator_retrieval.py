@@ -94,6 +94,47 @@ def test_top_k_breaks_ties_by_lower_index():
   assert list(retrieval.top_k(scores, 20)) == [1, 2, 4, 0, 5, 3]
 
 
+def _stable_top_k(scores, k):
+  """The reference: each row fully sorted, best first, ties in index order."""
+  return np.argsort(-scores, axis=1, kind="stable")[:, :max(k, 0)]
+
+
+def test_top_k_rows_breaks_ties_by_lower_index():
+  scores = np.array([[0.2, 0.7, 0.7, 0.1, 0.7, 0.2],
+                     [0.5, 0.5, 0.5, 0.5, 0.5, 0.5]])
+  np.testing.assert_array_equal(retrieval.top_k_rows(scores, 4),
+                                [[1, 2, 4, 0], [0, 1, 2, 3]])
+  np.testing.assert_array_equal(retrieval.top_k_rows(scores, 20),
+                                [[1, 2, 4, 0, 5, 3], [0, 1, 2, 3, 4, 5]])
+  assert retrieval.top_k_rows(scores, 0).shape == (2, 0)
+  assert retrieval.top_k_rows(np.zeros((0, 6)), 3).shape == (0, 3)
+
+
+@pytest.mark.parametrize("num_columns", [1, 9, 10, 11, 17, 160, 1547, 4385])
+@pytest.mark.parametrize("k", [1, 3, 10, 100])
+def test_top_k_rows_with_ties_at_the_kth_place_equals_a_full_sort(num_columns,
+                                                                  k):
+  rng = np.random.default_rng(num_columns * 1000 + k)
+  # A few distinct values: ties straddle the k-th place in most rows.
+  scores = rng.integers(0, 4, size=(16, num_columns)).astype(np.float32)
+  scores[0] = 0.0  # The whole row tied.
+  scores[1, ::3] = 9.0  # A third of the row tied at the top.
+  scores[2, -1] = 9.0  # The best score in the last column (past full groups).
+  scores[3] = rng.random(num_columns)  # No ties.
+  scores[4] = np.where(rng.integers(0, 2, num_columns) == 1,  # Adjacent floats.
+                       np.nextafter(np.float32(2.5), np.float32(3)), 2.5)
+  np.testing.assert_array_equal(retrieval.top_k_rows(scores, k),
+                                _stable_top_k(scores, k))
+
+
+def test_top_k_rows_equals_top_k_of_each_row():
+  rng = np.random.default_rng(3)
+  scores = np.round(rng.gamma(2.0, size=(50, 700)), 2)  # float64, ties.
+  rows = retrieval.top_k_rows(scores, 10)
+  for row, expected in zip(rows, scores):
+    np.testing.assert_array_equal(row, retrieval.top_k(expected, 10))
+
+
 def _item(title, category, brand, price):
   return templates.item_text(title, category, brand, price)
 
