@@ -3,8 +3,8 @@
 `Progress` counts units (train steps, users) over wall time, leaving out the
 time spent `paused` (validation, saving), and formats
 "N/total  X units/s  ETA h:mm:ss"; `add` logs that line at most every
-`period` seconds. The trainer's progress line (`trainer.train_loop`) and the
-generation workers' (`evaluator.model_handler`) both count with it.
+`period` seconds. The trainer's progress line (`trainer.train_metrics`) and
+the generation workers' (`evaluator.model_handler`) both count with it.
 """
 
 from __future__ import annotations

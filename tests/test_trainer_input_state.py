@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from tasks import mixtures
 from trainer import checkpoints
-from trainer import train_loop
+from trainer import train_inputs
 
 LENGTHS = {"inputs": 256, "targets": 64}
 
@@ -31,9 +31,9 @@ def registered(tmp_path_factory):
 
 
 def _batches():
-  return train_loop._dataset(  # pylint: disable=protected-access
+  return train_inputs._dataset(  # pylint: disable=protected-access
       mixtures.STAGE1_MIXTURE, LENGTHS,
-      train_loop.default_feature_converter_cls()(pack=False), "train",
+      train_inputs.default_feature_converter_cls()(pack=False), "train",
       shuffle=True, seed=1, num_epochs=None, batch_size=4,
       shard_info=seqio.ShardInfo(1, 2)).as_numpy_iterator()
 

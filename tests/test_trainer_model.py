@@ -12,7 +12,7 @@ import trainer_batches
 from tasks import vocab
 from trainer import models
 from trainer import network
-from trainer import train_loop
+from trainer import train_metrics
 
 CONFIG = network.TransformerConfig(vocab_size=64, emb_dim=32, num_heads=4,
                                    num_kv_heads=2, head_dim=8, mlp_dim=64,
@@ -128,7 +128,7 @@ def test_split_metrics_of_one_batch_are_its_loss_fn_metrics(model, loss_fn,
   """Validation combines a split's terms into the loss as the train step
   combines a batch's: one batch's split metrics are its metrics."""
   _, metrics = jax.device_get(loss_fn(params, batch))
-  split = train_loop._split_metrics(model, [metrics])  # pylint: disable=protected-access
+  split = train_metrics.split_metrics(model, [metrics])
   assert split == pytest.approx({k: float(v) for k, v in metrics.items()},
                                 rel=1e-6)
 

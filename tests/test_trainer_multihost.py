@@ -33,6 +33,7 @@ from trainer import models
 from trainer import network
 from trainer import partitioning
 from trainer import train_lib
+from trainer import train_inputs
 from trainer import train_loop
 
 # Trains in child processes over loopback.
@@ -118,8 +119,8 @@ def _child(process_id: int, port: int, vocabulary_path: str,
   multihost_utils.sync_global_devices("dropped the last checkpoint")
   resumed = _train(model_dir, _TRAIN_STEPS)
   # This process's first training batch, read as train() reads it.
-  first_batch = next(train_loop._dataset(  # pylint: disable=protected-access
-      _TASK, _LENGTHS, train_loop.default_feature_converter_cls()(pack=False),
+  first_batch = next(train_inputs._dataset(  # pylint: disable=protected-access
+      _TASK, _LENGTHS, train_inputs.default_feature_converter_cls()(pack=False),
       "train", shuffle=True, seed=_SEED, num_epochs=None,
       batch_size=_BATCH_SIZE // _NUM_PROCESSES,
       shard_info=seqio.ShardInfo(process_id, _NUM_PROCESSES)

@@ -13,7 +13,7 @@ from trainer import models
 from trainer import network
 from trainer import partitioning
 from trainer import train_lib
-from trainer import train_loop
+from trainer import train_metrics
 
 
 def _params():
@@ -41,7 +41,7 @@ def test_frozen_parameters_stay_and_the_others_train():
   assert not np.allclose(params["layers_0"]["mlp"]["wo"]["kernel"], 1.0)
   assert not np.allclose(params["final_norm"]["scale"], 1.0)
   # The learning rate the train loop logs is still found in the state.
-  assert train_loop._learning_rate(state) == np.float32(0.1)
+  assert train_metrics.learning_rate(state) == np.float32(0.1)
 
 
 def test_trained_parameters_update_as_without_freezing():

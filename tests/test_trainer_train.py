@@ -28,7 +28,9 @@ from trainer import models
 from trainer import network
 from trainer import train
 from trainer import train_lib
+from trainer import train_inputs
 from trainer import train_loop
+from trainer import train_metrics
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 TASK = "trainer_test_task"
@@ -139,8 +141,8 @@ def test_kill_and_resume_equals_straight_run(straight_run, tmp_path):
 
 def _training_batches():
   """The training input of `_train`, read the way `train_loop.train` does."""
-  return train_loop._dataset(  # pylint: disable=protected-access
-      TASK, LENGTHS, train_loop.default_feature_converter_cls()(pack=False),
+  return train_inputs._dataset(  # pylint: disable=protected-access
+      TASK, LENGTHS, train_inputs.default_feature_converter_cls()(pack=False),
       "train", shuffle=True, seed=3, num_epochs=None, batch_size=4,
       shard_info=seqio.ShardInfo(0, 1)).as_numpy_iterator()
 
@@ -182,10 +184,10 @@ def test_uncheckpointable_input_fails_before_training(tmp_path):
 def test_padded_batches_pad_the_last_batch_and_stop():
   examples = [{"x": np.full(2, i)} for i in range(1, 6)]
   padding = {"x": np.zeros(2, np.int64)}
-  batches = list(train_loop._padded_batches(  # pylint: disable=protected-access
+  batches = list(train_inputs._padded_batches(  # pylint: disable=protected-access
       iter(examples), padding, 2, None))
   assert [b["x"][:, 0].tolist() for b in batches] == [[1, 2], [3, 4], [5, 0]]
-  assert len(list(train_loop._padded_batches(  # pylint: disable=protected-access
+  assert len(list(train_inputs._padded_batches(  # pylint: disable=protected-access
       iter(examples), padding, 2, 2))) == 2
 
 
@@ -276,7 +278,7 @@ def test_gin_config_text_summary(tmp_path):
   gin.clear_config()
   try:
     gin.parse_config(["import trainer.train_loop", "train.log_period = 7"])
-    train_loop._write_gin_config(tmp_path, 5)  # pylint: disable=protected-access
+    train_metrics.write_gin_config(tmp_path, 5)
   finally:
     gin.clear_config()
   text = _summaries(tmp_path)["config"][5]
@@ -323,7 +325,7 @@ def test_orbax_info_logs_can_be_hidden(straight_run, caplog):
 
 def test_progress_line_reports_losses_speed_and_eta(tmp_path, caplog):
   writer = metric_writers.create_default_writer(str(tmp_path))
-  progress = train_loop._Progress(writer, start_step=0, train_steps=10)  # pylint: disable=protected-access
+  progress = train_metrics.Progress(writer, start_step=0, train_steps=10)
   for loss in (1.0, 3.0):
     progress.add({"loss": loss, "nig_loss": 2.0, "tt_loss": 3.0,
                   "ut_loss": 4.0, "input_tokens": 100.0})
@@ -348,7 +350,7 @@ def test_split_metrics_weigh_batches_by_tokens_and_examples():
           "target_tokens": 10.0, "contrastive_examples": 4.0}
   padded = {"nig_loss": 4.0, "tt_loss": 1.0, "ut_loss": 0.5,
             "target_tokens": 2.0, "contrastive_examples": 1.0}
-  metrics = train_loop._split_metrics(model, [full, padded])  # pylint: disable=protected-access
+  metrics = train_metrics.split_metrics(model, [full, padded])
   nig = (10 * 1.0 + 2 * 4.0) / 12
   tt = (4 * 2.0 + 1 * 1.0) / 5
   ut = (4 * 3.0 + 1 * 0.5) / 5
@@ -456,7 +458,7 @@ def test_overfits_and_generates_its_training_targets(tmp_path):
   loaded = model_dir_lib.load_for_inference(tmp_path, step=200)
   _assert_trees_equal(loaded.params, final.params)
   batch = {k: np.asarray(v) for k, v in next(seqio.get_dataset(
-      TASK, LENGTHS, train_loop.default_feature_converter_cls()(),
+      TASK, LENGTHS, train_inputs.default_feature_converter_cls()(),
       dataset_split="validation", batch_size=4).as_numpy_iterator()).items()}
   _, metrics = loaded.model.loss_fn(loaded.params, batch, dropout_rng=None)
   assert float(metrics["nig_loss"]) < 0.05

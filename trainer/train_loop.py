@@ -16,11 +16,13 @@ vocabulary, network, batch size, task, feature lengths or seed would not
 resume exactly (or not at all), and is refused in one line.
 
 `train` runs in this order: the checks of everything it reads
-(`_check_arguments`, `_register_and_check_tasks`, `model_dir.check_resume`);
-this process's input (`_Inputs`) and the compiled steps
-(`train_lib.Trainer`); the run's files (`_prepare_model_dir`); the state to
-start from (`_initial_state`); the steps (`_train_steps`), which validate
-(`_validate`) and save (`_save_checkpoint`) at every checkpoint.
+(`_check_arguments`, `train_inputs.register_and_check_tasks`,
+`model_dir.check_resume`); this process's input (`train_inputs.Inputs`) and
+the compiled steps (`train_lib.Trainer`); the run's files
+(`_prepare_model_dir`); the state to start from (`_initial_state`); the steps
+(`_train_steps`), which validate (`_validate`) and save (`_save_checkpoint`)
+at every checkpoint, with the summaries and progress lines of
+`train_metrics`.
 
 On several processes (hosts; `jax.distributed.initialize` first), every
 process reads its own shard of the data and feeds its rows of each global
@@ -40,232 +42,31 @@ a tag in one chart.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from typing import (Any, Callable, ContextManager, Iterator, Mapping,
-                    Optional, Sequence)
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from absl import logging
 from clu import metric_writers
 from etils import epath
 import gin
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 import optax
 import seqio
 
-from pipelines import progress
 from trainer import checkpoints
 from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import partitioning
+from trainer import train_inputs
 from trainer import train_lib
+from trainer import train_metrics
 
-Batch = dict[str, np.ndarray]
+Batch = train_inputs.Batch
 
 
 class NonFiniteLossError(FloatingPointError):
   """A train step produced a NaN or infinite loss or parameter."""
 
-
-def default_feature_converter_cls() -> type[seqio.FeatureConverter]:
-  from tasks import feature_converters  # pylint: disable=g-import-not-at-top
-  return feature_converters.CALRecFeatureConverter
-
-
-def _decoder_start_id(vocabulary: seqio.Vocabulary) -> int:
-  from tasks import vocab  # pylint: disable=g-import-not-at-top
-  return vocab.decoder_start_id(vocabulary)
-
-
-def _dataset(mixture_or_task_name: str, task_feature_lengths: Mapping[str,
-                                                                      int],
-             converter: seqio.FeatureConverter, split: str, *, shuffle: bool,
-             seed: int, num_epochs: Optional[int],
-             batch_size: Optional[int], shard_info: seqio.ShardInfo,
-             use_cached: bool = False):
-  ds = seqio.get_dataset(
-      mixture_or_task_name, task_feature_lengths=dict(task_feature_lengths),
-      feature_converter=converter, dataset_split=split, shuffle=shuffle,
-      num_epochs=num_epochs, seed=seed, batch_size=batch_size,
-      shard_info=shard_info, use_cached=use_cached, verbose=False)
-  missing = set(models.TRAIN_FEATURES) - set(ds.element_spec)
-  if missing:
-    raise ValueError(f"The feature converter's output lacks {sorted(missing)};"
-                     " see the model features table of docs/contracts.md.")
-  return ds.map(lambda ex: {k: ex[k] for k in models.TRAIN_FEATURES})
-
-
-def _any_process(flag: bool) -> bool:
-  """Whether `flag` is true on some process (a collective on several)."""
-  return bool(np.any(multihost_utils.process_allgather(np.bool_(flag))))
-
-
-def _padded_batches(examples: Iterator[Batch], padding: Batch,
-                    batch_size: int,
-                    max_batches: Optional[int]) -> Iterator[Batch]:
-  """Fixed-size batches, padded with the all-zero example `padding`.
-
-  All-zero examples have no target or item tokens and count in no loss term.
-  Every process yields the same number of batches: batches continue while
-  any process has examples left (at most max_batches), so that all of them
-  run the same sharded steps.
-  """
-  for _ in itertools.count() if max_batches is None else range(max_batches):
-    rows = list(itertools.islice(examples, batch_size))
-    if not _any_process(bool(rows)):
-      return
-    rows += [padding] * (batch_size - len(rows))
-    yield {k: np.stack([row[k] for row in rows]) for k in padding}
-
-
-def _mean_metrics(metric_list: Sequence[Mapping[str, Any]]) -> dict[str,
-                                                                     float]:
-  return {k: float(np.mean([float(m[k]) for m in metric_list]))
-          for k in metric_list[0]}
-
-
-def _weighted_mean(batch_metrics: Sequence[Mapping[str, Any]], key: str,
-                   weight_key: str) -> tuple[float, float]:
-  """(mean of `key` weighted by `weight_key`, total weight) over batches."""
-  values = np.array([float(m[key]) for m in batch_metrics])
-  weights = np.array([float(m[weight_key]) for m in batch_metrics])
-  return float(values @ weights / max(weights.sum(), 1.0)), float(
-      weights.sum())
-
-
-def _split_metrics(model: models.CALRecModel,
-                   batch_metrics: Sequence[Mapping[str, Any]]
-                  ) -> dict[str, float]:
-  """The loss terms of a whole split from its batches' `loss_fn` metrics.
-
-  L_NIG is normalised per target token of the split and L_TT, L_UT are
-  averaged per example, so a padded last batch weighs by what it holds. Its
-  contrastive terms still have fewer in-batch negatives than a full batch's.
-  The loss combines them by `CALRecModel.combined_loss`, as the model
-  combines a batch's (equation 4).
-  """
-  # In the order the progress lines show them.
-  split = dict.fromkeys(("loss", "nig_loss", "tt_loss", "ut_loss"), 0.0)
-  split["nig_loss"], split["target_tokens"] = _weighted_mean(
-      batch_metrics, "nig_loss", "target_tokens")
-  if "contrastive_examples" in batch_metrics[0]:
-    for term in ("tt_loss", "ut_loss"):
-      split[term], split["contrastive_examples"] = _weighted_mean(
-          batch_metrics, term, "contrastive_examples")
-  split["loss"] = float(model.combined_loss(
-      split["nig_loss"], split["tt_loss"], split["ut_loss"]))
-  return split
-
-
-class _Progress:
-  """Train summaries and a progress line per window of steps.
-
-  steps/s, tokens/s and the ETA leave out the time spent `paused`
-  (validation and saving).
-  """
-
-  def __init__(self, writer: metric_writers.MetricWriter, start_step: int,
-               train_steps: int):
-    self._writer = writer
-    self._steps = progress.Progress("steps", train_steps, done=start_step,
-                                    period=None)
-    self._window: list[Mapping[str, Any]] = []
-
-  def add(self, metrics: Mapping[str, Any]) -> None:
-    self._window.append(metrics)
-    self._steps.add()
-
-  def paused(self) -> ContextManager[None]:
-    return self._steps.paused()
-
-  def report(self, step: int, learning_rate: Optional[float] = None) -> None:
-    """Writes the window's mean metrics, speed and the learning rate (when
-    known) at `step`; starts a new window."""
-    steps_per_second = self._steps.lap()
-    scalars = _mean_metrics(self._window)
-    # input_tokens: non-padding positions of the joint and item passes.
-    tokens_per_second = steps_per_second * scalars["input_tokens"]
-    scalars["timing/steps_per_second"] = steps_per_second
-    scalars["timing/tokens_per_second"] = tokens_per_second
-    if learning_rate is not None:
-      scalars["learning_rate"] = learning_rate
-    self._writer.write_scalars(step, scalars)
-    logging.info(
-        "step %d/%d  loss %.4f  nig %.4f  tt %.4f  ut %.4f  |  %.2f steps/s"
-        "  %.0f tokens/s  ETA %s", step, self._steps.total, scalars["loss"],
-        scalars["nig_loss"], scalars["tt_loss"], scalars["ut_loss"],
-        steps_per_second, tokens_per_second,
-        progress.format_duration(self._steps.eta()))
-    self._window = []
-
-
-def _learning_rate(opt_state: Any) -> Optional[float]:
-  """The learning rate of the last update, if the optimizer state holds it.
-
-  `train_lib.create_optimizer` keeps it there (`record_learning_rate`), as
-  does an optimizer built with `optax.inject_hyperparams`; others give None.
-  """
-  value = optax.tree_utils.tree_get(
-      opt_state, "learning_rate",
-      filtering=lambda _, leaf: isinstance(leaf, jax.Array))
-  return None if value is None else float(jax.device_get(value))
-
-
-def _write_gin_config(summary_dir: epath.Path, step: int) -> None:
-  """The gin config as a TensorBoard text summary, as t5x writes it."""
-  writer = metric_writers.SummaryWriter(str(summary_dir))
-  writer.write_texts(step, {"config": gin.markdown(gin.config_str())})
-  writer.close()
-
-
-def _check_vocabulary(vocabulary: seqio.Vocabulary,
-                      model: models.CALRecModel) -> None:
-  if vocabulary.vocab_size > model.config.vocab_size:
-    raise ValueError(
-        f"The vocabulary has {vocabulary.vocab_size} ids but the model only "
-        f"{model.config.vocab_size}: raise TransformerConfig.vocab_size.")
-  if vocabulary.eos_id != model.eos_id:
-    raise ValueError(f"Vocabulary EOS id {vocabulary.eos_id} differs from the "
-                     f"model's eos_id {model.eos_id}.")
-
-
-def _check_registered(name: str, role: str) -> None:
-  """`role`: the gin macro that sets the name, for the error message."""
-  registered = sorted(set(seqio.TaskRegistry.names()) |
-                      set(seqio.MixtureRegistry.names()))
-  if name not in registered:
-    raise ValueError(f"No seqio task or mixture {name!r} ({role}); "
-                     f"registered: {', '.join(registered) or 'none'}.")
-
-
-def _check_cached(name: str) -> None:
-  """Raises ValueError if a task of the mixture or task `name` is not cached."""
-  missing = [task.name for task in seqio.get_subtasks(
-      seqio.get_mixture_or_task(name)) if not task.cache_dir]
-  if missing:
-    searched = seqio.utils.get_global_cache_dirs()
-    raise ValueError(
-        f"USE_CACHED_TASKS is True but {', '.join(missing)} has no seqio "
-        f"cache in {', '.join(searched) or 'any cache directory'}: write it "
-        "with python -m seqio.scripts.cache_tasks_main "
-        "--module_import=tasks.mixtures --output_cache_dir=DIR and pass "
-        "--seqio_additional_cache_dirs=DIR, or set USE_CACHED_TASKS = False.")
-
-
-def _check_validation_split(name: str, split: str) -> None:
-  """Raises ValueError if a task of the mixture or task `name` lacks `split`.
-
-  seqio would only fail at the first checkpoint, where validation first runs.
-  """
-  for task in seqio.get_subtasks(seqio.get_mixture_or_task(name)):
-    if split not in task.splits:
-      of_mixture = "" if task.name == name else f" (of {name!r})"
-      raise ValueError(
-          f"The validation task {task.name!r}{of_mixture} has no "
-          f"{split!r} split, only {', '.join(task.splits)}: set "
-          "VALIDATION_TASK_NAME to a task that has one, or "
-          "train.validation_batches = 0 to train without validation.")
 
 
 def _check_arguments(task_feature_lengths: Mapping[str, int],
@@ -281,34 +82,6 @@ def _check_arguments(task_feature_lengths: Mapping[str, int],
         f"and 'targets', got {dict(task_feature_lengths)!r}.")
   if train_steps < 0:
     raise ValueError(f"train_steps must be >= 0, got {train_steps}.")
-
-
-def _register_and_check_tasks(
-    model: models.CALRecModel, register_tasks: Optional[Callable[[], Any]],
-    mixture_or_task_name: str, validation_mixture_or_task_name: Optional[str],
-    validation_split: str, validate: bool,
-    use_cached_tasks: bool) -> seqio.Vocabulary:
-  """Registers the seqio tasks and checks the ones the run reads.
-
-  Returns:
-    The training task's vocabulary, checked against the model.
-  """
-  if register_tasks is not None:
-    register_tasks()
-  _check_registered(mixture_or_task_name, "MIXTURE_OR_TASK_NAME")
-  if validation_mixture_or_task_name is not None:
-    _check_registered(validation_mixture_or_task_name, "VALIDATION_TASK_NAME")
-  validation_name = validation_mixture_or_task_name or mixture_or_task_name
-  if validate:
-    _check_validation_split(validation_name, validation_split)
-  if use_cached_tasks:
-    _check_cached(mixture_or_task_name)
-    if validate:
-      _check_cached(validation_name)
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  vocabulary = provider.output_features["targets"].vocabulary
-  _check_vocabulary(vocabulary, model)
-  return vocabulary
 
 
 def _made_from(model: models.CALRecModel, vocabulary: seqio.Vocabulary,
@@ -420,7 +193,7 @@ def train(
                    checkpoint_period=checkpoint_period, log_period=log_period,
                    keep_checkpoints=keep_checkpoints, keep_period=keep_period)
   validate = validation_batches != 0
-  vocabulary = _register_and_check_tasks(
+  vocabulary = train_inputs.register_and_check_tasks(
       model, register_tasks, mixture_or_task_name,
       validation_mixture_or_task_name, validation_split, validate,
       use_cached_tasks)
@@ -430,11 +203,11 @@ def train(
                          initial_checkpoint_path)
   model_dir_lib.check_resume(model_dir, made_from)
 
-  converter = _converter(feature_converter_cls, vocabulary)
+  converter = train_inputs.converter(feature_converter_cls, vocabulary)
   partitioner = partitioner or partitioning.Partitioner()
   partitioner.check_shardable(model.config)
   layout = partitioner.data_layout
-  inputs = _Inputs(
+  inputs = train_inputs.Inputs(
       mixture_or_task_name=mixture_or_task_name,
       validation_name=validation_mixture_or_task_name or mixture_or_task_name,
       validation_split=validation_split, validation_batches=validation_batches,
@@ -463,59 +236,6 @@ def train(
                       state, train_batches, train_steps=train_steps,
                       checkpoint_period=checkpoint_period,
                       log_period=log_period)
-
-
-def _converter(feature_converter_cls: Optional[type[seqio.FeatureConverter]],
-               vocabulary: seqio.Vocabulary) -> seqio.FeatureConverter:
-  """The run's feature converter, without packing (section 3.4)."""
-  # Decoder inputs start with the vocabulary's BOS if it has one, else 0
-  # (seqio's bos_id); inference starts prompts alike (docs/contracts.md).
-  return (feature_converter_cls or default_feature_converter_cls())(
-      pack=False, bos_id=_decoder_start_id(vocabulary))
-
-
-@dataclasses.dataclass(frozen=True)
-class _Inputs:
-  """This process's shard of the training and validation input."""
-
-  mixture_or_task_name: str
-  validation_name: str
-  validation_split: str
-  validation_batches: Optional[int]  # None: the whole split, 0: none
-  task_feature_lengths: Mapping[str, int]
-  converter: seqio.FeatureConverter
-  local_batch_size: int
-  shard_info: seqio.ShardInfo
-  seed: int
-  use_cached: bool
-
-  def global_shapes(self, batch_size: int) -> dict[str, tuple[int, int]]:
-    """Shapes of the training features in a global batch."""
-    lengths = self.converter.get_model_feature_lengths(
-        self.task_feature_lengths)
-    return {k: (batch_size, lengths[k]) for k in models.TRAIN_FEATURES}
-
-  def train_iterator(self) -> Iterator[Batch]:
-    """The shuffled, endless training batches: a tf.data iterator, whose
-    state the checkpoints keep."""
-    return _dataset(
-        self.mixture_or_task_name, self.task_feature_lengths, self.converter,
-        "train", shuffle=True, seed=self.seed, num_epochs=None,
-        batch_size=self.local_batch_size, shard_info=self.shard_info,
-        use_cached=self.use_cached).as_numpy_iterator()
-
-  def validation_iterator(self) -> Iterator[Batch]:
-    """The validation split in padded batches, as many on every process
-    (at most `validation_batches`)."""
-    dataset = _dataset(
-        self.validation_name, self.task_feature_lengths, self.converter,
-        self.validation_split, shuffle=False, seed=self.seed, num_epochs=1,
-        batch_size=None, shard_info=self.shard_info,
-        use_cached=self.use_cached)
-    padding = {k: np.zeros(spec.shape, spec.dtype.as_numpy_dtype)
-               for k, spec in dataset.element_spec.items()}
-    return _padded_batches(dataset.as_numpy_iterator(), padding,
-                           self.local_batch_size, self.validation_batches)
 
 
 def _prepare_model_dir(model_dir: epath.Path, made_from: Mapping[str, Any],
@@ -565,10 +285,10 @@ class _Outputs:
     self.manager.close()
 
 
-def _validate(trainer: train_lib.Trainer, inputs: _Inputs,
+def _validate(trainer: train_lib.Trainer, inputs: train_inputs.Inputs,
               params: Any) -> Optional[dict[str, float]]:
-  """The loss terms of the validation split (`_split_metrics`); None when
-  `validation_batches` is 0."""
+  """The loss terms of the validation split (`train_metrics.split_metrics`);
+  None when `validation_batches` is 0."""
   if inputs.validation_batches == 0:
     return None
   results = [trainer.eval_step(params, batch)
@@ -576,7 +296,7 @@ def _validate(trainer: train_lib.Trainer, inputs: _Inputs,
   if not results:
     raise ValueError(f"The {inputs.validation_split!r} split of "
                      f"{inputs.validation_name!r} is empty.")
-  return _split_metrics(trainer.model, results)
+  return train_metrics.split_metrics(trainer.model, results)
 
 
 def _save_checkpoint(outputs: _Outputs, state: train_lib.TrainState,
@@ -606,7 +326,7 @@ def _non_finite_error(step: int, metrics: Mapping[str, Any],
       "learning rate or check the data.")
 
 
-def _train_steps(trainer: train_lib.Trainer, inputs: _Inputs,
+def _train_steps(trainer: train_lib.Trainer, inputs: train_inputs.Inputs,
                  outputs: _Outputs, state: train_lib.TrainState,
                  train_batches: Iterator[Batch], *, train_steps: int,
                  checkpoint_period: int,
@@ -622,12 +342,13 @@ def _train_steps(trainer: train_lib.Trainer, inputs: _Inputs,
   """
   start_step = int(state.step)
   if jax.process_index() == 0:
-    _write_gin_config(outputs.model_dir / "train", start_step)
+    train_metrics.write_gin_config(outputs.model_dir / "train", start_step)
   logging.info("Training %s (%s parameters) from step %d to %d in %s.",
                inputs.mixture_or_task_name,
                f"{trainer.model.config.num_params():,}", start_step,
                train_steps, outputs.model_dir)
-  reporter = _Progress(outputs.train_writer, start_step, train_steps)
+  reporter = train_metrics.Progress(outputs.train_writer, start_step,
+                                    train_steps)
   for step in range(start_step + 1, train_steps + 1):
     state, metrics = trainer.train_step(state, next(train_batches))
     metrics = jax.device_get(metrics)
@@ -637,7 +358,7 @@ def _train_steps(trainer: train_lib.Trainer, inputs: _Inputs,
       raise _non_finite_error(step, metrics, outputs)
     reporter.add(metrics)
     if step % log_period == 0 or step == train_steps:
-      reporter.report(step, _learning_rate(state.opt_state))
+      reporter.report(step, train_metrics.learning_rate(state.opt_state))
     if step % checkpoint_period == 0 or step == train_steps:
       with reporter.paused():
         _save_checkpoint(outputs, state, train_batches,
