@@ -18,10 +18,10 @@ import numpy as np
 # Display names in the paper's order (Tables 2 to 7).
 METRICS = ("NDCG@10", "Recall@1", "Recall@10", "MRR")
 VARIANTS = ("opt", "pes")
-# Over this share of ranked users with a tied target (optimistic and
-# pessimistic ranks differ), a run's optimistic metrics are not to be
-# trusted (`report.tie_warning`).
-TIED_SHARE_LIMIT = 0.05
+# Where ties lift the optimistic NDCG@10 over the pessimistic one by more
+# than this share of it, the optimistic metrics are not to be trusted
+# (`report.tie_warning`).
+OPTIMISM_LIMIT = 0.05
 
 
 @dataclasses.dataclass(frozen=True)

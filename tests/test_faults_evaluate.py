@@ -78,18 +78,24 @@ def test_a_run_of_tied_targets_warns_beside_its_optimistic_metrics(
     tmp_path, capsys, caplog):
   """Item 7: many targets tied with other items make the optimistic metrics
   meaningless (an empty output ties every item); metrics.json counts them
-  and results.md, `evaluator.report table` and the log warn."""
-  # 3 of 20 users have their target tied with other items: 15 %.
+  and results.md, `evaluator.report table` and the log warn where the ties
+  lift the optimistic NDCG@10 over 5 % above the pessimistic one."""
+  # 3 of 20 users have their target tied with other items: 15 %. By hand,
+  # NDCG@10 opt (17 + 1 + 1/log2(4) + 1/log2(10)) / 20 = 0.9401, pes
+  # (17 + 0 + 1/log2(5) + 0) / 20 = 0.8715: 7.9 % above.
   tied = _summary_of([(1, 1)] * 17 + [(1, 20), (3, 4), (9, 12)])
   assert tied["tied_target_share"] == pytest.approx(0.15)
-  # 1 of 20 (5 %) is at the limit, not over it.
+  assert tied["metrics"]["NDCG@10/opt"] == pytest.approx(0.94005, abs=1e-5)
+  assert tied["metrics"]["NDCG@10/pes"] == pytest.approx(0.87154, abs=1e-5)
+  # 1 of 20 tied, opt 1.0 and pes (19 + 1/log2(3)) / 20 = 0.9815: 1.9 %.
   fair = _summary_of([(1, 1)] * 19 + [(1, 2)])
   assert fair["tied_target_share"] == pytest.approx(0.05)
 
   run = {"data_dir": "data", "num_records": None, "category": CATEGORY,
          "split": "test", "model": "lir", "retrieval": "bm25"}
-  warning = ("! lir (bm25) on Toys: 15.0% of the ranked users have their "
-             "target tied with other items (over 5%)")
+  warning = ("! lir (bm25) on Toys: optimistic NDCG@10 0.9401 against "
+             "pessimistic 0.8715 (over 5% above it): 15.0% of the ranked "
+             "users have their target tied with other items")
   for name, summary in (("tied", tied), ("fair", fair)):
     output_dir = tmp_path / name
     output_dir.mkdir()
@@ -107,8 +113,8 @@ def test_a_run_of_tied_targets_warns_beside_its_optimistic_metrics(
                f"--run=B={tmp_path / 'fair'}"])
   table = capsys.readouterr().out
   assert _MARKED_NDCG.search(table)
-  assert ("! A on Toys: 15.0% of the ranked users have their target tied "
-          "with other items") in table
+  assert ("! A on Toys: optimistic NDCG@10 0.9401 against pessimistic "
+          "0.8715") in table
   assert "B on Toys" not in table
 
   caplog.set_level(logging.INFO)
