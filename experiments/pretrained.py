@@ -40,6 +40,7 @@ import pathlib
 import time
 from typing import Sequence
 
+from evaluator import generation
 from experiments import commands
 from experiments import stages
 from experiments.layout import RunLayout
@@ -115,7 +116,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   if args.tiny_steps is None:
     args.tiny_steps = 50 if args.quick else 400
   if args.num_generations is None:
-    args.num_generations = 8 if args.quick else 32
+    args.num_generations = 8 if args.quick else generation.NUM_GENERATIONS
   layout = RunLayout(pathlib.Path(args.output_dir), marker_name=".pretrained")
   if layout.holds_other_files():
     parser.error(f"--output_dir {layout.root} is not empty and holds no "

@@ -51,6 +51,7 @@ import pathlib
 import time
 from typing import Sequence
 
+from evaluator import generation
 from experiments import commands
 from experiments import sample_data
 from experiments import stages
@@ -88,7 +89,7 @@ def parse_args(argv: Sequence[str] | None, prog: str = "experiments.sample_run",
                       "paper: 32, 16 keeps the sample run short on 2 CPU "
                       "cores)")
   parser.add_argument("--max_decode_length", type=cli.positive_int,
-                      default=80,
+                      default=generation.MAX_DECODE_LENGTH,
                       help="new tokens per sample at most (default "
                       "%(default)s, the paper's)")
   parser.add_argument("--force", action="store_true",
