@@ -61,6 +61,9 @@ setuptools.setup(
         # GCS file system and DataflowRunner (README, "Beam jobs on Dataflow").
         "gcp": ["apache-beam[gcp]==2.77.0"],
         # benchmarks/retrieval.py --baseline=bm25s: bm25s and its numba backend.
-        "benchmark": ["bm25s==0.2.14", "numba==0.68.1"],
+        # benchmarks/evaluate.py: also llama.cpp's bindings, which compile
+        # llama.cpp on install (about 18 minutes on 2 loaded cores).
+        "benchmark": ["bm25s==0.2.14", "numba==0.68.1",
+                      "llama-cpp-python==0.3.36"],
     },
 )

@@ -31,6 +31,7 @@ COMMANDS = {
     "benchmarks.train_memory": "--num_microbatches",
     "benchmarks.decode": "--num_decodes",
     "benchmarks.retrieval": "--num_items",
+    "benchmarks.evaluate": "--max_users",
     "benchmarks.finetune_memory": "--num_layers",
 }
 
