@@ -276,6 +276,18 @@ def rank_user(samples: Sequence[tuple[str, float]], target_row: int,
   return ranks.optimistic, ranks.pessimistic
 
 
+def peer_row(ranks: Sequence[tuple[int, int]], load: float, index: float,
+             start: float, cpu_start: float) -> dict[str, Any]:
+  """A peer's figures: its users, the wall and CPU seconds of its loop since
+  `start`/`cpu_start`, those of the whole job (model load and index build
+  included), and the metrics of its ranks."""
+  loop = time.perf_counter() - start
+  return {"users": len(ranks), "seconds": loop,
+          "cpu_seconds": time.process_time() - cpu_start,
+          "job_seconds": load + index + loop, "load_seconds": load,
+          "index_seconds": index, **summary(ranks)}
+
+
 def summary(ranks: Sequence[tuple[int, int]]) -> dict[str, float]:
   """Mean Recall@10 (opt/pes) of a row, a sanity check of its samples."""
   return {"recall@10_opt": statistics.fmean(o <= 10 for o, _ in ranks),
@@ -433,11 +445,7 @@ def _transformers_loop(model, load, index_dir, prompts, vocabulary, stop_ids,
       text, length = sample_text(row, stop_ids, vocabulary)
       samples.append((text, float(logprob[:length].sum())))
     ranks.append(rank_user(samples, target, score))
-  loop = time.perf_counter() - start
-  return {"users": len(prompts), "seconds": loop,
-          "cpu_seconds": time.process_time() - cpu_start,
-          "job_seconds": load + index + loop, "load_seconds": load,
-          "index_seconds": index, **summary(ranks)}
+  return peer_row(ranks, load, index, start, cpu_start)
 
 
 def run_llama_cpp(prepared, prompts, vocabulary, stop_ids, corpus, targets,
@@ -490,11 +498,7 @@ def run_llama_cpp(prepared, prompts, vocabulary, stop_ids, corpus, targets,
       samples.append((sample_text(tokens, stop_ids, vocabulary)[0],
                       float(logprob)))
     ranks.append(rank_user(samples, target, score))
-  loop = time.perf_counter() - start
-  return {"users": len(prompts), "seconds": loop,
-          "cpu_seconds": time.process_time() - cpu_start,
-          "job_seconds": load + index + loop, "load_seconds": load,
-          "index_seconds": index, **summary(ranks)}
+  return peer_row(ranks, load, index, start, cpu_start)
 
 
 def import_benchmark_extra() -> None:
