@@ -35,6 +35,8 @@ _CHOICES = {"split": SPLITS, "model": MODELS,
             "retrieval": transforms.RETRIEVALS,
             "bm25_backend": transforms.BM25_BACKENDS,
             "sampler": generation.SAMPLERS}
+# Settings that may also be None (the run's own).
+_CHOICES_OR_NONE = {"dtype": generation.DTYPES}
 # Integers >= 1; max_users may also be None (every user).
 _POSITIVE = ("num_generations", "max_decode_length", "num_preds", "max_users",
              "batch_size")
@@ -58,6 +60,8 @@ class EvaluationConfig:
   num_generations: int = generation.NUM_GENERATIONS
   temperature: float = generation.TEMPERATURE
   sampler: str = generation.SAMPLER
+  # None: the activation dtype the run trained with (its model.json).
+  dtype: Optional[str] = None
   max_decode_length: int = generation.MAX_DECODE_LENGTH
   num_preds: int = retrieval_lib.NUM_PREDS
   epsilon: float = retrieval_lib.EPSILON
@@ -71,6 +75,10 @@ class EvaluationConfig:
   def __post_init__(self):
     for name, choices in _CHOICES.items():
       if getattr(self, name) not in choices:
+        raise ValueError(f"--{name} must be one of {', '.join(choices)}, "
+                         f"got {getattr(self, name)!r}.")
+    for name, choices in _CHOICES_OR_NONE.items():
+      if getattr(self, name) not in (None, *choices):
         raise ValueError(f"--{name} must be one of {', '.join(choices)}, "
                          f"got {getattr(self, name)!r}.")
     for name in _POSITIVE:
@@ -144,6 +152,9 @@ class ResolvedRun:
                  temperature=config.temperature, sampler=config.sampler,
                  max_decode_length=config.max_decode_length, seed=config.seed,
                  batch_size=config.batch_size)
+      if config.dtype:
+        # Recorded only when set, so a run without it reads as before.
+        run["dtype"] = config.dtype
     return run
 
   def made_from(self) -> dict[str, Any]:

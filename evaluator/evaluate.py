@@ -107,6 +107,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                       "inverse_cdf, one per token and faster over a "
                       "pretrained LM's large vocabulary; other samples for "
                       "the same --seed (default: %(default)s).")
+  parser.add_argument("--dtype", choices=generation.DTYPES,
+                      help="Activation dtype of sampling; the parameters "
+                      "stay float32 (default: the run's, from its "
+                      "model.json). float32 is the fast one on CPUs, which "
+                      "emulate bfloat16 matrix products.")
   parser.add_argument("--max_decode_length", type=cli.positive_int,
                       help="New tokens per sample at most (default: "
                       "%(default)s).")
@@ -242,7 +247,7 @@ def calrec_generator_loader(config: config_lib.EvaluationConfig
   return model_handler.GeneratorLoader(
       model_dir=config.model_dir, num_generations=config.num_generations,
       temperature=config.temperature, sampler=config.sampler,
-      max_decode_length=config.max_decode_length,
+      dtype=config.dtype, max_decode_length=config.max_decode_length,
       batch_size=config.batch_size, step=config.checkpoint_step)
 
 

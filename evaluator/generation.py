@@ -23,6 +23,8 @@ MAX_DECODE_LENGTH = 80
 # here so that choosing one loads no JAX; "gumbel" is the published one.
 SAMPLERS = ("gumbel", "inverse_cdf")
 SAMPLER = "gumbel"
+# Activation dtypes a run may be sampled in (`--dtype`; default the run's).
+DTYPES = ("float32", "bfloat16")
 
 Samples = list[tuple[str, float]]
 

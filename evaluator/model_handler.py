@@ -155,6 +155,8 @@ class GeneratorLoader:
   num_generations: int = generation.NUM_GENERATIONS
   temperature: float = generation.TEMPERATURE
   sampler: str = generation.SAMPLER
+  # None: the run's activation dtype.
+  dtype: Optional[str] = None
   max_decode_length: int = generation.MAX_DECODE_LENGTH
   batch_size: int = 8
   step: Optional[int] = None
@@ -170,7 +172,8 @@ class GeneratorLoader:
     from trainer import model_dir  # pylint: disable=g-import-not-at-top
     checkpoints.hide_orbax_info_logs()
     loaded = model_dir.load_for_inference(self.model_dir, step=self.step,
-                                          sampler=self.sampler)
+                                          sampler=self.sampler,
+                                          dtype=self.dtype)
     logging.info("Loaded %s at step %d.", self.model_dir, loaded.step)
     return JaxGenerator(
         loaded.model, loaded.params, loaded.vocabulary, loaded.prompt_length,

@@ -43,6 +43,8 @@ def test_defaults_are_those_of_generation_and_retrieval(capsys):
     ({"model": "bert"}, "--model must be one of calrec, lir, got 'bert'."),
     ({"retrieval": "dense"}, "--retrieval must be one of bm25, hierarchical"),
     ({"bm25_backend": "slow"}, "--bm25_backend must be one of fast, lucene"),
+    ({"dtype": "float16"}, "--dtype must be one of float32, bfloat16, got "
+     "'float16'."),
     ({"num_generations": 0}, "--num_generations must be an integer >= 1, "
      "got 0."),
     ({"max_decode_length": 0}, "--max_decode_length must be an integer >= 1"),
@@ -114,3 +116,7 @@ def test_resolve_returns_what_it_found(data_dir, tmp_path):
   assert calrec.checkpoint_step is None
   assert resolved.params_fingerprint
   assert resolved.settings()["checkpoint_step"] == 200
+  # --dtype is recorded when given, so a run without it reads as before.
+  assert "dtype" not in resolved.settings()
+  bfloat16 = config_lib.resolve(dataclasses.replace(calrec, dtype="bfloat16"))
+  assert bfloat16.settings() == {**resolved.settings(), "dtype": "bfloat16"}

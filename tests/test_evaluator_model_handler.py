@@ -1,5 +1,6 @@
 """The JAX generator: per-user seeds, fixed shapes, budgeted prompts."""
 
+import dataclasses
 import glob
 import itertools
 import json
@@ -343,6 +344,37 @@ def test_the_workers_model_samples_with_the_sampler_asked_for(
   assert ([[text for text, _ in samples] for samples in outputs["gumbel"]] !=
           [[text for text, _ in samples]
            for samples in outputs["inverse_cdf"]])
+
+
+def test_the_workers_model_samples_in_the_dtype_asked_for(
+    model_dir, generator_parts):
+  """--dtype changes the activations only: the float32-trained run sampled
+  in bfloat16 gives the samples of the model API with a bfloat16 network and
+  the same float32 parameters, and its own dtype when none is asked for."""
+  model, _, vocabulary = generator_parts
+  loaded = model_dir_lib.load_for_inference(str(model_dir[0]),
+                                            dtype="bfloat16")
+  assert loaded.model.config == dataclasses.replace(model.config,
+                                                    dtype="bfloat16")
+  assert {leaf.dtype for leaf in jax.tree.leaves(loaded.params)} == {
+      np.dtype("float32")}
+  assert model_dir_lib.load_for_inference(
+      str(model_dir[0])).model.config.dtype == model.config.dtype
+  requests = _requests()
+  outputs = model_handler.GeneratorLoader(
+      str(model_dir[0]), num_generations=NUM_GENERATIONS, temperature=1.0,
+      dtype="bfloat16", max_decode_length=6, batch_size=4)().generate(
+          requests)
+  bfloat16 = models.CALRecModel(loaded.model.config)
+  expected = [_direct_samples((bfloat16, model_dir[1][STEPS[-1]], vocabulary),
+                              request, prompt_length=401)
+              for request in requests]
+  assert [[t for t, _ in samples] for samples in outputs] == [
+      [t for t, _ in samples] for samples in expected]
+  # Other batch shapes round bfloat16 sums differently (8 mantissa bits).
+  np.testing.assert_allclose(
+      [s for samples in outputs for _, s in samples],
+      [s for samples in expected for _, s in samples], rtol=2e-3)
 
 
 def test_a_corrupt_checkpoint_is_refused_in_one_line(model_dir, eval_data_dir,
