@@ -6,7 +6,7 @@ never share one interpreter. A stage whose output is already complete is
 skipped, so an interrupted run picks up where it stopped, unless the stage's
 command or that of a stage it reads from, or the project's code and configs,
 changed since: each stage records all three in `{log_dir}/{name}.json` before
-it runs.
+it runs, and on completion what the run cost (wall and CPU seconds).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import os
 import pathlib
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -109,7 +110,7 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
   earlier = (json.loads(record_path.read_text()) if record_path.exists()
              else {})
   if stage.done_marker and stage.done_marker.exists():
-    if earlier == {"stage": record, "complete": True}:
+    if earlier.get("stage") == record and earlier.get("complete"):
       _log(f"[{stage.name}] already complete ({stage.done_marker}), skipped")
       return 0.0
     _log(f"[{stage.name}] {stage.done_marker} was not made with these flags, "
@@ -125,6 +126,7 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
   _log(f"[{stage.name}] $ {' '.join(stage.command()[1:])}")
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   start = time.monotonic()
+  cpu_start = _children_cpu_seconds()
   with open(log_path, "w") as log_file:
     process = subprocess.Popen(
         stage.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -137,6 +139,8 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
         _log(shown if stage.show_plain else f"[{stage.name}] {shown}")
     returncode = process.wait()
   seconds = time.monotonic() - start
+  cost = {"wall_seconds": round(seconds, 1),
+          "cpu_seconds": round(_children_cpu_seconds() - cpu_start, 1)}
   if returncode != 0:
     raise StageError(f"Stage {stage.name!r} failed with exit code {returncode}"
                      f" after {seconds:.0f}s; its full output is in "
@@ -144,15 +148,40 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
   if stage.done_marker and not stage.done_marker.exists():
     raise StageError(f"Stage {stage.name!r} exited cleanly but did not write "
                      f"{stage.done_marker}; see {log_path}.")
-  _write_record(record_path, record, complete=True)
-  _log(f"[{stage.name}] done in {seconds:.0f}s")
+  _write_record(record_path, record, complete=True, cost=cost)
+  _log(f"[{stage.name}] done in {seconds:.0f}s ({cost['cpu_seconds']:.0f}s "
+       "of CPU)")
   return seconds
 
 
-def _write_record(path: pathlib.Path, record: dict[str, Any],
-                  complete: bool) -> None:
-  path.write_text(json.dumps({"stage": record, "complete": complete},
-                             indent=2))
+def stage_cost(stage: Stage, log_dir: pathlib.Path) -> dict[str, float]:
+  """Wall and CPU seconds of the run that completed `stage`.
+
+  CPU seconds are the command's and its reaped children's (Beam workers),
+  user plus system. A training stage resumed after an interruption counts
+  the resumed run only. Raises ValueError when its record holds none (the
+  stage has not completed since costs were recorded).
+  """
+  record_path = log_dir / f"{stage.name}.json"
+  earlier = (json.loads(record_path.read_text()) if record_path.exists()
+             else {})
+  if not earlier.get("complete") or "cost" not in earlier:
+    raise ValueError(f"{record_path} records no completed run's cost; rerun "
+                     f"stage {stage.name!r}.")
+  return earlier["cost"]
+
+
+def _children_cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
+def _write_record(path: pathlib.Path, record: dict[str, Any], complete: bool,
+                  cost: dict[str, float] | None = None) -> None:
+  content = {"stage": record, "complete": complete}
+  if cost is not None:
+    content["cost"] = cost
+  path.write_text(json.dumps(content, indent=2))
 
 
 # Library chatter that says nothing about the run's progress, and Beam's

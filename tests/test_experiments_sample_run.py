@@ -298,3 +298,27 @@ def test_a_rerun_with_other_flags_reruns_what_they_change(
   rows = _table_rows((run_dir / "results.md").read_text(), "Test results")
   for row in rows[2:]:
     assert row[2] == _cell(calrec, row[1])
+
+
+def test_a_completed_step_records_the_cpu_its_command_used(tmp_path):
+  """The record of a completed step holds its command's CPU seconds (the
+  equal-CPU comparison of experiments.pretrained reads them), also after a
+  rerun that skipped it; a step that has not completed has none."""
+  busy = stages.Stage(name="busy", module="timeit",
+                      args=["-n", "1", "-r", "1", "sum(range(30_000_000))"],
+                      done_marker=None)
+  logs = tmp_path / "logs"
+  with pytest.raises(ValueError, match="records no completed run's cost"):
+    stages.stage_cost(busy, logs)
+  stages.run_stage(busy, logs)
+  cost = stages.stage_cost(busy, logs)
+  # Summing 30M integers takes a few tenths of a CPU second in the child;
+  # the parent only waits.
+  assert 0.2 <= cost["cpu_seconds"] <= 2 * cost["wall_seconds"] + 0.2
+  source = tmp_path / "in.json"
+  source.write_text("{}")
+  copy = _json_tool("copy", source, tmp_path / "out.json")
+  stages.run_stage(copy, logs)
+  first = stages.stage_cost(copy, logs)
+  stages.run_stage(copy, logs)  # Skipped: its record stays.
+  assert stages.stage_cost(copy, logs) == first
