@@ -110,8 +110,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
   parser.add_argument("--dtype", choices=generation.DTYPES,
                       help="Activation dtype of sampling; the parameters "
                       "stay float32 (default: the run's, from its "
-                      "model.json). float32 is the fast one on CPUs, which "
-                      "emulate bfloat16 matrix products.")
+                      "model.json), e.g. float32 for a run trained in "
+                      "bfloat16.")
   parser.add_argument("--max_decode_length", type=cli.positive_int,
                       help="New tokens per sample at most (default: "
                       "%(default)s).")

@@ -304,8 +304,8 @@ def load_for_inference(model_dir: str | os.PathLike[str],
     sampler: the model's seeded sampling stream (`decoding.SAMPLERS`).
     dtype: activation dtype of the network ("float32", "bfloat16"); None
       keeps the run's. The parameters are float32 either way, so it changes
-      the arithmetic only: CPUs emulate bfloat16 matrix products, which
-      makes float32 several times faster there.
+      the arithmetic only (e.g. a run trained in bfloat16 sampled in
+      float32).
   """
   step_dir = inference_checkpoint(model_dir, step)
   model_dir = checkpoints.model_path(model_dir)
