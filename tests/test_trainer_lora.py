@@ -21,6 +21,7 @@ from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import network
 from trainer import partitioning
+from trainer import train_config
 from trainer import train_lib
 from trainer import train_loop
 
@@ -206,8 +207,12 @@ def test_stage2_lora_from_a_checkpoint_without_lora(tmp_path):
   lora = _trainer(LORA, _shipped_frozen_params(), seed=7)
   fresh = _flat(lora.initial_state().params)
   manager = checkpoints.CheckpointManager(tmp_path / "stage2")
+  config = train_config.TrainConfig(
+      model_dir=str(tmp_path / "stage2"), mixture_or_task_name="unused",
+      task_feature_lengths=LENGTHS, train_steps=0, batch_size=4,
+      initial_checkpoint_path=str(tmp_path / "pretrained"))
   state = train_loop._initial_state(  # pylint: disable=protected-access
-      lora, manager, str(tmp_path / "pretrained"), iter([]))
+      config, lora, manager, iter([]))
   manager.close()
   restored = _flat(state.params)
   assert int(state.step) == 0 and set(restored) == set(fresh)

@@ -20,6 +20,8 @@ import numpy as np
 import seqio
 
 from trainer import models
+from trainer import partitioning
+from trainer import train_config
 
 Batch = dict[str, np.ndarray]
 
@@ -125,10 +127,8 @@ def _check_validation_split(name: str, split: str) -> None:
 
 
 def register_and_check_tasks(
-    model: models.CALRecModel, register_tasks: Optional[Callable[[], Any]],
-    mixture_or_task_name: str, validation_mixture_or_task_name: Optional[str],
-    validation_split: str, validate: bool,
-    use_cached_tasks: bool) -> seqio.Vocabulary:
+    config: train_config.TrainConfig, model: models.CALRecModel,
+    register_tasks: Optional[Callable[[], Any]]) -> seqio.Vocabulary:
   """Registers the seqio tasks and checks the ones the run reads.
 
   Returns:
@@ -136,17 +136,17 @@ def register_and_check_tasks(
   """
   if register_tasks is not None:
     register_tasks()
-  _check_registered(mixture_or_task_name, "MIXTURE_OR_TASK_NAME")
-  if validation_mixture_or_task_name is not None:
-    _check_registered(validation_mixture_or_task_name, "VALIDATION_TASK_NAME")
-  validation_name = validation_mixture_or_task_name or mixture_or_task_name
-  if validate:
-    _check_validation_split(validation_name, validation_split)
-  if use_cached_tasks:
-    _check_cached(mixture_or_task_name)
-    if validate:
-      _check_cached(validation_name)
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
+  _check_registered(config.mixture_or_task_name, "MIXTURE_OR_TASK_NAME")
+  if config.validation_mixture_or_task_name is not None:
+    _check_registered(config.validation_mixture_or_task_name,
+                      "VALIDATION_TASK_NAME")
+  if config.validates:
+    _check_validation_split(config.validation_name, config.validation_split)
+  if config.use_cached_tasks:
+    _check_cached(config.mixture_or_task_name)
+    if config.validates:
+      _check_cached(config.validation_name)
+  provider = seqio.get_mixture_or_task(config.mixture_or_task_name)
   vocabulary = provider.output_features["targets"].vocabulary
   _check_vocabulary(vocabulary, model)
   return vocabulary
@@ -165,41 +165,48 @@ def converter(feature_converter_cls: Optional[type[seqio.FeatureConverter]],
 class Inputs:
   """This process's shard of the training and validation input."""
 
-  mixture_or_task_name: str
-  validation_name: str
-  validation_split: str
-  validation_batches: Optional[int]  # None: the whole split, 0: none
-  task_feature_lengths: Mapping[str, int]
+  config: train_config.TrainConfig
   converter: seqio.FeatureConverter
   local_batch_size: int
   shard_info: seqio.ShardInfo
-  seed: int
-  use_cached: bool
 
-  def global_shapes(self, batch_size: int) -> dict[str, tuple[int, int]]:
+  @classmethod
+  def of(cls, config: train_config.TrainConfig,
+         converter: seqio.FeatureConverter,
+         layout: partitioning.DataLayout) -> Inputs:
+    """The shard of this process in the partitioner's `layout`."""
+    return cls(config, converter, layout.local_batch_size(config.batch_size),
+               seqio.ShardInfo(layout.shard_id, layout.num_shards))
+
+  def global_shapes(self) -> dict[str, tuple[int, int]]:
     """Shapes of the training features in a global batch."""
     lengths = self.converter.get_model_feature_lengths(
-        self.task_feature_lengths)
-    return {k: (batch_size, lengths[k]) for k in models.TRAIN_FEATURES}
+        self.config.task_feature_lengths)
+    return {k: (self.config.batch_size, lengths[k])
+            for k in models.TRAIN_FEATURES}
+
+  def _dataset(self, name: str, split: str, **options):
+    return _dataset(name, self.config.task_feature_lengths, self.converter,
+                    split, seed=self.config.random_seed,
+                    shard_info=self.shard_info,
+                    use_cached=self.config.use_cached_tasks, **options)
 
   def train_iterator(self) -> Iterator[Batch]:
     """The shuffled, endless training batches: a tf.data iterator, whose
     state the checkpoints keep."""
-    return _dataset(
-        self.mixture_or_task_name, self.task_feature_lengths, self.converter,
-        "train", shuffle=True, seed=self.seed, num_epochs=None,
-        batch_size=self.local_batch_size, shard_info=self.shard_info,
-        use_cached=self.use_cached).as_numpy_iterator()
+    return self._dataset(
+        self.config.mixture_or_task_name, "train", shuffle=True,
+        num_epochs=None, batch_size=self.local_batch_size
+    ).as_numpy_iterator()
 
   def validation_iterator(self) -> Iterator[Batch]:
     """The validation split in padded batches, as many on every process
     (at most `validation_batches`)."""
-    dataset = _dataset(
-        self.validation_name, self.task_feature_lengths, self.converter,
-        self.validation_split, shuffle=False, seed=self.seed, num_epochs=1,
-        batch_size=None, shard_info=self.shard_info,
-        use_cached=self.use_cached)
+    dataset = self._dataset(self.config.validation_name,
+                            self.config.validation_split, shuffle=False,
+                            num_epochs=1, batch_size=None)
     padding = {k: np.zeros(spec.shape, spec.dtype.as_numpy_dtype)
                for k, spec in dataset.element_spec.items()}
     return _padded_batches(dataset.as_numpy_iterator(), padding,
-                           self.local_batch_size, self.validation_batches)
+                           self.local_batch_size,
+                           self.config.validation_batches)

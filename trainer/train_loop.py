@@ -15,8 +15,9 @@ from other things (`_made_from`, recorded in MODEL_DIR/run.json): another
 vocabulary, network, batch size, task, feature lengths or seed would not
 resume exactly (or not at all), and is refused in one line.
 
-`train` runs in this order: the checks of everything it reads
-(`_check_arguments`, `train_inputs.register_and_check_tasks`,
+`train` builds the run's settings once (`train_config.TrainConfig`, which
+checks their ranges) and passes them down (`_run`), in this order: the checks
+of everything it reads (`train_inputs.register_and_check_tasks`,
 `model_dir.check_resume`); this process's input (`train_inputs.Inputs`) and
 the compiled steps (`train_lib.Trainer`); the run's files
 (`_prepare_model_dir`); the state to start from (`_initial_state`); the steps
@@ -57,6 +58,7 @@ from trainer import checkpoints
 from trainer import model_dir as model_dir_lib
 from trainer import models
 from trainer import partitioning
+from trainer import train_config
 from trainer import train_inputs
 from trainer import train_lib
 from trainer import train_metrics
@@ -69,25 +71,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 
-def _check_arguments(task_feature_lengths: Mapping[str, int],
-                     train_steps: int, **positive: Optional[int]) -> None:
-  """Raises ValueError for a setting out of range (None: unset)."""
-  for name, value in positive.items():
-    if value is not None and value <= 0:
-      raise ValueError(f"{name} must be positive, got {value}.")
-  if not all(isinstance(task_feature_lengths.get(key), int) and
-             task_feature_lengths[key] > 0 for key in ("inputs", "targets")):
-    raise ValueError(
-        "TASK_FEATURE_LENGTHS must give positive token budgets for 'inputs' "
-        f"and 'targets', got {dict(task_feature_lengths)!r}.")
-  if train_steps < 0:
-    raise ValueError(f"train_steps must be >= 0, got {train_steps}.")
-
-
-def _made_from(model: models.CALRecModel, vocabulary: seqio.Vocabulary,
-               task_feature_lengths: Mapping[str, int], batch_size: int,
-               mixture_or_task_name: str, random_seed: int,
-               initial_checkpoint_path: Optional[str]) -> dict[str, Any]:
+def _made_from(config: train_config.TrainConfig, model: models.CALRecModel,
+               vocabulary: seqio.Vocabulary) -> dict[str, Any]:
   """What a run is made from: the settings that must match for an exact
   resume (`model_dir.training_made_from`).
 
@@ -98,9 +83,11 @@ def _made_from(model: models.CALRecModel, vocabulary: seqio.Vocabulary,
   (attention kernel, remat).
   """
   return model_dir_lib.training_made_from(
-      model, vocabulary, task_feature_lengths, batch_size=batch_size,
-      mixture_or_task_name=mixture_or_task_name, random_seed=random_seed,
-      initial_checkpoint_path=initial_checkpoint_path)
+      model, vocabulary, config.task_feature_lengths,
+      batch_size=config.batch_size,
+      mixture_or_task_name=config.mixture_or_task_name,
+      random_seed=config.random_seed,
+      initial_checkpoint_path=config.initial_checkpoint_path)
 
 
 @gin.configurable
@@ -132,55 +119,25 @@ def train(
 ) -> train_lib.TrainState:
   """Trains `model` for `train_steps` steps and returns the final state.
 
+  The settings, every parameter but the five objects below, are the fields
+  of `train_config.TrainConfig` of the same names (documented there), which
+  this builds once, before it reads or writes anything.
+
   Args:
     model: the CALRec model object.
-    model_dir: where checkpoints, summaries and the config are written.
-    mixture_or_task_name: seqio training mixture or task.
-    task_feature_lengths: {'inputs': ..., 'targets': ...} token budgets.
-    train_steps: total steps (a resumed run counts the restored ones).
-    batch_size: global batch size (examples per step, all devices and
-      processes); each process reads batch_size / data shards of them.
-    random_seed: seeds initialisation, data order and dropout.
-    initial_checkpoint_path: Stage II: parameters to start from (a step
-      directory or a model directory, see `model_dir.resolve_checkpoint`)
-      of a run of the same network (`model_dir.check_same_network`), or of
-      the same network without LoRA, whose LoRA parameters then start fresh;
-      the optimizer and the data start fresh at step 0. Ignored when model_dir
-      already holds checkpoints (the run resumes instead).
     optimizer: defaults to `train_lib.create_optimizer()`; its learning rate
       is logged when its state holds it (`create_optimizer`'s does).
     partitioner: defaults to all devices on the 'data' axis; its mesh must
       split the model's sharded sizes evenly (`check_shardable`).
-    num_microbatches: gradient over this many microbatches of the batch, one
-      at a time (less memory, one extra forward pass), with the loss of the
-      whole batch: the contrastive negatives stay all `batch_size` examples.
     feature_converter_cls: defaults to tasks' CALRecFeatureConverter.
     register_tasks: called first, to register seqio tasks and mixtures.
-    use_cached_tasks: read the tasks' seqio cache (written by seqio's
-      `cache_tasks_main`, found in seqio's global cache directories:
-      `trainer.train --seqio_additional_cache_dirs`) instead of tokenizing
-      the records on the fly.
-    validation_mixture_or_task_name: defaults to mixture_or_task_name.
-    validation_split: split of the validation task.
-    validation_batches: batches per validation (None: the whole split, 0: no
-      validation and no best checkpoint).
-    checkpoint_period: steps between checkpoints; validation runs at each
-      checkpoint and its metrics are stored with it.
-    keep_checkpoints: the last K checkpoints are kept (plus the best one).
-    keep_period: also keep every checkpoint whose step is a multiple of this
-      (candidates for model selection by validation NDCG@10, paper section
-      4, with `evaluator.select_checkpoint`); None keeps no extra ones.
-    best_metric: validation metric that selects the best checkpoint:
-      'validation/' + the name of a validation summary.
-    best_mode: 'min' or 'max' for best_metric.
-    log_period: steps between progress lines and train summaries.
 
   Raises:
-    ValueError: bad arguments (a partitioner that cannot shard the model, an
-      initial checkpoint of another network, a task not cached with
-      use_cached_tasks, a validation task without validation_split), or an
-      input pipeline whose state cannot be checkpointed (a stateful op in a
-      preprocessor).
+    ValueError: bad arguments (a setting out of range, a partitioner that
+      cannot shard the model, an initial checkpoint of another network, a
+      task not cached with use_cached_tasks, a validation task without
+      validation_split), or an input pipeline whose state cannot be
+      checkpointed (a stateful op in a preprocessor).
     pipelines.run_dir.RunDirError: model_dir holds a run made from other
       things (`_made_from`); nothing is written.
     checkpoints.UnusableCheckpointError: model_dir holds checkpoints, none of
@@ -189,62 +146,63 @@ def train(
       infinite; nothing of that step is saved, the last good checkpoint stays
       in model_dir.
   """
-  _check_arguments(task_feature_lengths, train_steps, batch_size=batch_size,
-                   checkpoint_period=checkpoint_period, log_period=log_period,
-                   keep_checkpoints=keep_checkpoints, keep_period=keep_period)
-  validate = validation_batches != 0
-  vocabulary = train_inputs.register_and_check_tasks(
-      model, register_tasks, mixture_or_task_name,
-      validation_mixture_or_task_name, validation_split, validate,
-      use_cached_tasks)
-  model_dir = checkpoints.model_path(model_dir)
-  made_from = _made_from(model, vocabulary, task_feature_lengths, batch_size,
-                         mixture_or_task_name, random_seed,
-                         initial_checkpoint_path)
+  config = train_config.TrainConfig(
+      model_dir=model_dir, mixture_or_task_name=mixture_or_task_name,
+      task_feature_lengths=task_feature_lengths, batch_size=batch_size,
+      random_seed=random_seed, initial_checkpoint_path=initial_checkpoint_path,
+      train_steps=train_steps, num_microbatches=num_microbatches,
+      use_cached_tasks=use_cached_tasks,
+      validation_mixture_or_task_name=validation_mixture_or_task_name,
+      validation_split=validation_split,
+      validation_batches=validation_batches,
+      checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints,
+      keep_period=keep_period, best_metric=best_metric, best_mode=best_mode,
+      log_period=log_period)
+  return _run(config, model, optimizer=optimizer, partitioner=partitioner,
+              feature_converter_cls=feature_converter_cls,
+              register_tasks=register_tasks)
+
+
+def _run(config: train_config.TrainConfig, model: models.CALRecModel, *,
+         optimizer: Optional[optax.GradientTransformation],
+         partitioner: Optional[partitioning.Partitioner],
+         feature_converter_cls: Optional[type[seqio.FeatureConverter]],
+         register_tasks: Optional[Callable[[], Any]]) -> train_lib.TrainState:
+  """`train` from its config: the checks of what the run reads, its input
+  and compiled steps, its files, the state to start from, the steps."""
+  vocabulary = train_inputs.register_and_check_tasks(config, model,
+                                                     register_tasks)
+  model_dir = checkpoints.model_path(config.model_dir)
+  made_from = _made_from(config, model, vocabulary)
   model_dir_lib.check_resume(model_dir, made_from)
 
-  converter = train_inputs.converter(feature_converter_cls, vocabulary)
   partitioner = partitioner or partitioning.Partitioner()
   partitioner.check_shardable(model.config)
-  layout = partitioner.data_layout
-  inputs = train_inputs.Inputs(
-      mixture_or_task_name=mixture_or_task_name,
-      validation_name=validation_mixture_or_task_name or mixture_or_task_name,
-      validation_split=validation_split, validation_batches=validation_batches,
-      task_feature_lengths=task_feature_lengths, converter=converter,
-      local_batch_size=layout.local_batch_size(batch_size),
-      shard_info=seqio.ShardInfo(layout.shard_id, layout.num_shards),
-      seed=random_seed, use_cached=use_cached_tasks)
+  inputs = train_inputs.Inputs.of(
+      config, train_inputs.converter(feature_converter_cls, vocabulary),
+      partitioner.data_layout)
   trainer = train_lib.Trainer(model, optimizer or train_lib.create_optimizer(),
-                              partitioner, inputs.global_shapes(batch_size),
-                              random_seed, num_microbatches)
-  manager = _prepare_model_dir(
-      model_dir, made_from, model, vocabulary, task_feature_lengths,
-      best_metric=best_metric if validate else None, best_mode=best_mode,
-      keep_checkpoints=keep_checkpoints, keep_period=keep_period)
+                              partitioner, inputs.global_shapes(),
+                              config.random_seed, config.num_microbatches)
+  manager = _prepare_model_dir(config, model_dir, made_from, model,
+                               vocabulary)
 
   train_batches = inputs.train_iterator()
-  state = _initial_state(trainer, manager, initial_checkpoint_path,
-                         train_batches)
+  state = _initial_state(config, trainer, manager, train_batches)
   start_step = int(state.step)
-  if start_step >= train_steps:
+  if start_step >= config.train_steps:
     logging.info("Step %d already reached; nothing to train.", start_step)
     manager.close()
     return state
   checkpoints.check_iterator_checkpointable(train_batches)
-  return _train_steps(trainer, inputs, _Outputs.open(model_dir, manager),
-                      state, train_batches, train_steps=train_steps,
-                      checkpoint_period=checkpoint_period,
-                      log_period=log_period)
+  return _train_steps(config, trainer, inputs,
+                      _Outputs.open(model_dir, manager), state, train_batches)
 
 
-def _prepare_model_dir(model_dir: epath.Path, made_from: Mapping[str, Any],
+def _prepare_model_dir(config: train_config.TrainConfig,
+                       model_dir: epath.Path, made_from: Mapping[str, Any],
                        model: models.CALRecModel,
-                       vocabulary: seqio.Vocabulary,
-                       task_feature_lengths: Mapping[str, int], *,
-                       best_metric: Optional[str], best_mode: str,
-                       keep_checkpoints: int,
-                       keep_period: Optional[int]
+                       vocabulary: seqio.Vocabulary
                       ) -> checkpoints.CheckpointManager:
   """Writes the run's files into `model_dir` (which `check_resume` allowed)
   and opens its checkpoints.
@@ -253,12 +211,13 @@ def _prepare_model_dir(model_dir: epath.Path, made_from: Mapping[str, Any],
   (docs/contracts.md, "Model inference").
   """
   if jax.process_index() == 0:
-    model_dir_lib.write_model_metadata(model_dir, model, vocabulary,
-                                       task_feature_lengths, best_metric,
-                                       best_mode)
+    model_dir_lib.write_model_metadata(
+        model_dir, model, vocabulary, config.task_feature_lengths,
+        config.checkpoint_metric, config.best_mode)
     model_dir_lib.write_run_files(model_dir, made_from, gin.config_str())
-  return checkpoints.CheckpointManager(model_dir, keep_checkpoints,
-                                       best_metric, best_mode, keep_period)
+  return checkpoints.CheckpointManager(
+      model_dir, config.keep_checkpoints, config.checkpoint_metric,
+      config.best_mode, config.keep_period)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,13 +248,13 @@ def _validate(trainer: train_lib.Trainer, inputs: train_inputs.Inputs,
               params: Any) -> Optional[dict[str, float]]:
   """The loss terms of the validation split (`train_metrics.split_metrics`);
   None when `validation_batches` is 0."""
-  if inputs.validation_batches == 0:
+  if not inputs.config.validates:
     return None
   results = [trainer.eval_step(params, batch)
              for batch in inputs.validation_iterator()]
   if not results:
-    raise ValueError(f"The {inputs.validation_split!r} split of "
-                     f"{inputs.validation_name!r} is empty.")
+    raise ValueError(f"The {inputs.config.validation_split!r} split of "
+                     f"{inputs.config.validation_name!r} is empty.")
   return train_metrics.split_metrics(trainer.model, results)
 
 
@@ -326,12 +285,11 @@ def _non_finite_error(step: int, metrics: Mapping[str, Any],
       "learning rate or check the data.")
 
 
-def _train_steps(trainer: train_lib.Trainer, inputs: train_inputs.Inputs,
+def _train_steps(config: train_config.TrainConfig,
+                 trainer: train_lib.Trainer, inputs: train_inputs.Inputs,
                  outputs: _Outputs, state: train_lib.TrainState,
-                 train_batches: Iterator[Batch], *, train_steps: int,
-                 checkpoint_period: int,
-                 log_period: int) -> train_lib.TrainState:
-  """Trains from `state` to step `train_steps` (paper section 3.4).
+                 train_batches: Iterator[Batch]) -> train_lib.TrainState:
+  """Trains from `state` to step `config.train_steps` (paper section 3.4).
 
   Every `log_period` steps it writes the train summaries and a progress
   line; every `checkpoint_period` steps, and at the end, it validates and
@@ -340,11 +298,11 @@ def _train_steps(trainer: train_lib.Trainer, inputs: train_inputs.Inputs,
   Raises:
     NonFiniteLossError: see `train`; `outputs` are closed first.
   """
-  start_step = int(state.step)
+  start_step, train_steps = int(state.step), config.train_steps
   if jax.process_index() == 0:
     train_metrics.write_gin_config(outputs.model_dir / "train", start_step)
   logging.info("Training %s (%s parameters) from step %d to %d in %s.",
-               inputs.mixture_or_task_name,
+               config.mixture_or_task_name,
                f"{trainer.model.config.num_params():,}", start_step,
                train_steps, outputs.model_dir)
   reporter = train_metrics.Progress(outputs.train_writer, start_step,
@@ -357,9 +315,9 @@ def _train_steps(trainer: train_lib.Trainer, inputs: train_inputs.Inputs,
       outputs.close()
       raise _non_finite_error(step, metrics, outputs)
     reporter.add(metrics)
-    if step % log_period == 0 or step == train_steps:
+    if step % config.log_period == 0 or step == train_steps:
       reporter.report(step, train_metrics.learning_rate(state.opt_state))
-    if step % checkpoint_period == 0 or step == train_steps:
+    if step % config.checkpoint_period == 0 or step == train_steps:
       with reporter.paused():
         _save_checkpoint(outputs, state, train_batches,
                          _validate(trainer, inputs, state.params))
@@ -367,11 +325,12 @@ def _train_steps(trainer: train_lib.Trainer, inputs: train_inputs.Inputs,
   return state
 
 
-def _initial_state(trainer: train_lib.Trainer,
+def _initial_state(config: train_config.TrainConfig,
+                   trainer: train_lib.Trainer,
                    manager: checkpoints.CheckpointManager,
-                   initial_checkpoint_path: Optional[str],
                    train_batches: Iterator[Batch]) -> train_lib.TrainState:
-  """Resume > Stage-II initialisation > fresh initialisation.
+  """Resume > Stage-II initialisation (`config.initial_checkpoint_path`) >
+  fresh initialisation.
 
   On resume (from the newest usable checkpoint; newer ones are deleted, as
   the run saves those steps again), the fresh `train_batches` iterator is set
@@ -389,8 +348,9 @@ def _initial_state(trainer: train_lib.Trainer,
     else:
       logging.info("Resuming from checkpoint step %d.", step)
     return state
-  if initial_checkpoint_path:
-    step_dir = model_dir_lib.resolve_checkpoint(initial_checkpoint_path)
+  if config.initial_checkpoint_path:
+    step_dir = model_dir_lib.resolve_checkpoint(
+        config.initial_checkpoint_path)
     model_dir_lib.check_same_network(step_dir, trainer.model.config)
     logging.info("Initialising parameters from %s.", step_dir)
     # A checkpoint without LoRA parameters gives a LoRA model all others;
