@@ -1,7 +1,8 @@
-r"""Trains CALRec (paper sections 3.3 and 3.4) from gin configuration.
+r"""The training command line: gin files and flags -> `train_loop.train`.
 
-Stage I on the multi-category mixture, then Stage II on one category starting
-from a Stage I checkpoint:
+It trains CALRec (paper sections 3.3 and 3.4): Stage I on the
+multi-category mixture, then Stage II on one category starting from a Stage
+I checkpoint:
 
   python -m trainer.train \
     --gin_file=trainer/configs/runs/stage1.gin \

@@ -1,4 +1,4 @@
-"""Train state, optimizer and the sharded train/eval steps.
+"""The train step: its state, the optimizer and the compiled, sharded steps.
 
 `Trainer` compiles one train step and one eval step for a model, an optax
 optimizer and a `Partitioner`. The step's dropout key is derived from the seed
