@@ -20,11 +20,17 @@ system run as its own process (`experiments.commands`):
   5. `evaluator.evaluate` of the test split: LIR, the tiny model, Gemma
      zero-shot (the converted directory as it is) and each fine-tuned Gemma;
   6. `results.md`: every model's optimistic/pessimistic metrics (paper Table 2
-     layout) and a paired t-test of each against LIR (Table 4).
+     layout) and a paired t-test of each against LIR (Table 4);
+  7. a second table at equal training budgets: the tiny model trained for
+     as many steps of as many examples as Gemma's full fine-tuning ("equal
+     steps"), and for as many steps as fit in the CPU seconds that
+     fine-tuning took ("equal CPU", from the tiny run's CPU seconds per
+     step, its start-up included), each against the fine-tuned Gemma.
 
 None of the models had Stage I (the paper's multi-category mixture): this
 folder has one category. `--quick` is a smoke run: about 50 users (a seeded
-hash of the user id, `user_fraction`), N_gen 8, a few training steps.
+hash of the user id, `user_fraction`), N_gen 8, two fine-tuning steps of 4
+examples with a 256-token prompt budget.
 
 Like `experiments.sample_run`, a step whose output is complete is skipped, so
 a rerun continues where an interrupted one stopped.
@@ -33,18 +39,20 @@ a rerun continues where an interrupted one stopped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import pathlib
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from evaluator import generation
 from experiments import commands
 from experiments import stages
 from experiments.layout import RunLayout
 from pipelines import cli
+from pipelines import run_dir
 from tasks import manifest
 from tasks import names
 
@@ -54,8 +62,13 @@ META = "meta_Gift_Cards.json.gz"
 GEMMA_STAGE2_GIN = "trainer/configs/runs/gemma3_270m_stage2.gin"
 LORA_GIN = "trainer/configs/peft/lora.gin"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
-# --quick: the share of users kept, about 50 of Gift_Cards' 458.
+GEMMA_FULL_ROW = "Gemma 3 270M fine-tuned"
+# --quick: the share of users kept, about 50 of Gift_Cards' 458, and the
+# Gemma fine-tuning's steps, batch and prompt budget (a smoke run on a CPU).
 QUICK_USER_FRACTION = 0.11
+QUICK_GEMMA_STEPS = 2
+QUICK_GEMMA_BATCH_SIZE = 4
+QUICK_INPUTS_LENGTH = 256
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 _DEFAULT_RAW_DIR = os.environ.get(
     "CALREC_SHARED_DATA",
@@ -84,13 +97,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--epochs", type=float, default=1.0,
                       help="Gemma fine-tuning length in epochs of the "
                       "training split (default %(default)s)")
-  parser.add_argument("--gemma_batch_size", type=cli.positive_int, default=8,
-                      help="Gemma fine-tuning batch size (default "
-                      "%(default)s; the paper's 512 needs accelerators)")
-  parser.add_argument("--inputs_length", type=cli.positive_int, default=512,
+  parser.add_argument("--gemma_batch_size", type=cli.positive_int,
+                      default=None,
+                      help="Gemma fine-tuning batch size (default 8, "
+                      f"--quick {QUICK_GEMMA_BATCH_SIZE}; the paper's 512 "
+                      "needs accelerators)")
+  parser.add_argument("--inputs_length", type=cli.positive_int, default=None,
                       help="prompt token budget of training and evaluation "
-                      "(default %(default)s; paper 1,024: Gift_Cards "
-                      "histories are short)")
+                      f"(default 512, --quick {QUICK_INPUTS_LENGTH}; paper "
+                      "1,024: Gift_Cards histories are short)")
   parser.add_argument("--num_generations", type=cli.positive_int,
                       default=None,
                       help="N_gen samples per test user (default 32, the "
@@ -117,6 +132,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.tiny_steps = 50 if args.quick else 400
   if args.num_generations is None:
     args.num_generations = 8 if args.quick else generation.NUM_GENERATIONS
+  if args.gemma_batch_size is None:
+    args.gemma_batch_size = QUICK_GEMMA_BATCH_SIZE if args.quick else 8
+  if args.inputs_length is None:
+    args.inputs_length = QUICK_INPUTS_LENGTH if args.quick else 512
   layout = RunLayout(pathlib.Path(args.output_dir), marker_name=".pretrained")
   if layout.holds_other_files():
     parser.error(f"--output_dir {layout.root} is not empty and holds no "
@@ -175,40 +194,90 @@ def _evaluation(layout: RunLayout, args: argparse.Namespace, name: str,
                            layout.eval_dir(name), model_dir, flags, inputs)
 
 
-def model_stages(layout: RunLayout, args: argparse.Namespace,
-                 data: stages.Stage, epoch_steps: int
-                 ) -> list[tuple[str, stages.Stage, pathlib.Path]]:
-  """(row name, stage, model directory) of every model's training or
-  conversion, in the order they run (the tiny vocabulary first, no row)."""
-  task = f"MIXTURE_OR_TASK_NAME={names.task_name(CATEGORY)!r}"
-  seed = f"RANDOM_SEED={args.seed}"
+@dataclasses.dataclass(frozen=True)
+class ModelRun:
+  """A model of the experiment: its results row ("" for none), the stage that
+  trains or converts it, and its model directory."""
+
+  row: str
+  stage: stages.Stage
+  model_dir: pathlib.Path
+
+
+def gemma_steps(args: argparse.Namespace, train_records: int) -> int:
+  """Steps of Gemma's fine-tuning: `--epochs` of the training split, or
+  QUICK_GEMMA_STEPS when `--quick`."""
+  if args.quick:
+    return QUICK_GEMMA_STEPS
+  epoch_steps = math.ceil(train_records / args.gemma_batch_size)
+  return max(1, math.ceil(epoch_steps * args.epochs))
+
+
+def _tiny(layout: RunLayout, args: argparse.Namespace, name: str, steps: int,
+          inputs: Sequence[stages.Stage], bindings: Sequence[str] = ()
+          ) -> stages.Stage:
+  """The from-scratch tiny model's training (`tiny_stage2.gin`, no Stage I)."""
+  return commands.train(
+      name, commands.TINY_STAGE2_GIN, layout.model_dir(name), layout.data,
+      layout.vocabulary, steps,
+      [f"RANDOM_SEED={args.seed}",
+       f"MIXTURE_OR_TASK_NAME={names.task_name(CATEGORY)!r}",
+       "INITIAL_CHECKPOINT_PATH=None", *bindings], inputs)
+
+
+def model_runs(layout: RunLayout, args: argparse.Namespace,
+               data: stages.Stage, steps: int) -> list[ModelRun]:
+  """Every model of the first table, in the order they run (the tiny
+  vocabulary first, no row); Gemma fine-tunes for `steps` steps."""
   vocabulary = commands.build_vocabulary(layout.data, layout.vocabulary, 1000,
                                          [data])
-  tiny = commands.train(
-      "tiny", commands.TINY_STAGE2_GIN, layout.model_dir("tiny"), layout.data,
-      layout.vocabulary, args.tiny_steps,
-      [seed, task, "INITIAL_CHECKPOINT_PATH=None"], [data, vocabulary])
+  tiny = _tiny(layout, args, "tiny", args.tiny_steps, [data, vocabulary])
   converted_dir = layout.model_dir("gemma3_270m")
   converted = commands.convert(gguf_file(layout), converted_dir,
                                "gemma3_270m", args.inputs_length)
   gemma_vocabulary = converted_dir / "vocabulary.model"
-  steps = max(1, math.ceil(epoch_steps * args.epochs))
   gemma_bindings = [
-      seed, task, f"INITIAL_CHECKPOINT_PATH={str(converted_dir)!r}",
+      f"RANDOM_SEED={args.seed}",
+      f"MIXTURE_OR_TASK_NAME={names.task_name(CATEGORY)!r}",
+      f"INITIAL_CHECKPOINT_PATH={str(converted_dir)!r}",
       f"BATCH_SIZE={args.gemma_batch_size}", _feature_lengths(args),
-      f"train.checkpoint_period={steps}", "train.validation_batches=4"]
-  rows = [("", vocabulary, layout.vocabulary),
-          ("tiny (from scratch)", tiny, layout.model_dir("tiny")),
-          ("Gemma 3 270M zero-shot", converted, converted_dir)]
-  variants = [("gemma_full", "Gemma 3 270M fine-tuned", ())]
+      f"train.checkpoint_period={steps}",
+      f"train.validation_batches={1 if args.quick else 4}"]
+  runs = [ModelRun("", vocabulary, layout.vocabulary),
+          ModelRun("tiny (from scratch)", tiny, layout.model_dir("tiny")),
+          ModelRun("Gemma 3 270M zero-shot", converted, converted_dir)]
+  variants = [("gemma_full", GEMMA_FULL_ROW, ())]
   if args.peft == "lora":
     variants.append(("gemma_lora", "Gemma 3 270M LoRA", (LORA_GIN,)))
   for name, row, extra_gin_files in variants:
-    rows.append((row, commands.train(
+    runs.append(ModelRun(row, commands.train(
         name, GEMMA_STAGE2_GIN, layout.model_dir(name), layout.data,
         gemma_vocabulary, steps, gemma_bindings, [data, converted],
         extra_gin_files=extra_gin_files), layout.model_dir(name)))
-  return rows
+  return runs
+
+
+def budget_runs(layout: RunLayout, args: argparse.Namespace,
+                data: stages.Stage, runs: Sequence[ModelRun], steps: int
+                ) -> list[ModelRun]:
+  """The tiny model at the budget of Gemma's full fine-tuning (`steps`
+  steps): as many steps of as many examples, and as many steps as fit in its
+  CPU seconds at the tiny run's CPU seconds per step (start-up included, so
+  rather fewer). Reads the completed runs' costs (`stages.stage_cost`)."""
+  by_name = {run.stage.name: run for run in runs}
+  tiny_cpu = stages.stage_cost(by_name["tiny"].stage, layout.logs)
+  gemma_cpu = stages.stage_cost(by_name["gemma_full"].stage, layout.logs)
+  equal_cpu_steps = max(1, int(gemma_cpu["cpu_seconds"] * args.tiny_steps /
+                               tiny_cpu["cpu_seconds"]))
+  inputs = [data, by_name["vocabulary"].stage]
+  return [
+      ModelRun(f"tiny, equal steps ({steps} of {args.gemma_batch_size})",
+               _tiny(layout, args, "tiny_equal_steps", steps, inputs,
+                     [f"BATCH_SIZE={args.gemma_batch_size}"]),
+               layout.model_dir("tiny_equal_steps")),
+      ModelRun(f"tiny, equal CPU ({equal_cpu_steps} steps)",
+               _tiny(layout, args, "tiny_equal_cpu", equal_cpu_steps, inputs),
+               layout.model_dir("tiny_equal_cpu"))]
 
 
 def run(argv: Sequence[str] | None = None) -> RunLayout:
@@ -218,22 +287,29 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
   start = time.monotonic()
   data = commands.preprocess(write_raw_config(layout, args), layout.data, [])
   _run(data, layout, start)
-  epoch_steps = math.ceil(train_records(layout.data) / args.gemma_batch_size)
-  if args.quick:
-    epoch_steps = min(epoch_steps, 4)
-  lir = _evaluation(layout, args, "lir", None, 32, [data])
-  evaluations = [("LIR", lir)]
-  for row, stage, model_dir in model_stages(layout, args, data, epoch_steps):
+  steps = gemma_steps(args, train_records(layout.data))
+  runs = model_runs(layout, args, data, steps)
+  for model in runs:
+    _run(model.stage, layout, start)
+  budgets = budget_runs(layout, args, data, runs, steps)
+  for model in budgets:
+    _run(model.stage, layout, start)
+  evaluations = {"LIR": _evaluation(layout, args, "lir", None, 32, [data])}
+  for model in [*runs, *budgets]:
+    if model.row:
+      batch_size = (args.eval_batch_size if
+                    model.stage.name.startswith(("gemma", "convert")) else 32)
+      evaluations[model.row] = _evaluation(
+          layout, args, model.model_dir.name, model.model_dir, batch_size,
+          [data, model.stage])
+  for stage in evaluations.values():
     _run(stage, layout, start)
-    if row:
-      batch_size = 32 if stage.name == "tiny" else args.eval_batch_size
-      evaluations.append((row, _evaluation(
-          layout, args, model_dir.name, model_dir, batch_size,
-          [data, stage])))
-  for _, stage in evaluations:
-    _run(stage, layout, start)
-  markdown = results_markdown(
-      [(row, stage.done_marker.parent) for row, stage in evaluations], args)
+  folders = {row: stage.done_marker.parent
+             for row, stage in evaluations.items()}
+  main_rows = ["LIR", *(model.row for model in runs if model.row)]
+  markdown = (results_markdown([(row, folders[row]) for row in main_rows],
+                               args) +
+              budget_markdown(layout, [*runs, *budgets], folders))
   layout.results.write_text(markdown)
   print(markdown, flush=True)
   print(f"Wrote {layout.results} in {time.monotonic() - start:.0f}s.",
@@ -264,6 +340,38 @@ def results_markdown(rows: Sequence[tuple[str, pathlib.Path]],
                                 lir_ranks)
     lines.append(f"\n### {name} against LIR (paired t-test)\n\n"
                  + report.table_4(name, "LIR", test))
+  return "\n".join(lines)
+
+
+def budget_markdown(layout: RunLayout, models: Sequence[ModelRun],
+                    folders: Mapping[str, pathlib.Path]) -> str:
+  """The second table: Gemma's full fine-tuning and the tiny model at its
+  budget (`budget_runs`), each run's steps, batch and training CPU seconds,
+  their metrics (Table 2 layout) and a paired t-test of each tiny run
+  against the fine-tuned Gemma (Table 4 layout)."""
+  from evaluator import report  # pylint: disable=g-import-not-at-top
+  by_row = {model.row: model for model in models}
+  rows = [GEMMA_FULL_ROW, *(model.row for model in models
+                            if model.stage.name.startswith("tiny_equal"))]
+  lines = ["\n## At equal training budgets\n",
+           "| Model | Steps | Batch | Examples | Training CPU s |",
+           "|---|---|---|---|---|"]
+  for row in rows:
+    model = by_row[row]
+    steps = int(model.stage.done_marker.name)
+    batch = run_dir.read_record(str(model.model_dir))["made_from"][
+        "batch_size"]
+    cpu = stages.stage_cost(model.stage, layout.logs)["cpu_seconds"]
+    lines.append(f"| {row} | {steps} | {batch} | {steps * batch} | "
+                 f"{cpu:.0f} |")
+  summaries = [(row, report.load_summary(str(folders[row]))) for row in rows]
+  lines += ["", report.table_2(summaries)]
+  gemma_ranks = report.load_user_ranks(str(folders[GEMMA_FULL_ROW]))
+  for row in rows[1:]:
+    test = report.paired_t_test(gemma_ranks,
+                                report.load_user_ranks(str(folders[row])))
+    lines.append(f"\n### {GEMMA_FULL_ROW} against {row} (paired t-test)\n\n"
+                 + report.table_4(GEMMA_FULL_ROW, row, test))
   return "\n".join(lines)
 
 

@@ -69,16 +69,128 @@ def test_every_gemma_run_starts_from_the_converted_model(raw_dir, tmp_path,
                       lambda layout: layout.root / "model.gguf")
   data = pretrained.commands.preprocess(layout.raw / "config.json",
                                         layout.data, [])
-  rows = pretrained.model_stages(layout, args, data, epoch_steps=5)
-  names = [stage.name for _, stage, _ in rows]
-  assert names == ["vocabulary", "tiny", "convert", "gemma_full",
-                   "gemma_lora"]
+  steps = pretrained.gemma_steps(args, train_records=18)
+  assert steps == 10  # 2 epochs of ceil(18 / 4) steps
+  runs = pretrained.model_runs(layout, args, data, steps)
+  assert [run.stage.name for run in runs] == [
+      "vocabulary", "tiny", "convert", "gemma_full", "gemma_lora"]
   converted = str(layout.model_dir("gemma3_270m"))
-  for _, stage, model_dir in rows[3:]:
-    command = " ".join(stage.args)
+  for run in runs[3:]:
+    command = " ".join(run.stage.args)
     assert f"INITIAL_CHECKPOINT_PATH={converted!r}" in command
     assert f"VOCABULARY={converted + '/vocabulary.model'!r}" in command
-    assert "TRAIN_STEPS=10" in command  # 2 epochs of 5 steps
-    assert stage.done_marker == model_dir / "checkpoints" / "10"
-  assert pretrained.LORA_GIN in " ".join(rows[4][1].args)
-  assert pretrained.LORA_GIN not in " ".join(rows[3][1].args)
+    assert "TRAIN_STEPS=10" in command and "BATCH_SIZE=4" in command
+    assert run.stage.done_marker == run.model_dir / "checkpoints" / "10"
+  assert pretrained.LORA_GIN in " ".join(runs[4].stage.args)
+  assert pretrained.LORA_GIN not in " ".join(runs[3].stage.args)
+
+
+def _complete(stage, logs, cpu_seconds):
+  """Records `stage` as completed at that CPU cost, as `stages.run_stage`
+  does."""
+  logs.mkdir(parents=True, exist_ok=True)
+  (logs / f"{stage.name}.json").write_text(json.dumps({
+      "stage": stage.record(), "complete": True,
+      "cost": {"wall_seconds": cpu_seconds / 2, "cpu_seconds": cpu_seconds}}))
+
+
+def _plan(raw_dir, tmp_path, monkeypatch, *flags):
+  args = _args(raw_dir, tmp_path, "--tiny_steps=50", *flags)
+  layout = RunLayout(tmp_path / "run", marker_name=".pretrained")
+  monkeypatch.setattr(pretrained, "gguf_file",
+                      lambda layout: layout.root / "model.gguf")
+  data = pretrained.commands.preprocess(layout.raw / "config.json",
+                                        layout.data, [])
+  runs = pretrained.model_runs(layout, args, data, steps=6)
+  return args, layout, data, runs
+
+
+def test_the_tiny_model_gets_gemmas_steps_and_its_cpu_seconds(
+    raw_dir, tmp_path, monkeypatch):
+  args, layout, data, runs = _plan(raw_dir, tmp_path, monkeypatch,
+                                   "--gemma_batch_size=8")
+  by_name = {run.stage.name: run for run in runs}
+  with pytest.raises(ValueError, match="records no completed run's cost"):
+    pretrained.budget_runs(layout, args, data, runs, steps=6)
+  # 50 tiny steps took 100 CPU seconds (2 a step); Gemma's 6 took 700.
+  _complete(by_name["tiny"].stage, layout.logs, 100.0)
+  _complete(by_name["gemma_full"].stage, layout.logs, 700.0)
+  equal_steps, equal_cpu = pretrained.budget_runs(layout, args, data, runs,
+                                                  steps=6)
+  assert equal_steps.row == "tiny, equal steps (6 of 8)"
+  assert equal_cpu.row == "tiny, equal CPU (350 steps)"
+  for run, steps in ((equal_steps, 6), (equal_cpu, 350)):
+    command = " ".join(run.stage.args)
+    assert pretrained.commands.TINY_STAGE2_GIN in command
+    assert "INITIAL_CHECKPOINT_PATH=None" in command
+    assert f"TRAIN_STEPS={steps}" in command
+    assert run.stage.done_marker == run.model_dir / "checkpoints" / str(steps)
+    assert run.stage.inputs == [data, by_name["vocabulary"].stage]
+  assert "BATCH_SIZE=8" in " ".join(equal_steps.stage.args)
+  # The equal-CPU run keeps the tiny model's own batch size.
+  assert "BATCH_SIZE" not in " ".join(equal_cpu.stage.args)
+
+
+def _evaluation(folder, pessimistic_ranks):
+  """An evaluation's metrics.json and users file for the given ranks (the
+  optimistic ranks are the pessimistic ones: no ties)."""
+  from evaluator import metrics  # pylint: disable=g-import-not-at-top
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  folder.mkdir(parents=True)
+  users = [f"u{i}" for i in range(len(pessimistic_ranks))]
+  per_user = [metrics.user_metrics(metrics.TargetRanks(rank, rank))
+              for rank in pessimistic_ranks]
+  means = {key: sum(user[key] for user in per_user) / len(per_user)
+           for key in metrics.metric_keys()}
+  (folder / "metrics.json").write_text(json.dumps(
+      {"category": pretrained.CATEGORY, "split": "test", "metrics": means,
+       "tied_target_share": 0.0}))
+  pq.write_table(pa.table({"user_id": users,
+                           "rank_optimistic": pessimistic_ranks,
+                           "rank_pessimistic": pessimistic_ranks}),
+                 folder / "users-00000-of-00001.parquet")
+
+
+def test_the_budget_table_shows_each_runs_budget_and_its_test_against_gemma(
+    raw_dir, tmp_path, monkeypatch):
+  from pipelines import run_dir  # pylint: disable=g-import-not-at-top
+  args, layout, data, runs = _plan(raw_dir, tmp_path, monkeypatch,
+                                   "--gemma_batch_size=8")
+  by_name = {run.stage.name: run for run in runs}
+  _complete(by_name["tiny"].stage, layout.logs, 100.0)
+  _complete(by_name["gemma_full"].stage, layout.logs, 700.0)
+  budgets = pretrained.budget_runs(layout, args, data, runs, steps=6)
+  folders = {}
+  for run, cpu, batch, ranks in (
+      (by_name["gemma_full"], 700.0, 8, [1, 1, 2, 1]),
+      (budgets[0], 12.0, 8, [11, 30, 2, 11]),
+      (budgets[1], 690.0, 16, [3, 11, 11, 11])):
+    _complete(run.stage, layout.logs, cpu)
+    run_dir.write_record(str(run.model_dir), "train", {"batch_size": batch})
+    folders[run.row] = tmp_path / "eval" / run.stage.name
+    _evaluation(folders[run.row], ranks)
+  markdown = pretrained.budget_markdown(layout, [*runs, *budgets], folders)
+  lines = markdown.splitlines()
+  budget_rows = [line for line in lines if line.startswith("| ")][1:4]
+  assert budget_rows == [
+      f"| {pretrained.GEMMA_FULL_ROW} | 6 | 8 | 48 | 700 |",
+      "| tiny, equal steps (6 of 8) | 6 | 8 | 48 | 12 |",
+      "| tiny, equal CPU (350 steps) | 350 | 16 | 5600 | 690 |"]
+  # Recall@1 (pes): Gemma's 3 of 4 users against 0 of 4 for each tiny run.
+  tests = [line for line in lines if line.startswith("| Recall@1 |")]
+  assert len(tests) == 2 and all(
+      line.split(" | ")[1:3] == ["0.7500/0.7500", "0.0000/0.0000"]
+      for line in tests)
+  assert markdown.count("(paired t-test)") == 2
+
+
+def test_quick_mode_fine_tunes_gemma_briefly(raw_dir, tmp_path):
+  args = _args(raw_dir, tmp_path, "--quick")
+  assert (args.gemma_batch_size, args.inputs_length) == (
+      pretrained.QUICK_GEMMA_BATCH_SIZE, pretrained.QUICK_INPUTS_LENGTH)
+  assert pretrained.gemma_steps(args, train_records=458) == (
+      pretrained.QUICK_GEMMA_STEPS)
+  args = _args(raw_dir, tmp_path)
+  assert (args.gemma_batch_size, args.inputs_length) == (8, 512)
+  assert pretrained.gemma_steps(args, train_records=458) == 58
