@@ -69,6 +69,8 @@ class EvaluationConfig:
   max_users: Optional[int] = None
   user_sample_seed: int = 0
   batch_size: int = 32
+  # A folder where JAX keeps compiled programs across runs; None: none kept.
+  compilation_cache_dir: Optional[str] = None
   recommendations_k: int = 0
   overwrite: bool = False
 

@@ -134,6 +134,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                       "--seed (default: %(default)s).")
   parser.add_argument("--batch_size", type=cli.positive_int,
                       help="Users per generation batch (default: %(default)s).")
+  parser.add_argument("--compilation_cache_dir",
+                      help="Folder where JAX keeps the compiled sampler "
+                      "(one per prompt length bucket) for later runs of the "
+                      "same model shape; it changes no result (default: "
+                      "none kept).")
   parser.add_argument("--recommendations_k", type=int,
                       help="Also write the top K items per user (default: "
                       "%(default)s, none).")
@@ -248,6 +253,7 @@ def calrec_generator_loader(config: config_lib.EvaluationConfig
       model_dir=config.model_dir, num_generations=config.num_generations,
       temperature=config.temperature, sampler=config.sampler,
       dtype=config.dtype, max_decode_length=config.max_decode_length,
+      compilation_cache_dir=config.compilation_cache_dir,
       batch_size=config.batch_size, step=config.checkpoint_step)
 
 

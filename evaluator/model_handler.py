@@ -160,6 +160,7 @@ class GeneratorLoader:
   max_decode_length: int = generation.MAX_DECODE_LENGTH
   batch_size: int = 8
   step: Optional[int] = None
+  compilation_cache_dir: Optional[str] = None
 
   @property
   def vocabulary_path(self) -> str:
@@ -171,6 +172,11 @@ class GeneratorLoader:
     from trainer import checkpoints  # pylint: disable=g-import-not-at-top
     from trainer import model_dir  # pylint: disable=g-import-not-at-top
     checkpoints.hide_orbax_info_logs()
+    if self.compilation_cache_dir:
+      # JAX's persistent cache: a later job (or worker) with the same
+      # shapes loads the compiled sampler instead of compiling it again.
+      jax.config.update("jax_compilation_cache_dir",
+                        self.compilation_cache_dir)
     loaded = model_dir.load_for_inference(self.model_dir, step=self.step,
                                           sampler=self.sampler,
                                           dtype=self.dtype)

@@ -187,9 +187,19 @@ def _feature_lengths(args: argparse.Namespace) -> str:
 
 def _evaluation(layout: RunLayout, args: argparse.Namespace, name: str,
                 model_dir: pathlib.Path | None, batch_size: int,
-                inputs: Sequence[stages.Stage]) -> stages.Stage:
+                inputs: Sequence[stages.Stage], gemma: bool = False
+                ) -> stages.Stage:
+  """The test split's evaluation of a model (LIR without `model_dir`).
+
+  Every Gemma is sampled in float32 activations, as the converted model is
+  (its fine-tuning ran in bfloat16), so the zero-shot and fully fine-tuned
+  runs share their compiled samplers through the compilation cache.
+  """
   flags = [f"--seed={args.seed}", f"--num_generations={args.num_generations}",
            f"--batch_size={batch_size}"]
+  if gemma:
+    flags += ["--dtype=float32",
+              f"--compilation_cache_dir={layout.root / 'jax_cache'}"]
   return commands.evaluate(f"eval_{name}", layout.data, CATEGORY,
                            layout.eval_dir(name), model_dir, flags, inputs)
 
@@ -297,11 +307,10 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
   evaluations = {"LIR": _evaluation(layout, args, "lir", None, 32, [data])}
   for model in [*runs, *budgets]:
     if model.row:
-      batch_size = (args.eval_batch_size if
-                    model.stage.name.startswith(("gemma", "convert")) else 32)
+      gemma = model.stage.name.startswith(("gemma", "convert"))
       evaluations[model.row] = _evaluation(
-          layout, args, model.model_dir.name, model.model_dir, batch_size,
-          [data, model.stage])
+          layout, args, model.model_dir.name, model.model_dir,
+          args.eval_batch_size if gemma else 32, [data, model.stage], gemma)
   for stage in evaluations.values():
     _run(stage, layout, start)
   folders = {row: stage.done_marker.parent

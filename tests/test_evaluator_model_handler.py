@@ -5,6 +5,8 @@ import glob
 import itertools
 import json
 import shutil
+import subprocess
+import sys
 
 import evaluator_testdata
 import flax.linen as nn
@@ -375,6 +377,42 @@ def test_the_workers_model_samples_in_the_dtype_asked_for(
   np.testing.assert_allclose(
       [s for samples in outputs for _, s in samples],
       [s for samples in expected for _, s in samples], rtol=2e-3)
+
+
+_CACHED_SAMPLES = """
+import json, sys
+import jax
+from evaluator import generation, model_handler
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kwargs: hits.append(event)
+    if event == "/jax/compilation_cache/cache_hits" else None)
+generator = model_handler.GeneratorLoader(
+    sys.argv[1], num_generations=2, max_decode_length=6, batch_size=2,
+    compilation_cache_dir=sys.argv[2])()
+samples = generator.generate([generation.GenerationRequest(
+    ("Red Wire Kit, Tools",), seed=3)])
+print(json.dumps({"samples": samples, "hits": len(hits)}))
+"""
+
+
+@pytest.mark.slow
+def test_a_later_run_loads_the_compiled_sampler_from_the_cache(model_dir,
+                                                               tmp_path):
+  """--compilation_cache_dir: the first process compiles the sampler and
+  stores it, the second loads it from the folder, with the same samples."""
+  cache = tmp_path / "jax_cache"
+
+  def run() -> dict:
+    completed = subprocess.run(
+        [sys.executable, "-c", _CACHED_SAMPLES, str(model_dir[0]),
+         str(cache)], capture_output=True, text=True, check=True)
+    return json.loads(completed.stdout.splitlines()[-1])
+
+  first = run()
+  assert first["hits"] == 0 and any(cache.iterdir())
+  second = run()
+  assert second["hits"] >= 1 and second["samples"] == first["samples"]
 
 
 def test_a_corrupt_checkpoint_is_refused_in_one_line(model_dir, eval_data_dir,

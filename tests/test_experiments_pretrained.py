@@ -194,3 +194,19 @@ def test_quick_mode_fine_tunes_gemma_briefly(raw_dir, tmp_path):
   args = _args(raw_dir, tmp_path)
   assert (args.gemma_batch_size, args.inputs_length) == (8, 512)
   assert pretrained.gemma_steps(args, train_records=458) == 58
+
+
+def test_every_gemma_is_sampled_in_float32_with_one_compilation_cache(
+    raw_dir, tmp_path):
+  args = _args(raw_dir, tmp_path)
+  layout = RunLayout(tmp_path / "run", marker_name=".pretrained")
+  gemma = [pretrained._evaluation(layout, args, name, layout.model_dir(name),
+                                  4, [], gemma=True).args
+           for name in ("gemma3_270m", "gemma_full")]
+  for flags in gemma:
+    assert "--dtype=float32" in flags and "--batch_size=4" in flags
+    assert f"--compilation_cache_dir={layout.root / 'jax_cache'}" in flags
+  tiny = pretrained._evaluation(layout, args, "tiny", layout.model_dir("tiny"),
+                                32, []).args
+  assert not any(flag.startswith(("--dtype", "--compilation_cache_dir"))
+                 for flag in tiny)
