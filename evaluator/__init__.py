@@ -12,7 +12,8 @@ RunInference handler), `model_handler` (the JAX model as a generator),
 `baselines` (Last Item Repeater), `lucene` (JVM, analyzer, Lucene BM25),
 `bm25` (exact vectorized BM25), `retrieval` (Algorithm 1, hierarchical
 match), `metrics` (optimistic/pessimistic ranks), `transforms` (the job's
-steps), `files` (local or remote paths through Beam's FileSystems),
-`config` (an evaluation's settings and the files they name), `evaluate`,
-`report`, `select_checkpoint`.
+steps), `config` (an evaluation's settings and the files they name),
+`evaluate`, `report`, `select_checkpoint`. Data, outputs and reports, local
+or remote, are read and written through `pipelines.files` (Beam's
+FileSystems).
 """

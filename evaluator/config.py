@@ -20,11 +20,11 @@ import os
 from typing import Any, Optional
 
 from evaluator import data
-from evaluator import files
 from evaluator import generation
 from evaluator import report
 from evaluator import retrieval as retrieval_lib
 from evaluator import transforms
+from pipelines import files
 from pipelines import run_dir
 from pipelines import sequences
 
@@ -245,7 +245,7 @@ def check_output_dir(run: ResolvedRun) -> None:
     run_dir.RunDirError: one line saying why and what to do instead.
   """
   output_dir = run.config.output_dir
-  if run_dir.is_file(output_dir):
+  if files.is_file(output_dir):
     raise run_dir.RunDirError(f"{output_dir} is a file, not a folder: pick "
                               "another --output_dir.")
   foreign = foreign_files(output_dir)

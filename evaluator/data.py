@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluator import files
+from pipelines import files
 from pipelines import manifest as manifest_lib
 
 CORPUS_COLUMNS = ("item_id", "text")

@@ -47,13 +47,13 @@ from apache_beam.ml.inference import base as inference
 from evaluator import baselines
 from evaluator import config as config_lib
 from evaluator import data
-from evaluator import files
 from evaluator import generation
 from evaluator import metrics
 from evaluator import report
 from evaluator import transforms
 from pipelines import cli
 from pipelines import beam_options as beam_cli
+from pipelines import files
 from pipelines import run_dir
 
 if TYPE_CHECKING:
@@ -391,7 +391,7 @@ def run_resolved(resolved: config_lib.ResolvedRun, beam_argv: Sequence[str],
   config = resolved.config
   options = beam_cli.beam_options(beam_argv)
   staging = run_dir.staging_dir(config.output_dir)
-  run_dir.delete_folder(staging)
+  files.delete_folder(staging)
   files.make_dirs(staging)
   logging.info("Evaluating %s/%s (%s, %s retrieval) into %s", config.category,
                config.split, config.model, config.retrieval, staging)
@@ -400,7 +400,7 @@ def run_resolved(resolved: config_lib.ResolvedRun, beam_argv: Sequence[str],
       _ = root | Evaluate(resolved, staging, load_generator)
     run_dir.write_record(staging, config_lib.STAGE, resolved.made_from())
   except BaseException:
-    run_dir.delete_folder(staging)
+    files.delete_folder(staging)
     raise
   run_dir.swap_in(staging, config.output_dir,
                   last=(report.METRICS_FILE, run_dir.RUN_RECORD))

@@ -22,8 +22,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import scipy.stats
 
-from evaluator import files
 from evaluator import metrics
+from pipelines import files
 
 METRICS_FILE = "metrics.json"
 USERS_PREFIX = "users"

@@ -29,10 +29,10 @@ from typing import Any, Callable, Optional, Sequence
 
 from evaluator import config as config_lib
 from evaluator import evaluate
-from evaluator import files
 from evaluator import metrics
 from evaluator import report
 from pipelines import cli
+from pipelines import files
 from trainer import checkpoints
 
 SELECTION_FILE = "selection.json"

@@ -14,10 +14,11 @@ import difflib
 from typing import Mapping, Sequence
 
 from apache_beam import runners
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options import pipeline_options
 from apache_beam.options import pipeline_options_validator
 from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import files
 
 DEFAULT_RUNNER = "FnApiRunner"
 # Runners whose workers are other machines, without the launcher's disk, in
@@ -84,19 +85,17 @@ def _check_worker_paths(options: PipelineOptions,
   """Each path is remote where workers are, and has a file system here."""
   runner_name = str(options.view_as(pipeline_options.StandardOptions).runner)
   local = [f"{label} {path}" for label, path in worker_paths.items()
-           if FileSystems.get_scheme(path) is None]
+           if files.scheme(path) is None]
   if local and _runner_key(runner_name) in REMOTE_WORKER_RUNNERS:
     raise BeamOptionsError(
         f"{runner_name} workers cannot reach local paths: "
         f"{', '.join(local)}; give gs:// paths.")
   for label, path in worker_paths.items():
-    try:
-      FileSystems.get_filesystem(path)
-    except ValueError:  # gs:// without apache-beam[gcp], a mistyped scheme.
+    # gs:// without apache-beam[gcp], a mistyped scheme.
+    if not files.has_filesystem(path):
       raise BeamOptionsError(
           f"{label} {path}: no file system for this path here (gs:// "
-          "needs pip install -e '.[gcp]', README: Beam jobs on Dataflow)."
-      ) from None
+          "needs pip install -e '.[gcp]', README: Beam jobs on Dataflow).")
 
 
 def beam_options(beam_args: Sequence[str]) -> PipelineOptions:

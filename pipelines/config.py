@@ -33,8 +33,7 @@ import posixpath
 import re
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
-
+from pipelines import files
 from pipelines import sequences
 
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
@@ -188,8 +187,7 @@ def parse_config(raw: Any, config_dir: str,
 def load_config(path: str, data_dir: str | None = None) -> Config:
   """Reads and validates a config file."""
   try:
-    with FileSystems.open(path) as f:
-      text = f.read()
+    text = files.read_bytes(path, decompress=True)
   # ValueError: no file system for the path's scheme (gs:// needs [gcp]).
   except (OSError, ValueError) as e:
     raise ConfigError(f"cannot read config {path}: {e}") from None

@@ -14,18 +14,18 @@ folder once the job has succeeded (a rename of folders where the file system
 has folders; on an object store, the old objects are deleted and the new
 ones renamed into place only then, the manifest or record last).
 
-Paths go through Beam's FileSystems: local folders and gs:// alike.
+Paths go through `pipelines.files` (Beam's FileSystems): local folders and
+gs:// alike.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 from typing import Any, Mapping, Optional, Sequence
 
-from apache_beam.io.filesystems import FileSystems
+from pipelines import files
 
 RUN_RECORD = "run.json"
 _STAGING_SUFFIX = ".staging"
@@ -37,24 +37,18 @@ class RunDirError(ValueError):
   """A folder the run must not write into as asked."""
 
 
-def _local(path: str) -> bool:
-  return FileSystems.get_filesystem(path).has_dirs()
-
-
-def _strip(path: str) -> str:
-  return path.rstrip("/") or path
-
-
-def _absolute(path: str) -> str:
-  """A local path made absolute ("." names its folder), others as given,
-  without a trailing "/"."""
-  return _strip(path if "://" in path else os.path.abspath(path))
+# Generic file helpers that pipelines/preprocess.py still calls by these
+# names; they live in pipelines.files.
+is_file = files.is_file
+is_inside = files.is_inside
+delete_folder = files.delete_folder
 
 
 def file_digest(path: str) -> str:
   """"sha256:HEX" of the file's bytes."""
   digest = hashlib.sha256()
-  with FileSystems.open(path) as f:
+  # Beam's default: decompressed as the name's extension says (.gz, ...).
+  with files.open_read(path, decompress=True) as f:
     while chunk := f.read(_DIGEST_CHUNK):
       digest.update(chunk)
   return f"sha256:{digest.hexdigest()}"
@@ -66,24 +60,23 @@ def files_fingerprint(patterns: Sequence[str]) -> str:
   tens of GB, which a content digest would read whole; a file rewritten
   with other bytes changes its time."""
   digest = hashlib.sha256()
-  for result in FileSystems.match(list(patterns)):
-    for metadata in sorted(result.metadata_list, key=lambda m: m.path):
+  for matched in files.matches(patterns):
+    for metadata in matched:
       digest.update(f"{metadata.path}\0{metadata.size_in_bytes}\0"
                     f"{metadata.last_updated_in_seconds}\n".encode())
   return f"files:{digest.hexdigest()}"
 
 
 def _record_path(run_dir: str) -> str:
-  return FileSystems.join(run_dir, RUN_RECORD)
+  return files.join(run_dir, RUN_RECORD)
 
 
 def read_record(run_dir: str) -> Optional[dict[str, Any]]:
   """The folder's `run.json`, or None where it has none."""
   path = _record_path(run_dir)
-  if not FileSystems.exists(path):
+  if not files.exists(path):
     return None
-  with FileSystems.open(path) as f:
-    return json.loads(f.read().decode("utf-8"))
+  return files.read_json(path)
 
 
 def write_record(run_dir: str, stage: str,
@@ -91,8 +84,7 @@ def write_record(run_dir: str, stage: str,
   """Writes `run.json`: {"stage", "made_from"}."""
   text = json.dumps({"stage": stage, "made_from": dict(made_from)},
                     indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-  with FileSystems.create(_record_path(run_dir)) as f:
-    f.write(text.encode("utf-8"))
+  files.write_text(_record_path(run_dir), text)
 
 
 def _shown(value: Any) -> str:
@@ -164,46 +156,10 @@ def check_same(run_dir: str, recorded: Mapping[str, Any],
                       f"{more}; {start_over}.")
 
 
-def is_file(path: str) -> bool:
-  """Whether `path` is a file rather than a folder. Only a file system with
-  folders can tell: in an object store, a name can be both."""
-  # "file/" does not exist where "file" does; "folder/" does.
-  path = _strip(path)
-  return (_local(path) and FileSystems.exists(path) and
-          not FileSystems.exists(FileSystems.join(path, "")))
-
-
-def is_inside(path: str, folder: str) -> bool:
-  """Whether `path` (a file or pattern) lies in `folder` or is it."""
-  if "://" not in folder and "://" not in path:
-    path, folder = os.path.abspath(path), os.path.abspath(folder)
-    return os.path.commonpath([path, folder]) == folder
-  folder = _strip(folder) + "/"
-  return (_strip(path) + "/").startswith(folder)
-
-
 def staging_dir(output_dir: str) -> str:
   """The sibling folder a replacing run writes into: OUTPUT.staging (beside
   the absolute path of a local folder, so that "." gets "../NAME.staging")."""
-  return _absolute(output_dir) + _STAGING_SUFFIX
-
-
-def _files_under(folder: str) -> list[str]:
-  pattern = FileSystems.join(folder, "**")
-  return sorted(metadata.path for metadata in
-                FileSystems.match([pattern])[0].metadata_list)
-
-
-def delete_folder(folder: str) -> None:
-  """Deletes the folder and everything under it, if present."""
-  if _local(folder):
-    # "folder/" exists where a folder does, not where a file of its name does.
-    if FileSystems.exists(FileSystems.join(folder, "")):
-      FileSystems.delete([folder])
-    return
-  files = _files_under(folder)
-  if files:
-    FileSystems.delete(files)
+  return files.absolute(output_dir) + _STAGING_SUFFIX
 
 
 def swap_in(staging: str, output_dir: str,
@@ -216,23 +172,22 @@ def swap_in(staging: str, output_dir: str,
   objects are deleted and the staged ones renamed into place, the names in
   `last` (relative, e.g. the manifest) after all others.
   """
-  staging, output_dir = _absolute(staging), _absolute(output_dir)
-  if _local(output_dir):
+  staging, output_dir = files.absolute(staging), files.absolute(output_dir)
+  if files.has_dirs(output_dir):
     # Through FileSystems, which renames folders on any file system that
     # has them (local, and Beam's others).
     aside = output_dir + ".old"
-    delete_folder(aside)
-    if FileSystems.exists(output_dir):
-      FileSystems.rename([output_dir], [aside])
-    FileSystems.rename([staging], [output_dir])
-    delete_folder(aside)
+    files.delete_folder(aside)
+    if files.exists(output_dir):
+      files.rename([output_dir], [aside])
+    files.rename([staging], [output_dir])
+    files.delete_folder(aside)
     return
-  delete_folder(output_dir)
-  staged = _files_under(staging)
+  files.delete_folder(output_dir)
+  staged = files.files_under(staging)
   relative = [posixpath.relpath(path, staging) for path in staged]
   for batch in ([i for i, name in enumerate(relative) if name not in last],
                 [i for i, name in enumerate(relative) if name in last]):
     if batch:
-      FileSystems.rename([staged[i] for i in batch],
-                         [FileSystems.join(output_dir, relative[i])
-                          for i in batch])
+      files.rename([staged[i] for i in batch],
+                   [files.join(output_dir, relative[i]) for i in batch])

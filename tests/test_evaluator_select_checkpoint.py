@@ -9,9 +9,9 @@ import evaluator_testdata
 import pytest
 
 from evaluator import evaluate
-from evaluator import files
 from evaluator import report
 from evaluator import select_checkpoint
+from pipelines import files
 from pipelines import sequences
 
 CATEGORY = "CDs"
