@@ -16,7 +16,10 @@ system run as its own process (`experiments.commands`):
      package) into a model directory, its tokenizer included;
   4. `trainer.train` Stage II from the converted checkpoint for one epoch of
      the training split (`gemma3_270m_stage2.gin`): full fine-tuning, and
-     LoRA with everything else frozen (`--peft`);
+     LoRA with everything else frozen (`--peft`). The learning rate warms up
+     over a tenth of the steps (`GEMMA_WARMUP_SHARE`): the Stage II config's
+     1,000 warm-up steps suit runs of thousands of steps, and would hold an
+     epoch of tens of steps near a zero learning rate;
   5. `evaluator.evaluate` of the test split: LIR, the tiny model, Gemma
      zero-shot (the converted directory as it is) and each fine-tuned Gemma;
   6. `results.md`: every model's optimistic/pessimistic metrics (paper Table 2
@@ -63,6 +66,8 @@ GEMMA_STAGE2_GIN = "trainer/configs/runs/gemma3_270m_stage2.gin"
 LORA_GIN = "trainer/configs/peft/lora.gin"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 GEMMA_FULL_ROW = "Gemma 3 270M fine-tuned"
+# Gemma's learning-rate warm-up, as a share of its fine-tuning steps.
+GEMMA_WARMUP_SHARE = 0.1
 # --quick: the share of users kept, about 50 of Gift_Cards' 458, and the
 # Gemma fine-tuning's steps, batch and prompt budget (a smoke run on a CPU).
 QUICK_USER_FRACTION = 0.11
@@ -252,7 +257,9 @@ def model_runs(layout: RunLayout, args: argparse.Namespace,
       f"INITIAL_CHECKPOINT_PATH={str(converted_dir)!r}",
       f"BATCH_SIZE={args.gemma_batch_size}", _feature_lengths(args),
       f"train.checkpoint_period={steps}",
-      f"train.validation_batches={1 if args.quick else 4}"]
+      f"train.validation_batches={1 if args.quick else 4}",
+      "train_lib.create_optimizer.warmup_steps="
+      f"{int(steps * GEMMA_WARMUP_SHARE)}"]
   runs = [ModelRun("", vocabulary, layout.vocabulary),
           ModelRun("tiny (from scratch)", tiny, layout.model_dir("tiny")),
           ModelRun("Gemma 3 270M zero-shot", converted, converted_dir)]

@@ -80,6 +80,9 @@ def test_every_gemma_run_starts_from_the_converted_model(raw_dir, tmp_path,
     assert f"INITIAL_CHECKPOINT_PATH={converted!r}" in command
     assert f"VOCABULARY={converted + '/vocabulary.model'!r}" in command
     assert "TRAIN_STEPS=10" in command and "BATCH_SIZE=4" in command
+    # A tenth of the steps, not the Stage II config's 1,000.
+    assert ("--gin.train_lib.create_optimizer.warmup_steps=1"
+            in run.stage.args)
     assert run.stage.done_marker == run.model_dir / "checkpoints" / "10"
   assert pretrained.LORA_GIN in " ".join(runs[4].stage.args)
   assert pretrained.LORA_GIN not in " ".join(runs[3].stage.args)
