@@ -1,7 +1,10 @@
 """seqio preprocessors from user records to (prompt, next item) pairs.
 
 A record holds a user's chronological `item_texts` (docs/contracts.md). The
-Task pipeline (see `tasks.tasks`) runs
+Task pipeline (see `tasks.tasks`) runs `tokenize_items` before the cache and
+`user_examples` after it, which does the three steps after `tokenize_items`
+below on blocks of records at once (the same examples; one tf.data call per
+block instead of five per record, the pipeline's main cost):
 
   tokenize_items       (before the cache) item texts -> item blocks: each
                        item's tokens preceded by the tokens of the next-item
@@ -44,11 +47,12 @@ import seqio
 import tensorflow as tf
 
 from pipelines import templates
+from tasks import stateless_random
 from tasks import vocab
 
 # Paper section 4: the last k items are cut, k in {0, 1, 2, 3, 4}.
 MAX_CUT_ITEMS = 4
-_TOKENIZE_BLOCK_SIZE = 64
+_TOKENIZE_BLOCK_SIZE = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,25 +147,37 @@ def tokenize_items(dataset: tf.data.Dataset,
   next_item = tf.constant(_PrefixTokens.of(vocabulary).next_item, tf.int32)
 
   def tokenize(records):
-    records = dict(records)
-    texts = tf.ragged.map_flat_values(
-        lambda texts: tf.strings.join([vocab.ITEM_SEPARATOR, texts]),
-        records.pop("item_texts"))
-    tokens = tf.cast(vocabulary.encode_tf(texts), tf.int32)
-    items = tokens.values  # [items of the block of records, (tokens)]
+    records = _rows_with_two_items(records)
+    texts = records.pop("item_texts")
+    # Each distinct text of the block is tokenized once: the records of a
+    # block share many items.
+    distinct, index = tf.unique(texts.values)
+    distinct_tokens = vocabulary.encode_tf(
+        tf.strings.join([vocab.ITEM_SEPARATOR, distinct]))
+    # [items of the block of records, (tokens)]
+    items = tf.cast(tf.gather(distinct_tokens, index), tf.int32
+                    ).with_row_splits_dtype(texts.row_splits.dtype)
     prefixes = tf.RaggedTensor.from_uniform_row_length(
         tf.tile(next_item, [items.nrows()]), tf.size(next_item)
     ).with_row_splits_dtype(items.row_splits.dtype)
-    blocks = tokens.with_values(tf.concat([prefixes, items], axis=1))
+    blocks = texts.with_values(tf.concat([prefixes, items], axis=1))
     records["block_tokens"] = blocks.merge_dims(1, 2)
     records["block_lengths"] = tf.cast(blocks.row_lengths(axis=2), tf.int32)
     return records
 
   # Blocks of records share one tokenizer call; only throughput depends on
-  # their size.
-  dataset = dataset.filter(lambda record: tf.size(record["item_texts"]) >= 2)
+  # their size. The short records leave in the block, not by a filter that
+  # would cost a call per record.
   dataset = dataset.ragged_batch(_TOKENIZE_BLOCK_SIZE)
   return dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+
+
+def _rows_with_two_items(records: Mapping[str, tf.Tensor]
+                         ) -> dict[str, tf.Tensor]:
+  """The rows of a block of records that hold at least two items."""
+  keep = records["item_texts"].row_lengths() >= 2
+  return {name: tf.ragged.boolean_mask(value, keep)
+          for name, value in records.items()}
 
 
 def _keep_first_items(record: Mapping[str, tf.Tensor],
@@ -278,3 +294,135 @@ def to_inputs_and_targets(dataset: tf.data.Dataset,
 
   return dataset.filter(fits).map(convert,
                                   num_parallel_calls=tf.data.AUTOTUNE)
+
+
+# Records converted together by `user_examples`; only throughput depends on
+# it (the vectorised seeds cost about the same per block whatever its size).
+_EXAMPLE_BLOCK_SIZE = 256
+
+
+def example_seeds(seed: int, user_ids: tf.Tensor,
+                  stream_indexes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """`example_seed` of a vector of examples, as the seeds' (first, second)
+  words (`tasks.stateless_random`)."""
+  user_hashes = tf.strings.to_hash_bucket_fast(user_ids, 2**31 - 1)
+  user_seeds = stateless_random.fold_in(
+      tf.constant([seed], tf.int64), tf.constant([0], tf.int64), user_hashes)
+  return stateless_random.fold_in(*user_seeds, stream_indexes)
+
+
+def _ragged_slices(values: tf.Tensor, starts: tf.Tensor,
+                   limits: tf.Tensor) -> tf.RaggedTensor:
+  """Row i: values[starts[i]:limits[i]]."""
+  return tf.gather(values, tf.ragged.range(starts, limits))
+
+
+def _rows_of(tokens: Sequence[int], num_rows: tf.Tensor) -> tf.RaggedTensor:
+  """num_rows copies of the same tokens, as a ragged [num_rows, len] tensor."""
+  return tf.RaggedTensor.from_tensor(
+      tf.tile(tf.constant([tokens], tf.int32), [num_rows, 1]),
+      row_splits_dtype=tf.int64)
+
+
+def user_examples(dataset: tf.data.Dataset,
+                  sequence_length: Mapping[str, int],
+                  output_features: Mapping[str, seqio.Feature],
+                  seed: int) -> tf.data.Dataset:
+  """`cut_last_items`, `to_inputs_and_targets` and seqio's
+  `append_eos_after_trim`, in that order, on blocks of records at once.
+
+  The same examples, in the same order, with the same warnings for the
+  examples it drops, as the three one record at a time: the cut of the
+  record at stream position p is drawn from `example_seed(seed, user, p)`
+  (`example_seeds`, by `tasks.stateless_random`), the prompt keeps the same
+  blocks and EOS ends every feature whose output feature adds one, after the
+  feature is trimmed to its length less one. A tf.data call per block instead
+  of five per record: the Tasks' pipeline (`tasks.tasks`) runs this.
+  """
+  if not sequence_length or not sequence_length.get("inputs"):
+    raise ValueError(
+        "CALRec tasks need sequence_length={'inputs': ..., 'targets': ...}: "
+        "the prompt keeps the newest history items that fit 'inputs' tokens "
+        f"(got {sequence_length!r}).")
+  max_tokens = sequence_length["inputs"]
+  prefixes = _PrefixTokens.of(output_features["inputs"].vocabulary)
+  head = prefixes.user + prefixes.first_item
+  next_length = len(prefixes.next_item)
+
+  def with_eos(name: str, feature: tf.RaggedTensor) -> tf.RaggedTensor:
+    output = output_features.get(name)
+    if output is None or not output.add_eos:
+      return feature
+    length = sequence_length.get(name)
+    if length is not None:
+      feature = feature[:, :length - 1]
+    return tf.concat(
+        [feature, _rows_of([output.vocabulary.eos_id], feature.nrows())],
+        axis=1)
+
+  def warn(records, block_lengths, dropped):
+    """tf.print of `to_inputs_and_targets` for each dropped row."""
+
+    def warn_row(i):
+      row = dropped[i]
+      with tf.control_dependencies([tf.print(
+          "WARNING: dropped the example of user", records["user_id"][row],
+          "of category", records["category"][row],
+          "as its newest history item has",
+          block_lengths[row] - next_length, "tokens, which with the prompt's",
+          prefixes.fixed_length, "fixed tokens exceed the inputs length of",
+          max_tokens, output_stream=sys.stderr)]):
+        return (i + 1,)
+
+    return tf.while_loop(lambda i: i < tf.size(dropped), warn_row,
+                         (tf.constant(0),))[0]
+
+  def convert(block_index, records):
+    lengths = records["block_lengths"]
+    tokens = records["block_tokens"]
+    num_rows = lengths.nrows()
+    stream_indexes = (block_index * _EXAMPLE_BLOCK_SIZE +
+                      tf.range(num_rows, dtype=tf.int64))
+    num_items = tf.cast(lengths.row_lengths(), tf.int32)
+    max_cut = tf.minimum(records["max_cut_items"], num_items - 2)
+    cut = stateless_random.uniform_int32(
+        *example_seeds(seed, records["user_id"], stream_indexes), max_cut + 1)
+    # Items of all rows, one after the other, as in tokens.values: the
+    # target's item and token positions there.
+    block_lengths = tf.cast(lengths.values, tf.int64)
+    block_starts = tf.cumsum(block_lengths, exclusive=True)
+    target_item = lengths.row_starts() + tf.cast(num_items - cut - 1,
+                                                 tf.int64)
+    target_start = tf.gather(block_starts, target_item)
+    target_end = target_start + tf.gather(block_lengths, target_item)
+    newest_length = tf.gather(block_lengths, target_item - 1)
+    fits = len(head) + newest_length <= max_tokens
+    # A history item is kept when the prompt from it on fits.
+    item_row = lengths.value_rowids()
+    kept = ((tf.range(tf.size(block_starts), dtype=tf.int64) <
+             tf.gather(target_item, item_row)) &
+            (len(head) + tf.gather(target_start, item_row) - block_starts <=
+             max_tokens))
+    num_kept = tf.math.unsorted_segment_sum(
+        tf.cast(kept, tf.int64), item_row, num_rows)
+    kept_start = tf.gather(block_starts, target_item - num_kept)
+    examples = {
+        "inputs": tf.concat([
+            _rows_of(head, num_rows),
+            _ragged_slices(tokens.values, kept_start + next_length,
+                           target_start),
+            _rows_of(prefixes.next_item, num_rows)], axis=1),
+        "targets": _ragged_slices(tokens.values, target_start + next_length,
+                                  target_end),
+    }
+    examples = {name: with_eos(name, feature)
+                for name, feature in examples.items()}
+    dropped = tf.cast(tf.where(~fits)[:, 0], tf.int32)
+    with tf.control_dependencies([warn(records, newest_length, dropped)]):
+      fits = tf.identity(fits)
+    examples.update(user_id=records["user_id"], category=records["category"])
+    return {name: tf.ragged.boolean_mask(value, fits)
+            for name, value in examples.items()}
+
+  dataset = dataset.ragged_batch(_EXAMPLE_BLOCK_SIZE).enumerate()
+  return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE).unbatch()

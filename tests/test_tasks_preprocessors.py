@@ -3,6 +3,7 @@
 import collections
 import random
 
+import numpy as np
 import pytest
 import seqio
 import tasks_testdata
@@ -176,3 +177,75 @@ def test_evaluation_records_are_not_cut(vocabulary):
   texts = tasks_testdata.random_item_texts(random.Random(7), 9, "Tools")
   records = [(f"user{i}", texts) for i in range(100)]
   assert set(_cut_lengths(records, 0, 0, vocabulary)) == {9}
+
+
+def _one_record_at_a_time(dataset, sequence_length, features, seed):
+  """The per-record chain that `user_examples` does on blocks."""
+  ds = preprocessors.cut_last_items(dataset, seed)
+  ds = preprocessors.to_inputs_and_targets(ds, sequence_length, features)
+  return seqio.preprocessors.append_eos_after_trim(ds, features,
+                                                   sequence_length)
+
+
+@pytest.mark.parametrize("max_cut_items,seed", [(4, 0), (4, 9), (0, 0)])
+def test_user_examples_equal_the_per_record_chain(vocabulary, capfd,
+                                                  max_cut_items, seed):
+  rng = random.Random(8)
+  catalogue = tasks_testdata.random_item_texts(rng, 30, "Tools")
+  too_long = templates.item_text("光" * 120, "Tools", None, None)
+  # Shared items (a block tokenizes each distinct text once), records of
+  # 2 to 12 items, some whose newest history item cannot fit.
+  records = []
+  for i in range(300):
+    texts = rng.choices(catalogue, k=rng.randint(2, 12))
+    if i % 37 == 5:
+      texts[-1:-1] = [too_long]
+    records.append((f"user{i}", texts))
+  features = _features(vocabulary)
+  lengths = {"inputs": 200, "targets": 9}
+
+  def examples(preprocess):
+    ds = preprocessors.tokenize_items(
+        _records_dataset(records, max_cut_items), features)
+    # Two epochs of 300: blocks of 256 end with a partial one.
+    ds = preprocess(ds.repeat(2))
+    found = list(ds.as_numpy_iterator())
+    warnings = [line for line in capfd.readouterr().err.splitlines()
+                if "dropped the example" in line]
+    return found, warnings
+
+  old, old_warnings = examples(
+      lambda ds: _one_record_at_a_time(ds, lengths, features, seed))
+  new, new_warnings = examples(
+      lambda ds: preprocessors.user_examples(ds, lengths, features, seed))
+  assert 0 < len(new) < 600
+  assert [sorted(ex) for ex in new] == [sorted(ex) for ex in old]
+  for new_example, old_example in zip(new, old):
+    for name, value in old_example.items():
+      assert np.array_equal(new_example[name], value), name
+  assert old_warnings and sorted(new_warnings) == sorted(old_warnings)
+
+
+def test_user_examples_need_an_inputs_length(vocabulary):
+  ds = preprocessors.tokenize_items(
+      _records_dataset([("u", ["a", "b"])], 0), _features(vocabulary))
+  with pytest.raises(ValueError, match="inputs"):
+    preprocessors.user_examples(ds, {"targets": 8}, _features(vocabulary), 0)
+
+
+def test_tokenized_items_equal_their_texts_tokens(vocabulary):
+  rng = random.Random(9)
+  catalogue = tasks_testdata.random_item_texts(rng, 5, "Tools")
+  records = [(f"u{i}", rng.choices(catalogue, k=rng.randint(1, 6)))
+             for i in range(100)]
+  features = _features(vocabulary)
+  ds = preprocessors.tokenize_items(_records_dataset(records, 0), features)
+  next_item = vocabulary.encode(templates.NEXT_ITEM_PREFIX)
+  kept = [texts for _, texts in records if len(texts) >= 2]
+  found = list(ds.as_numpy_iterator())
+  assert len(found) == len(kept)
+  for texts, record in zip(kept, found):
+    blocks = [next_item + vocabulary.encode(vocab.item_piece(text))
+              for text in texts]
+    assert record["block_lengths"].tolist() == [len(b) for b in blocks]
+    assert record["block_tokens"].tolist() == sum(blocks, [])

@@ -2,6 +2,7 @@
 
 import collections
 
+import numpy as np
 import pytest
 import seqio
 import tasks_testdata
@@ -153,3 +154,24 @@ def test_task_name_slugs():
   assert names.task_name("Industrial_and_Scientific") == (
       "calrec_industrial_and_scientific")
   assert names.task_name("CDs & Vinyl") == "calrec_cds_vinyl"
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_source_parses_records_as_seqio_does(data, split):
+  data_dir, *_ = data
+  split_to_files = tasks.read_categories(data_dir)["Mid Cat"]
+  parsed = seqio.TFExampleDataSource(
+      split_to_filepattern=split_to_files,
+      feature_description=tasks.FEATURE_DESCRIPTION).get_dataset(
+          split, shuffle=True, seed=3)
+  ours = tasks.UserRecordSource(split_to_files).get_dataset(
+      split, shuffle=True, seed=3)
+  expected = list(parsed.as_numpy_iterator())
+  found = list(ours.as_numpy_iterator())
+  assert len(found) == len(expected) > 0
+  max_cut = 4 if split == "train" else 0
+  for record, want in zip(found, expected):
+    assert record.pop("max_cut_items") == max_cut
+    assert sorted(record) == sorted(want)
+    for name, value in want.items():
+      assert np.array_equal(record[name], value), name
