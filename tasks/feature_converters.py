@@ -122,7 +122,8 @@ class CALRecFeatureConverter(seqio.FeatureConverter):
     joint_length = inputs_length + item_length
 
     def convert(block):
-      inputs, targets = block["inputs"], block["targets"]
+      inputs = _padded(block["inputs"], "inputs", inputs_length)
+      targets = _padded(block["targets"], "targets", item_length)
       num_inputs = tf.math.count_nonzero(inputs, 1, keepdims=True,
                                          dtype=tf.int32)
       num_targets = tf.math.count_nonzero(targets, 1, keepdims=True,
@@ -158,8 +159,55 @@ class CALRecFeatureConverter(seqio.FeatureConverter):
               (tf.range(item_length + item_offset) >= item_offset)),
       }
 
-    ds = ds.map(lambda ex: {"inputs": ex["inputs"][:inputs_length],
-                            "targets": ex["targets"][:item_length]})
-    ds = ds.padded_batch(_BLOCK_SIZE, padded_shapes={
-        "inputs": [inputs_length], "targets": [item_length]})
+    def _padded(feature, name, length):
+      """[block, length]: the rows, checked or trimmed, padded with 0."""
+      if isinstance(feature, tf.Tensor):  # Rows of one static length.
+        feature = tf.RaggedTensor.from_tensor(feature)
+      if self._apply_length_check:
+        lengths = feature.row_lengths()
+        with tf.control_dependencies([tf.debugging.assert_less_equal(
+            lengths, tf.cast(length, lengths.dtype),
+            message=f"Feature '{name}' has length not less than or equal to "
+            f"the expected length of {length} during input_validation "
+            "validation")]):
+          feature = tf.identity(feature)
+      return feature.to_tensor(shape=[None, length])
+
+    ds = ds.ragged_batch(_BLOCK_SIZE)
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+
+  def _validate_dataset(
+      self, ds: tf.data.Dataset,
+      expected_features: Mapping[str, seqio.FeatureConverter.FeatureSpec],
+      expected_lengths: Mapping[str, int], strict: bool,
+      error_label: str) -> tf.data.Dataset:
+    """seqio's checks of the features' names, dtypes and ranks.
+
+    Without seqio's check of every example's lengths, a tf.data call per
+    example: `_convert_features` checks the task features' lengths on whole
+    blocks (the same message), and the model features it returns have their
+    lengths in their static shapes, checked here.
+    """
+    spec = ds.element_spec
+    for name, feature in expected_features.items():
+      if name not in spec:
+        raise ValueError(
+            f"Dataset is missing an expected feature during {error_label} "
+            f"validation: '{name}'. Received {spec}, expected "
+            f"{expected_features}.")
+      if feature.dtype != spec[name].dtype:
+        raise ValueError(
+            f"Dataset has incorrect type for feature '{name}' during "
+            f"{error_label} validation: Got {spec[name].dtype.name}, "
+            f"expected {feature.dtype.name}")
+      if feature.rank != len(spec[name].shape):
+        raise ValueError(
+            f"Dataset has incorrect rank for feature '{name}' during "
+            f"{error_label} validation: Got {len(spec[name].shape)}, "
+            f"expected {feature.rank}")
+      length = spec[name].shape[feature.sequence_dim] if feature.rank else None
+      if strict and feature.rank and length != expected_lengths[name]:
+        raise ValueError(
+            f"Feature '{name}' has length {length}, not the expected length "
+            f"of {expected_lengths[name]} during {error_label} validation")
+    return ds
