@@ -15,6 +15,12 @@ from experiments.stages import Stage
 # Local Beam runner flags (DirectRunner would try to download Prism).
 BEAM_FLAGS = ("--runner=FnApiRunner", "--direct_num_workers=2",
               "--direct_running_mode=multi_processing")
+
+
+def _beam_flags(num_workers: int) -> tuple[str, ...]:
+  return tuple(f"--direct_num_workers={num_workers}"
+               if flag.startswith("--direct_num_workers=") else flag
+               for flag in BEAM_FLAGS)
 TINY_STAGE1_GIN = "trainer/configs/runs/tiny_stage1.gin"
 TINY_STAGE2_GIN = "trainer/configs/runs/tiny_stage2.gin"
 
@@ -86,10 +92,13 @@ def convert(source: pathlib.Path, model_dir: pathlib.Path, name: str,
 
 def evaluate(name: str, data_dir: pathlib.Path, category: str,
              output_dir: pathlib.Path, model_dir: pathlib.Path | None,
-             flags: Sequence[str], inputs: Sequence[Stage]) -> Stage:
+             flags: Sequence[str], inputs: Sequence[Stage],
+             num_workers: int = 2) -> Stage:
   """`evaluator.evaluate` on the test split; `model_dir=None` runs LIR.
 
   `--overwrite` replaces what an earlier (perhaps interrupted) run wrote.
+  Each of the `num_workers` Beam workers loads the model and compiles its
+  sampler: one worker suits a model that takes every core (an LLM on a CPU).
   """
   model_args = (["--model=lir"] if model_dir is None else
                 ["--model=calrec", f"--model_dir={model_dir}"])
@@ -97,7 +106,7 @@ def evaluate(name: str, data_dir: pathlib.Path, category: str,
       name=name, module="evaluator.evaluate",
       args=[f"--data_dir={data_dir}", f"--category={category}",
             "--split=test", f"--output_dir={output_dir}", *model_args, *flags,
-            "--overwrite", *BEAM_FLAGS],
+            "--overwrite", *_beam_flags(num_workers)],
       done_marker=output_dir / "metrics.json", inputs=inputs)
 
 

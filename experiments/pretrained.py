@@ -66,6 +66,8 @@ GEMMA_STAGE2_GIN = "trainer/configs/runs/gemma3_270m_stage2.gin"
 LORA_GIN = "trainer/configs/peft/lora.gin"
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 GEMMA_FULL_ROW = "Gemma 3 270M fine-tuned"
+# The sampling stream of every model (`evaluator.evaluate --sampler`).
+SAMPLER = "inverse_cdf"
 # Gemma's learning-rate warm-up, as a share of its fine-tuning steps.
 GEMMA_WARMUP_SHARE = 0.1
 # --quick: the share of users kept, about 50 of Gift_Cards' 458, and the
@@ -196,17 +198,23 @@ def _evaluation(layout: RunLayout, args: argparse.Namespace, name: str,
                 ) -> stages.Stage:
   """The test split's evaluation of a model (LIR without `model_dir`).
 
-  Every Gemma is sampled in float32 activations, as the converted model is
-  (its fine-tuning ran in bfloat16), so the zero-shot and fully fine-tuned
-  runs share their compiled samplers through the compilation cache.
+  Every model samples with the inverse_cdf stream (one random number per
+  token, where gumbel draws one per entry of Gemma's 262,144-token
+  vocabulary). Every Gemma is sampled in float32 activations, as the
+  converted model is (its fine-tuning ran in bfloat16), so the zero-shot and
+  fully fine-tuned runs share their compiled samplers through the
+  compilation cache, on one Beam worker (XLA's threads take every core).
   """
   flags = [f"--seed={args.seed}", f"--num_generations={args.num_generations}",
            f"--batch_size={batch_size}"]
+  if model_dir is not None:
+    flags.append(f"--sampler={SAMPLER}")
   if gemma:
     flags += ["--dtype=float32",
               f"--compilation_cache_dir={layout.root / 'jax_cache'}"]
   return commands.evaluate(f"eval_{name}", layout.data, CATEGORY,
-                           layout.eval_dir(name), model_dir, flags, inputs)
+                           layout.eval_dir(name), model_dir, flags, inputs,
+                           num_workers=1 if gemma else 2)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -199,7 +199,7 @@ def test_quick_mode_fine_tunes_gemma_briefly(raw_dir, tmp_path):
   assert pretrained.gemma_steps(args, train_records=458) == 58
 
 
-def test_every_gemma_is_sampled_in_float32_with_one_compilation_cache(
+def test_every_gemma_is_sampled_in_float32_on_one_worker_with_one_cache(
     raw_dir, tmp_path):
   args = _args(raw_dir, tmp_path)
   layout = RunLayout(tmp_path / "run", marker_name=".pretrained")
@@ -209,7 +209,16 @@ def test_every_gemma_is_sampled_in_float32_with_one_compilation_cache(
   for flags in gemma:
     assert "--dtype=float32" in flags and "--batch_size=4" in flags
     assert f"--compilation_cache_dir={layout.root / 'jax_cache'}" in flags
+    # One worker: each would load Gemma and compile its sampler.
+    assert "--direct_num_workers=1" in flags
+    assert not any(flag.startswith("--direct_num_workers=2")
+                   for flag in flags)
   tiny = pretrained._evaluation(layout, args, "tiny", layout.model_dir("tiny"),
                                 32, []).args
   assert not any(flag.startswith(("--dtype", "--compilation_cache_dir"))
                  for flag in tiny)
+  assert "--direct_num_workers=2" in tiny
+  for flags in (*gemma, tiny):
+    assert "--sampler=inverse_cdf" in flags
+  lir = pretrained._evaluation(layout, args, "lir", None, 32, []).args
+  assert not any(flag.startswith("--sampler") for flag in lir)
