@@ -38,12 +38,12 @@ import sys
 from typing import Any, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import beam_options
 from pipelines import cli
 from pipelines import config as config_lib
+from pipelines import files
 from pipelines import options
 from pipelines import outputs
 from pipelines import run_dir
@@ -125,10 +125,8 @@ def _names_under(folder: str) -> list[str]:
   on an object store such as GCS a folder is only a prefix of object names,
   which `exists` does not find. "**" crosses "/", "*" would not.
   """
-  pattern = FileSystems.join(folder, "**")
-  prefix = pattern[:-len("**")]
-  return [metadata.path[len(prefix):] for metadata in
-          FileSystems.match([pattern])[0].metadata_list]
+  prefix = files.join(folder, "")
+  return [path[len(prefix):] for path in files.files_under(folder)]
 
 
 def _holds_earlier_run(names: Sequence[str]) -> bool:
@@ -156,7 +154,7 @@ def refuse_inputs_inside(config: config_lib.Config, output_dir: str) -> None:
                        "--output_dir")}
   for label, pattern in _input_patterns(config).items():
     for folder, what in folders.items():
-      if run_dir.is_inside(pattern, folder):
+      if files.is_inside(pattern, folder):
         raise OutputDirError(f"{label} {pattern} lies inside {what}; choose "
                              "an --output_dir that holds no input")
 
@@ -207,7 +205,7 @@ def _new_staging(output_dir: str) -> str:
   """Deletes the staging folder an earlier run left, if it holds one;
   returns the folder."""
   staging = run_dir.staging_dir(output_dir)
-  if run_dir.is_file(staging):
+  if files.is_file(staging):
     raise OutputDirError(f"{staging}, where the job writes before it "
                          "replaces --output_dir, is a file")
   names = _names_under(staging)
@@ -215,7 +213,7 @@ def _new_staging(output_dir: str) -> str:
     raise OutputDirError(f"{staging}, where the job writes before it "
                          "replaces --output_dir, holds no earlier run; "
                          "refusing to delete it")
-  run_dir.delete_folder(staging)
+  files.delete_folder(staging)
   return staging
 
 
@@ -224,7 +222,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool,
   """Checks the folder for the job (`_check_output_dir`; `current`: what this
   run is made from) and returns the staging folder the job writes, new and
   marked as this job's output (`outputs.write_run_started`)."""
-  if run_dir.is_file(output_dir):
+  if files.is_file(output_dir):
     raise OutputDirError(f"--output_dir {output_dir} is a file, not a folder")
   _check_output_dir(output_dir, overwrite, current)
   staging = _new_staging(output_dir)
@@ -319,8 +317,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, dict]:
     if not category_stats["num_users"]:
       logging.warning("category %s has no users left; its rejects are in %s",
                       name, outputs.rejects_pattern(job.output_dir, name))
-  logging.info("done: %s", FileSystems.join(job.output_dir,
-                                            outputs.MANIFEST))
+  logging.info("done: %s", files.join(job.output_dir, outputs.MANIFEST))
   return stats
 
 

@@ -37,13 +37,6 @@ class RunDirError(ValueError):
   """A folder the run must not write into as asked."""
 
 
-# Generic file helpers that pipelines/preprocess.py still calls by these
-# names; they live in pipelines.files.
-is_file = files.is_file
-is_inside = files.is_inside
-delete_folder = files.delete_folder
-
-
 def file_digest(path: str) -> str:
   """"sha256:HEX" of the file's bytes."""
   digest = hashlib.sha256()
