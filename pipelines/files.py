@@ -48,6 +48,11 @@ def join(path: Path, *paths: str) -> str:
   return FileSystems.join(os.fspath(path), *paths)
 
 
+def split(path: Path) -> tuple[str, str]:
+  """(folder, last component) as the file system of `path` splits it."""
+  return FileSystems.split(os.fspath(path))
+
+
 def _strip(path: str) -> str:
   return path.rstrip("/") or path
 
@@ -148,6 +153,18 @@ def read_parquet(path: Path, columns: Sequence[str]) -> pa.Table:
     return pq.read_table(f, columns=list(columns))
 
 
+def open_write(path: Path):
+  """The file created (replaced if present) for writing; compressed as its
+  name's extension says (.gz, .bz2, ...: Beam's default)."""
+  return FileSystems.create(os.fspath(path))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+  """Writes the file (`open_write`)."""
+  with open_write(path) as f:
+    f.write(data)
+
+
 def write_text(path: Path, text: str) -> None:
-  with FileSystems.create(os.fspath(path)) as f:
-    f.write(text.encode("utf-8"))
+  """Writes the text as UTF-8 (`write_bytes`)."""
+  write_bytes(path, text.encode("utf-8"))

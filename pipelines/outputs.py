@@ -23,11 +23,11 @@ import io
 import json
 from typing import Any, Iterable, Mapping, Sequence
 
-from apache_beam.io.filesystems import FileSystems
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import config as config_lib
+from pipelines import files
 from pipelines import manifest as manifest_lib
 from pipelines import parse
 from pipelines import processing
@@ -53,11 +53,6 @@ RejectFile = tuple[str, str, int]
 _REJECTS_PER_WRITE = 4096
 
 
-def _write(path: str, data: bytes) -> None:
-  with FileSystems.create(path) as f:
-    f.write(data)
-
-
 def _json_bytes(value: Any) -> bytes:
   return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) +
           "\n").encode("utf-8")
@@ -67,23 +62,22 @@ def write_run_started(output_dir: str) -> None:
   """Marks the folder the job writes as the output of a run of this job,
   before any other file: proof for the next run, which deletes it, of a run
   that failed before its rejects/."""
-  _write(FileSystems.join(output_dir, RUN_STARTED), _RUN_STARTED_TEXT)
+  files.write_bytes(files.join(output_dir, RUN_STARTED), _RUN_STARTED_TEXT)
 
 
 def delete_run_started(output_dir: str) -> None:
   """Removes the marker of `write_run_started`, if any, once the manifest is
   written (a pipeline built without the launcher has none)."""
-  path = FileSystems.join(output_dir, RUN_STARTED)
-  if FileSystems.exists(path):
-    FileSystems.delete([path])
+  path = files.join(output_dir, RUN_STARTED)
+  if files.exists(path):
+    files.delete([path])
 
 
 def shard_path(output_dir: str, category: str, split: str, shard: int,
                num_shards: int) -> str:
   """The file of one shard of a split (docs/contracts.md)."""
-  return FileSystems.join(
-      output_dir, category,
-      f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord")
+  return files.join(output_dir, category,
+                    f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord")
 
 
 def write_shard(output_dir: str, category: config_lib.CategoryConfig,
@@ -95,8 +89,8 @@ def write_shard(output_dir: str, category: config_lib.CategoryConfig,
     examples = records.get(split, ())
     path = shard_path(output_dir, category.name, split, shard,
                       category.num_shards)
-    _write(path, processing.shard_file_bytes(examples))
-    written.append((category.name, split, FileSystems.split(path)[1],
+    files.write_bytes(path, processing.shard_file_bytes(examples))
+    written.append((category.name, split, files.split(path)[1],
                     len(examples)))
   return written
 
@@ -104,15 +98,14 @@ def write_shard(output_dir: str, category: config_lib.CategoryConfig,
 def rejects_path(output_dir: str, category: str, bucket: int,
                  num_buckets: int) -> str:
   """The rejects file of one bucket (docs/contracts.md)."""
-  return FileSystems.join(
-      output_dir, REJECTS_DIR,
-      f"{category}-{bucket:05d}-of-{num_buckets:05d}.jsonl")
+  return files.join(output_dir, REJECTS_DIR,
+                    f"{category}-{bucket:05d}-of-{num_buckets:05d}.jsonl")
 
 
 def rejects_pattern(output_dir: str, category: str) -> str:
   """A pattern that matches every rejects file of a category (names hold no
   "-")."""
-  return FileSystems.join(output_dir, REJECTS_DIR, f"{category}-*.jsonl")
+  return files.join(output_dir, REJECTS_DIR, f"{category}-*.jsonl")
 
 
 def write_rejects(output_dir: str, category: config_lib.CategoryConfig,
@@ -121,11 +114,11 @@ def write_rejects(output_dir: str, category: config_lib.CategoryConfig,
   the rejects are held once, their lines never all at once."""
   path = rejects_path(output_dir, category.name, bucket, category.num_shards)
   ordered = processing.sort_rejects(rejects)
-  with FileSystems.create(path) as f:
+  with files.open_write(path) as f:
     for start in range(0, len(ordered), _REJECTS_PER_WRITE):
       f.write(processing.rejects_jsonl(
           category.name, ordered[start:start + _REJECTS_PER_WRITE]))
-  return category.name, FileSystems.split(path)[1], len(ordered)
+  return category.name, files.split(path)[1], len(ordered)
 
 
 def write_category_files(output_dir: str,
@@ -138,7 +131,7 @@ def write_category_files(output_dir: str,
   columns = processing.corpus_columns(item_ids, meta)
   buffer = io.BytesIO()
   pq.write_table(pa.table(columns, schema=_CORPUS_SCHEMA), buffer)
-  _write(FileSystems.join(output_dir, name, CORPUS), buffer.getvalue())
+  files.write_bytes(files.join(output_dir, name, CORPUS), buffer.getvalue())
 
   counts = collections.Counter(counts)
   counts["meta_duplicate_rows"] = counts["meta_rows"] - counts["meta_items"]
@@ -146,7 +139,7 @@ def write_category_files(output_dir: str,
   stats = stats_lib.category_stats(counts, len(columns["item_id"]),
                                    total_words, len(vocabulary),
                                    category.user_fraction)
-  _write(FileSystems.join(output_dir, name, STATS), _json_bytes(stats))
+  files.write_bytes(files.join(output_dir, name, STATS), _json_bytes(stats))
   return stats
 
 
@@ -186,8 +179,8 @@ def write_manifest(output_dir: str, config: config_lib.Config,
                    reject_files: Iterable[RejectFile],
                    stats: Mapping[str, Mapping[str, Any]]) -> None:
   """Writes `manifest.json`: last, once every other file exists."""
-  _write(FileSystems.join(output_dir, MANIFEST),
-         _json_bytes(manifest(config, shard_files, reject_files, stats)))
+  written = manifest(config, shard_files, reject_files, stats)
+  files.write_bytes(files.join(output_dir, MANIFEST), _json_bytes(written))
 
 
 def read_stats(output_dir: str,
@@ -195,7 +188,6 @@ def read_stats(output_dir: str,
   """The statistics files of a finished run, by category."""
   stats = {}
   for category in config.categories:
-    with FileSystems.open(FileSystems.join(output_dir, category.name,
-                                           STATS)) as f:
-      stats[category.name] = json.loads(f.read())
+    stats[category.name] = files.read_json(
+        files.join(output_dir, category.name, STATS))
   return stats

@@ -135,3 +135,20 @@ def test_read_parquet_columns(tmp_path, remote):
   table = files.read_parquet(remote("c.parquet"), ["item_id", "text"])
   assert table.column_names == ["item_id", "text"]
   assert table.column("text").to_pylist() == ["a", "b"]
+
+
+def test_write_bytes_split_and_open_write_remote(tmp_path, remote):
+  files.write_bytes(remote("b.bin"), b"\x00\xff")
+  assert files.read_bytes(remote("b.bin")) == b"\x00\xff"
+  with files.open_write(remote("c.txt")) as f:
+    f.write(b"c")
+    f.write(b"d")
+  assert files.read_bytes(remote("c.txt")) == b"cd"
+  assert files.split(remote("c.txt"))[1] == "c.txt"
+  assert files.split(str(tmp_path / "c.txt")) == (str(tmp_path), "c.txt")
+
+
+def test_write_bytes_compresses_by_name(tmp_path):
+  path = tmp_path / "a.json.gz"
+  files.write_bytes(str(path), b"{}")
+  assert gzip.decompress(path.read_bytes()) == b"{}"
