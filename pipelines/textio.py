@@ -19,8 +19,7 @@ import os
 from typing import Iterator, NamedTuple, Sequence
 import zlib
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+from pipelines import files
 
 DEFAULT_RANGE_BYTES = 16 << 20
 _GZIP_SUFFIX = ".gz"
@@ -47,7 +46,8 @@ class FileRange(NamedTuple):
 
 
 def _open(path: str) -> io.BufferedIOBase:
-  raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+  # As stored, not decompressed by Beam: a .gz file is decompressed here.
+  raw = files.open_read(path)
   if path.endswith(_GZIP_SUFFIX):
     return io.BufferedReader(gzip.GzipFile(fileobj=raw), buffer_size=1 << 20)
   return raw
@@ -72,7 +72,7 @@ def _is_unnamed_gzip(path: str) -> bool:
 
 def _same_file_key(path: str) -> str:
   """`path`, resolved if local: two names of one local file share a key."""
-  if FileSystems.get_scheme(path) is None:
+  if files.scheme(path) is None:
     return os.path.realpath(path)
   return path
 
@@ -89,11 +89,10 @@ def plan_ranges(patterns: Sequence[str], what: str,
   ranges = []
   seen = {}
   for pattern in patterns:
-    files = sorted(FileSystems.match([pattern])[0].metadata_list,
-                   key=lambda m: m.path)
-    if not files:
+    matched = files.matches([pattern])[0]
+    if not matched:
       raise InputError(f"no file matches {pattern} ({what})")
-    for metadata in files:
+    for metadata in matched:
       key = _same_file_key(metadata.path)
       if key in seen:
         logging.warning("%s (%s) matched again by %s: read once, as %s",
