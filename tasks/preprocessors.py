@@ -226,6 +226,23 @@ def cut_last_items(dataset: tf.data.Dataset, seed: int) -> tf.data.Dataset:
   return dataset.enumerate().map(cut, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _prompt_budget(sequence_length: Mapping[str, int],
+                   output_features: Mapping[str, seqio.Feature]
+                   ) -> tuple[int, _PrefixTokens]:
+  """(the inputs length, the prompt's prefix tokens) of the Tasks' examples.
+
+  Raises:
+    ValueError: `sequence_length` has no "inputs" length.
+  """
+  if not sequence_length or not sequence_length.get("inputs"):
+    raise ValueError(
+        "CALRec tasks need sequence_length={'inputs': ..., 'targets': ...}: "
+        "the prompt keeps the newest history items that fit 'inputs' tokens "
+        f"(got {sequence_length!r}).")
+  return (sequence_length["inputs"],
+          _PrefixTokens.of(output_features["inputs"].vocabulary))
+
+
 def to_inputs_and_targets(dataset: tf.data.Dataset,
                           sequence_length: Mapping[str, int],
                           output_features: Mapping[str, seqio.Feature]
@@ -246,13 +263,7 @@ def to_inputs_and_targets(dataset: tf.data.Dataset,
   drop and warn alike. `budgeted_prompt` raises ValueError for such a
   history instead.
   """
-  if not sequence_length or not sequence_length.get("inputs"):
-    raise ValueError(
-        "CALRec tasks need sequence_length={'inputs': ..., 'targets': ...}: "
-        "the prompt keeps the newest history items that fit 'inputs' tokens "
-        f"(got {sequence_length!r}).")
-  max_tokens = sequence_length["inputs"]
-  prefixes = _PrefixTokens.of(output_features["inputs"].vocabulary)
+  max_tokens, prefixes = _prompt_budget(sequence_length, output_features)
   head = tf.constant(prefixes.user + prefixes.first_item, tf.int32)
   next_item = tf.constant(prefixes.next_item, tf.int32)
   next_length = len(prefixes.next_item)
@@ -339,13 +350,7 @@ def user_examples(dataset: tf.data.Dataset,
   feature is trimmed to its length less one. A tf.data call per block instead
   of five per record: the Tasks' pipeline (`tasks.tasks`) runs this.
   """
-  if not sequence_length or not sequence_length.get("inputs"):
-    raise ValueError(
-        "CALRec tasks need sequence_length={'inputs': ..., 'targets': ...}: "
-        "the prompt keeps the newest history items that fit 'inputs' tokens "
-        f"(got {sequence_length!r}).")
-  max_tokens = sequence_length["inputs"]
-  prefixes = _PrefixTokens.of(output_features["inputs"].vocabulary)
+  max_tokens, prefixes = _prompt_budget(sequence_length, output_features)
   head = prefixes.user + prefixes.first_item
   next_length = len(prefixes.next_item)
 
