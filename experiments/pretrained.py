@@ -32,8 +32,9 @@ system run as its own process (`experiments.commands`):
 
 None of the models had Stage I (the paper's multi-category mixture): this
 folder has one category. `--quick` is a smoke run: about 50 users (a seeded
-hash of the user id, `user_fraction`), N_gen 8, two fine-tuning steps of 4
-examples with a 256-token prompt budget.
+hash of the user id, `user_fraction`), N_gen 8 samples of at most 48 tokens
+(Gift_Cards' longest item line is 44 Gemma tokens), two fine-tuning steps of
+4 examples with a 256-token prompt budget.
 
 Like `experiments.sample_run`, a step whose output is complete is skipped, so
 a rerun continues where an interrupted one stopped.
@@ -76,6 +77,7 @@ QUICK_USER_FRACTION = 0.11
 QUICK_GEMMA_STEPS = 2
 QUICK_GEMMA_BATCH_SIZE = 4
 QUICK_INPUTS_LENGTH = 256
+QUICK_MAX_DECODE_LENGTH = 48
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 _DEFAULT_RAW_DIR = os.environ.get(
     "CALREC_SHARED_DATA",
@@ -209,6 +211,8 @@ def _evaluation(layout: RunLayout, args: argparse.Namespace, name: str,
            f"--batch_size={batch_size}"]
   if model_dir is not None:
     flags.append(f"--sampler={SAMPLER}")
+    if args.quick:
+      flags.append(f"--max_decode_length={QUICK_MAX_DECODE_LENGTH}")
   if gemma:
     flags += ["--dtype=float32",
               f"--compilation_cache_dir={layout.root / 'jax_cache'}"]

@@ -220,5 +220,9 @@ def test_every_gemma_is_sampled_in_float32_on_one_worker_with_one_cache(
   assert "--direct_num_workers=2" in tiny
   for flags in (*gemma, tiny):
     assert "--sampler=inverse_cdf" in flags
+  assert not any(flag.startswith("--max_decode_length") for flag in tiny)
   lir = pretrained._evaluation(layout, args, "lir", None, 32, []).args
   assert not any(flag.startswith("--sampler") for flag in lir)
+  quick = _args(raw_dir, tmp_path, "--quick")
+  assert "--max_decode_length=48" in pretrained._evaluation(
+      layout, quick, "tiny", layout.model_dir("tiny"), 32, []).args
