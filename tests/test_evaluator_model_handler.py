@@ -326,6 +326,7 @@ def test_evaluate_generates_with_the_checkpoint_step_asked_for(
     np.testing.assert_allclose(logprobs, expected_logprobs, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_workers_model_samples_with_the_sampler_asked_for(
     model_dir, generator_parts):
   """--sampler reaches the model each worker loads: its inverse_cdf samples
@@ -348,6 +349,7 @@ def test_the_workers_model_samples_with_the_sampler_asked_for(
            for samples in outputs["inverse_cdf"]])
 
 
+@pytest.mark.slow
 def test_the_workers_model_samples_in_the_dtype_asked_for(
     model_dir, generator_parts):
   """--dtype changes the activations only: the float32-trained run sampled

@@ -68,6 +68,7 @@ def test_stage1_batches_hold_prompts_and_catalogue_items(registered):
       assert len(history) <= LENGTHS["inputs"]
 
 
+@pytest.mark.slow
 def test_validation_split_predicts_the_last_item(registered):
   output, vocabulary, _ = registered
   ds = seqio.get_mixture_or_task("calrec_cds").get_dataset(

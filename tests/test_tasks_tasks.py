@@ -97,6 +97,7 @@ def test_stage1_rates_are_users_to_the_rate_exponent(data):
     mixtures.register_mixtures(data_dir, model)
 
 
+@pytest.mark.slow
 def test_stage1_batches_through_feature_converter(data):
   ds = seqio.get_dataset(
       mixtures.STAGE1_MIXTURE, LENGTHS, dataset_split="train", shuffle=True,

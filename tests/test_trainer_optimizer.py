@@ -197,6 +197,7 @@ def _temp_bytes(trainer, batch) -> int:
   return compiled.memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_the_step_computes_no_gradient_of_a_frozen_embedding(batch):
   # The 2048 x 256 embedding's gradient and update: 2 MiB each (with its
   # gradient computed, a frozen embedding kept 75 % of the temporaries).
