@@ -34,9 +34,9 @@ SPLITS = (sequences.TEST, sequences.VALIDATION)
 _CHOICES = {"split": SPLITS, "model": MODELS,
             "retrieval": transforms.RETRIEVALS,
             "bm25_backend": transforms.BM25_BACKENDS,
-            "sampler": generation.SAMPLERS}
-# Settings that may also be None (the run's own).
-_CHOICES_OR_NONE = {"dtype": generation.DTYPES}
+            "sampler": generation.SAMPLERS, "dtype": generation.DTYPES}
+# Settings of _CHOICES that may also be None (the run's own).
+_NONE_ALLOWED = ("dtype",)
 # Integers >= 1; max_users may also be None (every user).
 _POSITIVE = ("num_generations", "max_decode_length", "num_preds", "max_users",
              "batch_size")
@@ -76,13 +76,11 @@ class EvaluationConfig:
 
   def __post_init__(self):
     for name, choices in _CHOICES.items():
-      if getattr(self, name) not in choices:
+      value = getattr(self, name)
+      if value not in choices and not (value is None and
+                                       name in _NONE_ALLOWED):
         raise ValueError(f"--{name} must be one of {', '.join(choices)}, "
-                         f"got {getattr(self, name)!r}.")
-    for name, choices in _CHOICES_OR_NONE.items():
-      if getattr(self, name) not in (None, *choices):
-        raise ValueError(f"--{name} must be one of {', '.join(choices)}, "
-                         f"got {getattr(self, name)!r}.")
+                         f"got {value!r}.")
     for name in _POSITIVE:
       value = getattr(self, name)
       if value is not None and value < 1:

@@ -12,17 +12,14 @@ from typing import Sequence
 
 from experiments.stages import Stage
 
-# Local Beam runner flags (DirectRunner would try to download Prism).
-BEAM_FLAGS = ("--runner=FnApiRunner", "--direct_num_workers=2",
-              "--direct_running_mode=multi_processing")
-
-
-def _beam_flags(num_workers: int) -> tuple[str, ...]:
-  return tuple(f"--direct_num_workers={num_workers}"
-               if flag.startswith("--direct_num_workers=") else flag
-               for flag in BEAM_FLAGS)
 TINY_STAGE1_GIN = "trainer/configs/runs/tiny_stage1.gin"
 TINY_STAGE2_GIN = "trainer/configs/runs/tiny_stage2.gin"
+
+
+def _beam_flags(num_workers: int = 2) -> tuple[str, ...]:
+  """Local Beam runner flags (DirectRunner would try to download Prism)."""
+  return ("--runner=FnApiRunner", f"--direct_num_workers={num_workers}",
+          "--direct_running_mode=multi_processing")
 
 
 def _gin_string(value: str | pathlib.Path) -> str:
@@ -42,7 +39,7 @@ def preprocess(config: pathlib.Path, data_dir: pathlib.Path,
   return Stage(
       name="preprocess", module="pipelines.preprocess",
       args=[f"--config={config}", f"--output_dir={data_dir}", "--overwrite",
-            *BEAM_FLAGS],
+            *_beam_flags()],
       done_marker=data_dir / "manifest.json", inputs=inputs)
 
 

@@ -337,7 +337,9 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
   main_rows = ["LIR", *(model.row for model in runs if model.row)]
   markdown = (results_markdown([(row, folders[row]) for row in main_rows],
                                args) +
-              budget_markdown(layout, [*runs, *budgets], folders))
+              budget_markdown(layout, next(model for model in runs if
+                                           model.stage.name == "gemma_full"),
+                              budgets, folders))
   layout.results.write_text(markdown)
   print(markdown, flush=True)
   print(f"Wrote {layout.results} in {time.monotonic() - start:.0f}s.",
@@ -371,21 +373,20 @@ def results_markdown(rows: Sequence[tuple[str, pathlib.Path]],
   return "\n".join(lines)
 
 
-def budget_markdown(layout: RunLayout, models: Sequence[ModelRun],
+def budget_markdown(layout: RunLayout, gemma_full: ModelRun,
+                    budgets: Sequence[ModelRun],
                     folders: Mapping[str, pathlib.Path]) -> str:
   """The second table: Gemma's full fine-tuning and the tiny model at its
   budget (`budget_runs`), each run's steps, batch and training CPU seconds,
   their metrics (Table 2 layout) and a paired t-test of each tiny run
   against the fine-tuned Gemma (Table 4 layout)."""
   from evaluator import report  # pylint: disable=g-import-not-at-top
-  by_row = {model.row: model for model in models}
-  rows = [GEMMA_FULL_ROW, *(model.row for model in models
-                            if model.stage.name.startswith("tiny_equal"))]
+  models = [gemma_full, *budgets]
+  rows = [model.row for model in models]
   lines = ["\n## At equal training budgets\n",
            "| Model | Steps | Batch | Examples | Training CPU s |",
            "|---|---|---|---|---|"]
-  for row in rows:
-    model = by_row[row]
+  for row, model in zip(rows, models):
     steps = int(model.stage.done_marker.name)
     batch = run_dir.read_record(str(model.model_dir))["made_from"][
         "batch_size"]
