@@ -107,8 +107,7 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
   """
   record_path = log_dir / f"{stage.name}.json"
   record = stage.record()
-  earlier = (json.loads(record_path.read_text()) if record_path.exists()
-             else {})
+  earlier = _read_record(record_path)
   if stage.done_marker and stage.done_marker.exists():
     if earlier.get("stage") == record and earlier.get("complete"):
       _log(f"[{stage.name}] already complete ({stage.done_marker}), skipped")
@@ -163,12 +162,16 @@ def stage_cost(stage: Stage, log_dir: pathlib.Path) -> dict[str, float]:
   stage has not completed since costs were recorded).
   """
   record_path = log_dir / f"{stage.name}.json"
-  earlier = (json.loads(record_path.read_text()) if record_path.exists()
-             else {})
+  earlier = _read_record(record_path)
   if not earlier.get("complete") or "cost" not in earlier:
     raise ValueError(f"{record_path} records no completed run's cost; rerun "
                      f"stage {stage.name!r}.")
   return earlier["cost"]
+
+
+def _read_record(path: pathlib.Path) -> dict[str, Any]:
+  """A stage's record as `_write_record` wrote it ({} when there is none)."""
+  return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _children_cpu_seconds() -> float:
