@@ -236,12 +236,11 @@ def prompt_ids(users: Sequence[Any], model_dir: pathlib.Path
   token, then `budgeted_prompt`), the vocabulary and the stop ids."""
   from tasks import preprocessors  # pylint: disable=g-import-not-at-top
   from trainer import model_dir as model_dir_lib  # pylint: disable=g-import-not-at-top
-  import seqio  # pylint: disable=g-import-not-at-top
   from tasks import vocab  # pylint: disable=g-import-not-at-top
   metadata = json.loads((model_dir / model_dir_lib.MODEL_JSON)
                         .read_text())
-  vocabulary = seqio.SentencePieceVocabulary(
-      str(model_dir / model_dir_lib.VOCABULARY_FILE),
+  vocabulary = vocab.get_vocabulary(
+      str(model_dir_lib.vocabulary_file(model_dir)),
       extra_ids=metadata["extra_ids"])
   prompt_length = metadata["task_feature_lengths"]["inputs"]
   start = vocab.decoder_start_id(vocabulary)

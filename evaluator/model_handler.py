@@ -166,7 +166,7 @@ class GeneratorLoader:
   def vocabulary_path(self) -> str:
     """The vocabulary the run trained with, which decodes its samples."""
     from trainer import model_dir  # pylint: disable=g-import-not-at-top
-    return os.path.join(self.model_dir, model_dir.VOCABULARY_FILE)
+    return os.fspath(model_dir.vocabulary_file(self.model_dir))
 
   def __call__(self) -> JaxGenerator:
     from trainer import checkpoints  # pylint: disable=g-import-not-at-top

@@ -4,7 +4,9 @@ A model directory (MODEL_DIR of `trainer.train`, or `trainer.convert`'s
 output) holds
   checkpoints/      the steps (`trainer.checkpoints`)
   model.json        model config, loss settings, feature lengths
-  vocabulary.model  the SentencePiece model the run trained with
+  vocabulary.model  the vocabulary the run trained with: a SentencePiece
+  (or .json)        model, or a byte-level BPE vocabulary.json
+                    (`tasks.bpe_vocab`); `vocabulary_file` finds it
   config.gin        the full gin configuration of the run
   run.json          what the run was made from (`pipelines.run_dir`), which
                     a resume must match
@@ -24,6 +26,7 @@ import jax
 import seqio
 
 from pipelines import run_dir
+from tasks import bpe_vocab
 from tasks import vocab
 from trainer import checkpoints
 from trainer import models
@@ -32,6 +35,8 @@ from trainer import network
 PyTree = Any
 MODEL_JSON = "model.json"
 VOCABULARY_FILE = "vocabulary.model"
+BPE_VOCABULARY_FILE = "vocabulary.json"
+VOCABULARY_FILES = (VOCABULARY_FILE, BPE_VOCABULARY_FILE)
 CONFIG_GIN = "config.gin"
 TRAIN_STAGE = "train"
 
@@ -56,7 +61,8 @@ def write_model_metadata(model_dir: str | os.PathLike[str],
   """Writes model.json and the vocabulary so the directory loads alone."""
   model_dir = checkpoints.model_path(model_dir)
   model_dir.mkdir(parents=True, exist_ok=True)
-  (model_dir / VOCABULARY_FILE).write_bytes(_sentencepiece_model(vocabulary))
+  (model_dir / vocabulary_file_name(vocabulary)).write_bytes(
+      vocabulary_bytes(vocabulary))
   write_model_json(model_dir, model, vocabulary.extra_ids,
                    task_feature_lengths, best_metric, best_mode)
 
@@ -75,11 +81,39 @@ def write_model_json(model_dir: str | os.PathLike[str],
   (model_dir / MODEL_JSON).write_text(json.dumps(metadata, indent=2) + "\n")
 
 
-def _sentencepiece_model(vocabulary: seqio.Vocabulary) -> bytes:
+def vocabulary_file_name(vocabulary: seqio.Vocabulary) -> str:
+  """The name a model directory stores this vocabulary under."""
+  if isinstance(vocabulary, bpe_vocab.ByteLevelBPEVocabulary):
+    return BPE_VOCABULARY_FILE
+  return VOCABULARY_FILE
+
+
+def vocabulary_bytes(vocabulary: seqio.Vocabulary) -> bytes:
+  """The file a model directory stores for this vocabulary."""
+  if isinstance(vocabulary, bpe_vocab.ByteLevelBPEVocabulary):
+    return vocabulary.text
   if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
-    raise TypeError("Only SentencePiece vocabularies can be stored with the "
-                    f"model, got {type(vocabulary).__name__}.")
+    raise TypeError("Only SentencePiece and byte-level BPE vocabularies can "
+                    "be stored with the model, got "
+                    f"{type(vocabulary).__name__}.")
   return vocabulary.sp_model
+
+
+def vocabulary_file(model_dir: str | os.PathLike[str]) -> epath.Path:
+  """The vocabulary file of a model directory: the one of
+  `VOCABULARY_FILES` it has (vocabulary.model, which does not exist then,
+  when it has neither).
+
+  Raises:
+    ValueError: it has both.
+  """
+  model_dir = checkpoints.model_path(model_dir)
+  found = [model_dir / name for name in VOCABULARY_FILES
+           if (model_dir / name).exists()]
+  if len(found) > 1:
+    raise ValueError(f"{model_dir} has both {' and '.join(VOCABULARY_FILES)}"
+                     "; keep the one the run trained with.")
+  return found[0] if found else model_dir / VOCABULARY_FILE
 
 
 def _model_metadata(model: models.CALRecModel, extra_ids: int,
@@ -116,10 +150,10 @@ def training_made_from(model: models.CALRecModel,
                        task_feature_lengths: Mapping[str, int],
                        **settings: Any) -> dict[str, Any]:
   """What a training run is made from, as run.json records it: the
-  vocabulary's digest (`run_dir.file_digest` of the vocabulary.model it
+  vocabulary's digest (`run_dir.file_digest` of the vocabulary file it
   writes), what model.json records of the model and `settings`, as JSON
   values."""
-  digest = hashlib.sha256(_sentencepiece_model(vocabulary)).hexdigest()
+  digest = hashlib.sha256(vocabulary_bytes(vocabulary)).hexdigest()
   made_from = {"vocabulary": f"sha256:{digest}", **settings,
                **_made_from_metadata(_model_metadata(
                    model, vocabulary.extra_ids, task_feature_lengths))}
@@ -132,7 +166,7 @@ def check_resume(model_dir: str | os.PathLike[str],
   things (`training_made_from`).
 
   A model directory from before run.json that holds checkpoints is compared
-  on what its model.json and vocabulary.model tell.
+  on what its model.json and vocabulary file tell.
   """
   model_dir = checkpoints.model_path(model_dir)
   path = os.fspath(model_dir)
@@ -145,9 +179,9 @@ def check_resume(model_dir: str | os.PathLike[str],
   recorded = {}
   if (model_dir / MODEL_JSON).exists():
     recorded.update(_made_from_metadata(_read_metadata(model_dir)))
-  if (model_dir / VOCABULARY_FILE).exists():
-    recorded["vocabulary"] = run_dir.file_digest(
-        os.fspath(model_dir / VOCABULARY_FILE))
+  vocabulary = vocabulary_file(model_dir)
+  if vocabulary.exists():
+    recorded["vocabulary"] = run_dir.file_digest(os.fspath(vocabulary))
   run_dir.check_same(path, recorded,
                      {name: made_from.get(name) for name in recorded},
                      start_over)
@@ -313,8 +347,8 @@ def load_for_inference(model_dir: str | os.PathLike[str],
   config = network.TransformerConfig(**metadata["network"])
   if dtype is not None:
     config = dataclasses.replace(config, dtype=dtype)
-  vocabulary = seqio.SentencePieceVocabulary(
-      str(model_dir / VOCABULARY_FILE), extra_ids=metadata["extra_ids"])
+  vocabulary = vocab.get_vocabulary(os.fspath(vocabulary_file(model_dir)),
+                                    extra_ids=metadata["extra_ids"])
   model = models.CALRecModel(config, eos_id=metadata["eos_id"],
                              stop_ids=vocab.item_stop_ids(vocabulary),
                              sampler=sampler, **metadata["loss"])
