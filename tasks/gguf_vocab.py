@@ -15,7 +15,8 @@ a dummy prefix unless `tokenizer.ggml.add_space_prefix` is false, and the
 special ids the file names. Gemma's files spell whitespace-run pieces with
 literal spaces; they are spelled with "▁" here, as SentencePiece (and
 transformers) look them up. Byte-level BPE vocabularies ('gpt2': SmolLM2,
-Llama 3, Qwen2.5) are refused.
+Llama 3, Qwen2.5) are not SentencePiece ones: `tasks.bpe_vocab` builds them,
+with `read_gguf_metadata` of this module.
 
 The metadata is read with a small parser of the GGUF header that stops before
 the tensor data (about 0.3 s for Gemma 3's 262,144 pieces).
@@ -133,17 +134,18 @@ def sentencepiece_model_from_gguf(gguf_path: str | os.PathLike[str]) -> bytes:
   is added by encoding; the tasks place them (docs/contracts.md).
 
   Raises:
-    ValueError: the file's tokenizer is not a SentencePiece one ('llama'), or
-      its metadata lacks the tokens or an unknown-token id.
+    ValueError: the file's tokenizer is not a SentencePiece one ('llama'; see
+      `tasks.bpe_vocab` for 'gpt2'), or its metadata lacks the tokens or an
+      unknown-token id.
   """
   metadata = read_gguf_metadata(gguf_path)
   kind = metadata.get(_PREFIX + "model")
   if kind not in SUPPORTED_TOKENIZER_MODELS:
     raise ValueError(
-        f"{os.fspath(gguf_path)}: tokenizer.ggml.model {kind!r} (byte-level "
-        "BPE or other) is not supported yet; supported: "
-        f"{', '.join(map(repr, SUPPORTED_TOKENIZER_MODELS))} (SentencePiece "
-        "vocabularies such as Gemma 3's).")
+        f"{os.fspath(gguf_path)}: tokenizer.ggml.model {kind!r} is not a "
+        "SentencePiece vocabulary; supported here: "
+        f"{', '.join(map(repr, SUPPORTED_TOKENIZER_MODELS))} (such as Gemma "
+        "3's); byte-level BPE ('gpt2') is read by tasks.bpe_vocab.")
   tokens = metadata.get(_PREFIX + "tokens")
   if not tokens:
     raise ValueError(f"{os.fspath(gguf_path)}: no tokenizer.ggml.tokens.")

@@ -124,6 +124,7 @@ def test_ids_equal_transformers_with_smollm_digit_split(
   assert differing == []
 
 
+@pytest.mark.slow
 def test_ids_equal_plain_transformers_on_digit_free_strings(
     gguf_path, vocabulary, source_ids):
   """transformers' tokenizer as it reads the file differs only where a
@@ -212,7 +213,7 @@ def test_smollm2_prompts_are_additive(vocabulary):
     assert list(prompt.token_ids) == vocabulary.encode(prompt.text)
 
 
-def _tiny_gguf(path, pre="llama-bpe", eos=1, pad=None):
+def tiny_gguf(path, pre="llama-bpe", eos=1, pad=None):
   """A byte-level GGUF file: specials, the 256 byte characters, two merges."""
   alphabet = list(bpe_vocab.byte_alphabet())
   tokens = ["<|begin|>", "<|end|>", "<|other|>", *alphabet, "ab", "Ġab"]
@@ -235,7 +236,7 @@ def _tiny_gguf(path, pre="llama-bpe", eos=1, pad=None):
 def test_llama3_split_breaks_additivity_and_is_refused(tmp_path):
   path = tmp_path / "vocabulary.json"
   path.write_text(bpe_vocab.vocabulary_json_from_gguf(
-      _tiny_gguf(tmp_path / "tiny.gguf")))
+      tiny_gguf(tmp_path / "tiny.gguf")))
   vocabulary = vocab.get_vocabulary(path)
   assert vocabulary.encode("ab ab") == [259, 260]
   # ".\n" is one Llama 3 pre-token: the prompt would not be additive.
@@ -252,7 +253,7 @@ def test_llama3_split_breaks_additivity_and_is_refused(tmp_path):
 ])
 def test_unsupported_pre_is_refused_and_pad_is_chosen(tmp_path, pre, eos,
                                                       pad, message):
-  path = _tiny_gguf(tmp_path / "tiny.gguf", pre=pre, eos=eos, pad=pad)
+  path = tiny_gguf(tmp_path / "tiny.gguf", pre=pre, eos=eos, pad=pad)
   if message:
     with pytest.raises(ValueError, match=message) as error:
       bpe_vocab.vocabulary_json_from_gguf(path)
@@ -281,6 +282,7 @@ def test_no_pad_is_refused_in_one_line(tmp_path):
     bpe_vocab.vocabulary_json_from_gguf(path)
 
 
+@pytest.mark.slow
 def test_seqio_task_end_to_end(vocabulary_path, vocabulary, tmp_path):
   written = tasks_testdata.write_category(
       tmp_path, "Bpe_Cat", num_users=4, seed=3,

@@ -70,11 +70,12 @@ def test_metadata_reader_reads_what_gguf_writes(tmp_path):
                                 [-1.0, -2.0, -3.0])
 
 
-def test_byte_level_bpe_is_refused_in_one_line(tmp_path):
+def test_byte_level_bpe_is_not_a_sentencepiece_model(tmp_path):
   path = _write_gguf(tmp_path / "smol.gguf", "gpt2", ["a", "b", "ab"],
                      token_merges=["a b"])
-  with pytest.raises(ValueError, match=r"'gpt2' .* not supported yet; "
-                     r"supported: 'llama'") as error:
+  with pytest.raises(ValueError, match=r"'gpt2' is not a SentencePiece "
+                     r"vocabulary; supported here: 'llama' .* read by "
+                     r"tasks.bpe_vocab") as error:
     gguf_vocab.sentencepiece_model_from_gguf(path)
   assert "\n" not in str(error.value)
 

@@ -167,7 +167,7 @@ def test_converted_dir_loads_for_zero_shot_evaluation(tmp_path):
       loaded.vocabulary)
 
 
-def test_llama_byte_level_vocabulary_refused_unless_skipped(tmp_path, capsys):
+def test_unsupported_byte_level_pre_refused_unless_skipped(tmp_path, capsys):
   rng = np.random.default_rng(8)
   source = tiny.write_gguf(tmp_path / "smol.gguf", "llama",
                            tiny.random_block(rng, tiny.LLAMA_BLOCK),
@@ -177,8 +177,9 @@ def test_llama_byte_level_vocabulary_refused_unless_skipped(tmp_path, capsys):
           "smol"]
   assert convert.main(argv) == 1
   error = capsys.readouterr().err.strip()
-  assert "\n" not in error and "'gpt2'" in error
-  assert "not supported yet" in error
+  # The file names no tokenizer.ggml.pre: llama.cpp's 'default'.
+  assert "\n" not in error
+  assert "tokenizer.ggml.pre 'default' is not supported; supported: " in error
   assert not model_dir.exists()
 
   hf_dir = tmp_path / "hf"
@@ -193,14 +194,115 @@ def test_llama_byte_level_vocabulary_refused_unless_skipped(tmp_path, capsys):
   for name, value in tensors.items():
     np.testing.assert_array_equal(exported[name], value, err_msg=name)
 
-  # A safetensors directory with only a byte-level tokenizer.
-  (hf_dir / "tokenizer.json").write_text("{}")
-  with pytest.raises(ValueError, match=r"no tokenizer\.model \(it has "
-                     r"tokenizer\.json\).*not supported yet"):
+  # A safetensors directory with neither tokenizer, or another one.
+  with pytest.raises(ValueError, match=r"neither tokenizer\.model "
+                     r"\(SentencePiece\) nor tokenizer\.json"):
+    convert.read_source(str(hf_dir), log=lambda line: None)
+  (hf_dir / "tokenizer.json").write_text('{"model": {"type": "Unigram"}}')
+  with pytest.raises(ValueError, match=r"not a byte-level BPE tokenizer "
+                     r"\(model type 'Unigram'\)"):
     convert.read_source(str(hf_dir), log=lambda line: None)
 
   assert convert.main(argv) == 1
   assert "not empty" in capsys.readouterr().err
+
+
+def test_renumber_rows_moves_embedding_and_output_rows_and_back():
+  rng = np.random.default_rng(3)
+  # 6 token ids, 8 rows (padded vocabulary); pad is id 4, EOS id 2.
+  order = np.array([4, 2, 0, 3, 1, 5])
+  tensors = {name: rng.normal(size=(8, 3)).astype(np.float32)
+             for name in ("model.embed_tokens.weight", "lm_head.weight",
+                          "model.norm.weight")}
+  source = {name: value.copy() for name, value in tensors.items()}
+  convert.renumber_rows(tensors, order)
+  for name in ("model.embed_tokens.weight", "lm_head.weight"):
+    np.testing.assert_array_equal(tensors[name][:6], source[name][order])
+    np.testing.assert_array_equal(tensors[name][6:], source[name][6:])
+  np.testing.assert_array_equal(tensors["model.norm.weight"],
+                                source["model.norm.weight"])
+  convert.renumber_rows(tensors, order, undo=True)
+  for name, value in source.items():
+    np.testing.assert_array_equal(tensors[name], value, err_msg=name)
+
+
+def test_model_dir_stores_and_finds_a_byte_level_vocabulary(tmp_path):
+  from pipelines import run_dir  # pylint: disable=g-import-not-at-top
+  from tasks import bpe_vocab  # pylint: disable=g-import-not-at-top
+  import test_tasks_bpe_vocab  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "tiny.json"
+  path.write_text(bpe_vocab.vocabulary_json_from_gguf(
+      test_tasks_bpe_vocab.tiny_gguf(tmp_path / "tiny.gguf")),
+                  encoding="utf-8")
+  vocabulary = vocab.get_vocabulary(path)
+  model = models.CALRecModel(network.TransformerConfig())
+  model_dir = tmp_path / "model"
+  model_dir_lib.write_model_metadata(model_dir, model, vocabulary,
+                                     {"inputs": 40, "targets": 8},
+                                     best_metric=None, best_mode="min")
+  assert (model_dir / "vocabulary.json").read_bytes() == path.read_bytes()
+  assert not (model_dir / "vocabulary.model").exists()
+  found = model_dir_lib.vocabulary_file(model_dir)
+  assert found.name == "vocabulary.json"
+  made_from = model_dir_lib.training_made_from(model, vocabulary,
+                                               {"inputs": 40, "targets": 8})
+  assert made_from["vocabulary"] == run_dir.file_digest(os.fspath(found))
+  (model_dir / "vocabulary.model").write_bytes(b"")
+  with pytest.raises(ValueError, match="has both vocabulary.model and "
+                     "vocabulary.json"):
+    model_dir_lib.vocabulary_file(model_dir)
+
+
+# ---------------------------------------------------------------------------
+# SmolLM2 135M's byte-level BPE (slow: converts the real file).
+
+
+@pytest.mark.slow
+def test_smollm2_import_renumbers_rows_and_export_restores_them(tmp_path):
+  from pipelines import run_dir  # pylint: disable=g-import-not-at-top
+  from tasks import bpe_vocab  # pylint: disable=g-import-not-at-top
+  source = tiny.smollm2_gguf_path()
+  model_dir = tmp_path / "smollm2"
+  config = convert.import_checkpoint(str(source), str(model_dir), "smollm2",
+                                     log=lambda line: None)
+  vocabulary_file = model_dir_lib.vocabulary_file(model_dir)
+  assert vocabulary_file.name == "vocabulary.json"
+  assert not (model_dir / "vocabulary.model").exists()
+  assert json.loads((model_dir / "model.json").read_text())["eos_id"] == 1
+  stored = json.loads(vocabulary_file.read_text())
+  order = bpe_vocab.renumbering_of(stored)
+  assert list(order[:3]) == [0, 2, 1]
+
+  _, tensors = gguf_import.read_gguf(source)
+  dequantized = tensors["model.embed_tokens.weight"]
+  embedding = np.asarray(
+      restored_params(model_dir, config)["embedding"]["embedding"])
+  # Row i of the converted embedding is row order[i] of the file's.
+  np.testing.assert_array_equal(embedding[:len(order)], dequantized[order])
+  np.testing.assert_array_equal(embedding[1], dequantized[2])
+
+  # The evaluator's loader and the resume digest see vocabulary.json.
+  loaded = model_dir_lib.load_for_inference(model_dir)
+  newline = loaded.vocabulary.encode("a\nb")[1]
+  assert newline in loaded.model.stop_ids and 1 in loaded.model.stop_ids
+  made_from = model_dir_lib.training_made_from(
+      loaded.model, loaded.vocabulary, loaded.task_feature_lengths)
+  assert made_from["vocabulary"] == run_dir.file_digest(
+      os.fspath(vocabulary_file))
+
+  hf_dir = tmp_path / "hf"
+  convert.export_safetensors(str(model_dir), str(hf_dir),
+                             log=lambda line: None)
+  _, exported = safetensors_io.read_safetensors_dir(str(hf_dir))
+  np.testing.assert_array_equal(exported["model.embed_tokens.weight"],
+                                dequantized)
+  tokenizers = pytest.importorskip("tokenizers")
+  exported_tokenizer = tokenizers.Tokenizer.from_file(
+      str(hf_dir / "tokenizer.json"))
+  text = "<|im_start|>user\nA $25 gift card, 2 pack.<|im_end|>"
+  assert exported_tokenizer.encode(text).ids == [
+      int(order[i]) for i in loaded.vocabulary.encode(text)]
+  assert exported_tokenizer.token_to_id("<|im_end|>") == 2
 
 
 # ---------------------------------------------------------------------------

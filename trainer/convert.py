@@ -12,7 +12,11 @@ writes into --output_dir
   model.json            the network config, as `trainer.model_dir` writes
                         it (the loader reads it to find the checkpoint and to
                         check that a run trains the same network)
-  vocabulary.model      the SentencePiece model of the checkpoint's tokenizer
+  vocabulary.model      the checkpoint's tokenizer: a SentencePiece model, or
+  (or vocabulary.json)  for byte-level BPE (SmolLM2, Llama 3, Qwen2.5) a
+                        `tasks.bpe_vocab` JSON whose ids put pad and EOS at
+                        0 and 1; the embedding rows (and an untied output
+                        kernel's) are renumbered alike
   model.gin             the `network.TransformerConfig` bindings (float32;
                         a run may set dtype = 'bfloat16')
   source.json           source file(s) sha256 and size, architecture,
@@ -24,7 +28,9 @@ Export (a model directory, converted or trained, to transformers):
       --export_safetensors hf/gemma3_270m [--model_type gemma3_text]
 
 writes config.json, model.safetensors and, when the model directory has
-one, tokenizer.model. An import with --export_safetensors writes both.
+one, tokenizer.model (SentencePiece) or tokenizer.json (byte-level BPE, with
+the source's ids again: the rows are put back in the source's order). An
+import with --export_safetensors writes both.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import gguf
 import numpy as np
 
 from pipelines import cli
+from tasks import bpe_vocab
 from trainer import checkpoints
 from trainer import gguf_import
 from trainer import hf_config as hf_config_lib
@@ -70,6 +77,8 @@ _RUN_FIELDS = ("dropout_rate", "attention_implementation", "remat")
 _RUN_PREFIXES = ("lora_",)
 _LLAMA3_FIELDS = ("rope_low_freq_factor", "rope_high_freq_factor",
                   "rope_original_max_position")
+# Hugging Face tensors with one row per token id.
+_TOKEN_ROW_TENSORS = ("model.embed_tokens.weight", "lm_head.weight")
 
 Log = Callable[[str], None]
 
@@ -165,29 +174,66 @@ class Source:
 
   hf_config: dict[str, Any]
   tensors: dict[str, np.ndarray]
-  vocabulary: Optional[bytes]
+  # (file name in the model directory, contents), None without --vocabulary.
+  vocabulary: Optional[tuple[str, bytes]]
   description: dict[str, Any]
 
 
-def _gguf_vocabulary(path: str) -> bytes:
+def _gguf_vocabulary(path: str) -> tuple[str, bytes]:
   from tasks import gguf_vocab  # pylint: disable=g-import-not-at-top
-  return gguf_vocab.sentencepiece_model_from_gguf(path)
+  kind = gguf_vocab.read_gguf_metadata(path).get("tokenizer.ggml.model")
+  if kind == "gpt2":
+    return (model_dir_lib.BPE_VOCABULARY_FILE,
+            bpe_vocab.vocabulary_json_from_gguf(path).encode("utf-8"))
+  return (model_dir_lib.VOCABULARY_FILE,
+          gguf_vocab.sentencepiece_model_from_gguf(path))
 
 
-def _safetensors_vocabulary(path: str) -> bytes:
+def _safetensors_vocabulary(path: str) -> tuple[str, bytes]:
+  """tokenizer.model, or a byte-level BPE tokenizer.json with config.json's
+  EOS and pad (the first EOS where it lists several)."""
   model = os.path.join(path, "tokenizer.model")
   if os.path.isfile(model):
     with open(model, "rb") as f:
-      return f.read()
-  found = [name for name in ("tokenizer.json", "vocab.json", "merges.txt")
-           if os.path.isfile(os.path.join(path, name))]
-  raise ValueError(
-      f"{path} has no tokenizer.model (it has "
-      f"{', '.join(found) or 'no tokenizer files'}): tokenizers other than "
-      "SentencePiece (e.g. byte-level BPE) are not supported yet; supported: "
-      "a SentencePiece tokenizer.model, or a GGUF file whose "
-      "tokenizer.ggml.model is 'llama'. Pass --no_vocabulary to convert the "
-      "weights alone.")
+      return model_dir_lib.VOCABULARY_FILE, f.read()
+  tokenizer = os.path.join(path, "tokenizer.json")
+  if not os.path.isfile(tokenizer):
+    raise ValueError(
+        f"{path} has neither tokenizer.model (SentencePiece) nor "
+        "tokenizer.json (byte-level BPE); pass --no_vocabulary to convert "
+        "the weights alone.")
+  with open(os.path.join(path, "config.json")) as f:
+    config = json.load(f)
+  first = lambda value: value[0] if isinstance(value, list) else value
+  text = bpe_vocab.vocabulary_json_from_hf(
+      tokenizer, eos_id=first(config.get("eos_token_id")),
+      pad_id=first(config.get("pad_token_id")))
+  return model_dir_lib.BPE_VOCABULARY_FILE, text.encode("utf-8")
+
+
+def _token_order(vocabulary: Optional[tuple[str, bytes]]
+                ) -> Optional[np.ndarray]:
+  """The source id of each id of a byte-level BPE vocabulary (None for
+  SentencePiece or no vocabulary: ids as the source's)."""
+  if vocabulary is None or vocabulary[0] != model_dir_lib.BPE_VOCABULARY_FILE:
+    return None
+  return bpe_vocab.renumbering_of(json.loads(vocabulary[1]))
+
+
+def renumber_rows(tensors: dict[str, np.ndarray], order: np.ndarray,
+                  undo: bool = False) -> None:
+  """Puts the token rows of the embedding (and an untied output kernel) in
+  the vocabulary's order: row i becomes the source's row order[i]; `undo`
+  puts them back. Rows past the vocabulary stay."""
+  for name in _TOKEN_ROW_TENSORS:
+    if name not in tensors:
+      continue
+    rows = np.array(tensors[name])
+    if undo:
+      rows[order] = np.asarray(tensors[name])[:len(order)]
+    else:
+      rows[:len(order)] = np.asarray(tensors[name])[order]
+    tensors[name] = rows
 
 
 def read_source(path: str, *, vocabulary: bool = True,
@@ -269,6 +315,10 @@ def import_checkpoint(source: str, output_dir: str, name: str, *,
     shutil.rmtree(output_dir)
   loaded = read_source(source, vocabulary=vocabulary, log=log)
   config = hf_config_lib.config_from_hf(loaded.hf_config)
+  order = _token_order(loaded.vocabulary)
+  if order is not None:
+    log("renumbering token rows: pad and EOS to ids 0 and 1")
+    renumber_rows(loaded.tensors, order)
   log("mapping tensors onto trainer.network parameters")
   params = hf_weights.params_from_hf(loaded.tensors, config)
   del loaded.tensors
@@ -279,14 +329,16 @@ def import_checkpoint(source: str, output_dir: str, name: str, *,
   del params
   # A converted model has no training settings: the loss weights are the
   # model's defaults; the feature lengths budget a zero-shot evaluation.
-  eos_id = loaded.hf_config.get("eos_token_id")
+  eos_id = (bpe_vocab.EOS_ID if order is not None else
+            loaded.hf_config.get("eos_token_id"))
   model = (models.CALRecModel(config) if eos_id is None else
            models.CALRecModel(config, eos_id=int(eos_id)))
   model_dir_lib.write_model_json(output_dir, model, extra_ids=0,
                                  task_feature_lengths=task_feature_lengths)
   if loaded.vocabulary is not None:
-    with open(os.path.join(output_dir, "vocabulary.model"), "wb") as f:
-      f.write(loaded.vocabulary)
+    name, contents = loaded.vocabulary
+    with open(os.path.join(output_dir, name), "wb") as f:
+      f.write(contents)
   description = (f"{loaded.description['name']}, converted from "
                  f"{loaded.description['format']} "
                  f"({loaded.description['architecture']}).")
@@ -340,10 +392,18 @@ def export_safetensors(model_dir: str, output_dir: str,
     params = checkpointer.restore(step_dir / "params")
   tensors = hf_weights.params_to_hf(params, config, model_type)
   del params
+  vocabulary = model_dir_lib.vocabulary_file(model_dir)
+  bpe = vocabulary.name == model_dir_lib.BPE_VOCABULARY_FILE
+  if bpe:
+    stored = json.loads(vocabulary.read_text())
+    renumber_rows(tensors, bpe_vocab.renumbering_of(stored), undo=True)
   log(f"writing {output_dir}")
   safetensors_io.write_safetensors_dir(output_dir, hf_config, tensors)
-  vocabulary = os.path.join(model_dir, "vocabulary.model")
-  if os.path.isfile(vocabulary):
+  if bpe:
+    with open(os.path.join(output_dir, "tokenizer.json"), "w",
+              encoding="utf-8") as f:
+      f.write(bpe_vocab.source_tokenizer_json(stored))
+  elif vocabulary.exists():
     shutil.copyfile(vocabulary, os.path.join(output_dir, "tokenizer.model"))
   return hf_config
 
@@ -356,8 +416,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog="python -m trainer.convert",
       description="Import a GGUF file or transformers safetensors directory "
-      "as a model directory (orbax checkpoint, model.json, vocabulary.model, "
-      "model.gin, source.json), or export a model directory to safetensors.")
+      "as a model directory (orbax checkpoint, model.json, vocabulary.model "
+      "or vocabulary.json, model.gin, source.json), or export a model "
+      "directory to safetensors.")
   parser.add_argument("--source", required=True,
                       help="a .gguf file or a transformers checkpoint "
                       "directory to import; with only --export_safetensors, "
@@ -369,12 +430,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--export_safetensors", metavar="DIR",
                       help="also (or, without --output_dir: only) write a "
                       "transformers directory (config.json, "
-                      "model.safetensors, tokenizer.model)")
+                      "model.safetensors, tokenizer.model or tokenizer.json)")
   parser.add_argument("--model_type", help="transformers model_type of the "
                       "export when the model directory has no source.json")
   parser.add_argument("--no_vocabulary", action="store_true",
-                      help="write no vocabulary.model (for tokenizers not "
-                      "supported yet)")
+                      help="write no vocabulary (for tokenizers not "
+                      "supported: the weights keep the source's ids)")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace a non-empty --output_dir")
   parser.add_argument("--inputs_length", type=cli.positive_int,
