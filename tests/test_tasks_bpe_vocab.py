@@ -180,6 +180,65 @@ def test_renumbering_puts_pad_and_eos_at_0_and_1(vocabulary_path, gguf_path,
   assert "calrec" not in source["model"]
 
 
+def _smollm2_tokenizer_json(vocabulary_path, tmp_path, **changes):
+  """SmolLM2's tokenizer.json as its model repository lays it out (source
+  ids; Digits then ByteLevel pre-tokenizers), with `changes`."""
+  document = json.loads(bpe_vocab.source_tokenizer_json(
+      json.loads(vocabulary_path.read_text())))
+  document["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+      {"type": "Digits", "individual_digits": True},
+      {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+       "use_regex": True}]}
+  document.update(changes)
+  path = tmp_path / "tokenizer.json"
+  path.write_text(json.dumps(document), encoding="utf-8")
+  return path
+
+
+def test_tokenizer_json_gives_the_gguf_files_vocabulary(
+    vocabulary_path, vocabulary, tmp_path):
+  path = tmp_path / "vocabulary.json"
+  path.write_text(bpe_vocab.vocabulary_json_from_hf(
+      _smollm2_tokenizer_json(vocabulary_path, tmp_path), eos_id=2,
+      pad_id=2), encoding="utf-8")
+  from_hf = vocab.get_vocabulary(path)
+  assert bpe_vocab.renumbering_of(json.loads(path.read_text())).tolist() == (
+      bpe_vocab.renumbering_of(json.loads(vocabulary_path.read_text()))
+      .tolist())
+  for s in _random_strings():
+    assert from_hf.encode(s) == vocabulary.encode(s), s
+
+
+def test_tokenizer_json_bos_and_nfc(vocabulary_path, tmp_path):
+  bos = {"type": "TemplateProcessing",
+         "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
+                    {"Sequence": {"id": "A", "type_id": 0}}],
+         "pair": [], "special_tokens": {"<|im_start|>": {
+             "id": "<|im_start|>", "ids": [1], "tokens": ["<|im_start|>"]}}}
+  path = tmp_path / "vocabulary.json"
+  path.write_text(bpe_vocab.vocabulary_json_from_hf(
+      _smollm2_tokenizer_json(vocabulary_path, tmp_path, post_processor=bos,
+                              normalizer={"type": "NFC"}), eos_id=2),
+                  encoding="utf-8")
+  vocabulary = vocab.get_vocabulary(path)
+  # <|im_start|> (source id 1) is renumbered 2 and starts every sequence.
+  assert vocabulary.bos_id == 2 == vocab.decoder_start_id(vocabulary)
+  assert vocabulary.encode("cafe\u0301") == vocabulary.encode("caf\u00e9")
+
+
+def test_tokenizer_json_of_another_shape_is_refused(vocabulary_path,
+                                                    tmp_path):
+  path = _smollm2_tokenizer_json(
+      vocabulary_path, tmp_path,
+      pre_tokenizer={"type": "Whitespace"})
+  with pytest.raises(ValueError, match=r"pre-tokenizer .*Whitespace.* is "
+                     "not supported"):
+    bpe_vocab.vocabulary_json_from_hf(path, eos_id=2)
+  path = _smollm2_tokenizer_json(vocabulary_path, tmp_path)
+  with pytest.raises(ValueError, match="names no EOS token"):
+    bpe_vocab.vocabulary_json_from_hf(path, eos_id=None)
+
+
 def test_tf_path_equals_python_path(vocabulary):
   strings = _random_strings()[:64] + _real_strings()[:64]
   expected = [vocabulary.encode(s) for s in strings]

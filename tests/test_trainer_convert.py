@@ -304,6 +304,15 @@ def test_smollm2_import_renumbers_rows_and_export_restores_them(tmp_path):
       int(order[i]) for i in loaded.vocabulary.encode(text)]
   assert exported_tokenizer.token_to_id("<|im_end|>") == 2
 
+  # The export imports back to the same vocabulary and rows.
+  again = tmp_path / "again"
+  convert.import_checkpoint(str(hf_dir), str(again), "smollm2",
+                            log=lambda line: None)
+  assert (again / "vocabulary.json").read_bytes() == (
+      vocabulary_file.read_bytes())
+  np.testing.assert_array_equal(
+      restored_params(again, config)["embedding"]["embedding"], embedding)
+
 
 # ---------------------------------------------------------------------------
 # The real Gemma 3 270M (slow: about 1.5 min to convert on 2 cores).

@@ -29,8 +29,9 @@ Export (a model directory, converted or trained, to transformers):
 
 writes config.json, model.safetensors and, when the model directory has
 one, tokenizer.model (SentencePiece) or tokenizer.json (byte-level BPE, with
-the source's ids again: the rows are put back in the source's order). An
-import with --export_safetensors writes both.
+the source's ids again: the rows are put back in the source's order, and
+config.json names its EOS and pad). An import with --export_safetensors
+writes both.
 """
 
 from __future__ import annotations
@@ -396,7 +397,12 @@ def export_safetensors(model_dir: str, output_dir: str,
   bpe = vocabulary.name == model_dir_lib.BPE_VOCABULARY_FILE
   if bpe:
     stored = json.loads(vocabulary.read_text())
-    renumber_rows(tensors, bpe_vocab.renumbering_of(stored), undo=True)
+    order = bpe_vocab.renumbering_of(stored)
+    renumber_rows(tensors, order, undo=True)
+    # The tokenizer's EOS and pad in the source's ids, which an import of
+    # the export reads back.
+    hf_config.update(eos_token_id=int(order[bpe_vocab.EOS_ID]),
+                     pad_token_id=int(order[bpe_vocab.PAD_ID]))
   log(f"writing {output_dir}")
   safetensors_io.write_safetensors_dir(output_dir, hf_config, tensors)
   if bpe:
