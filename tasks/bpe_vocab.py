@@ -33,7 +33,8 @@ Encoding and decoding run in Python; the TF path (`encode_tf`, `decode_tf`)
 calls the same Python code through `tf.numpy_function`. Both are
 deterministic functions of the text, so a resumed run (seqio's cached or
 replayed input pipeline) gets the same tokens as the first one. Decoding
-writes special tokens as "" (as SentencePiece does with control pieces).
+writes special tokens as "" (as SentencePiece does with control pieces);
+a byte the vocabulary has no token for is dropped by encoding.
 """
 
 from __future__ import annotations
@@ -442,10 +443,6 @@ class ByteLevelBPEVocabulary(seqio.Vocabulary):
     return hash((self._text, self.extra_ids))
 
   @property
-  def path(self) -> str:
-    return self._path
-
-  @property
   def text(self) -> bytes:
     """The stored JSON, as read."""
     return self._text
@@ -504,12 +501,15 @@ class ByteLevelBPEVocabulary(seqio.Vocabulary):
 
   def _bpe_ids(self, pre_token: str) -> tuple[int, ...]:
     """The ids of one pre-token: its bytes' characters merged by rank, the
-    lowest-ranked pair first (every occurrence, left to right)."""
+    lowest-ranked pair first (every occurrence, left to right). A byte
+    without a token is dropped before merging, as `tokenizers` does without
+    an unknown token (SmolLM2 has no token for 21 bytes: control bytes and
+    bytes UTF-8 never uses)."""
     alphabet = byte_alphabet()
     word = "".join(alphabet[byte] for byte in pre_token.encode("utf-8"))
     if self._ignore_merges and word in self._tokens:
       return (self._tokens[word],)
-    symbols = list(word)
+    symbols = [char for char in word if char in self._tokens]
     while len(symbols) > 1:
       ranked = [(self._ranks[pair], i) for i, pair in
                 enumerate(zip(symbols, symbols[1:])) if pair in self._ranks]

@@ -72,7 +72,8 @@ def register_mixtures(data_dir: str | os.PathLike[str] = gin.REQUIRED,
   Args:
     data_dir: output folder of a completed `python -m pipelines.preprocess`
       run (with its manifest.json).
-    vocabulary_path: SentencePiece model (`tasks.vocab`).
+    vocabulary_path: a SentencePiece model or a byte-level BPE
+      vocabulary.json (`tasks.vocab.get_vocabulary`).
     rate_exponent: Stage-I rates are |U|^rate_exponent.
     augmentation_seed: seed of the training augmentation, fixed here (the
       trainer's gin binds it to RANDOM_SEED) and independent of

@@ -156,7 +156,8 @@ def register_tasks(data_dir: str | os.PathLike[str],
   Args:
     data_dir: output folder of a completed `python -m pipelines.preprocess`
       run (with its manifest.json).
-    vocabulary_path: SentencePiece model (`tasks.vocab`).
+    vocabulary_path: a SentencePiece model or a byte-level BPE
+      vocabulary.json (`tasks.vocab.get_vocabulary`).
     augmentation_seed: seed of the training augmentation
       (`preprocessors.cut_last_items`), fixed here: `get_dataset`'s seed does
       not replace it (module docstring). The trainer's gin binds it to

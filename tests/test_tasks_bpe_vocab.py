@@ -36,7 +36,7 @@ _POOLS = (
     ["Gift", "card", "Amazon", "don't", "I'll", "WE'RE", "naïve", "café",
      "Ünïcödé", "Straße", "ﬁne", "Ω", "δοκιμή", "тест", "日本語", "한국어",
      "مرحبا", "שלום", "हिन्दी", "🎁", "👍🏽", "🇯🇵", "e\u0301", "\u200b",
-     "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<file_sep>"],
+     "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<file_sep>", "\x04"],
     ["0", "7", "42", "2018", "3.99", "$120.00", "1,000,000", "½", "٣",
      "१२", "(555)", "#1"],
     [" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n ", "\u00a0", "\u3000",
@@ -55,7 +55,7 @@ def _random_strings() -> list[str]:
   rng = random.Random(0)
   return ([_random_string(rng) for _ in range(_NUM_RANDOM)] +
           ["", " ", "\n", "a", "  leading", "trailing  ", "x" * 300,
-           "1234567890" * 5])
+           "1234567890" * 5, "!\x04!", "a\x04\x04 b"])
 
 
 def _real_strings() -> list[str]:
@@ -150,8 +150,9 @@ def test_stored_json_loads_in_tokenizers_with_the_same_ids(
 
 
 def test_decode_inverts_encode(vocabulary):
+  # Special tokens decode to "", and SmolLM2 has no token for "\x04".
   strings = [s for s in _random_strings() + _real_strings()
-             if "<|" not in s and "<file_sep>" not in s]
+             if "<|" not in s and "<file_sep>" not in s and "\x04" not in s]
   for s in strings:
     assert vocabulary.decode(vocabulary.encode(s)) == s
 
