@@ -68,7 +68,8 @@ QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+"
 _DIGITS = r"\p{N}"
 
 # The splits of GGUF `tokenizer.ggml.pre` names (llama.cpp's), applied in
-# order, and whether a pre-token that is a whole token skips the merges.
+# order, and whether a pre-token that is a whole token skips the merges
+# (llama.cpp's `ignore_merges`, set for Llama 3 as its tokenizer.json does).
 PRE_TOKENIZERS: Mapping[str, tuple[tuple[str, ...], bool]] = {
     "gpt-2": ((GPT2_SPLIT,), False),
     "smollm": ((_DIGITS, GPT2_SPLIT), False),

@@ -10,6 +10,7 @@ section 3.2). Tiny GGUF files written here cover the refusals.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 
 import gemma_testdata
@@ -251,6 +252,14 @@ def test_tf_path_equals_python_path(vocabulary):
   decoded = vocabulary.decode_tf(padded).numpy().tolist()
   assert [text.decode("utf-8") for text in decoded] == [
       vocabulary.decode(ids) for ids in expected]
+
+
+def test_pickled_vocabulary_encodes_alike(vocabulary):
+  # Beam and tf.data workers get the vocabulary pickled.
+  copy = pickle.loads(pickle.dumps(vocabulary))
+  assert copy == vocabulary
+  for s in _random_strings()[:100]:
+    assert copy.encode(s) == vocabulary.encode(s)
 
 
 def test_item_stop_ids_are_eos_and_newline_pieces(vocabulary):
