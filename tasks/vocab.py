@@ -78,7 +78,8 @@ def get_vocabulary(model_path: str | os.PathLike[str],
 
   Raises:
     FileNotFoundError: the file does not exist.
-    ValueError: the model's pad and EOS ids are not 0 and 1.
+    ValueError: the model's pad and EOS ids are not 0 and 1, or the .json
+      is not one `tasks.bpe_vocab` wrote.
   """
   model_path = os.fspath(model_path)
   if not tf.io.gfile.exists(model_path):
