@@ -86,6 +86,15 @@ def test_every_gemma_run_starts_from_the_converted_model(raw_dir, tmp_path,
     assert run.stage.done_marker == run.model_dir / "checkpoints" / "10"
   assert pretrained.LORA_GIN in " ".join(runs[4].stage.args)
   assert pretrained.LORA_GIN not in " ".join(runs[3].stage.args)
+  # Full fine-tuning at 1e-4 * sqrt(4 / 512), LoRA at the paper's 1e-4.
+  assert f"--gin.LEARNING_RATE={1e-4 / 8 / 2 ** 0.5!r}" in runs[3].stage.args
+  assert "--gin.LEARNING_RATE=0.0001" in runs[4].stage.args
+
+
+def test_full_fine_tuning_scales_the_papers_learning_rate_to_its_batch():
+  assert pretrained.full_fine_tuning_learning_rate(512) == 1e-4
+  assert pretrained.full_fine_tuning_learning_rate(8) == pytest.approx(
+      1.25e-5, rel=1e-12)
 
 
 def _complete(stage, logs, cpu_seconds):
