@@ -39,7 +39,11 @@ hash of the user id, `user_fraction`), N_gen 8 samples of at most 48 tokens
 4 examples with a 256-token prompt budget.
 
 Like `experiments.sample_run`, a step whose output is complete is skipped, so
-a rerun continues where an interrupted one stopped.
+a rerun continues where an interrupted one stopped. With `--lanes=2` (the
+default of `--quick`) Gemma's stages run one after another in one lane and
+the others (the tiny models, LIR) in a second beside it; the equal-CPU run
+waits for the full fine-tuning's cost. Each stage's CPU seconds are its own
+command's (`stages.stage_cost`), also beside another.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import json
 import math
 import os
 import pathlib
+import threading
 import time
 from typing import Mapping, Sequence
 
@@ -133,6 +138,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--peft", choices=("lora", "none"), default="lora",
                       help="also fine-tune with LoRA, the rest frozen "
                       "(default %(default)s)")
+  parser.add_argument("--lanes", type=int, choices=(1, 2), default=None,
+                      help="2: Gemma's stages in one lane, beside the tiny "
+                      "model's and LIR's in another; 1: one stage at a time "
+                      "(default 2 with --quick, else 1: the full run's Gemma "
+                      "fine-tuning takes about 17.5 GB)")
   parser.add_argument("--force", action="store_true",
                       help="delete --output_dir (an earlier run's) first")
   args = parser.parse_args(argv)
@@ -150,6 +160,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.num_generations = 8 if args.quick else generation.NUM_GENERATIONS
   if args.gemma_batch_size is None:
     args.gemma_batch_size = QUICK_GEMMA_BATCH_SIZE if args.quick else 8
+  if args.lanes is None:
+    args.lanes = 2 if args.quick else 1
   if args.inputs_length is None:
     args.inputs_length = QUICK_INPUTS_LENGTH if args.quick else 512
   layout = RunLayout(pathlib.Path(args.output_dir), marker_name=".pretrained")
@@ -341,24 +353,54 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
   layout = RunLayout(pathlib.Path(args.output_dir), marker_name=".pretrained")
   layout.open(force=args.force)
   start = time.monotonic()
+  lanes = stages.Lanes(concurrent=args.lanes == 2)
+
+  def run_stage(stage: stages.Stage) -> None:
+    lanes.check()
+    print(f"=== {stage.name} ({time.monotonic() - start:.0f}s elapsed)",
+          flush=True)
+    stages.run_stage(stage, layout.logs)
+
   data = commands.preprocess(write_raw_config(layout, args), layout.data, [])
-  _run(data, layout, start)
+  run_stage(data)
   steps = gemma_steps(args, train_records(layout.data))
   runs = model_runs(layout, args, data, steps)
-  for model in runs:
-    _run(model.stage, layout, start)
-  budgets = budget_runs(layout, args, data, runs, steps)
-  for model in budgets:
-    _run(model.stage, layout, start)
+  gemma_models = [model for model in runs if _is_gemma(model)]
   evaluations = {"LIR": _evaluation(layout, args, "lir", None, 32, [data])}
-  for model in [*runs, *budgets]:
-    if model.row:
-      gemma = model.stage.name.startswith(("gemma", "convert"))
-      evaluations[model.row] = _evaluation(
-          layout, args, model.model_dir.name, model.model_dir,
-          args.eval_batch_size if gemma else 32, [data, model.stage], gemma)
-  for stage in evaluations.values():
-    _run(stage, layout, start)
+  budgets: list[ModelRun] = []
+  gemma_full_done = threading.Event()
+
+  def evaluate(model: ModelRun) -> None:
+    gemma = _is_gemma(model)
+    evaluations[model.row] = _evaluation(
+        layout, args, model.model_dir.name, model.model_dir,
+        args.eval_batch_size if gemma else 32, [data, model.stage], gemma)
+    run_stage(evaluations[model.row])
+
+  def gemma_lane() -> None:
+    for model in gemma_models:
+      run_stage(model.stage)
+      if model.stage.name == "gemma_full":
+        gemma_full_done.set()
+    for model in gemma_models:
+      if model.row:
+        evaluate(model)
+
+  def tiny_lane() -> None:
+    for model in runs:
+      if not _is_gemma(model):
+        run_stage(model.stage)
+    run_stage(evaluations["LIR"])
+    for model in runs:
+      if model.row and not _is_gemma(model):
+        evaluate(model)
+    lanes.wait(gemma_full_done)  # The budgets read its cost.
+    budgets.extend(budget_runs(layout, args, data, runs, steps))
+    for model in budgets:
+      run_stage(model.stage)
+      evaluate(model)
+
+  lanes.run([gemma_lane, tiny_lane])
   folders = {row: stage.done_marker.parent
              for row, stage in evaluations.items()}
   main_rows = ["LIR", *(model.row for model in runs if model.row)]
@@ -374,10 +416,8 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
   return layout
 
 
-def _run(stage: stages.Stage, layout: RunLayout, start: float) -> None:
-  print(f"=== {stage.name} ({time.monotonic() - start:.0f}s elapsed)",
-        flush=True)
-  stages.run_stage(stage, layout.logs)
+def _is_gemma(model: ModelRun) -> bool:
+  return model.stage.name.startswith(("gemma", "convert"))
 
 
 def results_markdown(rows: Sequence[tuple[str, pathlib.Path]],

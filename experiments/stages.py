@@ -7,6 +7,7 @@ skipped, so an interrupted run picks up where it stopped, unless the stage's
 command or that of a stage it reads from, or the project's code and configs,
 changed since: each stage records all three in `{log_dir}/{name}.json` before
 it runs, and on completion what the run cost (wall and CPU seconds).
+`Lanes` runs sequences of stages side by side.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import json
 import os
 import pathlib
 import re
-import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -125,7 +126,6 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
   _log(f"[{stage.name}] $ {' '.join(stage.command()[1:])}")
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   start = time.monotonic()
-  cpu_start = _children_cpu_seconds()
   with open(log_path, "w") as log_file:
     process = subprocess.Popen(
         stage.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -136,10 +136,10 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
       shown = _display_line(line)
       if shown is not None:
         _log(shown if stage.show_plain else f"[{stage.name}] {shown}")
-    returncode = process.wait()
+    returncode, cpu_seconds = _wait(process)
   seconds = time.monotonic() - start
   cost = {"wall_seconds": round(seconds, 1),
-          "cpu_seconds": round(_children_cpu_seconds() - cpu_start, 1)}
+          "cpu_seconds": round(cpu_seconds, 1)}
   if returncode != 0:
     raise StageError(f"Stage {stage.name!r} failed with exit code {returncode}"
                      f" after {seconds:.0f}s; its full output is in "
@@ -174,9 +174,60 @@ def _read_record(path: pathlib.Path) -> dict[str, Any]:
   return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _children_cpu_seconds() -> float:
-  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return usage.ru_utime + usage.ru_stime
+def _wait(process: subprocess.Popen) -> tuple[int, float]:
+  """Waits for `process`: its exit code, and the CPU seconds (user plus
+  system) of it and of the children it reaped (Beam workers), its own alone
+  while other lanes' commands run beside it."""
+  _, status, usage = os.wait4(process.pid, 0)
+  process.returncode = os.waitstatus_to_exitcode(status)
+  return process.returncode, usage.ru_utime + usage.ru_stime
+
+
+class Lanes:
+  """Runs lanes, functions each running stages one after another, side by
+  side in threads (`concurrent`) or one after another in the order given.
+
+  A lane waits for a point of another (e.g. a stage whose cost it reads)
+  with `wait`; when a lane fails, the others stop at their next `check` or
+  `wait`, and `run` raises the first failure.
+  """
+
+  def __init__(self, concurrent: bool):
+    self.concurrent = concurrent
+    self._failed = threading.Event()
+
+  def check(self) -> None:
+    """Raises StageError if another lane has failed."""
+    if self._failed.is_set():
+      raise StageError("Stopped: a stage of another lane failed.")
+
+  def wait(self, point: threading.Event) -> None:
+    """Blocks until another lane sets `point` (StageError if one fails)."""
+    while not point.wait(timeout=1.0):
+      self.check()
+
+  def run(self, lanes: Sequence[Callable[[], None]]) -> None:
+    if not self.concurrent:
+      for lane in lanes:
+        lane()
+      return
+    failures: list[BaseException] = []
+
+    def guarded(lane: Callable[[], None]) -> None:
+      try:
+        lane()
+      except BaseException as error:  # pylint: disable=broad-except
+        failures.append(error)
+        self._failed.set()
+
+    threads = [threading.Thread(target=guarded, args=(lane,))
+               for lane in lanes]
+    for thread in threads:
+      thread.start()
+    for thread in threads:
+      thread.join()
+    if failures:
+      raise failures[0]
 
 
 def _write_record(path: pathlib.Path, record: dict[str, Any], complete: bool,

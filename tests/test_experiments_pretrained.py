@@ -40,9 +40,9 @@ def test_a_folder_of_other_files_is_refused(raw_dir, tmp_path, capsys):
 
 def test_quick_mode_defaults(raw_dir, tmp_path):
   args = _args(raw_dir, tmp_path, "--quick")
-  assert (args.num_generations, args.tiny_steps) == (8, 50)
+  assert (args.num_generations, args.tiny_steps, args.lanes) == (8, 50, 2)
   args = _args(raw_dir, tmp_path)
-  assert (args.num_generations, args.tiny_steps) == (32, 400)
+  assert (args.num_generations, args.tiny_steps, args.lanes) == (32, 400, 1)
 
 
 def test_raw_config_is_one_eval_category_sampled_only_when_quick(

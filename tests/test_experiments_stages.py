@@ -1,0 +1,75 @@
+"""Stages run side by side in lanes, each stage's CPU seconds its own."""
+
+import threading
+
+import pytest
+
+from experiments import stages
+
+
+def _stage(name, statement):
+  return stages.Stage(name=name, module="timeit",
+                      args=["-n", "1", "-r", "1", statement], done_marker=None)
+
+
+def test_lanes_run_side_by_side_and_one_waits_for_the_others_point():
+  lanes = stages.Lanes(concurrent=True)
+  point = threading.Event()
+  order = []
+
+  def waiting():
+    lanes.wait(point)
+    order.append("after the point")
+
+  def setting():
+    order.append("before the point")
+    point.set()
+
+  # One after another in this order, the first lane would wait forever.
+  lanes.run([waiting, setting])
+  assert order == ["before the point", "after the point"]
+
+
+def test_lanes_one_after_another_keep_their_order():
+  lanes = stages.Lanes(concurrent=False)
+  order = []
+  lanes.run([lambda: order.append(1), lambda: order.append(2)])
+  assert order == [1, 2]
+
+
+def test_a_failed_lane_stops_the_others_and_is_raised():
+  lanes = stages.Lanes(concurrent=True)
+  never = threading.Event()
+  stopped = []
+
+  def failing():
+    raise stages.StageError("Stage 'train' failed")
+
+  def waiting():
+    try:
+      lanes.wait(never)
+    except stages.StageError as error:
+      stopped.append(str(error))
+      raise
+
+  with pytest.raises(stages.StageError, match="Stage 'train' failed"):
+    lanes.run([failing, waiting])
+  assert stopped == ["Stopped: a stage of another lane failed."]
+  with pytest.raises(stages.StageError, match="another lane failed"):
+    lanes.check()
+
+
+def test_each_stage_records_its_own_cpu_seconds_beside_another(tmp_path):
+  """A stage that sleeps while another computes records almost no CPU (the
+  computing one's would count if costs were differences of the parent's
+  reaped-children totals)."""
+  logs = tmp_path / "logs"
+  sleeping = _stage("sleeping", "import time; time.sleep(3)")
+  busy = _stage("busy", "sum(range(30_000_000))")
+  lanes = stages.Lanes(concurrent=True)
+  lanes.run([lambda: stages.run_stage(sleeping, logs),
+             lambda: stages.run_stage(busy, logs)])
+  busy_cpu = stages.stage_cost(busy, logs)["cpu_seconds"]
+  sleeping_cpu = stages.stage_cost(sleeping, logs)["cpu_seconds"]
+  assert busy_cpu >= 0.2
+  assert sleeping_cpu < busy_cpu / 2
