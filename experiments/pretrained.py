@@ -357,8 +357,8 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
 
   def run_stage(stage: stages.Stage) -> None:
     lanes.check()
-    print(f"=== {stage.name} ({time.monotonic() - start:.0f}s elapsed)",
-          flush=True)
+    stages.log_line(
+        f"=== {stage.name} ({time.monotonic() - start:.0f}s elapsed)")
     stages.run_stage(stage, layout.logs)
 
   data = commands.preprocess(write_raw_config(layout, args), layout.data, [])

@@ -94,8 +94,10 @@ def main_exiting_on_stage_error(run: Callable[[Sequence[str] | None], object],
     sys.exit(f"error: {error}")
 
 
-def _log(message: str) -> None:
-  print(message, flush=True)
+def log_line(message: str) -> None:
+  """Prints `message` as one write, whole beside other lanes' lines."""
+  sys.stdout.write(message + "\n")
+  sys.stdout.flush()
 
 
 def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
@@ -111,19 +113,20 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
   earlier = _read_record(record_path)
   if stage.done_marker and stage.done_marker.exists():
     if earlier.get("stage") == record and earlier.get("complete"):
-      _log(f"[{stage.name}] already complete ({stage.done_marker}), skipped")
+      log_line(f"[{stage.name}] already complete ({stage.done_marker}), "
+               "skipped")
       return 0.0
-    _log(f"[{stage.name}] {stage.done_marker} was not made with these flags, "
-         f"inputs and code (see {record_path}), rerunning")
+    log_line(f"[{stage.name}] {stage.done_marker} was not made with these "
+             f"flags, inputs and code (see {record_path}), rerunning")
   if (earlier.get("stage") != record and stage.resume_dir and
       stage.resume_dir.exists()):
-    _log(f"[{stage.name}] deleting {stage.resume_dir}, made with other flags, "
-         "inputs or code")
+    log_line(f"[{stage.name}] deleting {stage.resume_dir}, made with other "
+             "flags, inputs or code")
     shutil.rmtree(stage.resume_dir)
   log_dir.mkdir(parents=True, exist_ok=True)
   _write_record(record_path, record, complete=False)
   log_path = log_dir / f"{stage.name}.log"
-  _log(f"[{stage.name}] $ {' '.join(stage.command()[1:])}")
+  log_line(f"[{stage.name}] $ {' '.join(stage.command()[1:])}")
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   start = time.monotonic()
   with open(log_path, "w") as log_file:
@@ -135,7 +138,7 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
       log_file.write(line)
       shown = _display_line(line)
       if shown is not None:
-        _log(shown if stage.show_plain else f"[{stage.name}] {shown}")
+        log_line(shown if stage.show_plain else f"[{stage.name}] {shown}")
     returncode, cpu_seconds = _wait(process)
   seconds = time.monotonic() - start
   cost = {"wall_seconds": round(seconds, 1),
@@ -148,8 +151,8 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
     raise StageError(f"Stage {stage.name!r} exited cleanly but did not write "
                      f"{stage.done_marker}; see {log_path}.")
   _write_record(record_path, record, complete=True, cost=cost)
-  _log(f"[{stage.name}] done in {seconds:.0f}s ({cost['cpu_seconds']:.0f}s "
-       "of CPU)")
+  log_line(f"[{stage.name}] done in {seconds:.0f}s "
+           f"({cost['cpu_seconds']:.0f}s of CPU)")
   return seconds
 
 

@@ -73,3 +73,19 @@ def test_each_stage_records_its_own_cpu_seconds_beside_another(tmp_path):
   sleeping_cpu = stages.stage_cost(sleeping, logs)["cpu_seconds"]
   assert busy_cpu >= 0.2
   assert sleeping_cpu < busy_cpu / 2
+
+
+def test_a_log_line_is_one_write_so_lanes_do_not_split_it(monkeypatch):
+  writes = []
+
+  class Recorder:
+
+    def write(self, text):
+      writes.append(text)
+
+    def flush(self):
+      pass
+
+  monkeypatch.setattr("sys.stdout", Recorder())
+  stages.log_line("[tiny] step 2/50")
+  assert writes == ["[tiny] step 2/50\n"]
