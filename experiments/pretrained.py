@@ -359,7 +359,7 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
     lanes.check()
     stages.log_line(
         f"=== {stage.name} ({time.monotonic() - start:.0f}s elapsed)")
-    stages.run_stage(stage, layout.logs)
+    lanes.run_stage(stage, layout.logs)
 
   data = commands.preprocess(write_raw_config(layout, args), layout.data, [])
   run_stage(data)

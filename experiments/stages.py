@@ -100,13 +100,15 @@ def log_line(message: str) -> None:
   sys.stdout.flush()
 
 
-def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
+def run_stage(stage: Stage, log_dir: pathlib.Path,
+              stop: threading.Event | None = None) -> float:
   """Runs `stage` unless already complete; returns its wall time in seconds.
 
   Complete means its `done_marker` exists and `log_dir/{name}.json` records a
   finished run of the same `Stage.record()`. The command's output is streamed
   with a `[name]` prefix and kept in `log_dir/{name}.log`. Raises StageError
-  naming the log on failure.
+  naming the log on failure, and when `stop` is set while the command runs
+  (it is terminated).
   """
   record_path = log_dir / f"{stage.name}.json"
   record = stage.record()
@@ -134,15 +136,23 @@ def run_stage(stage: Stage, log_dir: pathlib.Path) -> float:
         stage.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, env=env)
     assert process.stdout is not None
+    finished = threading.Event()
+    if stop is not None:
+      threading.Thread(target=_terminate_on, args=(stop, finished, process),
+                       daemon=True).start()
     for line in process.stdout:
       log_file.write(line)
       shown = _display_line(line)
       if shown is not None:
         log_line(shown if stage.show_plain else f"[{stage.name}] {shown}")
     returncode, cpu_seconds = _wait(process)
+    finished.set()
   seconds = time.monotonic() - start
   cost = {"wall_seconds": round(seconds, 1),
           "cpu_seconds": round(cpu_seconds, 1)}
+  if returncode != 0 and stop is not None and stop.is_set():
+    raise StageError(f"Stage {stage.name!r} stopped after {seconds:.0f}s: a "
+                     "stage of another lane failed.")
   if returncode != 0:
     raise StageError(f"Stage {stage.name!r} failed with exit code {returncode}"
                      f" after {seconds:.0f}s; its full output is in "
@@ -177,6 +187,15 @@ def _read_record(path: pathlib.Path) -> dict[str, Any]:
   return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _terminate_on(stop: threading.Event, finished: threading.Event,
+                  process: subprocess.Popen) -> None:
+  """Terminates `process` once `stop` is set, unless `finished` first."""
+  while not finished.wait(timeout=0.5):
+    if stop.is_set():
+      process.terminate()
+      return
+
+
 def _wait(process: subprocess.Popen) -> tuple[int, float]:
   """Waits for `process`: its exit code, and the CPU seconds (user plus
   system) of it and of the children it reaped (Beam workers), its own alone
@@ -191,13 +210,20 @@ class Lanes:
   side in threads (`concurrent`) or one after another in the order given.
 
   A lane waits for a point of another (e.g. a stage whose cost it reads)
-  with `wait`; when a lane fails, the others stop at their next `check` or
-  `wait`, and `run` raises the first failure.
+  with `wait`; when a lane fails, the others stop: a stage run by
+  `Lanes.run_stage` is terminated, and `check` and `wait` raise. `run`
+  raises the first failure.
   """
 
   def __init__(self, concurrent: bool):
     self.concurrent = concurrent
     self._failed = threading.Event()
+
+  def run_stage(self, stage: Stage, log_dir: pathlib.Path) -> float:
+    """`run_stage` in a lane: not started, or terminated while it runs, once
+    another lane has failed."""
+    self.check()
+    return run_stage(stage, log_dir, stop=self._failed)
 
   def check(self) -> None:
     """Raises StageError if another lane has failed."""

@@ -1,6 +1,8 @@
 """Stages run side by side in lanes, each stage's CPU seconds its own."""
 
+import json
 import threading
+import time
 
 import pytest
 
@@ -57,6 +59,33 @@ def test_a_failed_lane_stops_the_others_and_is_raised():
   assert stopped == ["Stopped: a stage of another lane failed."]
   with pytest.raises(stages.StageError, match="another lane failed"):
     lanes.check()
+
+
+def test_a_failed_lane_terminates_the_stage_another_lane_is_running(
+    tmp_path):
+  logs = tmp_path / "logs"
+  sleeping = _stage("sleeping", "import time; time.sleep(60)")
+  lanes = stages.Lanes(concurrent=True)
+  stopped = []
+
+  def failing():
+    time.sleep(1.0)  # The other lane's command is running by then.
+    raise stages.StageError("Stage 'train' failed")
+
+  def sleeping_lane():
+    try:
+      lanes.run_stage(sleeping, logs)
+    except stages.StageError as error:
+      stopped.append(str(error))
+      raise
+
+  start = time.monotonic()
+  with pytest.raises(stages.StageError, match="Stage 'train' failed"):
+    lanes.run([failing, sleeping_lane])
+  assert time.monotonic() - start < 20
+  assert len(stopped) == 1 and "'sleeping' stopped" in stopped[0]
+  record = json.loads((logs / "sleeping.json").read_text())
+  assert not record["complete"]
 
 
 def test_each_stage_records_its_own_cpu_seconds_beside_another(tmp_path):
