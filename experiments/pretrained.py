@@ -40,9 +40,10 @@ hash of the user id, `user_fraction`), N_gen 8 samples of at most 48 tokens
 
 Like `experiments.sample_run`, a step whose output is complete is skipped, so
 a rerun continues where an interrupted one stopped. With `--lanes=2` (the
-default of `--quick`) Gemma's stages run one after another in one lane and
-the others (the tiny models, LIR) in a second beside it; the equal-CPU run
-waits for the full fine-tuning's cost. Each stage's CPU seconds are its own
+default of `--quick`) Gemma's conversion, fine-tuning and fine-tuned
+evaluations run one after another in one lane and the others (the tiny
+models, LIR, then Gemma zero-shot once converted) in a second beside it; the
+equal-CPU run waits for the full fine-tuning's cost. Each stage's CPU seconds are its own
 command's (`stages.stage_cost`), also beside another.
 """
 
@@ -139,8 +140,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help="also fine-tune with LoRA, the rest frozen "
                       "(default %(default)s)")
   parser.add_argument("--lanes", type=int, choices=(1, 2), default=None,
-                      help="2: Gemma's stages in one lane, beside the tiny "
-                      "model's and LIR's in another; 1: one stage at a time "
+                      help="2: Gemma's conversion, fine-tuning and "
+                      "fine-tuned evaluations in one lane, beside the tiny "
+                      "models', LIR's and Gemma zero-shot's in another; 1: "
+                      "one stage at a time "
                       "(default 2 with --quick, else 1: the full run's Gemma "
                       "fine-tuning takes about 17.5 GB)")
   parser.add_argument("--force", action="store_true",
@@ -366,9 +369,11 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
   steps = gemma_steps(args, train_records(layout.data))
   runs = model_runs(layout, args, data, steps)
   gemma_models = [model for model in runs if _is_gemma(model)]
+  zero_shot = next(model for model in runs if model.stage.name == "convert")
   evaluations = {"LIR": _evaluation(layout, args, "lir", None, 32, [data])}
   budgets: list[ModelRun] = []
-  gemma_full_done = threading.Event()
+  # Set when a model's stage has completed, for the other lane to wait on.
+  finished = {model.stage.name: threading.Event() for model in runs}
 
   def evaluate(model: ModelRun) -> None:
     gemma = _is_gemma(model)
@@ -380,10 +385,9 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
   def gemma_lane() -> None:
     for model in gemma_models:
       run_stage(model.stage)
-      if model.stage.name == "gemma_full":
-        gemma_full_done.set()
+      finished[model.stage.name].set()
     for model in gemma_models:
-      if model.row:
+      if model is not zero_shot:
         evaluate(model)
 
   def tiny_lane() -> None:
@@ -394,7 +398,11 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
     for model in runs:
       if model.row and not _is_gemma(model):
         evaluate(model)
-    lanes.wait(gemma_full_done)  # The budgets read its cost.
+    # The zero-shot evaluation runs here, beside Gemma's fine-tuning: the
+    # Gemma lane is the longer one.
+    lanes.wait(finished[zero_shot.stage.name])
+    evaluate(zero_shot)
+    lanes.wait(finished["gemma_full"])  # The budgets read its cost.
     budgets.extend(budget_runs(layout, args, data, runs, steps))
     for model in budgets:
       run_stage(model.stage)
