@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
@@ -245,16 +246,37 @@ def results_markdown(summary: dict[str, Any]) -> str:
           "Table 7):\n\n" + report.table_7_matches(column))
 
 
-def calrec_generator_loader(config: config_lib.EvaluationConfig
+def users_per_worker(resolved: config_lib.ResolvedRun,
+                     worker_processes: Optional[int]) -> Optional[int]:
+  """The users each of `worker_processes` generates for, about: the split's
+  (or the --max_users subset's) spread evenly; None when not known."""
+  if not worker_processes:
+    return None
+  users = resolved.split_files.num_records
+  if users is None:  # A manifest that does not count its records.
+    return None
+  if resolved.config.max_users:
+    users = min(users, resolved.config.max_users)
+  return math.ceil(users / worker_processes)
+
+
+def calrec_generator_loader(resolved: config_lib.ResolvedRun,
+                            worker_processes: Optional[int] = None
                             ) -> "model_handler.GeneratorLoader":
-  """The JAX model's generator for --model=calrec (loaded on the workers)."""
+  """The JAX model's generator for --model=calrec (loaded on the workers).
+
+  `worker_processes`: the processes of a local runner, for the ETA of each
+  worker's progress line (`users_per_worker`); None leaves the ETA out.
+  """
   from evaluator import model_handler  # pylint: disable=g-import-not-at-top
+  config = resolved.config
   return model_handler.GeneratorLoader(
       model_dir=config.model_dir, num_generations=config.num_generations,
       temperature=config.temperature, sampler=config.sampler,
       dtype=config.dtype, max_decode_length=config.max_decode_length,
       compilation_cache_dir=config.compilation_cache_dir,
-      batch_size=config.batch_size, step=config.checkpoint_step)
+      batch_size=config.batch_size, step=config.checkpoint_step,
+      expected_users=users_per_worker(resolved, worker_processes))
 
 
 class Evaluate(beam.PTransform):
@@ -263,18 +285,20 @@ class Evaluate(beam.PTransform):
 
   `load_generator` serves --model=calrec; None loads the model of
   `model_dir`, and the corpus is then matched in the normal form of its
-  vocabulary (`transforms.RetrievalOptions`). Its output: one element, what
-  metrics.json holds.
+  vocabulary (`transforms.RetrievalOptions`), and `worker_processes` (a
+  local runner's, `beam_options.local_worker_processes`) gives its workers'
+  progress lines an ETA. Its output: one element, what metrics.json holds.
   """
 
   def __init__(self, resolved: config_lib.ResolvedRun, output_dir: str,
-               load_generator: Optional[LoadGenerator] = None):
+               load_generator: Optional[LoadGenerator] = None,
+               worker_processes: Optional[int] = None):
     super().__init__()
     self._run = resolved
     self._output_dir = output_dir
     self._vocabulary_path = None
     if resolved.config.model == "calrec" and load_generator is None:
-      load_generator = calrec_generator_loader(resolved.config)
+      load_generator = calrec_generator_loader(resolved, worker_processes)
       self._vocabulary_path = load_generator.vocabulary_path
     self._load_generator = load_generator
 
@@ -397,7 +421,8 @@ def run_resolved(resolved: config_lib.ResolvedRun, beam_argv: Sequence[str],
                config.split, config.model, config.retrieval, staging)
   try:
     with beam.Pipeline(options=options) as root:
-      _ = root | Evaluate(resolved, staging, load_generator)
+      _ = root | Evaluate(resolved, staging, load_generator,
+                          beam_cli.local_worker_processes(options))
     run_dir.write_record(staging, config_lib.STAGE, resolved.made_from())
   except BaseException:
     files.delete_folder(staging)

@@ -49,7 +49,9 @@ class JaxGenerator:
                num_generations: int = generation.NUM_GENERATIONS,
                temperature: float = generation.TEMPERATURE,
                max_decode_length: int = generation.MAX_DECODE_LENGTH,
-               batch_size: int = 8):
+               batch_size: int = 8, expected_users: Optional[int] = None):
+    """`expected_users`: about how many users this worker will generate for
+    (its share of the split), the total of its progress line's ETA."""
     if prompt_length < 2 or batch_size < 1:
       raise ValueError("prompt_length must be >= 2 and batch_size >= 1, got "
                        f"{prompt_length} and {batch_size}.")
@@ -61,8 +63,8 @@ class JaxGenerator:
     self._stop_ids = frozenset(model.stop_ids)
     self._start_token = vocab.decoder_start_id(vocabulary)
     # Users generated on this worker, logged every 30 s.
-    self._progress = progress.Progress(
-        "users", label="Generated on this worker: ")
+    self.progress = progress.Progress(
+        "users", expected_users, label="Generated on this worker: ")
 
     def sample_one_user(params, tokens, causal_attention, key):
       decodes, aux = model.predict_batch_with_aux(
@@ -142,8 +144,8 @@ class JaxGenerator:
           outputs[index] = [(self._text(tokens), float(score))
                             for tokens, score in zip(decodes[row],
                                                      scores[row])]
-        self._progress.add(len(rows))
-    self._progress.add(len(requests) - sum(map(len, by_bucket.values())))
+        self.progress.add(len(rows))
+    self.progress.add(len(requests) - sum(map(len, by_bucket.values())))
     return outputs
 
 
@@ -161,6 +163,8 @@ class GeneratorLoader:
   batch_size: int = 8
   step: Optional[int] = None
   compilation_cache_dir: Optional[str] = None
+  # This worker's share of the users, for its ETA (`JaxGenerator`).
+  expected_users: Optional[int] = None
 
   @property
   def vocabulary_path(self) -> str:
@@ -184,4 +188,5 @@ class GeneratorLoader:
     return JaxGenerator(
         loaded.model, loaded.params, loaded.vocabulary, loaded.prompt_length,
         num_generations=self.num_generations, temperature=self.temperature,
-        max_decode_length=self.max_decode_length, batch_size=self.batch_size)
+        max_decode_length=self.max_decode_length, batch_size=self.batch_size,
+        expected_users=self.expected_users)

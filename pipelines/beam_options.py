@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from typing import Mapping, Sequence
+import multiprocessing
+from typing import Mapping, Optional, Sequence
 
 from apache_beam import runners
 from apache_beam.options import pipeline_options
@@ -24,6 +25,8 @@ DEFAULT_RUNNER = "FnApiRunner"
 # Runners whose workers are other machines, without the launcher's disk, in
 # the form `_runner_key` gives them.
 REMOTE_WORKER_RUNNERS = ("dataflow", "testdataflow")
+# Runners that run the job on this machine with `DirectOptions`' workers.
+LOCAL_RUNNERS = ("fnapi", "direct", "bundlebaseddirect", "switchingdirect")
 
 
 class BeamOptionsError(ValueError):
@@ -96,6 +99,22 @@ def _check_worker_paths(options: PipelineOptions,
       raise BeamOptionsError(
           f"{label} {path}: no file system for this path here (gs:// "
           "needs pip install -e '.[gcp]', README: Beam jobs on Dataflow).")
+
+
+def local_worker_processes(options: PipelineOptions) -> Optional[int]:
+  """The processes a local runner spreads the work over, None on others.
+
+  FnApiRunner starts `--direct_num_workers` processes (0: one per core) with
+  `--direct_running_mode=multi_processing`; its other modes run every worker
+  in this process, where they share one copy of a model (RunInference).
+  """
+  runner_name = str(options.view_as(pipeline_options.StandardOptions).runner)
+  if _runner_key(runner_name) not in LOCAL_RUNNERS:
+    return None
+  direct = options.view_as(pipeline_options.DirectOptions)
+  if direct.direct_running_mode != "multi_processing":
+    return 1
+  return direct.direct_num_workers or multiprocessing.cpu_count()
 
 
 def beam_options(beam_args: Sequence[str]) -> PipelineOptions:

@@ -528,6 +528,25 @@ def test_user_seeds_depend_on_user_and_run_seed_only():
   assert _seeds_in_subprocess(2) == seeds
 
 
+def test_each_local_worker_expects_its_share_of_the_users(data_dir,
+                                                          tmp_path):
+  """The generator's ETA total: the split's users (USERS, "short" and
+  "lost"), or the --max_users subset's, over the worker processes."""
+  flags = [f"--data_dir={data_dir}", f"--category={CATEGORY}", "--split=test",
+           f"--output_dir={tmp_path}", "--model=calrec", "--model_dir=unused"]
+  every, _ = _resolved(flags, check_model=False)
+  subset, _ = _resolved([*flags, "--max_users=3"], check_model=False)
+  users = len(USERS) + 2
+  assert every.split_files.num_records == users
+  assert [evaluate.users_per_worker(every, processes)
+          for processes in (1, 2, 3, None)] == [
+              users, math.ceil(users / 2), math.ceil(users / 3), None]
+  assert evaluate.users_per_worker(subset, 2) == 2
+  assert evaluate.calrec_generator_loader(every, 2).expected_users == (
+      math.ceil(users / 2))
+  assert evaluate.calrec_generator_loader(every).expected_users is None
+
+
 def test_defaults_are_the_papers(data_dir, tmp_path):
   """Paper section 4, "Implementation Details"."""
   # N_gen = 32 samples at temperature 0.5, at most 80 decoded tokens.

@@ -164,6 +164,24 @@ def test_request_whose_newest_item_cannot_fit_gets_no_samples(generator_parts):
   assert all(len(samples) == NUM_GENERATIONS for samples in outputs[:-1])
 
 
+def test_the_progress_line_counts_toward_the_workers_share(generator_parts):
+  """A worker told its share of the users shows an ETA toward it; users
+  without samples count as done too."""
+  model, params, vocabulary = generator_parts
+  requests = _requests()
+  shared = model_handler.JaxGenerator(
+      model, params, vocabulary, prompt_length=150,
+      num_generations=NUM_GENERATIONS, max_decode_length=6, batch_size=2,
+      expected_users=10)
+  shared.generate(requests)
+  assert shared.progress.line().startswith(f"{len(requests)}/10  ")
+  assert " ETA " in shared.progress.line()
+  unknown = _generator(generator_parts, batch_size=2)
+  unknown.generate(requests[:1])
+  assert unknown.progress.line().startswith("1  ")
+  assert "ETA" not in unknown.progress.line()
+
+
 def test_vocabularies_trained_here_end_items_at_eos_only(generator_parts):
   """They normalise "\n" away: samples are what they were before stop ids."""
   _, _, vocabulary = generator_parts
@@ -336,10 +354,14 @@ def test_the_workers_model_samples_with_the_sampler_asked_for(
       generator_parts[0].config).sampler
   model, _, vocabulary = generator_parts
   requests = _requests()
-  outputs = {sampler: model_handler.GeneratorLoader(
+  generators = {sampler: model_handler.GeneratorLoader(
       str(model_dir[0]), num_generations=NUM_GENERATIONS, temperature=1.0,
-      sampler=sampler, max_decode_length=6, batch_size=4)().generate(requests)
-             for sampler in generation.SAMPLERS}
+      sampler=sampler, max_decode_length=6, batch_size=4,
+      expected_users=len(requests))() for sampler in generation.SAMPLERS}
+  outputs = {sampler: generator.generate(requests)
+             for sampler, generator in generators.items()}
+  assert all(generator.progress.total == len(requests)
+             for generator in generators.values())
   inverse_cdf = models.CALRecModel(model.config, sampler="inverse_cdf")
   _assert_same_samples(outputs["inverse_cdf"], [_direct_samples(
       (inverse_cdf, model_dir[1][STEPS[-1]], vocabulary), request,

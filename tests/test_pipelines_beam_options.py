@@ -3,6 +3,7 @@ the Beam jobs."""
 
 import argparse
 import logging
+import os
 
 import pytest
 
@@ -71,6 +72,22 @@ def test_local_runners_take_local_paths():
   checked = beam_options.checked_beam_options(
       ["--direct_num_workers=2"], {"--output_dir": "/tmp/out"})
   assert checked.get_all_options()["direct_num_workers"] == 2
+
+
+@pytest.mark.parametrize("flags,processes", [
+    ([], 1),  # FnApiRunner in memory.
+    (["--direct_num_workers=3", "--direct_running_mode=multi_threading"], 1),
+    (["--direct_num_workers=3", "--direct_running_mode=multi_processing"], 3),
+    (["--direct_num_workers=0", "--direct_running_mode=multi_processing"],
+     os.cpu_count()),
+    (["--runner=DirectRunner", "--direct_num_workers=2",
+      "--direct_running_mode=multi_processing"], 2),
+    (["--runner=DataflowRunner", "--num_workers=4"], None),
+])
+def test_local_worker_processes_are_those_holding_a_model_each(flags,
+                                                              processes):
+  assert beam_options.local_worker_processes(
+      beam_options.beam_options(flags)) == processes
 
 
 def test_a_path_without_a_file_system_is_refused_naming_its_flag():
