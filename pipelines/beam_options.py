@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import multiprocessing
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Sequence
 
 from apache_beam import runners
 from apache_beam.options import pipeline_options
@@ -25,8 +25,8 @@ DEFAULT_RUNNER = "FnApiRunner"
 # Runners whose workers are other machines, without the launcher's disk, in
 # the form `_runner_key` gives them.
 REMOTE_WORKER_RUNNERS = ("dataflow", "testdataflow")
-# Runners that run the job on this machine with `DirectOptions`' workers.
-LOCAL_RUNNERS = ("fnapi", "direct", "bundlebaseddirect", "switchingdirect")
+# Runners that run a batch job on FnApiRunner, with `DirectOptions`' workers.
+LOCAL_RUNNERS = ("fnapi", "direct", "switchingdirect")
 
 
 class BeamOptionsError(ValueError):
@@ -101,7 +101,7 @@ def _check_worker_paths(options: PipelineOptions,
           "needs pip install -e '.[gcp]', README: Beam jobs on Dataflow).")
 
 
-def local_worker_processes(options: PipelineOptions) -> Optional[int]:
+def local_worker_processes(options: PipelineOptions) -> int | None:
   """The processes a local runner spreads the work over, None on others.
 
   FnApiRunner starts `--direct_num_workers` processes (0: one per core) with
