@@ -413,7 +413,7 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
              for row, stage in evaluations.items()}
   main_rows = ["LIR", *(model.row for model in runs if model.row)]
   markdown = (results_markdown([(row, folders[row]) for row in main_rows],
-                               args) +
+                               args, steps) +
               budget_markdown(layout, next(model for model in runs if
                                            model.stage.name == "gemma_full"),
                               budgets, folders))
@@ -428,17 +428,31 @@ def _is_gemma(model: ModelRun) -> bool:
   return model.stage.name.startswith(("gemma", "convert"))
 
 
+def settings_line(args: argparse.Namespace, steps: int) -> str:
+  """What every row shares, and Gemma's fine-tuning budget."""
+  rates = [f"full at {full_fine_tuning_learning_rate(args.gemma_batch_size):g}"]
+  if args.peft == "lora":
+    rates.append(f"LoRA at {PAPER_LEARNING_RATE:g}")
+  return (f"Prompts of at most {args.inputs_length} tokens, seed "
+          f"{args.seed}. Gemma fine-tuned for {steps} steps of "
+          f"{args.gemma_batch_size} examples ({', '.join(rates)}, warm-up "
+          f"{int(steps * GEMMA_WARMUP_SHARE)} steps); the tiny model trained "
+          f"for {args.tiny_steps} steps. No model had Stage I (one category "
+          "here).")
+
+
 def results_markdown(rows: Sequence[tuple[str, pathlib.Path]],
-                     args: argparse.Namespace) -> str:
+                     args: argparse.Namespace, steps: int) -> str:
   """Table 2 layout of every row, then each row's paired t-test against LIR
-  (Table 4 layout)."""
+  (Table 4 layout); the heading counts the users of the first row."""
   from evaluator import report  # pylint: disable=g-import-not-at-top
   summaries = [(name, report.load_summary(str(folder)))
                for name, folder in rows]
-  lines = [f"## {CATEGORY} test users, N_gen {args.num_generations}"
-           f"{' (--quick)' if args.quick else ''}\n",
-           report.table_2(summaries),
-           "\nNo model had Stage I (one category here).\n"]
+  users = summaries[0][1]["num_users"] + summaries[0][1]["num_unranked"]
+  lines = [f"## {CATEGORY}: {users} test users, N_gen "
+           f"{args.num_generations}{' (--quick)' if args.quick else ''}\n",
+           settings_line(args, steps) + "\n",
+           report.table_2(summaries)]
   lir_ranks = report.load_user_ranks(str(rows[0][1]))
   for name, folder in rows[1:]:
     test = report.paired_t_test(report.load_user_ranks(str(folder)),

@@ -131,7 +131,8 @@ def run_stage(stage: Stage, log_dir: pathlib.Path,
   log_line(f"[{stage.name}] $ {' '.join(stage.command()[1:])}")
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   start = time.monotonic()
-  with open(log_path, "w") as log_file:
+  # Line-buffered: the log shows a running stage's progress as it comes.
+  with open(log_path, "w", buffering=1) as log_file:
     process = subprocess.Popen(
         stage.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, env=env)

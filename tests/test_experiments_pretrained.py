@@ -157,7 +157,8 @@ def _evaluation(folder, pessimistic_ranks):
            for key in metrics.metric_keys()}
   (folder / "metrics.json").write_text(json.dumps(
       {"category": pretrained.CATEGORY, "split": "test", "metrics": means,
-       "tied_target_share": 0.0}))
+       "tied_target_share": 0.0, "num_users": len(pessimistic_ranks) - 1,
+       "num_unranked": 1}))
   pq.write_table(pa.table({"user_id": users,
                            "rank_optimistic": pessimistic_ranks,
                            "rank_pessimistic": pessimistic_ranks}),
@@ -196,6 +197,30 @@ def test_the_budget_table_shows_each_runs_budget_and_its_test_against_gemma(
       line.split(" | ")[1:3] == ["0.7500/0.7500", "0.0000/0.0000"]
       for line in tests)
   assert markdown.count("(paired t-test)") == 2
+
+
+def test_the_results_state_users_settings_and_each_test_against_lir(
+    raw_dir, tmp_path):
+  args = _args(raw_dir, tmp_path, "--gemma_batch_size=8",
+               "--inputs_length=256", "--num_generations=8")
+  folders = [tmp_path / "eval" / name for name in ("lir", "tiny", "lora")]
+  for folder, ranks in zip(folders, ([2, 11, 1], [1, 1, 11], [1, 11, 11])):
+    _evaluation(folder, ranks)
+  markdown = pretrained.results_markdown(
+      list(zip(["LIR", "tiny", "LoRA"], folders)), args, steps=58)
+  lines = markdown.splitlines()
+  assert lines[0] == "## Gift_Cards: 3 test users, N_gen 8"
+  assert lines[2] == (
+      "Prompts of at most 256 tokens, seed 0. Gemma fine-tuned for 58 steps "
+      "of 8 examples (full at 1.25e-05, LoRA at 0.0001, warm-up 5 steps); "
+      "the tiny model trained for 400 steps. No model had Stage I (one "
+      "category here).")
+  assert [line for line in lines if line.startswith("### ")] == [
+      "### tiny against LIR (paired t-test)",
+      "### LoRA against LIR (paired t-test)"]
+  # Recall@1 (pes): tiny 2 of 3 users, LIR 1 of 3.
+  (tiny_test, _) = [line for line in lines if line.startswith("| Recall@1 |")]
+  assert tiny_test.split(" | ")[1:3] == ["0.6667/0.6667", "0.3333/0.3333"]
 
 
 def test_quick_mode_fine_tunes_gemma_briefly(raw_dir, tmp_path):

@@ -118,3 +118,25 @@ def test_a_log_line_is_one_write_so_lanes_do_not_split_it(monkeypatch):
   monkeypatch.setattr("sys.stdout", Recorder())
   stages.log_line("[tiny] step 2/50")
   assert writes == ["[tiny] step 2/50\n"]
+
+
+def test_a_running_stages_log_shows_its_lines_as_they_come(tmp_path):
+  logs, release = tmp_path / "logs", tmp_path / "release"
+  waiting = stages.Stage(
+      name="waiting", module="timeit",
+      args=["-n", "1", "-r", "1",
+            "import os, time; print('step 1/2', flush=True)",
+            f"while not os.path.exists({str(release)!r}): time.sleep(0.05)"],
+      done_marker=None)
+  runner = threading.Thread(target=stages.run_stage, args=(waiting, logs))
+  runner.start()
+  try:
+    deadline = time.monotonic() + 30
+    log = logs / "waiting.log"
+    while time.monotonic() < deadline and not (
+        log.exists() and "step 1/2" in log.read_text()):
+      time.sleep(0.05)
+    assert "step 1/2" in log.read_text()
+  finally:
+    release.touch()
+    runner.join()
