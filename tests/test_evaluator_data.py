@@ -18,7 +18,7 @@ def _example(**features):
   example = example_pb2.Example()
   for name, values in features.items():
     example.features.feature[name].bytes_list.value.extend(values)
-  return example.SerializeToString()
+  return example.SerializeToString(deterministic=True)
 
 
 def test_last_item_is_the_target():

@@ -2,6 +2,8 @@
 
 import json
 import pathlib
+import threading
+import time
 
 import pytest
 
@@ -261,3 +263,74 @@ def test_every_gemma_is_sampled_in_float32_on_one_worker_with_one_cache(
   quick = _args(raw_dir, tmp_path, "--quick")
   assert "--max_decode_length=48" in pretrained._evaluation(
       layout, quick, "tiny", layout.model_dir("tiny"), 32, []).args
+
+
+def test_the_lanes_keep_gemma_apart_and_wait_for_what_they_read(
+    raw_dir, tmp_path, monkeypatch):
+  """`run`'s plan with --quick (two lanes), each stage's command replaced by
+  writing what it would: Gemma's conversion, fine-tunings and their
+  evaluations in one lane; the zero-shot evaluation waits for the conversion
+  and the budget runs for the full fine-tuning's cost, although the Gemma
+  lane is the slower one here."""
+  from pipelines import run_dir  # pylint: disable=g-import-not-at-top
+  from experiments import stages  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(pretrained, "gguf_file",
+                      lambda layout: layout.root / "model.gguf")
+  events, finished, lock = [], set(), threading.Lock()
+
+  def run_stage(self, stage, log_dir):
+    self.check()
+    with lock:
+      events.append(("start", stage.name, threading.get_ident()))
+      missing = [needed.name for needed in stage.inputs
+                 if needed.name not in finished]
+    assert not missing, (stage.name, missing)
+    if stage.name.startswith(("convert", "gemma")):
+      time.sleep(0.3)  # The Gemma lane is the slower one.
+    marker = stage.done_marker
+    if stage.name == "preprocess":
+      marker.parent.mkdir(parents=True)
+      marker.write_text(json.dumps({"categories": {pretrained.CATEGORY: {
+          "splits": {"train": {"records": 458}}}}}))
+    elif stage.module == "trainer.train":
+      marker.mkdir(parents=True)
+      batch = next((arg.split("=")[1] for arg in stage.args
+                    if arg.startswith("--gin.BATCH_SIZE=")), "16")
+      run_dir.write_record(str(stage.resume_dir), "train",
+                           {"batch_size": int(batch)})
+    elif stage.module == "evaluator.evaluate":
+      _evaluation(marker.parent, [1, 11, 2])
+    else:
+      marker.parent.mkdir(parents=True, exist_ok=True)
+      marker.touch()
+    _complete(stage, log_dir, 10.0)
+    with lock:
+      finished.add(stage.name)
+      events.append(("end", stage.name, threading.get_ident()))
+    return 0.0
+
+  monkeypatch.setattr(stages.Lanes, "run_stage", run_stage)
+  layout = pretrained.run([f"--raw_dir={raw_dir}",
+                           f"--output_dir={tmp_path / 'run'}", "--quick"])
+  lane_of = {name: lane for kind, name, lane in events if kind == "start"}
+  order = [name for kind, name, _ in events if kind == "start"]
+  gemma_lane = [name for name in order
+                if lane_of[name] == lane_of["gemma_full"]]
+  assert gemma_lane == ["convert", "gemma_full", "gemma_lora",
+                        "eval_gemma_full", "eval_gemma_lora"]
+  assert [name for name in order if name not in gemma_lane] == [
+      "preprocess", "vocabulary", "tiny", "eval_lir", "eval_tiny",
+      "eval_gemma3_270m", "tiny_equal_steps", "eval_tiny_equal_steps",
+      "tiny_equal_cpu", "eval_tiny_equal_cpu"]
+  assert lane_of["tiny"] != lane_of["gemma_full"]
+  position = {event[:2]: index for index, event in enumerate(events)}
+  assert position["end", "convert"] < position["start", "eval_gemma3_270m"]
+  assert position["end", "gemma_full"] < position["start", "tiny_equal_steps"]
+  results = layout.results.read_text()
+  for row in ("tiny (from scratch)", "Gemma 3 270M zero-shot",
+              pretrained.GEMMA_FULL_ROW, "Gemma 3 270M LoRA"):
+    assert f"### {row} against LIR (paired t-test)" in results
+  # 10 CPU seconds each: the tiny model's 50 steps fit Gemma's cost.
+  for row in ("tiny, equal steps (2 of 4)", "tiny, equal CPU (50 steps)"):
+    assert (f"### {pretrained.GEMMA_FULL_ROW} against {row} (paired t-test)"
+            in results)
