@@ -56,8 +56,10 @@ setuptools.setup(
         "pretrained": PRETRAINED_REQUIRES,
         # The tests compare against transformers (parity of the network, the
         # tokenizer and the GGUF import); torch 2.13.0 is the CPU build.
-        "test": ["pytest==9.2.0", "torch==2.13.0", "transformers==5.25.0",
-                 "accelerate==1.16.0"] + PRETRAINED_REQUIRES,
+        # pytest-xdist: scripts/test runs test files on one worker per core.
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0",
+                 "transformers==5.25.0", "accelerate==1.16.0"]
+                + PRETRAINED_REQUIRES,
         # GCS file system and DataflowRunner (README, "Beam jobs on Dataflow").
         "gcp": ["apache-beam[gcp]==2.77.0"],
         # benchmarks/retrieval.py --baseline=bm25s: bm25s and its numba backend.
