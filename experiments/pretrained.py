@@ -57,7 +57,7 @@ import os
 import pathlib
 import threading
 import time
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 from evaluator import generation
 from experiments import commands
@@ -278,6 +278,32 @@ def full_fine_tuning_learning_rate(batch_size: int) -> float:
   return PAPER_LEARNING_RATE * math.sqrt(batch_size / PAPER_BATCH_SIZE)
 
 
+def gemma_warmup_steps(steps: int) -> int:
+  """Warm-up steps of a Gemma fine-tuning of `steps` steps."""
+  return int(steps * GEMMA_WARMUP_SHARE)
+
+
+class GemmaVariant(NamedTuple):
+  """One of Gemma's fine-tunings."""
+
+  name: str  # Its stage and model directory.
+  row: str  # Its results row.
+  label: str  # Its name in the results' settings line.
+  extra_gin_files: tuple[str, ...]  # Read after the Stage II config.
+  learning_rate: float
+
+
+def gemma_variants(args: argparse.Namespace) -> list[GemmaVariant]:
+  """Gemma's fine-tunings: full, and LoRA with --peft=lora."""
+  variants = [GemmaVariant(
+      "gemma_full", GEMMA_FULL_ROW, "full", (),
+      full_fine_tuning_learning_rate(args.gemma_batch_size))]
+  if args.peft == "lora":
+    variants.append(GemmaVariant("gemma_lora", "Gemma 3 270M LoRA", "LoRA",
+                                 (LORA_GIN,), PAPER_LEARNING_RATE))
+  return variants
+
+
 def _tiny(layout: RunLayout, args: argparse.Namespace, name: str, steps: int,
           inputs: Sequence[stages.Stage], bindings: Sequence[str] = ()
           ) -> stages.Stage:
@@ -309,22 +335,17 @@ def model_runs(layout: RunLayout, args: argparse.Namespace,
       f"train.checkpoint_period={steps}",
       f"train.validation_batches={1 if args.quick else 4}",
       "train_lib.create_optimizer.warmup_steps="
-      f"{int(steps * GEMMA_WARMUP_SHARE)}"]
+      f"{gemma_warmup_steps(steps)}"]
   runs = [ModelRun("", vocabulary, layout.vocabulary),
           ModelRun("tiny (from scratch)", tiny, layout.model_dir("tiny")),
           ModelRun("Gemma 3 270M zero-shot", converted, converted_dir)]
-  variants = [("gemma_full", GEMMA_FULL_ROW, (),
-               full_fine_tuning_learning_rate(args.gemma_batch_size))]
-  if args.peft == "lora":
-    variants.append(("gemma_lora", "Gemma 3 270M LoRA", (LORA_GIN,),
-                     PAPER_LEARNING_RATE))
-  for name, row, extra_gin_files, learning_rate in variants:
-    runs.append(ModelRun(row, commands.train(
-        name, GEMMA_STAGE2_GIN, layout.model_dir(name), layout.data,
-        gemma_vocabulary, steps,
-        [*gemma_bindings, f"LEARNING_RATE={learning_rate!r}"],
-        [data, converted], extra_gin_files=extra_gin_files),
-        layout.model_dir(name)))
+  for variant in gemma_variants(args):
+    runs.append(ModelRun(variant.row, commands.train(
+        variant.name, GEMMA_STAGE2_GIN, layout.model_dir(variant.name),
+        layout.data, gemma_vocabulary, steps,
+        [*gemma_bindings, f"LEARNING_RATE={variant.learning_rate!r}"],
+        [data, converted], extra_gin_files=variant.extra_gin_files),
+        layout.model_dir(variant.name)))
   return runs
 
 
@@ -430,13 +451,12 @@ def _is_gemma(model: ModelRun) -> bool:
 
 def settings_line(args: argparse.Namespace, steps: int) -> str:
   """What every row shares, and Gemma's fine-tuning budget."""
-  rates = [f"full at {full_fine_tuning_learning_rate(args.gemma_batch_size):g}"]
-  if args.peft == "lora":
-    rates.append(f"LoRA at {PAPER_LEARNING_RATE:g}")
+  rates = ", ".join(f"{variant.label} at {variant.learning_rate:g}"
+                    for variant in gemma_variants(args))
   return (f"Prompts of at most {args.inputs_length} tokens, seed "
           f"{args.seed}. Gemma fine-tuned for {steps} steps of "
-          f"{args.gemma_batch_size} examples ({', '.join(rates)}, warm-up "
-          f"{int(steps * GEMMA_WARMUP_SHARE)} steps); the tiny model trained "
+          f"{args.gemma_batch_size} examples ({rates}, warm-up "
+          f"{gemma_warmup_steps(steps)} steps); the tiny model trained "
           f"for {args.tiny_steps} steps. No model had Stage I (one category "
           "here).")
 
