@@ -23,17 +23,19 @@ block instead of five per record, the pipeline's main cost):
 
 The prompt's tokens are the concatenation of the tokens of its pieces (user
 prefix, " " + first-item prefix, " " + item text, next-item prefix, ...,
-trailing next-item prefix; see `tasks.vocab.prompt_pieces`): strings that
+trailing next-item prefix, the "\n" before each next-item prefix in it or
+ending the item before it; see `tasks.vocab.PromptLayout`): strings that
 concatenate to the prompt exactly and meet where the vocabulary never merges
 across (`tasks.vocab.check_prompt_additivity`), so the token count of any
 choice of kept items is a sum and the truncation gives exactly the tokens of
 the whole prompt string, for vocabularies with a dummy prefix (trained here)
-and without (Gemma 3, which keeps "\n") alike. With the blocks, the prompt
-of history items s.. is user prefix + first-item prefix + the blocks from s
-on without block s's next-item prefix + the trailing next-item prefix: a
-slice. `budgeted_prompt` is the same computation in plain Python for
-inference. Items (the target too) are tokenized with their leading space,
-as the prompt holds them: the target is what the model continues the prompt
+and without (Gemma 3, which keeps "\n") alike, and for byte-level BPE
+ones (SmolLM2; Llama 3 and Qwen2.5 with the "\n" ending the item). With the
+blocks, the prompt of history items s.. is user prefix + first-item prefix +
+the blocks from s on without block s's next-item prefix + the trailing
+next-item prefix: a slice. `budgeted_prompt` is the same computation in plain Python for
+inference. Items (the target too) are tokenized as the prompt holds them,
+leading space and suffix: the target is what the model continues the prompt
 with.
 """
 
@@ -57,18 +59,22 @@ _TOKENIZE_BLOCK_SIZE = 256
 
 @dataclasses.dataclass(frozen=True)
 class _PrefixTokens:
-  """Tokens of the fixed prompt pieces under one vocabulary."""
+  """Tokens of the fixed prompt pieces under one vocabulary, and the layout
+  of its pieces (`vocab.prompt_layout`)."""
 
   user: tuple[int, ...]
   first_item: tuple[int, ...]
   next_item: tuple[int, ...]
+  layout: vocab.PromptLayout
 
   @classmethod
   def of(cls, vocabulary: seqio.Vocabulary) -> _PrefixTokens:
+    layout = vocab.prompt_layout(vocabulary)
     return cls(
         user=tuple(vocabulary.encode(templates.USER_PREFIX)),
         first_item=tuple(vocabulary.encode(vocab.first_item_prefix_piece())),
-        next_item=tuple(vocabulary.encode(templates.NEXT_ITEM_PREFIX)))
+        next_item=tuple(vocabulary.encode(layout.next_item_piece)),
+        layout=layout)
 
   @property
   def fixed_length(self) -> int:
@@ -106,7 +112,7 @@ def budgeted_prompt(history_texts: Sequence[str],
   if not history_texts:
     raise ValueError("A user prompt needs at least one history item.")
   prefixes = _PrefixTokens.of(vocabulary)
-  item_tokens = [tuple(vocabulary.encode(vocab.item_piece(text)))
+  item_tokens = [tuple(vocabulary.encode(prefixes.layout.item_piece(text)))
                  for text in history_texts]
   # Cost of keeping items start..end: each item plus a "next" prefix per item
   # after the first (the first item's prefix is in fixed_length).
@@ -137,14 +143,17 @@ def tokenize_items(dataset: tf.data.Dataset,
   """Tokenizes `item_texts` with the targets vocabulary into item blocks.
 
   Replaces `item_texts` by `block_tokens` (int32: for every item, the tokens
-  of `templates.NEXT_ITEM_PREFIX` then the tokens of `vocab.item_piece` of
-  the item, its text after a space, no EOS) and
+  of the next-item prefix's piece then those of the item's piece, its text
+  after a space and before the layout's suffix, no EOS; `vocab.PromptLayout`)
+  and
   `block_lengths` (int32, tokens per block). Records with fewer than two
   items hold no (history, target) pair and are skipped (preprocessing emits
   none for the paper's 5-core data).
   """
   vocabulary = output_features["targets"].vocabulary
-  next_item = tf.constant(_PrefixTokens.of(vocabulary).next_item, tf.int32)
+  prompt_tokens = _PrefixTokens.of(vocabulary)
+  next_item = tf.constant(prompt_tokens.next_item, tf.int32)
+  item_suffix = prompt_tokens.layout.item_suffix
 
   def tokenize(records):
     records = _rows_with_two_items(records)
@@ -152,8 +161,8 @@ def tokenize_items(dataset: tf.data.Dataset,
     # Each distinct text of the block is tokenized once: the records of a
     # block share many items.
     distinct, index = tf.unique(texts.values)
-    distinct_tokens = vocabulary.encode_tf(
-        tf.strings.join([vocab.ITEM_SEPARATOR, distinct]))
+    distinct_tokens = vocabulary.encode_tf(tf.strings.join(
+        [vocab.ITEM_SEPARATOR, distinct, item_suffix]))
     # [items of the block of records, (tokens)]
     items = tf.cast(tf.gather(distinct_tokens, index), tf.int32
                     ).with_row_splits_dtype(texts.row_splits.dtype)

@@ -21,22 +21,27 @@ or train one on the item corpora and prompt strings of a preprocessing output:
 Paths may be local or any filesystem of `tf.io.gfile` (e.g. gs://).
 
 The prompt's token sequence is built from separately tokenized pieces (see
-`prompt_pieces` and `tasks.preprocessors`): strings that concatenate to the
-prompt exactly, each history item carrying its leading separator (" " or the
-"\n" of the next-item prefix), so that every boundary falls between a "." and
-a separator. A vocabulary with no piece across such a boundary tokenizes the
-prompt as the concatenation of its pieces, whatever the item texts:
+`PromptLayout` and `tasks.preprocessors`): strings that concatenate to the
+prompt exactly, each history item carrying its leading space, so that every
+boundary falls after a "." before a separator, or at the "\n" that starts
+each next-item prefix: before it (`NEWLINE_FIRST`, the item piece ends with
+its ".") or after it (`NEWLINE_LAST`, the item piece ends with the "\n").
+A vocabulary with no piece across such a boundary tokenizes the prompt as
+the concatenation of its pieces, whatever the item texts:
 `check_prompt_additivity` verifies that on the model's pieces and on a probe
-history. Models trained here pass it (they split on whitespace and normalise
-"\n" to a space); so does Gemma 3's (no dummy prefix, "\n" kept: its only
-piece with a separator after another character is ">▁</"), and SmolLM2's
-byte-level BPE (its pre-tokenizer splits before every space and newline
-there). Llama 3's and Qwen2.5's keep ".\n" in one pre-token and are refused.
+history. Models trained here pass it with NEWLINE_FIRST (they split on
+whitespace and normalise "\n" to a space); so does Gemma 3's (no dummy
+prefix, "\n" kept: its only piece with a separator after another character
+is ">▁</"), and SmolLM2's byte-level BPE (its pre-tokenizer splits before
+every space and newline there). Llama 3's and Qwen2.5's pre-tokenizers keep
+".\n" in one pre-token and split after it: they take NEWLINE_LAST
+(`prompt_layout`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 from typing import Iterable, Iterator, Sequence
@@ -155,7 +160,8 @@ def _newline_ids(vocabulary: seqio.Vocabulary) -> set[int]:
 
 # Prompt pieces (section 3.2) are split where the prompt string has a "."
 # followed by a separator (" " before an item text and before the first-item
-# prefix, "\n" starting the next-item prefix).
+# prefix), and at the "\n" between an item text and the next-item prefix:
+# before it (`NEWLINE_FIRST`) or after it (`NEWLINE_LAST`).
 ITEM_SEPARATOR = " "
 
 
@@ -164,72 +170,120 @@ def first_item_prefix_piece() -> str:
   return ITEM_SEPARATOR + templates.FIRST_ITEM_PREFIX
 
 
-def item_piece(text: str) -> str:
-  """An item text with its leading separator: how a prompt holds it, and
-  the spelling of the target the model continues the prompt with."""
-  return ITEM_SEPARATOR + text
+@dataclasses.dataclass(frozen=True)
+class PromptLayout:
+  """Where the "\\n" before each next-item prefix goes among the pieces.
 
-
-def prompt_pieces(history_item_texts: Sequence[str]) -> list[str]:
-  """Strings that concatenate to `templates.user_prompt` exactly.
-
-  User prefix, " " + first-item prefix, " " + item text, then "\n" + next-
-  item prefix and " " + item text per further item, and the trailing
-  next-item prefix.
+  Attributes:
+    name: the layout's name in messages.
+    item_suffix: "" when the "\\n" starts the next-item prefix's piece (the
+      item pieces end with the item's "."), "\\n" when it ends each item's
+      piece. A target item is spelt as the prompt holds its history items
+      (`item_piece`), so under `NEWLINE_LAST` it ends with its "\\n" (which
+      ends a sampled item as EOS does, `item_stop_ids`).
   """
-  pieces = [templates.USER_PREFIX, first_item_prefix_piece()]
-  for position, text in enumerate(history_item_texts):
-    if position:
-      pieces.append(templates.NEXT_ITEM_PREFIX)
-    pieces.append(item_piece(text))
-  pieces.append(templates.NEXT_ITEM_PREFIX)
-  return pieces
+
+  name: str
+  item_suffix: str
+
+  @property
+  def next_item_piece(self) -> str:
+    """The next-item prefix as its piece spells it."""
+    return templates.NEXT_ITEM_PREFIX[len(self.item_suffix):]
+
+  def item_piece(self, text: str) -> str:
+    """An item text as the prompt holds it (leading separator, the suffix),
+    and the spelling of the target the model continues the prompt with."""
+    return ITEM_SEPARATOR + text + self.item_suffix
+
+  def pieces(self, history_item_texts: Sequence[str]) -> list[str]:
+    """Strings that concatenate to `templates.user_prompt` exactly.
+
+    User prefix, " " + first-item prefix, the first item's piece, then the
+    next-item prefix's piece and the item's piece per further item, and the
+    trailing next-item prefix's piece.
+    """
+    pieces = [templates.USER_PREFIX, first_item_prefix_piece()]
+    for position, text in enumerate(history_item_texts):
+      if position:
+        pieces.append(self.next_item_piece)
+      pieces.append(self.item_piece(text))
+    pieces.append(self.next_item_piece)
+    return pieces
+
+  def boundaries(self) -> set[str]:
+    """The two characters around every piece boundary: the "." ending the
+    user prefix and each item prefix before a separator, and an item piece's
+    last character (its "." or its suffix) before the next-item prefix's
+    piece (`templates.format_item`: item texts end with ".")."""
+    item_end = (self.item_suffix or
+                templates.format_item(templates.ItemAttributes()))[-1]
+    return {templates.USER_PREFIX[-1] + ITEM_SEPARATOR,
+            templates.FIRST_ITEM_PREFIX[-1] + ITEM_SEPARATOR,
+            templates.NEXT_ITEM_PREFIX[-1] + ITEM_SEPARATOR,
+            item_end + self.next_item_piece[0]}
 
 
-def _boundaries() -> set[str]:
-  """The two characters around every piece boundary.
-
-  Every piece but the first starts with a separator; the one before it ends
-  with the "." of a prefix or of an item text (`templates.format_item`).
-  """
-  ends = {templates.USER_PREFIX[-1], templates.FIRST_ITEM_PREFIX[-1],
-          templates.NEXT_ITEM_PREFIX[-1],
-          templates.format_item(templates.ItemAttributes())[-1]}
-  starts = {ITEM_SEPARATOR, templates.NEXT_ITEM_PREFIX[0]}
-  return {end + start for end in ends for start in starts}
+# The paper's prompt (section 3.2) split before each "\n": the layout of
+# every vocabulary whose pieces allow it (trained here, Gemma 3, SmolLM2).
+NEWLINE_FIRST = PromptLayout("newline first", "")
+# Split after each "\n": for pre-tokenizers that keep ".\n" together
+# (Llama 3's, Qwen2.5's).
+NEWLINE_LAST = PromptLayout("newline last", "\n")
 
 
-def _boundary_pairs() -> set[str]:
-  """The boundaries (`_boundaries`) as SentencePiece pieces spell them: a
-  space as "\u2581", a newline as itself or (e.g. nmt_nfkc) as a space."""
+def prompt_layout(vocabulary: seqio.Vocabulary) -> PromptLayout:
+  """The layout of the vocabulary's prompts: `NEWLINE_FIRST`, or
+  `NEWLINE_LAST` for a byte-level BPE vocabulary whose pre-tokenizer spans a
+  boundary of NEWLINE_FIRST (keeps ".\\n" in one pre-token) but none of its
+  own. Cheap: called for every prompt. `check_prompt_additivity` checks the
+  chosen layout on the vocabulary's pieces and a probe."""
+  if (isinstance(vocabulary, bpe_vocab.ByteLevelBPEVocabulary) and
+      _pre_tokens_across(vocabulary, NEWLINE_FIRST) and
+      not _pre_tokens_across(vocabulary, NEWLINE_LAST)):
+    return NEWLINE_LAST
+  return NEWLINE_FIRST
+
+
+def _boundary_pairs(layout: PromptLayout) -> set[str]:
+  """The layout's boundaries as SentencePiece pieces spell them: a space as
+  "\u2581", a newline as itself or (e.g. nmt_nfkc) as a space."""
   spellings = {" ": ("\u2581",), "\n": ("\n", "\u2581")}
-  return {pair[0] + spelled for pair in _boundaries()
+  return {pair[0] + spelled for pair in layout.boundaries()
           for spelled in spellings.get(pair[1], (pair[1],))}
 
 
-def pieces_across_boundaries(vocabulary: seqio.Vocabulary) -> list[str]:
-  """The model's pieces that span a prompt-piece boundary (should be none).
+def _pre_tokens_across(vocabulary: bpe_vocab.ByteLevelBPEVocabulary,
+                       layout: PromptLayout) -> list[str]:
+  """The pre-tokens that span one of the layout's boundaries, each boundary
+  between two letters."""
+  return [pre_token for pair in sorted(layout.boundaries())
+          for pre_token in vocabulary.pre_tokens(f"a{pair}a")
+          if pair in pre_token]
 
-  A piece holding the two characters around a boundary (a "." then a space
-  or a newline) could merge tokens of neighbouring prompt pieces. With none,
-  a BPE or unigram model tokenizes the prompt as the concatenation of its
-  pieces whenever its normalizer maps characters one by one (identity);
-  nmt_nfkc's whitespace handling and dummy prefix are covered by the probe
-  of `check_prompt_additivity`. Only pieces that text can produce (normal
-  and user-defined) are scanned, of SentencePiece vocabularies. A byte-level
-  BPE vocabulary merges within pre-tokens only: its pre-tokens of each
-  boundary between two letters are given where one spans it (Llama 3's and
-  Qwen2's splits keep ".\n" together; SmolLM2's do not). Other vocabularies
-  give [].
+
+def pieces_across_boundaries(vocabulary: seqio.Vocabulary,
+                             layout: PromptLayout) -> list[str]:
+  """The model's pieces that span a boundary of the layout (should be none).
+
+  A piece holding the two characters around a boundary (e.g. a "." then a
+  space) could merge tokens of neighbouring prompt pieces. With none, a BPE
+  or unigram model tokenizes the prompt as the concatenation of its pieces
+  whenever its normalizer maps characters one by one (identity); nmt_nfkc's
+  whitespace handling and dummy prefix are covered by the probe of
+  `check_prompt_additivity`. Only pieces that text can produce (normal and
+  user-defined) are scanned, of SentencePiece vocabularies. A byte-level BPE
+  vocabulary merges within pre-tokens only: its pre-tokens of each boundary
+  between two letters are given where one spans it (Llama 3's and Qwen2's
+  splits keep ".\\n" together, so span NEWLINE_FIRST's boundary before the
+  "\\n"; SmolLM2's do not). Other vocabularies give [].
   """
   if isinstance(vocabulary, bpe_vocab.ByteLevelBPEVocabulary):
-    return [pre_token for pair in sorted(_boundaries())
-            for pre_token in vocabulary.pre_tokens(f"a{pair}a")
-            if pair in pre_token]
+    return _pre_tokens_across(vocabulary, layout)
   if not isinstance(vocabulary, seqio.SentencePieceVocabulary):
     return []
   processor = vocabulary.tokenizer
-  pairs = _boundary_pairs()
+  pairs = _boundary_pairs(layout)
   found = []
   for i in range(processor.get_piece_size()):
     if (processor.is_control(i) or processor.is_unknown(i) or
@@ -246,14 +300,15 @@ def check_prompt_additivity(vocabulary: seqio.Vocabulary,
   """Raises ValueError unless the prompt tokenizes piece by piece.
 
   Budget truncation (`tasks.preprocessors`) counts and concatenates the tokens
-  of the prompt's pieces; this check makes sure that equals tokenizing the
-  whole prompt string: no piece of the model spans a piece boundary
-  (`pieces_across_boundaries`), and the probe history tokenizes alike both
-  ways.
+  of the prompt's pieces in the vocabulary's layout (`prompt_layout`); this
+  check makes sure that equals tokenizing the whole prompt string: no piece
+  of the model spans a boundary of the layout (`pieces_across_boundaries`),
+  and the probe history tokenizes alike both ways.
   """
-  across = pieces_across_boundaries(vocabulary)
+  layout = prompt_layout(vocabulary)
+  across = pieces_across_boundaries(vocabulary, layout)
   whole = vocabulary.encode(templates.user_prompt(history_item_texts))
-  by_piece = [token for piece in prompt_pieces(history_item_texts)
+  by_piece = [token for piece in layout.pieces(history_item_texts)
               for token in vocabulary.encode(piece)]
   if across or list(whole) != by_piece:
     found = (f" (pieces across a boundary: {across[:5]!r})" if across
@@ -261,11 +316,12 @@ def check_prompt_additivity(vocabulary: seqio.Vocabulary,
     raise ValueError(
         "This vocabulary tokenizes the prompt differently from the "
         "concatenation of its pieces (user prefix, item prefixes, item "
-        f"texts){found}, so input-budget truncation could not be exact. Use "
-        "a SentencePiece model with no piece holding a '.' followed by a "
-        "space or newline (e.g. one trained by `python -m tasks.vocab`, or "
-        "Gemma 3's), or a byte-level BPE one whose pre-tokenizer splits "
-        "there (SmolLM2's).")
+        f"texts; layout {layout.name!r}){found}, so input-budget truncation "
+        "could not be exact. Use a SentencePiece model with no piece holding "
+        "a '.' followed by a space or newline (e.g. one trained by `python "
+        "-m tasks.vocab`, or Gemma 3's), or a byte-level BPE one whose "
+        "pre-tokenizer splits before or after each newline (SmolLM2's, "
+        "Llama 3's, Qwen2.5's).")
 
 
 def find_corpora(data_dir: str | os.PathLike[str]) -> list[str]:

@@ -273,7 +273,9 @@ def test_item_stop_ids_are_eos_and_newline_pieces(vocabulary):
 
 
 def test_smollm2_prompts_are_additive(vocabulary):
-  assert vocab.pieces_across_boundaries(vocabulary) == []
+  assert vocab.prompt_layout(vocabulary) is vocab.NEWLINE_FIRST
+  assert vocab.pieces_across_boundaries(vocabulary,
+                                        vocab.NEWLINE_FIRST) == []
   vocab.check_prompt_additivity(vocabulary, ["A $10.00 card.", "Two."])
   histories = [texts[:-1] for texts in
                gemma_testdata.gift_cards_sequences()[:300]]
@@ -302,16 +304,19 @@ def tiny_gguf(path, pre="llama-bpe", eos=1, pad=None):
   return path
 
 
-def test_llama3_split_breaks_additivity_and_is_refused(tmp_path):
+def test_llama3_split_takes_the_newline_last_layout(tmp_path):
   path = tmp_path / "vocabulary.json"
   path.write_text(bpe_vocab.vocabulary_json_from_gguf(
       tiny_gguf(tmp_path / "tiny.gguf")))
   vocabulary = vocab.get_vocabulary(path)
   assert vocabulary.encode("ab ab") == [259, 260]
-  # ".\n" is one Llama 3 pre-token: the prompt would not be additive.
-  assert ".\n" in vocab.pieces_across_boundaries(vocabulary)
-  with pytest.raises(ValueError, match="tokenizes the prompt differently"):
-    vocab.check_prompt_additivity(vocabulary, ["A card.", "Two."])
+  # ".\n" is one Llama 3 pre-token: split before the "\n", the prompt
+  # would not be additive; split after it, it is
+  # (test_tasks_llama3_prompts checks trained merges).
+  assert ".\n" in vocab.pieces_across_boundaries(vocabulary,
+                                                 vocab.NEWLINE_FIRST)
+  assert vocab.prompt_layout(vocabulary) is vocab.NEWLINE_LAST
+  vocab.check_prompt_additivity(vocabulary, ["A card.", "Two."])
 
 
 @pytest.mark.parametrize("pre, eos, pad, message", [
@@ -367,7 +372,7 @@ def test_seqio_task_end_to_end(vocabulary_path, vocabulary, tmp_path):
     example = by_user[user_id]
     # The target is spelled as the prompt continues with it.
     assert vocabulary.decode(example["targets"].tolist()) == (
-        vocab.item_piece(texts[-1]))
+        vocab.NEWLINE_FIRST.item_piece(texts[-1]))
     assert example["targets"][-1] == vocab.EOS_ID
     assert example["inputs"].tolist() == vocabulary.encode(
         templates.user_prompt(texts[:-1]))

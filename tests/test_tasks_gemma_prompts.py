@@ -2,7 +2,7 @@
 
 Gemma's tokenizer has no dummy prefix and keeps "\\n", so the budgeted prompt
 (paper section 3.2) is only exact because its pieces meet where Gemma never
-merges (`tasks.vocab.prompt_pieces`). Checked on every history of the real
+merges (`tasks.vocab.PromptLayout`). Checked on every history of the real
 Gift_Cards data, at the paper's 1,024-token budget and at one that forces
 truncation, in plain Python (inference) and through the seqio preprocessors
 (training).
@@ -32,7 +32,9 @@ def histories():
 
 
 def test_gemma_vocabulary_passes_the_additivity_check(vocabulary, histories):
-  assert vocab.pieces_across_boundaries(vocabulary) == []
+  assert vocab.prompt_layout(vocabulary) is vocab.NEWLINE_FIRST
+  assert vocab.pieces_across_boundaries(vocabulary,
+                                        vocab.NEWLINE_FIRST) == []
   vocab.check_prompt_additivity(vocabulary, histories[0][0])
 
 
@@ -49,8 +51,9 @@ def test_every_gift_cards_prompt_is_the_whole_prompts_tokens(
     assert list(prompt.token_ids) == vocabulary.encode(prompt.text)
     assert len(prompt.token_ids) <= budget
     # The target continues the prompt: the joint sequence tokenizes alike.
-    target_tokens = vocabulary.encode(vocab.item_piece(target))
-    assert (vocabulary.encode(prompt.text + vocab.item_piece(target)) ==
+    target_piece = vocab.NEWLINE_FIRST.item_piece(target)
+    target_tokens = vocabulary.encode(target_piece)
+    assert (vocabulary.encode(prompt.text + target_piece) ==
             list(prompt.token_ids) + target_tokens)
     checked += 1
     truncated += prompt.num_dropped > 0
@@ -96,4 +99,4 @@ def test_pipeline_prompts_and_targets_equal_the_python_ones(
     assert example["inputs"].tolist() == list(prompt)
     # EOS comes later (seqio.preprocessors.append_eos_after_trim).
     assert example["targets"].tolist() == vocabulary.encode(
-        vocab.item_piece(target))
+        vocab.NEWLINE_FIRST.item_piece(target))

@@ -240,12 +240,13 @@ def test_tokenized_items_equal_their_texts_tokens(vocabulary):
              for i in range(100)]
   features = _features(vocabulary)
   ds = preprocessors.tokenize_items(_records_dataset(records, 0), features)
-  next_item = vocabulary.encode(templates.NEXT_ITEM_PREFIX)
+  next_item = vocabulary.encode(vocab.NEWLINE_FIRST.next_item_piece)
   kept = [texts for _, texts in records if len(texts) >= 2]
   found = list(ds.as_numpy_iterator())
   assert len(found) == len(kept)
   for texts, record in zip(kept, found):
-    blocks = [next_item + vocabulary.encode(vocab.item_piece(text))
+    blocks = [next_item +
+              vocabulary.encode(vocab.NEWLINE_FIRST.item_piece(text))
               for text in texts]
     assert record["block_lengths"].tolist() == [len(b) for b in blocks]
     assert record["block_tokens"].tolist() == sum(blocks, [])

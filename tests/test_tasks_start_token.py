@@ -78,7 +78,8 @@ def test_training_and_inference_start_alike(kind, tmp_path):
                                 features["decoder_causal_attention"][
                                     :LENGTHS["inputs"] + 1])
   assert features["decoder_input_tokens"][0] == start
-  item = vocabulary.encode(vocab.item_piece(target)) + [vocabulary.eos_id]
+  item = (vocabulary.encode(vocab.NEWLINE_FIRST.item_piece(target)) +
+          [vocabulary.eos_id])
   if start:
     # The item-alone pass starts with BOS, which its pooling skips.
     assert features["item_input_tokens"][:len(item) + 1].tolist() == [

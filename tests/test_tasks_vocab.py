@@ -122,10 +122,23 @@ def test_decoder_start_is_0_without_bos():
   assert vocab.decoder_start_id(seqio.ByteVocabulary()) == 0
 
 
-def test_prompt_pieces_concatenate_to_the_prompt():
+@pytest.mark.parametrize("layout",
+                         [vocab.NEWLINE_FIRST, vocab.NEWLINE_LAST])
+def test_prompt_pieces_concatenate_to_the_prompt(layout):
   history = tasks_testdata.random_item_texts(random.Random(2), 3, "Arts")
-  assert "".join(vocab.prompt_pieces(history)) == templates.user_prompt(
-      history)
+  assert "".join(layout.pieces(history)) == templates.user_prompt(history)
+
+
+def test_layouts_split_before_or_after_the_newline():
+  history = ["Title: A.", "Title: B."]
+  assert vocab.NEWLINE_FIRST.pieces(history)[2:5] == [
+      " Title: A.", "\nThe next item bought is as follows.", " Title: B."]
+  assert vocab.NEWLINE_LAST.pieces(history)[2:5] == [
+      " Title: A.\n", "The next item bought is as follows.", " Title: B.\n"]
+  # Every piece ends with "." or "\n" and the next starts with " ", "\n" or
+  # "The".
+  assert vocab.NEWLINE_FIRST.boundaries() == {". ", ".\n"}
+  assert vocab.NEWLINE_LAST.boundaries() == {". ", "\nT"}
 
 
 def test_additivity_holds_for_a_byte_vocabulary():
@@ -143,7 +156,9 @@ def test_additivity_check_rejects_a_piece_across_a_boundary(tmp_path):
       vocab_size=80, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
       user_defined_symbols=[".\u2581Title"], minloglevel=2)
   vocabulary = vocab.get_vocabulary(tmp_path / "merging.model")
-  assert vocab.pieces_across_boundaries(vocabulary) == [".\u2581Title"]
+  assert vocab.prompt_layout(vocabulary) is vocab.NEWLINE_FIRST
+  assert vocab.pieces_across_boundaries(
+      vocabulary, vocab.NEWLINE_FIRST) == [".\u2581Title"]
   history = [templates.item_text("A", "B", "C", "D")]
   with pytest.raises(ValueError, match="concatenation of its pieces"):
     vocab.check_prompt_additivity(vocabulary, history)
