@@ -30,14 +30,14 @@ from tasks import vocab
 tokenizers = pytest.importorskip("tokenizers")
 
 SPLITS = {"llama3": bpe_vocab.LLAMA3_SPLIT, "qwen2": bpe_vocab.QWEN2_SPLIT}
-_PAD, _EOS = "<|pad|>", "<|end_of_text|>"
+PAD, EOS = "<|pad|>", "<|end_of_text|>"
 BUDGETS = (1024, 100)
 # Gift_Cards items are 27 to 84 tokens of these small vocabularies (median
 # 47): 150 tokens hold the newest item of every history and truncate most.
 GIFT_CARDS_BUDGETS = (1024, 150)
 
 
-def _generated_histories(count: int, seed: int
+def generated_histories(count: int, seed: int
                          ) -> list[tuple[list[str], str]]:
   rng = random.Random(seed)
   catalogue = tasks_testdata.random_item_texts(rng, 40, "Gift Cards")
@@ -49,7 +49,7 @@ def _training_texts() -> list[str]:
   """Prompts of generated histories, each followed by its target item and
   a newline, to train the merges on."""
   texts = []
-  for history, target in _generated_histories(300, 1):
+  for history, target in generated_histories(300, 1):
     texts.append(templates.user_prompt(history) + " " + target + "\n")
   return texts
 
@@ -68,7 +68,7 @@ class Trained:
                                             use_regex=False)])
     tokenizer.decoder = tokenizers.decoders.ByteLevel()
     trainer = tokenizers.trainers.BpeTrainer(
-        vocab_size=900, special_tokens=[_EOS, _PAD],
+        vocab_size=900, special_tokens=[EOS, PAD],
         initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False)
     tokenizer.train_from_iterator(_training_texts(), trainer)
@@ -76,8 +76,8 @@ class Trained:
     tokenizer.save(str(path))
     vocabulary_path = folder / "vocabulary.json"
     vocabulary_path.write_text(bpe_vocab.vocabulary_json_from_hf(
-        path, eos_id=tokenizer.token_to_id(_EOS),
-        pad_id=tokenizer.token_to_id(_PAD)))
+        path, eos_id=tokenizer.token_to_id(EOS),
+        pad_id=tokenizer.token_to_id(PAD)))
     self.reference = tokenizer
     self.vocabulary_path = vocabulary_path
     self.vocabulary = vocab.get_vocabulary(vocabulary_path)
@@ -138,7 +138,7 @@ def _check_prompts(trained, histories, budget) -> tuple[int, int]:
 
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_generated_prompts_are_the_whole_prompts_tokens(trained, budget):
-  histories = _generated_histories(150, 2)
+  histories = generated_histories(150, 2)
   checked, truncated = _check_prompts(trained, histories, budget)
   assert checked == len(histories)
   assert (truncated > 0) == (budget < 1024)
@@ -188,7 +188,7 @@ def _check_tf_path(trained, histories, budget) -> int:
 def test_a_targets_newline_ends_the_sampled_item(trained):
   # The target's last token holds its "\n" (".\n" merged): a stop id, so a
   # sample ends where the target does.
-  for _, target in _generated_histories(20, 4):
+  for _, target in generated_histories(20, 4):
     ids = trained.vocabulary.encode(vocab.NEWLINE_LAST.item_piece(target))
     assert trained.tokens(ids[-1:]) == trained.reference_tokens(".\n")
     assert ids[-1] in vocab.item_stop_ids(trained.vocabulary)
@@ -196,7 +196,7 @@ def test_a_targets_newline_ends_the_sampled_item(trained):
 
 
 def test_pipeline_prompts_and_targets_equal_the_python_ones(trained):
-  assert _check_tf_path(trained, _generated_histories(60, 3), 100) == 60
+  assert _check_tf_path(trained, generated_histories(60, 3), 100) == 60
 
 
 def test_registered_tasks_end_with_the_items_newline(trained, tmp_path):
