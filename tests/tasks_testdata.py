@@ -56,6 +56,21 @@ def user_record(user_id: str, category: str,
   }))
 
 
+def history_records(histories: Sequence[tuple[Sequence[str], str]]
+                    ) -> tf.data.Dataset:
+  """One source record per (history, target): its items then its target,
+  none cut (`max_cut_items` 0), user ids u0, u1, ..."""
+  def generator():
+    for index, (history, target) in enumerate(histories):
+      yield {"user_id": f"u{index}", "category": "Gift_Cards",
+             "item_texts": [*history, target], "max_cut_items": 0}
+  return tf.data.Dataset.from_generator(generator, output_signature={
+      "user_id": tf.TensorSpec([], tf.string),
+      "category": tf.TensorSpec([], tf.string),
+      "item_texts": tf.TensorSpec([None], tf.string),
+      "max_cut_items": tf.TensorSpec([], tf.int32)})
+
+
 def write_split(data_dir: str | os.PathLike[str], category: str, split: str,
                 records: Sequence[tuple[str, Sequence[str]]],
                 num_shards: int = 1) -> None:

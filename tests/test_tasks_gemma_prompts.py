@@ -11,7 +11,7 @@ truncation, in plain Python (inference) and through the seqio preprocessors
 import gemma_testdata
 import pytest
 import seqio
-import tensorflow as tf
+import tasks_testdata
 
 from tasks import preprocessors
 from tasks import vocab
@@ -64,19 +64,6 @@ def test_every_gift_cards_prompt_is_the_whole_prompts_tokens(
         f"histories exact, {truncated} truncated")
 
 
-def _records(histories):
-  """One record per history: its items then its target."""
-  def generator():
-    for history, target in histories:
-      yield {"user_id": "u", "category": "Gift_Cards",
-             "item_texts": [*history, target], "max_cut_items": 0}
-  return tf.data.Dataset.from_generator(generator, output_signature={
-      "user_id": tf.TensorSpec([], tf.string),
-      "category": tf.TensorSpec([], tf.string),
-      "item_texts": tf.TensorSpec([None], tf.string),
-      "max_cut_items": tf.TensorSpec([], tf.int32)})
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_pipeline_prompts_and_targets_equal_the_python_ones(
@@ -91,7 +78,7 @@ def test_pipeline_prompts_and_targets_equal_the_python_ones(
     except ValueError:
       pass
   ds = preprocessors.tokenize_items(
-      _records([pair for pair, _ in fitting]), features)
+      tasks_testdata.history_records([pair for pair, _ in fitting]), features)
   ds = preprocessors.to_inputs_and_targets(ds, {"inputs": budget}, features)
   examples = list(ds.as_numpy_iterator())
   assert len(examples) == len(fitting)

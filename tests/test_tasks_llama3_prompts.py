@@ -19,7 +19,6 @@ import gemma_testdata
 import pytest
 import seqio
 import tasks_testdata
-import tensorflow as tf
 
 from pipelines import templates
 from tasks import bpe_vocab
@@ -149,18 +148,6 @@ def _features(vocabulary):
           "targets": seqio.Feature(vocabulary, add_eos=True)}
 
 
-def _records(histories):
-  def generator():
-    for index, (history, target) in enumerate(histories):
-      yield {"user_id": f"u{index}", "category": "Gift_Cards",
-             "item_texts": [*history, target], "max_cut_items": 0}
-  return tf.data.Dataset.from_generator(generator, output_signature={
-      "user_id": tf.TensorSpec([], tf.string),
-      "category": tf.TensorSpec([], tf.string),
-      "item_texts": tf.TensorSpec([None], tf.string),
-      "max_cut_items": tf.TensorSpec([], tf.int32)})
-
-
 def _check_tf_path(trained, histories, budget) -> int:
   """The Tasks' block path gives budgeted_prompt's inputs and the target's
   piece then EOS; returns how many examples it checked."""
@@ -172,8 +159,8 @@ def _check_tf_path(trained, histories, budget) -> int:
           history, trained.vocabulary, budget).token_ids))
     except ValueError:
       pass
-  ds = preprocessors.tokenize_items(_records([pair for pair, _ in fitting]),
-                                    features)
+  ds = preprocessors.tokenize_items(
+      tasks_testdata.history_records([pair for pair, _ in fitting]), features)
   ds = preprocessors.user_examples(ds, {"inputs": budget, "targets": 128},
                                    features, seed=0)
   examples = list(ds.as_numpy_iterator())
