@@ -182,10 +182,14 @@ def test_a_targets_newline_ends_the_sampled_item(trained):
     assert not set(ids[:-1]) & set(vocab.item_stop_ids(trained.vocabulary))
 
 
+# The TF path once in the fast tier (the slow test runs both splits).
+@pytest.mark.parametrize("trained", ["llama3"], indirect=True)
 def test_pipeline_prompts_and_targets_equal_the_python_ones(trained):
   assert _check_tf_path(trained, generated_histories(60, 3), 100) == 60
 
 
+# The TF path once in the fast tier (the slow test runs both splits).
+@pytest.mark.parametrize("trained", ["llama3"], indirect=True)
 def test_registered_tasks_end_with_the_items_newline(trained, tmp_path):
   written = tasks_testdata.write_category(
       tmp_path, "Llama_Cat", num_users=4, seed=3,
