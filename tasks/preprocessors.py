@@ -33,10 +33,10 @@ and without (Gemma 3, which keeps "\n") alike, and for byte-level BPE
 ones (SmolLM2; Llama 3 and Qwen2.5 with the "\n" ending the item). With the
 blocks, the prompt of history items s.. is user prefix + first-item prefix +
 the blocks from s on without block s's next-item prefix + the trailing
-next-item prefix: a slice. `budgeted_prompt` is the same computation in plain Python for
-inference. Items (the target too) are tokenized as the prompt holds them,
-leading space and suffix: the target is what the model continues the prompt
-with.
+next-item prefix: a slice. `budgeted_prompt` is the same computation in
+plain Python for inference. Items (the target too) are tokenized as the
+prompt holds them, leading space and suffix: the target is what the model
+continues the prompt with.
 """
 
 from __future__ import annotations
