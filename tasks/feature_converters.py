@@ -46,6 +46,8 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
+from tasks import blocks
+
 _INT = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
 # Examples converted together; only throughput depends on it.
 _BLOCK_SIZE = 64
@@ -161,8 +163,8 @@ class CALRecFeatureConverter(seqio.FeatureConverter):
 
     def _padded(feature, name, length):
       """[block, length]: the rows, checked or trimmed, padded with 0."""
-      if isinstance(feature, tf.Tensor):  # Rows of one static length.
-        feature = tf.RaggedTensor.from_tensor(feature)
+      if isinstance(feature, tf.Tensor):  # Rows padded with 0.
+        feature = tf.RaggedTensor.from_tensor(feature, padding=0)
       if self._apply_length_check:
         lengths = feature.row_lengths()
         with tf.control_dependencies([tf.debugging.assert_less_equal(
@@ -173,7 +175,7 @@ class CALRecFeatureConverter(seqio.FeatureConverter):
           feature = tf.identity(feature)
       return feature.to_tensor(shape=[None, length])
 
-    ds = ds.ragged_batch(_BLOCK_SIZE)
+    ds = blocks.padded_blocks(ds, _BLOCK_SIZE)
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
   def _validate_dataset(

@@ -49,6 +49,7 @@ import seqio
 import tensorflow as tf
 
 from pipelines import templates
+from tasks import blocks
 from tasks import stateless_random
 from tasks import vocab
 
@@ -177,7 +178,7 @@ def tokenize_items(dataset: tf.data.Dataset,
   # Blocks of records share one tokenizer call; only throughput depends on
   # their size. The short records leave in the block, not by a filter that
   # would cost a call per record.
-  dataset = dataset.ragged_batch(_TOKENIZE_BLOCK_SIZE)
+  dataset = blocks.ragged_blocks(dataset, _TOKENIZE_BLOCK_SIZE)
   return dataset.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
 
 
@@ -438,5 +439,5 @@ def user_examples(dataset: tf.data.Dataset,
     return {name: tf.ragged.boolean_mask(value, fits)
             for name, value in examples.items()}
 
-  dataset = dataset.ragged_batch(_EXAMPLE_BLOCK_SIZE).enumerate()
+  dataset = blocks.ragged_blocks(dataset, _EXAMPLE_BLOCK_SIZE).enumerate()
   return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE).unbatch()

@@ -72,8 +72,9 @@ FEATURE_DESCRIPTION = {
     "item_texts": tf.io.RaggedFeature(tf.string),
 }
 
-# Records parsed together; only throughput depends on it.
-_PARSE_BLOCK_SIZE = 64
+# Records each file gives in turn, seqio.FileDataSource's default
+# block_length: the source reads them as one block.
+_INTERLEAVE_BLOCK_SIZE = 16
 
 # Probe history for `vocab.check_prompt_additivity`.
 _PROBE_HISTORY = (
@@ -89,14 +90,16 @@ class UserRecordSource(seqio.FileDataSource):
   Yields the records parsed by FEATURE_DESCRIPTION, as
   `seqio.TFExampleDataSource` would, plus the feature `max_cut_items`:
   `preprocessors.MAX_CUT_ITEMS` on the train split, 0 on the others, read by
-  `preprocessors.user_examples`. The records are parsed in blocks, one
-  tf.data call per block rather than two per record; files are listed,
-  shuffled and interleaved by `seqio.FileDataSource`.
+  `preprocessors.user_examples`. Files are listed, shuffled and interleaved
+  by `seqio.FileDataSource`, 16 at a time, as blocks of 16 records of each
+  file in turn: one tf.data hand-off and one parse per block rather than per
+  record. seqio interleaves the records themselves, 16 of a file in turn: the
+  same order except where a file ends (with one file, the same order).
   """
 
   def __init__(self, split_to_files: Mapping[str, Sequence[str]]):
-    super().__init__(read_file_fn=tf.data.TFRecordDataset,
-                     split_to_filepattern=split_to_files)
+    super().__init__(read_file_fn=_record_blocks,
+                     split_to_filepattern=split_to_files, block_length=1)
 
   def get_dataset(self, split: str = TRAIN_SPLIT, shuffle: bool = True,
                   seed: int | None = None,
@@ -108,14 +111,19 @@ class UserRecordSource(seqio.FileDataSource):
 
     def parse(block: tf.Tensor) -> dict[str, tf.Tensor]:
       records = tf.io.parse_example(block, FEATURE_DESCRIPTION)
-      # The row splits ragged_batch gives the records again downstream.
+      # int64 row splits, those of the blocks the preprocessors batch.
       records["item_texts"] = records["item_texts"].with_row_splits_dtype(
           tf.int64)
       records["max_cut_items"] = tf.fill(tf.shape(block), max_cut)
       return records
 
-    return serialized.batch(_PARSE_BLOCK_SIZE).map(
+    return serialized.map(
         parse, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+
+
+def _record_blocks(path: tf.Tensor) -> tf.data.Dataset:
+  """The serialized records of one TFRecord file, in blocks."""
+  return tf.data.TFRecordDataset(path).batch(_INTERLEAVE_BLOCK_SIZE)
 
 
 def read_categories(data_dir: str | os.PathLike[str]

@@ -1,6 +1,7 @@
 """Task and Stage-I mixture registration on a small preprocessing output."""
 
 import collections
+import itertools
 
 import numpy as np
 import pytest
@@ -176,3 +177,36 @@ def test_source_parses_records_as_seqio_does(data, split):
     assert sorted(record) == sorted(want)
     for name, value in want.items():
       assert np.array_equal(record[name], value), name
+
+
+def test_source_interleaves_many_files_in_blocks(tmp_path):
+  """18 files (more than the 16 read at once) of 0 to 40 records: every
+  record once, each file's in its order, 16 of a file in turn, files in the
+  order of the seed's shuffle."""
+  counts = [(7 * shard) % 41 for shard in range(18)]
+  for shard, count in enumerate(counts):
+    tasks_testdata.write_split(
+        tmp_path / f"shard{shard:02d}", "Cat", "train",
+        [(f"u{shard}_{i}", [f"item {i}", f"item {i + 1}"])
+         for i in range(count)])
+  split_to_files = {"train": sorted(
+      str(path) for path in tmp_path.glob("shard*/Cat/train-*.tfrecord"))}
+
+  def user_ids(seed):
+    source = tasks.UserRecordSource(split_to_files)
+    return [record["user_id"].decode() for record in
+            source.get_dataset("train", shuffle=True, seed=seed
+                               ).as_numpy_iterator()]
+
+  found = user_ids(5)
+  assert user_ids(5) == found
+  assert user_ids(6) != found
+  by_file = collections.defaultdict(list)
+  for user_id in found:
+    by_file[user_id.split("_")[0]].append(user_id)
+  assert by_file == {f"u{shard}": [f"u{shard}_{i}" for i in range(count)]
+                     for shard, count in enumerate(counts) if count}
+  last_of_file = {ids[-1] for ids in by_file.values()}
+  for _, run in itertools.groupby(found, key=lambda id_: id_.split("_")[0]):
+    run = list(run)
+    assert len(run) % 16 == 0 or run[-1] in last_of_file, run
