@@ -8,8 +8,10 @@ same kind of examples built one by one in plain Python
 (`tasks.preprocessors.budgeted_prompt` plus the target's tokens), from the
 same TFRecord files read in plain Python and parsed record by record
 (`tf.train.Example.FromString`; "files"), and from records parsed before
-the clock starts ("memory"). The sides alternate over --rounds rounds (the
-pipeline's iterator lives on between them, warmed up first) and each figure
+the clock starts ("memory"); and the pipeline with tf.data's default
+options instead of the trainer's (`trainer.train_inputs.input_options`;
+"tf_data_defaults"). The sides alternate over --rounds rounds (the
+pipelines' iterators live on between them, warmed up first) and each figure
 is the median of its rounds: on shared cores the speed of both moves by tens
 of percent within a minute. A pipeline round lasts until its threads have
 refilled the buffers it drained (thousands of examples: seqio's per-task
@@ -46,6 +48,7 @@ from tasks import feature_converters
 from tasks import mixtures
 from tasks import preprocessors
 from tasks import vocab
+from trainer import train_inputs
 
 BATCH_SIZE = 64
 LENGTHS = {"inputs": 1024, "targets": 128}
@@ -128,12 +131,12 @@ class _Timings:
     self.cpu_per_example.append(cpu / num_examples)
 
 
-def _mixture_batches() -> Iterator[dict]:
+def _mixture_batches(options: tf.data.Options) -> Iterator[dict]:
   ds = seqio.get_dataset(
       mixtures.STAGE1_MIXTURE, LENGTHS, dataset_split="train", shuffle=True,
       seed=0, num_epochs=None,
       feature_converter=feature_converters.CALRecFeatureConverter())
-  batches = ds.batch(BATCH_SIZE).as_numpy_iterator()
+  batches = ds.batch(BATCH_SIZE).with_options(options).as_numpy_iterator()
   for _ in range(5):  # Warm-up: graph tracing, shuffle buffers.
     next(batches)
   return batches
@@ -181,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
                                       args.vocab_size)
     mixtures.register_mixtures(data_dir, model)
     print("Timing...", file=sys.stderr)
-    batches = _mixture_batches()
+    batches = _mixture_batches(train_inputs.input_options())
+    default_batches = _mixture_batches(tf.data.Options())
     files = _train_files(data_dir)
     serialized = _serialized_records(files)
     records = [_item_texts(raw) for raw in
@@ -189,20 +193,25 @@ def main(argv: list[str] | None = None) -> None:
                                 _num_records(files))]
     vocabulary = vocab.get_vocabulary(model)
     rng = random.Random(0)
-    pipeline, from_files, from_memory = _Timings(), _Timings(), _Timings()
+    pipeline, defaults = _Timings(), _Timings()
+    from_files, from_memory = _Timings(), _Timings()
     for _ in range(args.rounds):
-      pipeline.measure(
-          lambda: sum(len(next(batches)["decoder_input_tokens"])
-                      for _ in range(args.num_batches)), refills=True)
+      for timings, iterator in ((pipeline, batches),
+                                (defaults, default_batches)):
+        timings.measure(
+            lambda: sum(len(next(iterator)["decoder_input_tokens"])
+                        for _ in range(args.num_batches)), refills=True)
       from_files.measure(lambda: _examples_from_files(
           serialized, vocabulary, args.num_examples))
       from_memory.measure(lambda: _examples_from_memory(
           records, vocabulary, rng, args.num_examples))
-  for baseline, timings in (("files", from_files), ("memory", from_memory)):
-    figures.emit(f"stage1_mixture_batch64_vs_plain_from_{baseline}",
+  for baseline, timings in (("plain_from_files", from_files),
+                            ("plain_from_memory", from_memory),
+                            ("tf_data_defaults", defaults)):
+    figures.emit(f"stage1_mixture_batch64_vs_{baseline}",
                  statistics.median(pipeline.rates), "examples/s",
                  statistics.median(timings.rates))
-    figures.emit(f"stage1_mixture_cpu_per_example_vs_plain_from_{baseline}",
+    figures.emit(f"stage1_mixture_cpu_per_example_vs_{baseline}",
                  statistics.median(pipeline.cpu_per_example) * 1e6, "us",
                  statistics.median(timings.cpu_per_example) * 1e6)
 

@@ -38,6 +38,30 @@ def _batches():
       shard_info=seqio.ShardInfo(1, 2)).as_numpy_iterator()
 
 
+def test_input_options_change_the_speed_not_the_stream(registered):
+  """The trainer's tf.data options (autotuning off, one thread per op) give
+  the batches seqio gives with tf.data's defaults."""
+  del registered
+  ours = train_inputs._dataset(  # pylint: disable=protected-access
+      mixtures.STAGE1_MIXTURE, LENGTHS,
+      train_inputs.default_feature_converter_cls()(pack=False), "train",
+      shuffle=True, seed=1, num_epochs=None, batch_size=4,
+      shard_info=seqio.ShardInfo(1, 2))
+  assert ours.options().autotune.enabled is False
+  assert ours.options().threading.max_intra_op_parallelism == 1
+  defaults = seqio.get_dataset(
+      mixtures.STAGE1_MIXTURE, task_feature_lengths=LENGTHS,
+      feature_converter=train_inputs.default_feature_converter_cls()(
+          pack=False),
+      dataset_split="train", shuffle=True, num_epochs=None, seed=1,
+      batch_size=4, shard_info=seqio.ShardInfo(1, 2))
+  assert defaults.options().autotune.enabled is not False
+  for batch, expected in zip(ours.take(12).as_numpy_iterator(),
+                             defaults.take(12).as_numpy_iterator()):
+    for k in batch:
+      np.testing.assert_array_equal(batch[k], expected[k], err_msg=k)
+
+
 @pytest.mark.slow
 def test_restored_input_continues_the_straight_stream(registered, tmp_path):
   del registered
