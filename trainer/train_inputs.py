@@ -42,10 +42,11 @@ def input_options() -> tf.data.Options:
 
   Autotuning off: every parallel stage runs at tf.data's initial
   parallelism, the smaller of 16 and the schedulable cores, without the
-  autotuner's per-element bookkeeping (a fifth to a quarter of the input's
-  CPU over a four-task mixture on 2 cores: benchmarks/README.md). Each op
-  inside the pipeline's functions runs on one thread: the stages run in
-  parallel instead.
+  autotuner's per-element bookkeeping (20 to 28 % of the input's CPU over a
+  four-task mixture on 2 cores: benchmarks/README.md; not measured on a
+  host with many cores). Each op inside the pipeline's functions runs on one
+  thread: the stages run in parallel instead. The examples and their order
+  do not depend on these options.
   """
   options = tf.data.Options()
   options.autotune.enabled = False
