@@ -181,8 +181,8 @@ def test_source_parses_records_as_seqio_does(data, split):
 
 def test_source_interleaves_many_files_in_blocks(tmp_path):
   """18 files (more than the 16 read at once) of 0 to 40 records: every
-  record once, each file's in its order, 16 of a file in turn, files in the
-  order of the seed's shuffle."""
+  record once, each file's in its order, 16 of a file in turn, the same
+  order for the same seed and another for another seed."""
   counts = [(7 * shard) % 41 for shard in range(18)]
   for shard, count in enumerate(counts):
     tasks_testdata.write_split(
