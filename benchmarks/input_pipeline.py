@@ -68,10 +68,6 @@ def _train_files(data_dir: str) -> list[str]:
       os.path.join(data_dir, "*", "train-*.tfrecord")))
 
 
-def _num_records(files: list[str]) -> int:
-  return sum(1 for _ in tf.data.TFRecordDataset(files))
-
-
 def _item_texts(serialized: bytes) -> list[str]:
   """The item texts of one serialized record, parsed in plain Python."""
   texts = tf.train.Example.FromString(serialized).features.feature[
@@ -80,19 +76,18 @@ def _item_texts(serialized: bytes) -> list[str]:
 
 
 def _serialized_records(files: list[str]) -> Iterator[bytes]:
-  """The serialized records of the files, over and over, read in plain
-  Python: each record is its length (8 bytes, little-endian), the length's
-  CRC (4), the data and the data's CRC (4); the CRCs are not checked."""
-  while True:
-    for file in files:
-      with open(file, "rb") as f:
-        data = f.read()
-      position = 0
-      while position < len(data):
-        (length,) = struct.unpack_from("<Q", data, position)
-        position += 12
-        yield data[position:position + length]
-        position += length + 4
+  """The serialized records of the files, read in plain Python: each record
+  is its length (8 bytes, little-endian), the length's CRC (4), the data and
+  the data's CRC (4); the CRCs are not checked."""
+  for file in files:
+    with open(file, "rb") as f:
+      data = f.read()
+    position = 0
+    while position < len(data):
+      (length,) = struct.unpack_from("<Q", data, position)
+      position += 12
+      yield data[position:position + length]
+      position += length + 4
 
 
 def _busy_seconds(poll: float = 0.05, timeout: float = 60.0) -> float:
@@ -187,10 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     batches = _mixture_batches(train_inputs.input_options())
     default_batches = _mixture_batches(tf.data.Options())
     files = _train_files(data_dir)
-    serialized = _serialized_records(files)
-    records = [_item_texts(raw) for raw in
-               itertools.islice(_serialized_records(files),
-                                _num_records(files))]
+    # The files read anew on every pass, for the loop that reads them.
+    serialized = (raw for _ in itertools.count()
+                  for raw in _serialized_records(files))
+    records = [_item_texts(raw) for raw in _serialized_records(files)]
     vocabulary = vocab.get_vocabulary(model)
     rng = random.Random(0)
     pipeline, defaults = _Timings(), _Timings()

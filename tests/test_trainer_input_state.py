@@ -30,23 +30,23 @@ def registered(tmp_path_factory):
       data_dir, tasks_testdata.train_test_vocabulary(data_dir / "v.model"))
 
 
-def _batches():
+def _dataset():
   return train_inputs._dataset(  # pylint: disable=protected-access
       mixtures.STAGE1_MIXTURE, LENGTHS,
       train_inputs.default_feature_converter_cls()(pack=False), "train",
       shuffle=True, seed=1, num_epochs=None, batch_size=4,
-      shard_info=seqio.ShardInfo(1, 2)).as_numpy_iterator()
+      shard_info=seqio.ShardInfo(1, 2))
+
+
+def _batches():
+  return _dataset().as_numpy_iterator()
 
 
 def test_input_options_change_the_speed_not_the_stream(registered):
   """The trainer's tf.data options (autotuning off, one thread per op) give
   the batches seqio gives with tf.data's defaults."""
   del registered
-  ours = train_inputs._dataset(  # pylint: disable=protected-access
-      mixtures.STAGE1_MIXTURE, LENGTHS,
-      train_inputs.default_feature_converter_cls()(pack=False), "train",
-      shuffle=True, seed=1, num_epochs=None, batch_size=4,
-      shard_info=seqio.ShardInfo(1, 2))
+  ours = _dataset()
   assert ours.options().autotune.enabled is False
   assert ours.options().threading.max_intra_op_parallelism == 1
   defaults = seqio.get_dataset(
