@@ -16,6 +16,7 @@ metrics.json and run.json record.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from typing import Any, Optional
 
@@ -69,6 +70,10 @@ class EvaluationConfig:
   max_users: Optional[int] = None
   user_sample_seed: int = 0
   batch_size: int = 32
+  # GiB the sampling of a generation batch may take beside the parameters;
+  # set, it replaces batch_size by the users that fit
+  # (`trainer.model_dir.users_per_batch`).
+  generation_memory_gib: Optional[float] = None
   # A folder where JAX keeps compiled programs across runs; None: none kept.
   compilation_cache_dir: Optional[str] = None
   recommendations_k: int = 0
@@ -90,6 +95,13 @@ class EvaluationConfig:
         raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}.")
     if self.model == "calrec" and not self.model_dir:
       raise ValueError("--model=calrec needs --model_dir (or use --model=lir).")
+    if self.generation_memory_gib is not None:
+      if not self.generation_memory_gib > 0:
+        raise ValueError("--generation_memory_gib must be > 0, got "
+                         f"{self.generation_memory_gib}.")
+      if self.model != "calrec":
+        raise ValueError("--generation_memory_gib sizes the batches of "
+                         "--model=calrec's sampling; LIR samples nothing.")
 
   @property
   def corpus_path(self) -> str:
@@ -152,9 +164,11 @@ class ResolvedRun:
                  temperature=config.temperature, sampler=config.sampler,
                  max_decode_length=config.max_decode_length, seed=config.seed,
                  batch_size=config.batch_size)
+      # Recorded only when set, so a run without them reads as before.
       if config.dtype:
-        # Recorded only when set, so a run without it reads as before.
         run["dtype"] = config.dtype
+      if config.generation_memory_gib:
+        run["generation_memory_gib"] = config.generation_memory_gib
     return run
 
   def made_from(self) -> dict[str, Any]:
@@ -171,8 +185,9 @@ def resolve(config: EvaluationConfig,
   The split's files (`data.split_files`) and the corpus; for CALRec, the
   checkpoint step every worker loads (`checkpoint_step`, else the run's best;
   `check_model`: False when the caller supplies the generator itself, which
-  leaves the step as given) and its parameters' fingerprint; last, that the
-  run may replace `output_dir` (`check_output_dir`).
+  leaves the step as given) and its parameters' fingerprint, and the users
+  per batch that `generation_memory_gib` holds; last, that the run may
+  replace `output_dir` (`check_output_dir`).
 
   Raises:
     data.DataError, FileNotFoundError, run_dir.RunDirError: one line each,
@@ -201,11 +216,25 @@ def _with_checkpoint(run: ResolvedRun, check_model: bool) -> ResolvedRun:
     config = dataclasses.replace(config, checkpoint_step=int(
         model_dir.inference_checkpoint(config.model_dir,
                                        config.checkpoint_step).name))
+    if config.generation_memory_gib:
+      config = dataclasses.replace(config, batch_size=_users_per_batch(config))
   if config.checkpoint_step is None:
     return run
   return dataclasses.replace(
       run, config=config, params_fingerprint=checkpoints.params_fingerprint(
           checkpoints.step_path(config.model_dir, config.checkpoint_step)))
+
+
+def _users_per_batch(config: EvaluationConfig) -> int:
+  """The users per generation batch that `generation_memory_gib` holds."""
+  from trainer import model_dir  # pylint: disable=g-import-not-at-top
+  users, user_bytes = model_dir.users_per_batch(
+      config.model_dir, int(config.generation_memory_gib * 2**30),
+      config.num_generations, config.max_decode_length, dtype=config.dtype)
+  logging.info("%d users per generation batch: %.1f MiB each of the %g GiB "
+               "of --generation_memory_gib.", users, user_bytes / 2**20,
+               config.generation_memory_gib)
+  return users
 
 
 # The stage that run.json names (pipelines.run_dir).

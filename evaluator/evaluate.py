@@ -133,8 +133,18 @@ def _parser(prog: str) -> argparse.ArgumentParser:
   parser.add_argument("--user_sample_seed", type=int,
                       help="Seed of the --max_users subset, apart from "
                       "--seed (default: %(default)s).")
-  parser.add_argument("--batch_size", type=cli.positive_int,
-                      help="Users per generation batch (default: %(default)s).")
+  batch = parser.add_mutually_exclusive_group()
+  batch.add_argument("--batch_size", type=cli.positive_int,
+                     help="Users per generation batch (default: "
+                     "%(default)s).")
+  batch.add_argument("--generation_memory_gib", type=float,
+                     help="Size the generation batches from memory instead: "
+                     "as many users as the sampling of a batch holds in "
+                     "this many GiB beside the parameters (their caches, "
+                     "each step's logits, the prompt's activations; an "
+                     "upper estimate of XLA's, at the model's full prompt "
+                     "length). E.g. Gemma 3 270M, 1,024-token prompts, "
+                     "N_gen 32: about 470 MiB a user in float32.")
   parser.add_argument("--compilation_cache_dir",
                       help="Folder where JAX keeps the compiled sampler "
                       "(one per prompt length bucket) for later runs of the "

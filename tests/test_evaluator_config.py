@@ -2,6 +2,7 @@
 step that reads files."""
 
 import dataclasses
+import json
 
 from apache_beam.io.filesystems import FileSystems
 import pytest
@@ -120,3 +121,46 @@ def test_resolve_returns_what_it_found(data_dir, tmp_path):
   assert "dtype" not in resolved.settings()
   bfloat16 = config_lib.resolve(dataclasses.replace(calrec, dtype="bfloat16"))
   assert bfloat16.settings() == {**resolved.settings(), "dtype": "bfloat16"}
+
+
+def test_generation_memory_sets_the_users_per_batch(data_dir, tmp_path,
+                                                   capsys):
+  from trainer import network  # pylint: disable=g-import-not-at-top
+  from trainer import sampling_memory  # pylint: disable=g-import-not-at-top
+  model_dir = tmp_path / "model"
+  (model_dir / "checkpoints" / "5" / "params").mkdir(parents=True)
+  config = network.TransformerConfig(vocab_size=4096, num_layers=3)
+  (model_dir / "model.json").write_text(json.dumps({
+      "network": dataclasses.asdict(config),
+      "task_feature_lengths": {"inputs": 99, "targets": 16}}))
+  calrec = config_lib.EvaluationConfig(
+      str(data_dir), CATEGORY, str(tmp_path / "out"), model_dir=str(model_dir),
+      num_generations=8, max_decode_length=20, generation_memory_gib=0.25)
+  # Prompts of the run's 99 tokens and the start token.
+  user_bytes = sampling_memory.sampling_bytes(config, 100, 8, 20)
+  resolved = config_lib.resolve(calrec)
+  assert resolved.config.batch_size == 2**28 // user_bytes > 1
+  assert resolved.settings()["generation_memory_gib"] == 0.25
+  assert resolved.settings()["batch_size"] == resolved.config.batch_size
+  # In bfloat16 the caches and activations take half: more users fit.
+  assert config_lib.resolve(dataclasses.replace(
+      calrec, dtype="bfloat16")).config.batch_size > resolved.config.batch_size
+  with pytest.raises(ValueError, match="GiB holds no prompt of .* MiB to "
+                     "sample .prompt length 100, 8 samples of up to 20"):
+    config_lib.resolve(dataclasses.replace(calrec,
+                                           generation_memory_gib=1e-6))
+  # The flags: one of the two batch sizes, a positive budget, CALRec only.
+  flags = ["--data_dir=data", f"--category={CATEGORY}", "--output_dir=out"]
+  assert evaluate.parse_flags(
+      [*flags, "--model_dir=model", "--generation_memory_gib=2"])[
+          0].generation_memory_gib == 2
+  for bad, error in (
+      (["--model_dir=model", "--generation_memory_gib=2", "--batch_size=4"],
+       "not allowed with argument"),
+      (["--model_dir=model", "--generation_memory_gib=0"],
+       "--generation_memory_gib must be > 0, got 0.0."),
+      (["--model=lir", "--generation_memory_gib=2"],
+       "--generation_memory_gib sizes the batches of --model=calrec")):
+    with pytest.raises(SystemExit):
+      evaluate.parse_flags([*flags, *bad])
+    assert error in capsys.readouterr().err

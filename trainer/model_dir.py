@@ -31,6 +31,7 @@ from tasks import vocab
 from trainer import checkpoints
 from trainer import models
 from trainer import network
+from trainer import sampling_memory
 
 PyTree = Any
 MODEL_JSON = "model.json"
@@ -319,6 +320,35 @@ def inference_checkpoint(model_dir: str | os.PathLike[str],
                             f"{steps}.")
   checkpoints.verify_fingerprint(path)
   return path
+
+
+def users_per_batch(model_dir: str | os.PathLike[str], memory_bytes: int,
+                    num_decodes: int, max_decode_length: int,
+                    dtype: Optional[str] = None) -> tuple[int, int]:
+  """Prompts per sampling batch that fit `memory_bytes`, and one's bytes.
+
+  One prompt's bytes are `sampling_memory.sampling_bytes` of the run's
+  network (in `dtype`, else its own) at its full prompt length, the longest
+  batch `load_for_inference`'s model is given, with the shared prefix.
+
+  Raises:
+    FileNotFoundError: model_dir is not a MODEL_DIR of `trainer.train`.
+    ValueError: not even one prompt fits.
+  """
+  metadata = _read_metadata(checkpoints.model_path(model_dir))
+  config = network.TransformerConfig(**metadata["network"])
+  if dtype is not None:
+    config = dataclasses.replace(config, dtype=dtype)
+  prompt_length = int(metadata["task_feature_lengths"]["inputs"]) + 1
+  prompt_bytes = sampling_memory.sampling_bytes(
+      config, prompt_length, num_decodes, max_decode_length)
+  if prompt_bytes > memory_bytes:
+    raise ValueError(
+        f"{memory_bytes / 2**30:g} GiB holds no prompt of {model_dir}: one "
+        f"takes about {prompt_bytes / 2**20:.1f} MiB to sample (prompt "
+        f"length {prompt_length}, {num_decodes} samples of up to "
+        f"{max_decode_length} tokens).")
+  return memory_bytes // prompt_bytes, prompt_bytes
 
 
 def load_for_inference(model_dir: str | os.PathLike[str],
