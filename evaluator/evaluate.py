@@ -348,7 +348,8 @@ class Evaluate(beam.PTransform):
           lambda user: (user, baselines.last_item_samples(user)))
     seed = config.seed
     handler = inference.KeyedModelHandler(generation.GeneratorModelHandler(
-        self._load_generator, max_batch_size=config.batch_size))
+        self._load_generator,
+        max_batch_size=config.batch_size * generation.BATCHES_PER_CALL))
     return (
         users
         | "Requests" >> beam.Map(lambda user: (

@@ -120,7 +120,9 @@ class JaxGenerator:
     prompts skip the padding up to the model's prompt length. A batch that
     is not full repeats its first request in the free rows: their samples
     stop with that request's, so the sampler's loop ends as soon as the real
-    rows' samples have, and their outputs are dropped.
+    rows' samples have, and their outputs are dropped. The evaluator hands
+    over several batches' worth of requests at once
+    (`generation.BATCHES_PER_CALL`), so that few batches are not full.
     """
     prompts = [self._prompt_tokens(request) for request in requests]
     by_bucket: dict[int, list[int]] = {}

@@ -134,6 +134,17 @@ class EchoGenerator:
              ("", -0.1), ("qqqq zzzz", -2.0)] for request in requests]
 
 
+_CALL_SIZES: list[int] = []
+
+
+class SizeRecordingEchoGenerator(EchoGenerator):
+  """EchoGenerator that records how many requests each call got."""
+
+  def generate(self, requests):
+    _CALL_SIZES.append(len(requests))
+    return super().generate(requests)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   root = tmp_path_factory.mktemp("data")
@@ -294,11 +305,16 @@ def test_generator_pipeline_through_run_inference_and_lucene(data_dir,
   # A stale shard of an earlier run is removed with --overwrite.
   model_dir.mkdir()
   (model_dir / "users-00001-of-00002.parquet").write_text("stale")
+  _CALL_SIZES.clear()
   summary = _run(data_dir, model_dir, "--overwrite", "--model=calrec",
                  "--model_dir=unused", "--bm25_backend=lucene",
-                 "--recommendations_k=3",
-                 load_generator=EchoGenerator)
-  assert (summary["batch_size"], summary["recommendations_k"]) == (32, 3)
+                 "--recommendations_k=3", "--batch_size=1",
+                 load_generator=SizeRecordingEchoGenerator)
+  assert (summary["batch_size"], summary["recommendations_k"]) == (1, 3)
+  # The generator gets several batches' worth of requests at a time, which
+  # it may split by prompt length (`generation.BATCHES_PER_CALL`).
+  assert sum(_CALL_SIZES) == 5 and max(_CALL_SIZES) > 1
+  assert max(_CALL_SIZES) <= generation.BATCHES_PER_CALL
   # Unmatchable and empty texts add all-zero columns: LIR's ranks again.
   assert summary["metrics"] == pytest.approx(_expected_means(num_missed=1))
   # Table 7 counts all 4 samples of each ranked user, the repeated one too
