@@ -143,8 +143,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       "paper's; --quick 8)")
   parser.add_argument("--eval_batch_size", type=cli.positive_int, default=4,
                       help="users per generation batch of the Gemma "
-                      "evaluations (each holds N_gen cache copies; default "
-                      "%(default)s)")
+                      "evaluations (each holds its prompt's cache and N_gen "
+                      "samples' caches and logits; default %(default)s)")
   parser.add_argument("--peft", choices=("lora", "none"), default="lora",
                       help="also fine-tune with LoRA, the rest frozen "
                       "(default %(default)s)")
