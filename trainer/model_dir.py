@@ -294,7 +294,20 @@ class LoadedModel:
   @property
   def prompt_length(self) -> int:
     """P of `models.prompt_batch`: the training input budget + start token."""
-    return int(self.task_feature_lengths["inputs"]) + 1
+    return _prompt_length(self.task_feature_lengths)
+
+
+def _prompt_length(task_feature_lengths: Mapping[str, int]) -> int:
+  return int(task_feature_lengths["inputs"]) + 1
+
+
+def _network_config(metadata: Mapping[str, Any],
+                    dtype: Optional[str]) -> network.TransformerConfig:
+  """model.json's network, in `dtype` activations unless None."""
+  config = network.TransformerConfig(**metadata["network"])
+  if dtype is not None:
+    config = dataclasses.replace(config, dtype=dtype)
+  return config
 
 
 def inference_checkpoint(model_dir: str | os.PathLike[str],
@@ -336,10 +349,8 @@ def users_per_batch(model_dir: str | os.PathLike[str], memory_bytes: int,
     ValueError: not even one prompt fits.
   """
   metadata = _read_metadata(checkpoints.model_path(model_dir))
-  config = network.TransformerConfig(**metadata["network"])
-  if dtype is not None:
-    config = dataclasses.replace(config, dtype=dtype)
-  prompt_length = int(metadata["task_feature_lengths"]["inputs"]) + 1
+  config = _network_config(metadata, dtype)
+  prompt_length = _prompt_length(metadata["task_feature_lengths"])
   prompt_bytes = sampling_memory.sampling_bytes(
       config, prompt_length, num_decodes, max_decode_length)
   if prompt_bytes > memory_bytes:
@@ -374,9 +385,7 @@ def load_for_inference(model_dir: str | os.PathLike[str],
   step_dir = inference_checkpoint(model_dir, step)
   model_dir = checkpoints.model_path(model_dir)
   metadata = _read_metadata(model_dir)
-  config = network.TransformerConfig(**metadata["network"])
-  if dtype is not None:
-    config = dataclasses.replace(config, dtype=dtype)
+  config = _network_config(metadata, dtype)
   vocabulary = vocab.get_vocabulary(os.fspath(vocabulary_file(model_dir)),
                                     extra_ids=metadata["extra_ids"])
   model = models.CALRecModel(config, eos_id=metadata["eos_id"],
