@@ -8,17 +8,17 @@ import pytest
 import seqio
 import tasks_testdata
 
+from conftest import REPO_ROOT
+from pipelines import templates
 from tasks import mixtures
 from tasks import preprocessors
-from pipelines import templates
 from tasks import vocab
-from trainer import models
-from trainer import network
-from trainer import train_loop
+from trainer import checkpoints
 
 CATEGORY = "Cached_Cat"
 TASK = "calrec_cached_cat"
 LENGTHS = {"inputs": 512, "targets": 64}
+TINY_STAGE1 = "trainer/configs/runs/tiny_stage1.gin"
 
 # Runs the Beam cache job and training in subprocesses.
 pytestmark = pytest.mark.slow
@@ -29,18 +29,22 @@ def _by_user(ds):
           for ex in ds.as_numpy_iterator()}
 
 
-def _cache_and_register(data_dir, model, cache_dir):
-  """Runs seqio's cache script on TASK, then registers the tasks here."""
+def _cache(data_dir, model, cache_dir, task):
+  """Runs seqio's cache script on `task` of the tasks of `data_dir`."""
   env = dict(os.environ, **{mixtures.DATA_DIR_ENV: str(data_dir),
                             mixtures.VOCABULARY_ENV: model})
   subprocess.run(
       [sys.executable, "-m", "seqio.scripts.cache_tasks_main",
-       "--module_import=tasks.mixtures", f"--tasks={TASK}",
+       "--module_import=tasks.mixtures", f"--tasks={task}",
        f"--output_cache_dir={cache_dir}",
        "--pipeline_options=--runner=FnApiRunner"],
       env=env, check=True, capture_output=True, timeout=300)
-  mixtures.register_mixtures(data_dir, model)
-  seqio.add_global_cache_dirs([str(cache_dir)])
+
+
+def _train_cli(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "trainer.train", *args],
+                        cwd=REPO_ROOT, capture_output=True, text=True,
+                        timeout=300)
 
 
 def test_cache_tasks_main_matches_uncached(tmp_path, capfd):
@@ -56,7 +60,9 @@ def test_cache_tasks_main_matches_uncached(tmp_path, capfd):
                      written["validation"][0][1][-1]])])
   tasks_testdata.write_manifest(data_dir)
   model = tasks_testdata.train_test_vocabulary(tmp_path / "test.model")
-  _cache_and_register(data_dir, model, cache_dir)
+  _cache(data_dir, model, cache_dir, TASK)
+  mixtures.register_mixtures(data_dir, model)
+  seqio.add_global_cache_dirs([str(cache_dir)])
   task = seqio.get_mixture_or_task(TASK)
   assert task.cache_dir == str(cache_dir / TASK)
   cached = _by_user(task.get_dataset(LENGTHS, split="validation",
@@ -85,22 +91,29 @@ def test_cache_tasks_main_matches_uncached(tmp_path, capfd):
     assert train[user] in allowed
 
 
-def test_training_reads_the_cache_not_the_records(tmp_path):
+def test_training_reads_the_cache_dirs_it_is_given_not_the_records(
+    tmp_path):
+  """`trainer.train` with USE_CACHED_TASKS reads the seqio cache of the
+  directories `--seqio_additional_cache_dirs` names (the records are
+  unreadable), and without one it stops with a one-line error."""
   data_dir, cache_dir = tmp_path / "data", tmp_path / "cache"
-  tasks_testdata.write_category(data_dir, CATEGORY, num_users=8, seed=0,
-                            splits=("train", "validation"))
+  tasks_testdata.write_category(data_dir, "CDs", num_users=8, seed=0,
+                                splits=("train", "validation"))
   tasks_testdata.write_manifest(data_dir)
   model = tasks_testdata.train_test_vocabulary(tmp_path / "test.model")
-  _cache_and_register(data_dir, model, cache_dir)
-  # Without the records only the cache can feed the run.
-  for record in (data_dir / CATEGORY).glob("*.tfrecord"):
-    record.unlink()
-  config = network.TransformerConfig(vocab_size=512, emb_dim=32, num_heads=2,
-                                     num_kv_heads=1, head_dim=16, mlp_dim=64,
-                                     num_layers=1)
-  state = train_loop.train(
-      model=models.CALRecModel(config), model_dir=str(tmp_path / "model"),
-      mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
-      train_steps=2, batch_size=4, checkpoint_period=2, validation_batches=1,
-      use_cached_tasks=True)
-  assert int(state.step) == 2
+  _cache(data_dir, model, cache_dir, "calrec_cds")
+  for record in (data_dir / "CDs").glob("*.tfrecord"):
+    record.write_bytes(b"not a TFRecord")
+  args = [f"--gin_file={TINY_STAGE1}",
+          f"--gin.MODEL_DIR='{tmp_path / 'model'}'",
+          f"--gin.DATA_DIR='{data_dir}'", f"--gin.VOCABULARY='{model}'",
+          "--gin.USE_CACHED_TASKS=True", "--gin.TRAIN_STEPS=1",
+          "--gin.BATCH_SIZE=4"]
+  uncached = _train_cli(*args)
+  assert uncached.returncode == 1
+  assert "Traceback" not in uncached.stderr
+  assert ("ValueError: USE_CACHED_TASKS is True but calrec_cds has no seqio "
+          "cache in any cache directory: write it with") in uncached.stderr
+  cached = _train_cli(*args, f"--seqio_additional_cache_dirs={cache_dir}")
+  assert cached.returncode == 0, cached.stderr[-3000:]
+  assert checkpoints.available_steps(tmp_path / "model") == [1]

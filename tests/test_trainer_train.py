@@ -2,7 +2,6 @@
 
 import dataclasses
 import logging
-import os
 import pathlib
 import re
 import shutil
@@ -21,7 +20,6 @@ import tasks_testdata
 import tensorflow as tf
 
 from experiments import curves
-from tasks import mixtures
 from trainer import checkpoints
 from trainer import model_dir as model_dir_lib
 from trainer import models
@@ -743,37 +741,3 @@ def test_cli_distributed_without_a_cluster_names_the_flags_to_pass():
           "no Cloud TPU, SLURM or Open MPI cluster is detected, pass "
           "--coordinator_address=HOST0:PORT --num_processes=N --process_id=I."
           ) in result.stderr
-
-
-@pytest.mark.slow
-def test_cli_reads_the_seqio_cache_dirs_it_is_given(tmp_path,
-                                                    vocabulary_path):
-  data_dir, cache_dir = tmp_path / "data", tmp_path / "cache"
-  tasks_testdata.write_category(data_dir, "CDs", num_users=8, seed=0,
-                                  splits=("train", "validation"))
-  tasks_testdata.write_manifest(data_dir)
-  subprocess.run(
-      [sys.executable, "-m", "seqio.scripts.cache_tasks_main",
-       "--module_import=tasks.mixtures", "--tasks=calrec_cds",
-       f"--output_cache_dir={cache_dir}",
-       "--pipeline_options=--runner=FnApiRunner"],
-      env=dict(os.environ, **{mixtures.DATA_DIR_ENV: str(data_dir),
-                              mixtures.VOCABULARY_ENV: vocabulary_path}),
-      check=True, capture_output=True, timeout=300)
-  # Unreadable records: only the cache can feed the run.
-  for record in (data_dir / "CDs").glob("*.tfrecord"):
-    record.write_bytes(b"not a TFRecord")
-  args = [f"--gin_file={TINY_STAGE1}",
-          f"--gin.MODEL_DIR='{tmp_path / 'model'}'",
-          f"--gin.DATA_DIR='{data_dir}'",
-          f"--gin.VOCABULARY='{vocabulary_path}'",
-          "--gin.USE_CACHED_TASKS=True", "--gin.TRAIN_STEPS=1",
-          "--gin.BATCH_SIZE=4"]
-  uncached = _cli(*args)
-  assert uncached.returncode == 1
-  assert "Traceback" not in uncached.stderr
-  assert ("ValueError: USE_CACHED_TASKS is True but calrec_cds has no seqio "
-          "cache in any cache directory: write it with") in uncached.stderr
-  cached = _cli(*args, f"--seqio_additional_cache_dirs={cache_dir}")
-  assert cached.returncode == 0, cached.stderr[-3000:]
-  assert checkpoints.available_steps(tmp_path / "model") == [1]
