@@ -1,5 +1,6 @@
 """Every command line of the project answers --help with its flags."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 
 from conftest import REPO_ROOT
 
-# Starts a Python process per command line.
+# Starts a Python process that runs every command line.
 pytestmark = pytest.mark.slow
 
 # module -> a flag its help must name.
@@ -36,20 +37,33 @@ COMMANDS = {
 }
 
 
+# Runs each module named on the command line as `python -m MODULE --help`
+# does (runpy, as __main__), one after another in this one process, so that
+# the libraries they share are imported once; prints {module: output}.
+_HELP_RUNNER = """
+import contextlib, io, json, runpy, sys
+texts = {}
+for module in sys.argv[1:]:
+  output = io.StringIO()
+  sys.argv = [module, "--help"]
+  with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+    try:
+      runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit:  # argparse and absl exit after printing the help.
+      pass
+  texts[module] = output.getvalue()
+print(json.dumps(texts))
+"""
+
+
 @pytest.fixture(scope="module")
 def help_texts():
-  """Runs all --help commands, two at a time."""
+  """The --help output of every command line."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  texts, pending = {}, list(COMMANDS)
-  while pending:
-    batch, pending = pending[:2], pending[2:]
-    processes = {module: subprocess.Popen(
-        [sys.executable, "-m", module, "--help"], cwd=REPO_ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for module in batch}
-    for module, process in processes.items():
-      texts[module] = process.communicate(timeout=120)[0]
-  return texts
+  completed = subprocess.run(
+      [sys.executable, "-c", _HELP_RUNNER, *COMMANDS], cwd=REPO_ROOT,
+      env=env, capture_output=True, text=True, timeout=300, check=True)
+  return json.loads(completed.stdout.splitlines()[-1])
 
 
 @pytest.mark.parametrize("module", sorted(COMMANDS))
