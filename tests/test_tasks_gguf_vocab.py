@@ -3,9 +3,11 @@
 import random
 
 import gemma_testdata
+import gguf_golden
 import numpy as np
 import pytest
 import sentencepiece as spm
+import tokenizer_strings
 
 from tasks import gguf_vocab
 from pipelines import templates
@@ -103,27 +105,6 @@ def test_gemma_special_ids_and_start_token(gemma):
       processor.piece_to_id(_SPACE * 2), processor.piece_to_id("b")]
 
 
-def _varied_strings(rng, count):
-  """Digits, accents, scripts, emoji, entities, whitespace runs, edges."""
-  words = ["Gift", "card", "Amazon.com", "$25.00", "1234567890", "naïve",
-           "Crème brûlée", "東京", "Привет", "مرحبا", "नमस्ते", "🎁", "👍🏽",
-           "👨‍👩‍👧", "&amp;", "&#39;", "&nbsp;", "<b>", "</td>", "™", "®",
-           "½", "x²", "e-mail", "don't", "U.S.A.", "3.5\"", "50%", "#1",
-           "C++", "~", "\t", "\u00a0", "\u200b", "ﬁ", "Ｆｕｌｌ", "Ⅻ"]
-  seps = [" ", "  ", "   ", "\n", "\n\n", " \n ", "\t", "", ". ", ", "]
-  strings = []
-  for _ in range(count):
-    parts = [rng.choice(words) + rng.choice(seps)
-             for _ in range(rng.randint(1, 12))]
-    text = "".join(parts)
-    if rng.random() < 0.3:
-      text = " " * rng.randint(1, 3) + text
-    if rng.random() < 0.3:
-      text = text.rstrip() + rng.choice([" ", "  ", "\n", " \n"])
-    strings.append(text)
-  return strings
-
-
 def _gift_cards_strings():
   """Real titles, descriptions and features, item texts and prompts."""
   strings = []
@@ -138,24 +119,45 @@ def _gift_cards_strings():
 
 
 def test_gemma_round_trip(gemma):
-  strings = _varied_strings(random.Random(0), 300) + [
+  strings = tokenizer_strings.varied_strings(random.Random(0), 300) + [
       "", " ", "\n", "  lead", "trail  ", "a\u00a0b", "\x01\x7f"]
   for text in strings:
     assert gemma.decode(gemma.encode(text)) == text
 
 
+def test_gemma_ids_equal_transformers_golden(gemma):
+  golden = tokenizer_strings.read_ids_golden(
+      tokenizer_strings.GEMMA_IDS_GOLDEN, "gemma")
+  strings = tokenizer_strings.gemma_strings()
+  assert len(strings) >= 1000
+  assert gguf_golden.file_sha256(gemma_testdata.gguf_path()) == (
+      golden.gguf_sha256), (
+          f"the Gemma GGUF is not the golden's; regenerate with "
+          f"{gguf_golden.SCRIPT}")
+  mismatch = tokenizer_strings.first_mismatch(
+      strings, [gemma.encode(s) for s in strings], golden, gguf_golden.SCRIPT)
+  assert mismatch is None, mismatch
+
+
 @pytest.mark.slow
+@pytest.mark.live
 def test_gemma_ids_equal_transformers(gemma):
-  transformers = pytest.importorskip("transformers")
-  path = gemma_testdata.gguf_path()
-  reference = transformers.AutoTokenizer.from_pretrained(
-      str(path.parent), gguf_file=path.name)
-  strings = _varied_strings(random.Random(1), 700)
+  """transformers' tokenizer now: the golden file's ids, ours on the golden
+  strings and the real Gift_Cards texts (when present)."""
+  pytest.importorskip("transformers")
+  reference = tokenizer_strings.transformers_tokenizer(
+      gemma_testdata.gguf_path())
+  strings = tokenizer_strings.gemma_strings()
+  golden = tokenizer_strings.read_ids_golden(
+      tokenizer_strings.GEMMA_IDS_GOLDEN, "gemma")
+  stale = tokenizer_strings.first_mismatch(
+      strings, tokenizer_strings.transformers_ids(reference, strings),
+      golden, gguf_golden.SCRIPT)
+  assert stale is None, f"stale golden file: {stale}"
   try:
     strings += _gift_cards_strings()
   except pytest.skip.Exception:
     pass  # no real data: the generated strings alone
-  assert len(strings) >= 700
   equal = [reference.encode(text, add_special_tokens=False) ==
            gemma.encode(text) for text in strings]
   print(f"Gemma ids equal to transformers' on {sum(equal)} of "

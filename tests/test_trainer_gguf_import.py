@@ -1,5 +1,7 @@
 """Tests of trainer.gguf_import: tiny GGUF files written here, and the real
-Gemma 3 270M and SmolLM2 135M files against transformers (slow)."""
+Gemma 3 270M and SmolLM2 135M files against golden files of transformers'
+reading of them (tests/gguf_golden.py); the `live` tier compares with
+transformers itself."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pathlib
 from typing import Any, Mapping, Optional
 
 import gguf
+import gguf_golden
 import numpy as np
 import pytest
 
@@ -368,49 +371,77 @@ def test_errors_are_one_line(tmp_path):
                                      gguf_tensors, embedding_length=None))
 
 
-# Config fields transformers' model reads, compared after transformers
-# normalises our dict into its config class.
-_CONFIG_FIELDS = (
-    "model_type", "vocab_size", "hidden_size", "intermediate_size",
-    "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-    "head_dim", "max_position_embeddings", "tie_word_embeddings",
-    "rope_parameters", "sliding_window", "layer_types",
-    "query_pre_attn_scalar", "hidden_activation", "hidden_act",
-    "final_logit_softcapping", "attn_logit_softcapping", "attention_bias",
-    "mlp_bias", "bos_token_id", "eos_token_id", "pad_token_id")
+def _check_against_golden(path: pathlib.Path,
+                          golden: Mapping[str, Any]) -> None:
+  """`read_gguf` of `path` gives transformers' tensors and config.
 
-
-def _compare_with_transformers(path: pathlib.Path) -> None:
+  Args:
+    path: the GGUF file.
+    golden: `gguf_golden.golden_of` transformers' model of the same file.
+  """
   transformers = pytest.importorskip("transformers")
-  pytest.importorskip("torch")
-  pytest.importorskip("accelerate")
+  assert gguf_golden.file_sha256(path) == golden["gguf_sha256"], (
+      f"{path.name} is not the file the golden was made of (its package "
+      f"changed?); regenerate the goldens with {gguf_golden.SCRIPT}")
   config, tensors = gguf_import.read_gguf(path)
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-      str(path.parent), gguf_file=path.name)
-  state = {k: v.numpy() for k, v in model.state_dict().items()}
-  reference = model.config.to_dict()
-  del model
 
   ours = transformers.AutoConfig.for_model(**config).to_dict()
-  for field in _CONFIG_FIELDS:
-    assert ours.get(field) == reference.get(field), field
-  assert ours["rms_norm_eps"] == pytest.approx(reference["rms_norm_eps"],
+  ours_facts = gguf_golden.config_facts(ours)
+  for field in gguf_golden.CONFIG_FIELDS:
+    assert ours_facts[field] == golden["config"][field], (
+        f"{field}: ours {ours_facts[field]!r}, transformers "
+        f"{golden['transformers_version']} {golden['config'][field]!r}")
+  assert ours["rms_norm_eps"] == pytest.approx(golden["rms_norm_eps"],
                                                rel=1e-6)
 
-  leftover = set(state) - set(tensors)
+  expected = golden["tensors"]
+  assert set(tensors) <= set(expected), sorted(set(tensors) - set(expected))
+  leftover = set(expected) - set(tensors)
   assert leftover <= {"lm_head.weight"}
   if leftover:
     assert config["tie_word_embeddings"]
-  for name, value in tensors.items():
-    assert value.shape == state[name].shape, name
-    assert float(np.max(np.abs(value - state[name]))) == 0.0, name
+  ours_digests = {name: {"shape": list(value.shape),
+                         "sha256": gguf_golden.tensor_sha256(value)}
+                  for name, value in tensors.items()}
+  differing = [name for name, digest in ours_digests.items()
+               if digest != expected[name]]
+  assert not differing, (
+      f"{len(differing)} of {len(tensors)} tensors differ from transformers' "
+      f"{golden['transformers_version']} (golden file), first "
+      f"{differing[0]}: ours {ours_digests[differing[0]]}, transformers' "
+      f"{expected[differing[0]]}")
+
+
+def _check_live(path: pathlib.Path, golden_path: pathlib.Path) -> None:
+  """transformers' model of `path` now: the golden file, and ours."""
+  pytest.importorskip("transformers")
+  pytest.importorskip("torch")
+  pytest.importorskip("accelerate")
+  live = gguf_golden.transformers_golden(path)
+  _check_against_golden(path, live)
+  assert live == gguf_golden.read(golden_path), (
+      f"{golden_path.name} is stale; regenerate it with {gguf_golden.SCRIPT}")
 
 
 @pytest.mark.slow
+def test_gemma3_270m_matches_transformers_golden():
+  _check_against_golden(gemma_gguf_path(),
+                        gguf_golden.read(gguf_golden.GEMMA_WEIGHTS_GOLDEN))
+
+
+@pytest.mark.slow
+def test_smollm2_matches_transformers_golden():
+  _check_against_golden(smollm2_gguf_path(),
+                        gguf_golden.read(gguf_golden.SMOLLM2_WEIGHTS_GOLDEN))
+
+
+@pytest.mark.slow
+@pytest.mark.live
 def test_gemma3_270m_matches_transformers():
-  _compare_with_transformers(gemma_gguf_path())
+  _check_live(gemma_gguf_path(), gguf_golden.GEMMA_WEIGHTS_GOLDEN)
 
 
 @pytest.mark.slow
+@pytest.mark.live
 def test_smollm2_matches_transformers():
-  _compare_with_transformers(smollm2_gguf_path())
+  _check_live(smollm2_gguf_path(), gguf_golden.SMOLLM2_WEIGHTS_GOLDEN)
