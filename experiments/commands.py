@@ -35,11 +35,11 @@ def generate_sample(raw_dir: pathlib.Path, seed: int, num_users: int) -> Stage:
 
 
 def preprocess(config: pathlib.Path, data_dir: pathlib.Path,
-               inputs: Sequence[Stage]) -> Stage:
+               inputs: Sequence[Stage], num_workers: int = 2) -> Stage:
   return Stage(
       name="preprocess", module="pipelines.preprocess",
       args=[f"--config={config}", f"--output_dir={data_dir}", "--overwrite",
-            *_beam_flags()],
+            *_beam_flags(num_workers)],
       done_marker=data_dir / "manifest.json", inputs=inputs)
 
 

@@ -92,6 +92,11 @@ def parse_args(argv: Sequence[str] | None, prog: str = "experiments.sample_run",
                       default=generation.MAX_DECODE_LENGTH,
                       help="new tokens per sample at most (default "
                       "%(default)s, the paper's)")
+  parser.add_argument("--beam_workers", type=cli.positive_int, default=2,
+                      help="worker processes of the preprocessing and "
+                      "evaluation jobs (default %(default)s; each evaluation "
+                      "worker loads the model and compiles its sampler, so "
+                      "one suits a small run)")
   parser.add_argument("--force", action="store_true",
                       help="delete --output_dir (an earlier run's) first and "
                       "rerun every step")
@@ -151,14 +156,16 @@ def evaluation(layout: RunLayout, args: argparse.Namespace,
     model_dir = layout.model_dir(model.name)
     inputs.append(model)
   return commands.evaluate(f"eval_{name}", layout.data, args.category,
-                           layout.eval_dir(name), model_dir, flags, inputs)
+                           layout.eval_dir(name), model_dir, flags, inputs,
+                           num_workers=args.beam_workers)
 
 
 def data_stages(layout: RunLayout, args: argparse.Namespace
                 ) -> list[stages.Stage]:
   """The sample, its preprocessing and the vocabulary, each reading the last."""
   sample = commands.generate_sample(layout.raw, args.seed, args.num_users)
-  data = commands.preprocess(layout.raw / "config.json", layout.data, [sample])
+  data = commands.preprocess(layout.raw / "config.json", layout.data, [sample],
+                             num_workers=args.beam_workers)
   return [sample, data,
           commands.build_vocabulary(layout.data, layout.vocabulary,
                                     args.vocab_size, [data])]

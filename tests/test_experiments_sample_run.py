@@ -19,9 +19,10 @@ from experiments import sample_run
 from experiments import stages
 
 EXPECTED_CATEGORIES = ("Electronics", "CDs", "Games", "Pet")
+# One Beam worker: each evaluation worker loads the model and compiles.
 TINY_RUN_FLAGS = ("--num_users=80", "--vocab_size=400", "--stage1_steps=2",
                   "--stage2_steps=2", "--num_generations=2",
-                  "--max_decode_length=8")
+                  "--max_decode_length=8", "--beam_workers=1")
 
 
 def _table_rows(markdown: str, heading: str) -> list[list[str]]:
