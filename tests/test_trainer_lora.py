@@ -159,10 +159,26 @@ def _trainer(config: network.TransformerConfig,
       seed=seed)
 
 
+@pytest.fixture(scope="module")
+def lora_trainer() -> train_lib.Trainer:
+  """A LoRA trainer with the shipped freezing, as a Stage II run has.
+
+  Shared: each `Trainer` compiles its own steps, so one per module saves
+  their compilation. Tests take fresh states from it (`initial_state`).
+  """
+  return _trainer(LORA, _shipped_frozen_params(), seed=7)
+
+
+@pytest.fixture(scope="module")
+def base_trainer() -> train_lib.Trainer:
+  """A trainer of the network without LoRA (the pretrained one)."""
+  return _trainer(BASE, seed=5)
+
+
 @pytest.mark.slow
-def test_training_with_the_shipped_freezing_moves_only_the_adapters():
-  frozen = _shipped_frozen_params()
-  trainer = _trainer(LORA, frozen)
+def test_training_with_the_shipped_freezing_moves_only_the_adapters(
+    lora_trainer):
+  trainer = lora_trainer
   state = trainer.initial_state()
   before = _flat(state.params)
   for step in range(3):
@@ -199,12 +215,13 @@ def _write_run(model_dir: pathlib.Path, trainer: train_lib.Trainer,
 
 
 @pytest.mark.slow
-def test_stage2_lora_from_a_checkpoint_without_lora(tmp_path):
-  pretrained = _trainer(BASE, seed=5)
+def test_stage2_lora_from_a_checkpoint_without_lora(tmp_path, base_trainer,
+                                                   lora_trainer):
+  pretrained = base_trainer
   pretrained_state = pretrained.initial_state()
   expected = _flat(pretrained_state.params)
   step_dir = _write_run(tmp_path / "pretrained", pretrained, pretrained_state)
-  lora = _trainer(LORA, _shipped_frozen_params(), seed=7)
+  lora = lora_trainer
   fresh = _flat(lora.initial_state().params)
   manager = checkpoints.CheckpointManager(tmp_path / "stage2")
   config = train_config.TrainConfig(
@@ -234,8 +251,9 @@ def test_stage2_lora_from_a_checkpoint_without_lora(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_lora_checkpoint_into_a_model_without_lora_is_refused(tmp_path):
-  lora = _trainer(LORA)
+def test_a_lora_checkpoint_into_a_model_without_lora_is_refused(
+    tmp_path, base_trainer, lora_trainer):
+  lora = lora_trainer
   step_dir = _write_run(tmp_path, lora, lora.initial_state())
   with pytest.raises(ValueError, match=re.escape(
       "is of another network: lora_rank 4 there, 0 here")):
@@ -250,12 +268,12 @@ def test_a_lora_checkpoint_into_a_model_without_lora_is_refused(tmp_path):
   with pytest.raises(ValueError, match=(
       r"does not fit the model: holds layers_0/attention/key/lora_a, .* and "
       r"\d+ more, which the model has not")):
-    checkpoints.restore_params(step_dir, _trainer(BASE).abstract_params)
+    checkpoints.restore_params(step_dir, base_trainer.abstract_params)
 
 
 @pytest.mark.slow
-def test_load_for_inference_loads_a_lora_run(tmp_path):
-  trainer = _trainer(LORA)
+def test_load_for_inference_loads_a_lora_run(tmp_path, lora_trainer):
+  trainer = lora_trainer
   state = trainer.initial_state()
   # Trained adapters: B no longer zero.
   state = state.replace(params=jax.tree_util.tree_map_with_path(
