@@ -66,8 +66,10 @@ def test_the_estimate_bounds_xlas_buffers_from_above(config, sampler,
   prompt_length, num_decodes, max_decode_length = shape
   model = models.CALRecModel(config, sampler=sampler,
                              shared_prefix=shared_prefix)
-  params = models.unboxed_params(model.get_initial_variables(
-      jax.random.PRNGKey(0), {"decoder_input_tokens": (1, 8)}))
+  # Compiling needs the parameters' shapes only (no initialisation).
+  params = jax.eval_shape(
+      lambda rng: models.unboxed_params(model.get_initial_variables(
+          rng, {"decoder_input_tokens": (1, 8)})), jax.random.PRNGKey(0))
   estimate = sampling_memory.sampling_bytes(
       config, prompt_length, num_decodes, max_decode_length, shared_prefix)
   for prompts in (1, 4):
