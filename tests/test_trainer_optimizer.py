@@ -1,6 +1,8 @@
 """The frozen-parameter switch (parameter-efficient fine-tuning): the
 optimizer and the train step."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,12 +91,22 @@ def batch():
 
 
 def _trainer(batch, frozen_params=(), clip=None, num_microbatches=1):
+  """The trainer of these settings for `batch`'s shapes.
+
+  One per settings and shapes: the tests share its compiled steps.
+  """
+  return _shared_trainer(tuple((k, v.shape) for k, v in batch.items()),
+                         tuple(frozen_params), clip, num_microbatches)
+
+
+@functools.cache
+def _shared_trainer(shapes, frozen_params, clip, num_microbatches):
   return train_lib.Trainer(
       models.CALRecModel(CONFIG),
       train_lib.create_optimizer(1e-2, clip_gradient_norm=clip,
                                  frozen_params=frozen_params),
-      partitioning.Partitioner(), {k: v.shape for k, v in batch.items()},
-      seed=0, num_microbatches=num_microbatches)
+      partitioning.Partitioner(), dict(shapes), seed=0,
+      num_microbatches=num_microbatches)
 
 
 @pytest.fixture(scope="module")
