@@ -1,6 +1,7 @@
 """Microbatched gradients equal the full batch's, contrastive terms included."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,13 @@ def params():
           jax.random.PRNGKey(0))
 
 
-def _value_and_grad(model, num_microbatches):
+@functools.cache
+def _value_and_grad(alpha, beta, num_microbatches):
+  """The compiled loss and gradients of CONFIG's model with these weights.
+
+  Cached: the tests share each compilation (the full batch's for one).
+  """
+  model = models.CALRecModel(CONFIG, alpha=alpha, beta=beta)
   return jax.jit(lambda p, b: microbatching.value_and_grad(
       model, p, b, None, num_microbatches))
 
@@ -54,10 +61,9 @@ def _assert_close(a, b):
 @pytest.mark.slow
 def test_microbatched_loss_and_gradients_equal_the_full_batch(
     batch, params, alpha, beta, num_microbatches):
-  model = models.CALRecModel(CONFIG, alpha=alpha, beta=beta)
-  (loss, metrics), grads = _value_and_grad(model, 1)(params, batch)
+  (loss, metrics), grads = _value_and_grad(alpha, beta, 1)(params, batch)
   (micro_loss, micro_metrics), micro_grads = _value_and_grad(
-      model, num_microbatches)(params, batch)
+      alpha, beta, num_microbatches)(params, batch)
   np.testing.assert_allclose(float(micro_loss), float(loss), rtol=1e-6)
   _assert_close(micro_metrics, metrics)
   _assert_close(micro_grads, grads)
@@ -115,11 +121,12 @@ def test_naive_accumulation_would_shrink_the_negatives(batch, params):
   """Averaging per-microbatch losses is not the paper's loss (negatives = the
   whole batch), which is why the gradient is cached instead."""
   model = models.CALRecModel(CONFIG, alpha=0.5, beta=0.0)
-  full_tt = float(_value_and_grad(model, 2)(params, batch)[0][1]["tt_loss"])
+  full_tt = float(_value_and_grad(0.5, 0.0, 2)(params, batch)[0][1]["tt_loss"])
   halves = microbatching.split(batch, 2)
+  tt_loss = jax.jit(lambda p, b: model.loss_fn(p, b, None)[1]["tt_loss"])
   naive_tt = np.mean([
-      float(model.loss_fn(params, {k: v[m] for k, v in halves.items()},
-                          None)[1]["tt_loss"]) for m in range(2)])
+      float(tt_loss(params, {k: v[m] for k, v in halves.items()}))
+      for m in range(2)])
   # log(8) against log(4) for near-uniform similarities at initialisation.
   assert full_tt > naive_tt + 0.3
 
