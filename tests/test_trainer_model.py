@@ -45,6 +45,12 @@ def apply(model):
 
 
 @pytest.fixture(scope="module")
+def score(model):
+  """The compiled `score_batch`, shared so that tests share its compilations."""
+  return jax.jit(model.score_batch)
+
+
+@pytest.fixture(scope="module")
 def batch():
   return trainer_batches.random_batch(seed=1, batch_size=5,
                                       vocab_size=CONFIG.vocab_size)
@@ -171,17 +177,25 @@ def test_model_loss_gradient_matches_finite_difference(loss_fn, params, batch):
   def loss(p):
     return loss_fn(p, batch)[0]
 
-  grads = jax.jit(jax.grad(loss))(params)
-  keys = jax.random.split(jax.random.PRNGKey(3), len(jax.tree.leaves(params)))
-  direction = jax.tree.unflatten(
-      jax.tree.structure(params),
-      [jax.random.normal(k, x.shape) for k, x in
-       zip(keys, jax.tree.leaves(params))])
-  analytic = sum(float(jnp.vdot(g, d)) for g, d in zip(
-      jax.tree.leaves(grads), jax.tree.leaves(direction)))
   eps = 1e-3
-  shifted = [jax.tree.map(lambda p, d, s=s: p + s * eps * d, params, direction)
-             for s in (1, -1)]
+
+  @jax.jit
+  def analytic_and_shifted(params):
+    """(grad . direction, params +- eps * direction), compiled at once."""
+    grads = jax.grad(loss)(params)
+    keys = jax.random.split(jax.random.PRNGKey(3),
+                            len(jax.tree.leaves(params)))
+    direction = jax.tree.unflatten(
+        jax.tree.structure(params),
+        [jax.random.normal(k, x.shape) for k, x in
+         zip(keys, jax.tree.leaves(params))])
+    analytic = sum(jnp.vdot(g, d) for g, d in zip(
+        jax.tree.leaves(grads), jax.tree.leaves(direction)))
+    return analytic, [jax.tree.map(lambda p, d, s=s: p + s * eps * d,
+                                   params, direction) for s in (1, -1)]
+
+  analytic, shifted = analytic_and_shifted(params)
+  analytic = float(analytic)
   numeric = (float(loss(shifted[0])) - float(loss(shifted[1]))) / (2 * eps)
   np.testing.assert_allclose(analytic, numeric, rtol=2e-2)
 
@@ -224,7 +238,7 @@ def _sample(model, params, seed, temperature):
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 @pytest.mark.slow
-def test_kv_cached_sampling_log_probs_equal_rescoring(model, params,
+def test_kv_cached_sampling_log_probs_equal_rescoring(model, params, score,
                                                       temperature):
   """Scores are the untempered log-probs that re-scoring the text gives."""
   decodes, scores = _sample(model, params, 7, temperature)
@@ -233,7 +247,6 @@ def test_kv_cached_sampling_log_probs_equal_rescoring(model, params,
   for row in decodes.reshape(-1, 11).tolist():
     if 1 in row:
       assert not any(row[row.index(1) + 1:])
-  score = jax.jit(model.score_batch)
   for index, prompt in enumerate(PROMPTS):
     rescored = score(params, _rescoring_batch(prompt, decodes[index]))
     np.testing.assert_allclose(scores[index], np.asarray(rescored),
