@@ -8,17 +8,17 @@ import pytest
 import seqio
 import tasks_testdata
 
-from conftest import REPO_ROOT
 from pipelines import templates
 from tasks import mixtures
 from tasks import preprocessors
 from tasks import vocab
+from test_trainer_train import _cli
+from test_trainer_train import TINY_STAGE1
 from trainer import checkpoints
 
 CATEGORY = "Cached_Cat"
 TASK = "calrec_cached_cat"
 LENGTHS = {"inputs": 512, "targets": 64}
-TINY_STAGE1 = "trainer/configs/runs/tiny_stage1.gin"
 
 # Runs the Beam cache job and training in subprocesses.
 pytestmark = pytest.mark.slow
@@ -39,12 +39,6 @@ def _cache(data_dir, model, cache_dir, task):
        f"--output_cache_dir={cache_dir}",
        "--pipeline_options=--runner=FnApiRunner"],
       env=env, check=True, capture_output=True, timeout=300)
-
-
-def _train_cli(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "trainer.train", *args],
-                        cwd=REPO_ROOT, capture_output=True, text=True,
-                        timeout=300)
 
 
 def test_cache_tasks_main_matches_uncached(tmp_path, capfd):
@@ -109,11 +103,11 @@ def test_training_reads_the_cache_dirs_it_is_given_not_the_records(
           f"--gin.DATA_DIR='{data_dir}'", f"--gin.VOCABULARY='{model}'",
           "--gin.USE_CACHED_TASKS=True", "--gin.TRAIN_STEPS=1",
           "--gin.BATCH_SIZE=4"]
-  uncached = _train_cli(*args)
+  uncached = _cli(*args)
   assert uncached.returncode == 1
   assert "Traceback" not in uncached.stderr
   assert ("ValueError: USE_CACHED_TASKS is True but calrec_cds has no seqio "
           "cache in any cache directory: write it with") in uncached.stderr
-  cached = _train_cli(*args, f"--seqio_additional_cache_dirs={cache_dir}")
+  cached = _cli(*args, f"--seqio_additional_cache_dirs={cache_dir}")
   assert cached.returncode == 0, cached.stderr[-3000:]
   assert checkpoints.available_steps(tmp_path / "model") == [1]
