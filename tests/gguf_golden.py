@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from pipelines import run_dir
+
 DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
 GEMMA_WEIGHTS_GOLDEN = DATA_DIR / "gemma3_270m_weights_golden.json"
 SMOLLM2_WEIGHTS_GOLDEN = DATA_DIR / "smollm2_135m_weights_golden.json"
@@ -34,11 +36,8 @@ CONFIG_FIELDS = (
 
 
 def file_sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 24), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
+  """The hex sha256 of a file's bytes (`run_dir.file_digest`'s)."""
+  return run_dir.file_digest(str(path)).removeprefix("sha256:")
 
 
 def tensor_sha256(value: np.ndarray) -> str:
